@@ -1,0 +1,59 @@
+# infer — build, run and test.
+#
+#   make dev    build bin/infer and run the whole platform on this machine
+#   make test   vet and test everything against real Postgres, NATS, MinIO
+#               and the test model (builds MinIO once, ~8 minutes)
+#   make bench  benchmarks (not timed tests)
+
+GO      ?= go
+GOBIN   := $(shell $(GO) env GOPATH)/bin
+GOARCH  := $(shell $(GO) env GOARCH)
+
+# llama.cpp's cgo flags name no CPU features, so a plain build runs scalar
+# code. x86-64-v3 (AVX2, FMA, F16C) is what release builds target and
+# decodes 2–5× faster. Override with CPU_FLAGS= for older CPUs.
+ifeq ($(GOARCH),amd64)
+CPU_FLAGS ?= -march=x86-64-v3
+endif
+export CGO_CFLAGS   := -O3 $(CPU_FLAGS)
+export CGO_CXXFLAGS := -O3 $(CPU_FLAGS)
+export CGO_ENABLED  := 1
+
+# MinIO for the tests: built from source once, cached outside the repo.
+MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
+MINIO         := $(GOBIN)/minio
+export INFER_MINIO_BIN ?= $(MINIO)
+
+TEST_TIMEOUT ?= 30m
+
+.PHONY: all build dev test unit vet minio bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o bin/infer ./cmd/infer
+
+dev: build
+	./bin/infer dev
+
+vet:
+	$(GO) vet ./...
+
+test: vet minio
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# Unit tests only: no MinIO build, skips the end-to-end test.
+unit:
+	$(GO) test -count=1 -short ./...
+
+minio: $(MINIO)
+
+$(MINIO):
+	@echo "building MinIO $(MINIO_VERSION) for the tests (once, ~8 minutes)..."
+	GOFLAGS=-buildvcs=false CGO_ENABLED=0 $(GO) install github.com/minio/minio@$(MINIO_VERSION)
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./runner/ ./activator/
+
+clean:
+	rm -rf bin

@@ -1,0 +1,295 @@
+package activator
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/infer-run/infer/internal/queue"
+	"github.com/infer-run/infer/internal/wire"
+	"github.com/infer-run/infer/registry"
+)
+
+// listModels is GET /v1/models: the deployments the key may call.
+func (s *Server) listModels(c echo.Context) error {
+	key, err := s.authenticate(c)
+	if err != nil {
+		return err
+	}
+	deps, err := s.reg.ListDeployments(c.Request().Context(), key.TenantID)
+	if err != nil {
+		return s.registryError("listing deployments", err)
+	}
+	type model struct {
+		ID      string `json:"id"`
+		Object  string `json:"object"`
+		Created int64  `json:"created"`
+		OwnedBy string `json:"owned_by"`
+	}
+	out := struct {
+		Object string  `json:"object"`
+		Data   []model `json:"data"`
+	}{Object: "list", Data: []model{}}
+	for _, d := range deps {
+		out.Data = append(out.Data, model{ID: d.Name, Object: "model", Created: d.CreatedAt.Unix(), OwnedBy: key.TenantID})
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+func (s *Server) getModel(c echo.Context) error {
+	key, err := s.authenticate(c)
+	if err != nil {
+		return err
+	}
+	d, err := s.deployment(c.Request().Context(), key, c.Param("name"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"id": d.Name, "object": "model", "created": d.CreatedAt.Unix(), "owned_by": key.TenantID})
+}
+
+// uploadArtifact is POST /v1/artifacts: the body is the raw GGUF file. It is
+// streamed to the object store and validated on the way; a file that is not
+// valid GGUF is refused and leaves nothing behind.
+func (s *Server) uploadArtifact(c echo.Context) error {
+	key, err := s.authenticate(c)
+	if err != nil {
+		return err
+	}
+	if err := requireAdmin(key); err != nil {
+		return err
+	}
+	req := c.Request()
+	a, err := s.uploader.Upload(req.Context(), req.Body, req.ContentLength)
+	if errors.Is(err, registry.ErrInvalidWeights) {
+		return errInvalid("file", "%v", err)
+	}
+	if err != nil {
+		s.log.Error("uploading weights", "err", err)
+		return errStatus(http.StatusServiceUnavailable, "server_error", "upload_failed", "storing the weights failed: %v", err)
+	}
+	s.log.Info("artifact stored", "sha256", a.SHA256, "size", a.Size, "arch", a.Architecture)
+	return c.JSON(http.StatusCreated, a)
+}
+
+// deploymentSpec is the body of PUT /v1/deployments/{name}. Absent fields
+// keep their current (or default) values.
+type deploymentSpec struct {
+	Artifact      string   `json:"artifact"`
+	MinRunners    *int     `json:"min_runners"`
+	MaxRunners    *int     `json:"max_runners"`
+	Parallel      *int     `json:"parallel"`
+	ContextLength *int     `json:"context_length"`
+	IdleTimeout   *jsonDur `json:"idle_timeout"`
+	QueueLimit    *int     `json:"queue_limit"`
+	QueueTimeout  *jsonDur `json:"queue_timeout"`
+	ChatTemplate  *string  `json:"chat_template"`
+}
+
+// jsonDur is a duration written as Go's "10s" or as seconds.
+type jsonDur time.Duration
+
+func (d *jsonDur) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		s, err := strconv.Unquote(string(b))
+		if err != nil {
+			return err
+		}
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		*d = jsonDur(v)
+		return nil
+	}
+	f, err := strconv.ParseFloat(string(b), 64)
+	if err != nil {
+		return errors.New(`duration must be a string such as "10s" or a number of seconds`)
+	}
+	*d = jsonDur(time.Duration(f * float64(time.Second)))
+	return nil
+}
+
+func (s *Server) putDeployment(c echo.Context) error {
+	key, err := s.authenticate(c)
+	if err != nil {
+		return err
+	}
+	if err := requireAdmin(key); err != nil {
+		return err
+	}
+	name := c.Param("name")
+	if err := registry.ValidName(name); err != nil {
+		return errInvalid("name", "%v", err)
+	}
+	var spec deploymentSpec
+	if err := c.Bind(&spec); err != nil {
+		return errInvalid("", "could not parse the deployment: %v", err)
+	}
+	ctx := c.Request().Context()
+	d, err := s.reg.GetDeployment(ctx, name)
+	switch {
+	case errors.Is(err, registry.ErrNotFound):
+		d = registry.DefaultDeployment()
+		d.Name = name
+		d.TenantID = key.TenantID
+		if spec.Artifact == "" {
+			return errInvalid("artifact", "a new deployment needs an artifact (the sha256 of uploaded weights)")
+		}
+	case err != nil:
+		return s.registryError("looking up deployment", err)
+	case d.TenantID != key.TenantID:
+		return errStatus(http.StatusConflict, "invalid_request_error", "name_taken", "the name %q is taken", name)
+	}
+	if spec.Artifact != "" {
+		if _, err := s.reg.GetArtifact(ctx, spec.Artifact); errors.Is(err, registry.ErrNotFound) {
+			return errInvalid("artifact", "no artifact %q: upload the weights first", spec.Artifact)
+		} else if err != nil {
+			return s.registryError("looking up artifact", err)
+		}
+		d.ArtifactSHA256 = spec.Artifact
+	}
+	setInt := func(dst *int, v *int) {
+		if v != nil {
+			*dst = *v
+		}
+	}
+	setInt(&d.MinRunners, spec.MinRunners)
+	setInt(&d.MaxRunners, spec.MaxRunners)
+	setInt(&d.Parallel, spec.Parallel)
+	setInt(&d.ContextLength, spec.ContextLength)
+	setInt(&d.QueueLimit, spec.QueueLimit)
+	if spec.IdleTimeout != nil {
+		d.IdleTimeout = time.Duration(*spec.IdleTimeout)
+	}
+	if spec.QueueTimeout != nil {
+		d.QueueTimeout = time.Duration(*spec.QueueTimeout)
+	}
+	if spec.ChatTemplate != nil {
+		d.ChatTemplate = *spec.ChatTemplate
+	}
+	if err := d.Validate(); err != nil {
+		return errInvalid("", "%v", err)
+	}
+	// The queue exists before the deployment is visible, so the first
+	// request never finds it missing.
+	if _, err := queue.Ensure(ctx, s.js, name, queue.Limits{MaxJobs: d.QueueLimit, MaxAge: 2 * d.QueueTimeout}); err != nil {
+		s.log.Error("creating queue", "deployment", name, "err", err)
+		return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "creating the deployment's queue failed: %v", err)
+	}
+	d, err = s.reg.PutDeployment(ctx, d)
+	if errors.Is(err, registry.ErrConflict) {
+		return errStatus(http.StatusConflict, "invalid_request_error", "name_taken", "the name %q is taken", name)
+	}
+	if err != nil {
+		return s.registryError("saving deployment", err)
+	}
+	s.log.Info("deployment saved", "deployment", name, "artifact", d.ArtifactSHA256)
+	return c.JSON(http.StatusOK, s.deploymentView(c, d))
+}
+
+// deploymentStatus is a deployment as `infer ls` shows it.
+type deploymentStatus struct {
+	registry.Deployment
+	Queued   int              `json:"queued"`
+	InFlight int              `json:"in_flight"`
+	Runners  []wire.Heartbeat `json:"runners"`
+}
+
+func (s *Server) deploymentView(c echo.Context, d registry.Deployment) deploymentStatus {
+	st := deploymentStatus{Deployment: d, Runners: s.runners.list(d.Name)}
+	if st.Runners == nil {
+		st.Runners = []wire.Heartbeat{}
+	}
+	if depth, err := queue.GetDepth(c.Request().Context(), s.js, d.Name); err == nil {
+		st.Queued, st.InFlight = depth.Queued, depth.InFlight
+	}
+	return st
+}
+
+func (s *Server) listDeployments(c echo.Context) error {
+	key, err := s.authenticate(c)
+	if err != nil {
+		return err
+	}
+	deps, err := s.reg.ListDeployments(c.Request().Context(), key.TenantID)
+	if err != nil {
+		return s.registryError("listing deployments", err)
+	}
+	out := make([]deploymentStatus, 0, len(deps))
+	for _, d := range deps {
+		out = append(out, s.deploymentView(c, d))
+	}
+	return c.JSON(http.StatusOK, map[string]any{"object": "list", "data": out})
+}
+
+func (s *Server) getDeployment(c echo.Context) error {
+	key, err := s.authenticate(c)
+	if err != nil {
+		return err
+	}
+	d, err := s.deployment(c.Request().Context(), key, c.Param("name"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, s.deploymentView(c, d))
+}
+
+func (s *Server) deleteDeployment(c echo.Context) error {
+	key, err := s.authenticate(c)
+	if err != nil {
+		return err
+	}
+	if err := requireAdmin(key); err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	name := c.Param("name")
+	if _, err := s.deployment(ctx, key, name); err != nil {
+		return err
+	}
+	if err := s.reg.DeleteDeployment(ctx, key.TenantID, name); err != nil {
+		return s.registryError("deleting deployment", err)
+	}
+	if err := queue.Delete(ctx, s.js, name); err != nil {
+		s.log.Warn("deleting queue", "deployment", name, "err", err)
+	}
+	return c.JSON(http.StatusOK, map[string]any{"id": name, "object": "deployment", "deleted": true})
+}
+
+// usage is GET /v1/usage?deployment=&since=&until= (RFC 3339 times).
+func (s *Server) usage(c echo.Context) error {
+	key, err := s.authenticate(c)
+	if err != nil {
+		return err
+	}
+	f := registry.UsageFilter{TenantID: key.TenantID, Deployment: c.QueryParam("deployment")}
+	for _, p := range []struct {
+		name string
+		dst  *time.Time
+	}{{"since", &f.Since}, {"until", &f.Until}} {
+		if v := c.QueryParam(p.name); v != "" {
+			t, err := time.Parse(time.RFC3339, v)
+			if err != nil {
+				return errInvalid(p.name, "%s must be an RFC 3339 time such as 2026-01-02T15:04:05Z", p.name)
+			}
+			*p.dst = t
+		}
+	}
+	recs, err := s.reg.ListUsage(c.Request().Context(), f)
+	if err != nil {
+		return s.registryError("listing usage", err)
+	}
+	if recs == nil {
+		recs = []registry.UsageRecord{}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"object": "list", "data": recs})
+}
+
+func (s *Server) registryError(doing string, err error) error {
+	s.log.Error(doing, "err", err)
+	return errStatus(http.StatusServiceUnavailable, "server_error", "registry_unavailable", "%s failed; try again", doing)
+}

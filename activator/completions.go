@@ -1,0 +1,289 @@
+package activator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/infer-run/infer/internal/queue"
+	"github.com/infer-run/infer/internal/wire"
+)
+
+// maxBody bounds a completion request. Prompts are text; a few MiB is more
+// than any context window holds.
+const maxBody = 8 << 20
+
+// keepaliveEvery is how often a waiting stream hears an SSE comment naming
+// what it waits for (proxies keep the connection, people see why).
+const keepaliveEvery = 2 * time.Second
+
+// headerGrace is how long a streaming response waits for the runner's
+// first word before committing to 200 and SSE. Within it, errors such as
+// an oversized prompt still get their proper HTTP status.
+const headerGrace = time.Second
+
+func (s *Server) chatCompletions(c echo.Context) error { return s.complete(c, wire.KindChat) }
+func (s *Server) completions(c echo.Context) error     { return s.complete(c, wire.KindCompletion) }
+
+// complete is the request path: validate, queue on JetStream, poke the
+// control plane, then relay the runner's events to the client.
+func (s *Server) complete(c echo.Context, kind wire.Kind) error {
+	key, err := s.authenticate(c)
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(io.LimitReader(c.Request().Body, maxBody+1))
+	if err != nil {
+		return errInvalid("", "reading request body: %v", err)
+	}
+	if len(body) > maxBody {
+		return errStatus(http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large", "request body is larger than %d bytes", maxBody)
+	}
+	req, apiErr := decodeRequest(body, kind)
+	if apiErr != nil {
+		return apiErr
+	}
+	dep, err := s.deployment(c.Request().Context(), key, req.Model)
+	if err != nil {
+		return err
+	}
+
+	prefix := "chatcmpl-"
+	if kind == wire.KindCompletion {
+		prefix = "cmpl-"
+	}
+	id := prefix + wire.NewID(12)
+	job := req.job(kind)
+	job.ID = id
+	job.Deployment = dep.Name
+	job.TenantID = key.TenantID
+	job.KeyID = key.ID
+	job.Deadline = time.Now().Add(dep.QueueTimeout)
+
+	w, replyTo := s.replies.register(id)
+	defer s.replies.unregister(id)
+	job.ReplyTo = replyTo
+	data, err := json.Marshal(job)
+	if err != nil {
+		return errStatus(http.StatusInternalServerError, "server_error", "", "encoding job: %v", err)
+	}
+	ctx := c.Request().Context()
+	if err := s.enqueue(ctx, dep.Name, dep.QueueLimit, id, data); err != nil {
+		return err
+	}
+	s.metrics.queued.WithLabelValues(dep.Name).Inc()
+
+	rl := &relay{
+		s:       s,
+		c:       c,
+		kind:    kind,
+		id:      id,
+		model:   dep.Name,
+		stream:  req.Stream,
+		usage:   req.StreamOptions != nil && req.StreamOptions.IncludeUsage,
+		created: time.Now().Unix(),
+	}
+	err = rl.run(ctx, w, job.Deadline)
+	if ctx.Err() != nil {
+		// The client went away: stop the job wherever it is.
+		s.nc.Publish(wire.CancelSubject(dep.Name), []byte(id))
+		s.metrics.requests.WithLabelValues(dep.Name, "cancelled").Inc()
+		return nil
+	}
+	return err
+}
+
+// enqueue publishes a job, creating the deployment's queue if it is missing
+// (for example after NATS lost its state).
+func (s *Server) enqueue(ctx context.Context, deployment string, limit int, id string, data []byte) error {
+	err := queue.Publish(ctx, s.js, deployment, id, data)
+	if err != nil && !errors.Is(err, queue.ErrFull) {
+		if _, eerr := queue.Ensure(ctx, s.js, deployment, queue.Limits{MaxJobs: limit}); eerr == nil {
+			err = queue.Publish(ctx, s.js, deployment, id, data)
+		}
+	}
+	switch {
+	case errors.Is(err, queue.ErrFull):
+		s.metrics.requests.WithLabelValues(deployment, "queue_full").Inc()
+		e := errStatus(http.StatusTooManyRequests, "rate_limit_error", "queue_full", "deployment %s has %d requests queued, its limit; retry later", deployment, limit)
+		e.RetryAfter = 1
+		return e
+	case err != nil:
+		s.log.Error("queueing request", "deployment", deployment, "err", err)
+		return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "could not queue the request: %v", err)
+	}
+	// Tell the control plane now rather than at its next tick: a
+	// deployment at zero starts its first runner at once.
+	s.nc.Publish(wire.WorkSubject(deployment), nil)
+	return nil
+}
+
+// relay writes one request's runner events to its client, as SSE or as one
+// JSON body.
+type relay struct {
+	s       *Server
+	c       echo.Context
+	kind    wire.Kind
+	id      string
+	model   string
+	stream  bool
+	usage   bool
+	created int64
+
+	started  bool // the runner admitted the job
+	sse      bool // SSE headers are written: errors now go in-band
+	text     []byte
+	enc      chunkEncoder
+	queuedAt time.Time
+	ttft     time.Duration
+	phase    string
+}
+
+func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
+	rl.queuedAt = time.Now()
+	rl.enc = newChunkEncoder(rl.kind, rl.id, rl.model, rl.created)
+	wait := time.NewTimer(time.Until(deadline))
+	defer wait.Stop()
+	tick := time.NewTicker(keepaliveEvery)
+	defer tick.Stop()
+	grace := time.NewTimer(headerGrace)
+	defer grace.Stop()
+
+	for {
+		select {
+		case <-w.signal:
+			done, err := rl.handle(w.take())
+			if done || err != nil {
+				return err
+			}
+			if rl.started {
+				wait.Stop()
+			}
+		case <-grace.C:
+			if rl.stream && !rl.sse {
+				rl.beginSSE()
+				rl.comment(rl.s.runners.coldStartPhase(rl.model))
+			}
+		case <-tick.C:
+			if rl.sse && !rl.started {
+				rl.comment(rl.s.runners.coldStartPhase(rl.model))
+			}
+		case <-wait.C:
+			if !rl.started {
+				rl.s.nc.Publish(wire.CancelSubject(rl.model), []byte(rl.id))
+				rl.s.metrics.requests.WithLabelValues(rl.model, "timeout").Inc()
+				return rl.fail(errStatus(http.StatusGatewayTimeout, "server_error", "queue_timeout",
+					"request waited %s in the queue of %s without starting", time.Since(rl.queuedAt).Round(time.Millisecond), rl.model))
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// handle processes a batch of events and flushes once.
+func (rl *relay) handle(events [][]byte) (done bool, err error) {
+	res := rl.c.Response()
+	for _, data := range events {
+		ev, derr := wire.DecodeEvent(data)
+		if derr != nil {
+			rl.s.log.Error("bad event from runner", "request", rl.id, "err", derr)
+			continue
+		}
+		switch ev.Type {
+		case wire.EventStart:
+			rl.started = true
+			if rl.stream {
+				if !rl.sse {
+					rl.beginSSE()
+				}
+				res.Write(rl.enc.first())
+			}
+		case wire.EventDelta:
+			if rl.ttft == 0 {
+				rl.ttft = time.Since(rl.queuedAt)
+				rl.s.metrics.ttft.WithLabelValues(rl.model).Observe(rl.ttft.Seconds())
+			}
+			if rl.stream {
+				res.Write(rl.enc.delta(ev.Text))
+			} else {
+				rl.text = append(rl.text, ev.Text...)
+			}
+		case wire.EventDone:
+			u := wire.Usage{}
+			if ev.Usage != nil {
+				u = *ev.Usage
+			}
+			rl.s.metrics.requests.WithLabelValues(rl.model, "ok").Inc()
+			rl.s.metrics.latency.WithLabelValues(rl.model).Observe(time.Since(rl.queuedAt).Seconds())
+			if rl.stream {
+				res.Write(rl.enc.finish(ev.FinishReason))
+				if rl.usage {
+					res.Write(rl.enc.usage(u))
+				}
+				res.Write([]byte("data: [DONE]\n\n"))
+				res.Flush()
+				return true, nil
+			}
+			return true, rl.c.JSONBlob(http.StatusOK, rl.enc.body(string(rl.text), ev.FinishReason, u))
+		case wire.EventError:
+			rl.s.metrics.requests.WithLabelValues(rl.model, "error").Inc()
+			we := ev.Error
+			if we == nil {
+				we = &wire.Error{Status: 500, Message: "runner failed"}
+			}
+			return true, rl.fail(fromWire(we))
+		}
+	}
+	if rl.sse {
+		res.Flush()
+	}
+	return false, nil
+}
+
+func (rl *relay) beginSSE() {
+	h := rl.c.Response().Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("Connection", "keep-alive")
+	h.Set("X-Accel-Buffering", "no")
+	h.Set("X-Request-Id", rl.id)
+	rl.c.Response().WriteHeader(http.StatusOK)
+	rl.c.Response().Flush()
+	rl.sse = true
+}
+
+// comment writes an SSE comment line, which clients ignore and people read.
+func (rl *relay) comment(text string) {
+	if text == rl.phase && text == "queued" {
+		text = "waiting"
+	}
+	rl.phase = text
+	res := rl.c.Response()
+	res.Write([]byte(": " + text + "\n\n"))
+	res.Flush()
+}
+
+// fail reports an error: as an HTTP error before streaming began, or as an
+// SSE error event followed by [DONE] after.
+func (rl *relay) fail(e *apiError) error {
+	if !rl.sse {
+		return e
+	}
+	body, _ := json.Marshal(map[string]*apiError{"error": e})
+	res := rl.c.Response()
+	res.Write([]byte("event: error\ndata: "))
+	res.Write(body)
+	res.Write([]byte("\n\ndata: [DONE]\n\n"))
+	res.Flush()
+	return nil
+}
+
+// retryAfter formats a Retry-After value.
+func retryAfter(seconds int) string { return strconv.Itoa(max(1, seconds)) }

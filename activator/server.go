@@ -1,0 +1,235 @@
+// Package activator is infer's front door: an OpenAI-compatible HTTP API
+// that authenticates each request, queues it durably on the deployment's
+// JetStream queue, holds the client while a runner cold-starts, and relays
+// the runner's tokens back as SSE or one JSON body. It also serves the
+// management API the CLI uses. Activators keep no state of their own: any
+// number can run behind a load balancer against one NATS and one Postgres.
+package activator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/infer-run/infer/internal/wire"
+	"github.com/infer-run/infer/registry"
+)
+
+// Registry is what the activator needs from the records store.
+type Registry interface {
+	AuthenticateKey(ctx context.Context, secret string) (registry.APIKey, error)
+	GetDeployment(ctx context.Context, name string) (registry.Deployment, error)
+	ListDeployments(ctx context.Context, tenantID string) ([]registry.Deployment, error)
+	PutDeployment(ctx context.Context, d registry.Deployment) (registry.Deployment, error)
+	DeleteDeployment(ctx context.Context, tenantID, name string) error
+	GetArtifact(ctx context.Context, sha string) (registry.Artifact, error)
+	ListUsage(ctx context.Context, f registry.UsageFilter) ([]registry.UsageRecord, error)
+}
+
+// Config configures a Server.
+type Config struct {
+	Registry Registry
+	Uploader *registry.Uploader
+	NATS     *nats.Conn
+	Logger   *slog.Logger
+	// Registerer receives the activator's metrics; nil uses a new registry.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+}
+
+// Server is one activator.
+type Server struct {
+	log      *slog.Logger
+	reg      Registry
+	uploader *registry.Uploader
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	id       string
+	replies  *replies
+	runners  *runnerView
+	metrics  *metrics
+	echo     *echo.Echo
+	gatherer prometheus.Gatherer
+}
+
+// New builds an activator. Close releases its subscriptions.
+func New(cfg Config) (*Server, error) {
+	js, err := jetstream.New(cfg.NATS)
+	if err != nil {
+		return nil, fmt.Errorf("opening JetStream: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{
+		log:      log.With("component", "activator"),
+		reg:      cfg.Registry,
+		uploader: cfg.Uploader,
+		nc:       cfg.NATS,
+		js:       js,
+		id:       wire.NewID(6),
+	}
+	if s.replies, err = newReplies(cfg.NATS, s.id); err != nil {
+		return nil, err
+	}
+	if s.runners, err = newRunnerView(cfg.NATS); err != nil {
+		s.replies.close()
+		return nil, err
+	}
+	reg, gath := cfg.Registerer, cfg.Gatherer
+	if reg == nil {
+		r := prometheus.NewRegistry()
+		reg, gath = r, r
+	}
+	s.metrics = newMetrics(reg)
+	s.gatherer = gath
+	s.echo = s.routes()
+	return s, nil
+}
+
+// Handler is the HTTP handler, for tests and embedding.
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Serve serves HTTP on l until ctx is done, then shuts down gracefully:
+// open streams get shutdownGrace to finish.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	srv := &http.Server{Handler: s.echo, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	s.log.Info("activator listening", "addr", l.Addr().String())
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("shutting down HTTP: %w", err)
+	}
+	return nil
+}
+
+// Close releases NATS subscriptions.
+func (s *Server) Close() {
+	s.replies.close()
+	s.runners.close()
+}
+
+func (s *Server) routes() *echo.Echo {
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.HTTPErrorHandler = s.errorHandler
+
+	e.GET("/healthz", func(c echo.Context) error {
+		if s.nc.Status() != nats.CONNECTED {
+			return c.JSON(http.StatusServiceUnavailable, map[string]string{"status": "nats " + s.nc.Status().String()})
+		}
+		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+	})
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{})))
+
+	v1 := e.Group("/v1")
+	v1.POST("/chat/completions", s.chatCompletions)
+	v1.POST("/completions", s.completions)
+	v1.GET("/models", s.listModels)
+	v1.GET("/models/:name", s.getModel)
+
+	v1.POST("/artifacts", s.uploadArtifact)
+	v1.GET("/deployments", s.listDeployments)
+	v1.GET("/deployments/:name", s.getDeployment)
+	v1.PUT("/deployments/:name", s.putDeployment)
+	v1.DELETE("/deployments/:name", s.deleteDeployment)
+	v1.GET("/usage", s.usage)
+	return e
+}
+
+// errorHandler renders every error in OpenAI's shape, including echo's own
+// (unknown route, wrong method).
+func (s *Server) errorHandler(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	var ae *apiError
+	var he *echo.HTTPError
+	switch {
+	case errors.As(err, &ae):
+	case errors.As(err, &he):
+		msg := fmt.Sprint(he.Message)
+		typ := "invalid_request_error"
+		if he.Code >= 500 {
+			typ = "server_error"
+		}
+		ae = &apiError{Status: he.Code, Type: typ, Message: msg}
+		if he.Code == http.StatusNotFound {
+			ae.Message = fmt.Sprintf("no route for %s %s", c.Request().Method, c.Request().URL.Path)
+		}
+	default:
+		s.log.Error("request failed", "path", c.Path(), "err", err)
+		ae = &apiError{Status: http.StatusInternalServerError, Type: "server_error", Message: err.Error()}
+	}
+	if ae.RetryAfter > 0 {
+		c.Response().Header().Set("Retry-After", retryAfter(ae.RetryAfter))
+	}
+	if ae.Status == http.StatusUnauthorized {
+		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="infer"`)
+	}
+	if err := c.JSON(ae.Status, map[string]*apiError{"error": ae}); err != nil {
+		s.log.Debug("writing error response", "err", err)
+	}
+}
+
+// authenticate checks the bearer key.
+func (s *Server) authenticate(c echo.Context) (registry.APIKey, error) {
+	h := c.Request().Header.Get("Authorization")
+	secret, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok || secret == "" {
+		return registry.APIKey{}, errStatus(http.StatusUnauthorized, "invalid_request_error", "invalid_api_key",
+			"missing API key: send it as 'Authorization: Bearer <key>'")
+	}
+	key, err := s.reg.AuthenticateKey(c.Request().Context(), strings.TrimSpace(secret))
+	if errors.Is(err, registry.ErrUnauthorized) || errors.Is(err, registry.ErrNotFound) {
+		return registry.APIKey{}, errStatus(http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "incorrect API key provided")
+	}
+	if err != nil {
+		s.log.Error("authenticating", "err", err)
+		return registry.APIKey{}, errStatus(http.StatusServiceUnavailable, "server_error", "registry_unavailable", "could not check the API key; try again")
+	}
+	return key, nil
+}
+
+// requireAdmin checks that the key may manage its tenant.
+func requireAdmin(key registry.APIKey) error {
+	if key.Role != registry.RoleAdmin {
+		return errStatus(http.StatusForbidden, "invalid_request_error", "permission_denied", "this API key may not manage deployments; use an admin key")
+	}
+	return nil
+}
+
+// deployment resolves a model name for a key. Another tenant's deployment
+// is reported as missing, not forbidden, so names do not leak.
+func (s *Server) deployment(ctx context.Context, key registry.APIKey, name string) (registry.Deployment, error) {
+	d, err := s.reg.GetDeployment(ctx, name)
+	if errors.Is(err, registry.ErrNotFound) || (err == nil && d.TenantID != key.TenantID) {
+		return registry.Deployment{}, &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Param: strp("model"), Code: strp("model_not_found"),
+			Message: fmt.Sprintf("the model %q does not exist or you do not have access to it", name)}
+	}
+	if err != nil {
+		s.log.Error("looking up deployment", "model", name, "err", err)
+		return registry.Deployment{}, errStatus(http.StatusServiceUnavailable, "server_error", "registry_unavailable", "could not look up the model; try again")
+	}
+	return d, nil
+}

@@ -1,0 +1,366 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+// client talks to an activator's API as the CLI user.
+type client struct {
+	base string
+	key  string
+	http *http.Client
+}
+
+func newClient() (*client, error) {
+	key := os.Getenv("INFER_API_KEY")
+	if key == "" {
+		// `infer dev` saves its first admin key here.
+		home := env("INFER_HOME", ".infer")
+		if b, err := os.ReadFile(filepath.Join(home, "admin-key")); err == nil {
+			key = strings.TrimSpace(string(b))
+		}
+	}
+	if key == "" {
+		return nil, usageError{errors.New("no API key: set $INFER_API_KEY (or run 'infer dev', which saves one to $INFER_HOME/admin-key)")}
+	}
+	return &client{
+		base: strings.TrimRight(env("INFER_URL", "http://127.0.0.1:8080"), "/"),
+		key:  key,
+		http: &http.Client{},
+	}, nil
+}
+
+// apiErr is an error response in OpenAI's shape.
+type apiErr struct {
+	Status int
+	Body   struct {
+		Error struct {
+			Message string  `json:"message"`
+			Type    string  `json:"type"`
+			Param   *string `json:"param"`
+			Code    *string `json:"code"`
+		} `json:"error"`
+	}
+}
+
+func (e *apiErr) Error() string {
+	if e.Body.Error.Message == "" {
+		return fmt.Sprintf("HTTP %d", e.Status)
+	}
+	return e.Body.Error.Message
+}
+
+// do sends a request and decodes a JSON answer into out.
+func (c *client) do(ctx context.Context, method, path string, body io.Reader, size int64, contentType string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	if size >= 0 && body != nil {
+		req.ContentLength = size
+	}
+	req.Header.Set("Authorization", "Bearer "+c.key)
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("calling %s: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("reading response: %w", err)
+	}
+	if resp.StatusCode >= 300 {
+		e := &apiErr{Status: resp.StatusCode}
+		json.Unmarshal(data, &e.Body)
+		return e
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("decoding response: %w", err)
+		}
+	}
+	return nil
+}
+
+func (c *client) json(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	size := int64(-1)
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body, size = bytes.NewReader(b), int64(len(b))
+	}
+	return c.do(ctx, method, path, body, size, "application/json", out)
+}
+
+func deployCmd() *cobra.Command {
+	var (
+		weights      string
+		idleTimeout  time.Duration
+		queueTimeout time.Duration
+		minRunners   int
+		maxRunners   int
+		parallel     int
+		contextLen   int
+		queueLimit   int
+		chatTemplate string
+		asJSON       bool
+	)
+	cmd := &cobra.Command{
+		Use:   "deploy NAME --weights FILE",
+		Short: "Upload GGUF weights and create or update a deployment",
+		Long: `deploy uploads a GGUF file (validated on the way; nothing is stored if it is
+not valid GGUF) and points deployment NAME at it. NAME becomes the "model" of
+OpenAI requests. No runner starts until a request arrives. Without --weights,
+deploy changes the settings of an existing deployment.`,
+		Example: `  infer deploy stories --weights ../shared/models/stories260K.gguf --idle-timeout 10s`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := newClient()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			spec := map[string]any{}
+			if weights != "" {
+				a, err := upload(ctx, c, weights)
+				if err != nil {
+					return err
+				}
+				spec["artifact"] = a.SHA256
+			}
+			fl := cmd.Flags()
+			if fl.Changed("idle-timeout") {
+				spec["idle_timeout"] = idleTimeout.String()
+			}
+			if fl.Changed("queue-timeout") {
+				spec["queue_timeout"] = queueTimeout.String()
+			}
+			for name, v := range map[string]int{"min-runners": minRunners, "max-runners": maxRunners, "parallel": parallel, "context": contextLen, "queue-limit": queueLimit} {
+				if fl.Changed(name) {
+					key := strings.ReplaceAll(name, "-", "_")
+					if name == "context" {
+						key = "context_length"
+					}
+					spec[key] = v
+				}
+			}
+			if fl.Changed("chat-template") {
+				spec["chat_template"] = chatTemplate
+			}
+			var d deploymentInfo
+			if err := c.json(ctx, http.MethodPut, "/v1/deployments/"+args[0], spec, &d); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(d)
+			}
+			fmt.Printf("deployment %s → artifact %s (idle timeout %s, runners %d–%d, parallel %d)\n",
+				d.Name, short(d.ArtifactSHA256), time.Duration(d.IdleTimeout), d.MinRunners, d.MaxRunners, d.Parallel)
+			fmt.Printf("call it with \"model\": %q at %s/v1/chat/completions\n", d.Name, c.base)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&weights, "weights", "", "GGUF file to upload")
+	f.DurationVar(&idleTimeout, "idle-timeout", 5*time.Minute, "stop a runner after this long without requests")
+	f.DurationVar(&queueTimeout, "queue-timeout", 5*time.Minute, "fail a request (504) that waited this long without starting")
+	f.IntVar(&minRunners, "min-runners", 0, "runners kept warm (0 scales to zero)")
+	f.IntVar(&maxRunners, "max-runners", 1, "most runners at once")
+	f.IntVar(&parallel, "parallel", 4, "requests one runner decodes together")
+	f.IntVar(&contextLen, "context", 0, "tokens per request (0: the model's trained length, at most 4096)")
+	f.IntVar(&queueLimit, "queue-limit", 1000, "most requests queued or running; more get 429")
+	f.StringVar(&chatTemplate, "chat-template", "", "override the chat template family (chatml, llama3, llama2, gemma, phi3, plain)")
+	f.BoolVar(&asJSON, "json", false, "print the deployment as JSON")
+	return cmd
+}
+
+type artifactInfo struct {
+	SHA256       string `json:"sha256"`
+	Size         int64  `json:"size"`
+	Architecture string `json:"architecture"`
+}
+
+// upload streams a weights file to the API with a progress bar on a
+// terminal.
+func upload(ctx context.Context, c *client, path string) (artifactInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return artifactInfo{}, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return artifactInfo{}, err
+	}
+	var body io.Reader = f
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		bar := progressbar.DefaultBytes(st.Size(), "uploading "+filepath.Base(path))
+		body = io.TeeReader(f, bar)
+		defer bar.Finish()
+	}
+	var a artifactInfo
+	if err := c.do(ctx, http.MethodPost, "/v1/artifacts", body, st.Size(), "application/octet-stream", &a); err != nil {
+		return artifactInfo{}, fmt.Errorf("uploading %s: %w", path, err)
+	}
+	return a, nil
+}
+
+// deploymentInfo mirrors the API's deployment status.
+type deploymentInfo struct {
+	Name           string `json:"name"`
+	ArtifactSHA256 string `json:"artifact_sha256"`
+	MinRunners     int    `json:"min_runners"`
+	MaxRunners     int    `json:"max_runners"`
+	Parallel       int    `json:"parallel"`
+	IdleTimeout    int64  `json:"idle_timeout"`
+	Queued         int    `json:"queued"`
+	InFlight       int    `json:"in_flight"`
+	Runners        []struct {
+		RunnerID    string    `json:"runner_id"`
+		Phase       string    `json:"phase"`
+		Artifact    string    `json:"artifact"`
+		InFlight    int       `json:"in_flight"`
+		LastRequest time.Time `json:"last_request"`
+	} `json:"runners"`
+}
+
+func lsCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List deployments with their runners and queues",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := newClient()
+			if err != nil {
+				return err
+			}
+			var out struct {
+				Data []deploymentInfo `json:"data"`
+			}
+			if err := c.json(cmd.Context(), http.MethodGet, "/v1/deployments", nil, &out); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(out.Data)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tARTIFACT\tRUNNERS\tQUEUED\tIN FLIGHT\tIDLE TIMEOUT")
+			for _, d := range out.Data {
+				phases := make([]string, 0, len(d.Runners))
+				for _, r := range d.Runners {
+					phases = append(phases, r.Phase)
+				}
+				runners := fmt.Sprintf("%d", len(d.Runners))
+				if len(phases) > 0 {
+					runners += " (" + strings.Join(phases, ",") + ")"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", d.Name, short(d.ArtifactSHA256), runners, d.Queued, d.InFlight, time.Duration(d.IdleTimeout))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func rmCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Delete a deployment (its runners drain and stop)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := newClient()
+			if err != nil {
+				return err
+			}
+			if err := c.json(cmd.Context(), http.MethodDelete, "/v1/deployments/"+args[0], nil, nil); err != nil {
+				return err
+			}
+			fmt.Printf("deleted %s\n", args[0])
+			return nil
+		},
+	}
+}
+
+func usageCmd() *cobra.Command {
+	var (
+		asJSON     bool
+		deployment string
+		since      time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "usage",
+		Short: "Show usage records: requests, tokens, latency and cold starts",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := newClient()
+			if err != nil {
+				return err
+			}
+			path := "/v1/usage?deployment=" + deployment
+			if since > 0 {
+				path += "&since=" + time.Now().Add(-since).UTC().Format(time.RFC3339)
+			}
+			var out struct {
+				Data []map[string]any `json:"data"`
+			}
+			if err := c.json(cmd.Context(), http.MethodGet, path, nil, &out); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(out.Data)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "REQUEST\tDEPLOYMENT\tSTATUS\tPROMPT\tCOMPLETION\tQUEUE MS\tTTFT MS\tTOTAL MS\tCOLD")
+			for _, r := range out.Data {
+				fmt.Fprintf(tw, "%v\t%v\t%v\t%v\t%v\t%.0f\t%.0f\t%.0f\t%v\n", r["request_id"], r["deployment"], r["status"],
+					r["prompt_tokens"], r["completion_tokens"], num(r["queue_wait_ms"]), num(r["ttft_ms"]), num(r["duration_ms"]), r["cold_start"])
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&deployment, "deployment", "", "only this deployment")
+	cmd.Flags().DurationVar(&since, "since", 0, "only records newer than this (e.g. 24h)")
+	return cmd
+}
+
+func num(v any) float64 {
+	f, _ := v.(float64)
+	return f
+}
+
+func short(sha string) string {
+	if len(sha) > 12 {
+		return sha[:12]
+	}
+	return sha
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

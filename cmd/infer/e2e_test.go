@@ -1,0 +1,462 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/infer-run/infer/internal/testenv"
+)
+
+// buildInfer compiles the infer binary for tests that run it as users do.
+func buildInfer(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "infer")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("building infer: %v", err)
+	}
+	return bin
+}
+
+// platform is a running `infer dev` against real Postgres, NATS JetStream
+// and MinIO.
+type platform struct {
+	t     *testing.T
+	bin   string
+	url   string
+	home  string
+	key   string
+	dbURL string
+	env   []string
+}
+
+func startPlatform(t *testing.T) *platform {
+	t.Helper()
+	bin := buildInfer(t)
+	s3 := testenv.MinIO(t)
+	p := &platform{
+		t:     t,
+		bin:   bin,
+		home:  filepath.Join(t.TempDir(), "home"),
+		key:   "sk-infer-e2e-admin",
+		dbURL: testenv.Postgres(t),
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	p.url = "http://" + addr
+	p.env = append(os.Environ(),
+		"DATABASE_URL="+p.dbURL,
+		"INFER_NATS_URL="+testenv.NATS(t),
+		"INFER_S3_ENDPOINT="+s3.Endpoint,
+		"INFER_S3_ACCESS_KEY="+s3.AccessKey,
+		"INFER_S3_SECRET_KEY="+s3.SecretKey,
+		"INFER_S3_BUCKET="+s3.Bucket,
+		"INFER_ADMIN_KEY="+p.key,
+		"INFER_URL="+p.url,
+		"INFER_API_KEY="+p.key,
+		"INFER_HOME="+p.home,
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, "dev", "--addr", addr)
+	cmd.Env = p.env
+	logFile, err := os.Create(filepath.Join(t.TempDir(), "dev.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 20 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		cmd.Wait()
+		logFile.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logFile.Name())
+			t.Logf("infer dev log:\n%s", b)
+			logs, _ := filepath.Glob(filepath.Join(p.home, "logs", "*.log"))
+			for _, l := range logs {
+				b, _ := os.ReadFile(l)
+				t.Logf("%s:\n%s", filepath.Base(l), lastLines(string(b), 40))
+			}
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(p.url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("infer dev did not become healthy: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// cli runs the infer CLI and returns its output.
+func (p *platform) cli(args ...string) (string, error) {
+	cmd := exec.Command(p.bin, args...)
+	cmd.Env = p.env
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (p *platform) post(path, key, body string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodPost, p.url+path, strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	return http.DefaultClient.Do(req)
+}
+
+// runnerPIDs lists the `infer runner` processes serving a deployment of
+// this platform (found through /proc, as a person would with ps).
+func (p *platform) runnerPIDs(deployment string) []string {
+	var pids []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) > 2 && args[0] == p.bin && args[1] == "runner" && strings.Contains(string(b), "\x00--deployment\x00"+deployment+"\x00") {
+			pids = append(pids, e.Name())
+		}
+	}
+	return pids
+}
+
+func (p *platform) waitNoRunners(deployment string, timeout time.Duration) time.Duration {
+	p.t.Helper()
+	start := time.Now()
+	for len(p.runnerPIDs(deployment)) > 0 {
+		if time.Since(start) > timeout {
+			p.t.Fatalf("runner of %s still running after %s", deployment, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+type chunk struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Model   string `json:"model"`
+	Choices []struct {
+		Delta struct {
+			Role    string `json:"role"`
+			Content string `json:"content"`
+		} `json:"delta"`
+		FinishReason *string `json:"finish_reason"`
+	} `json:"choices"`
+	Usage *struct {
+		PromptTokens     int `json:"prompt_tokens"`
+		CompletionTokens int `json:"completion_tokens"`
+		TotalTokens      int `json:"total_tokens"`
+	} `json:"usage"`
+}
+
+// readSSE reads a chat completion stream to [DONE].
+func readSSE(t *testing.T, r io.Reader) (chunks []chunk, comments []string) {
+	t.Helper()
+	sc := bufio.NewScanner(r)
+	done := false
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "":
+		case strings.HasPrefix(line, ":"):
+			comments = append(comments, strings.TrimSpace(line[1:]))
+		case line == "data: [DONE]":
+			done = true
+		case strings.HasPrefix(line, "data: "):
+			var c chunk
+			if err := json.Unmarshal([]byte(line[6:]), &c); err != nil {
+				t.Fatalf("bad chunk %q: %v", line, err)
+			}
+			chunks = append(chunks, c)
+		default:
+			t.Fatalf("unexpected SSE line %q", line)
+		}
+	}
+	if !done {
+		t.Fatalf("stream ended without [DONE] (err %v)", sc.Err())
+	}
+	return chunks, comments
+}
+
+func looksLikeEnglish(text string) bool {
+	common := 0
+	for _, w := range strings.Fields(strings.ToLower(text)) {
+		switch strings.Trim(w, ".,!?\"'") {
+		case "the", "a", "was", "she", "he", "to", "and", "her", "his", "they", "it", "in", "of", "day", "said":
+			common++
+		}
+	}
+	return common >= 3
+}
+
+// TestEndToEnd walks the path a user takes: deploy weights, call the
+// endpoint at zero runners, get a cold-started streamed answer, watch the
+// runner exit after the idle timeout, cold-start again, and find usage
+// records in Postgres.
+func TestEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test builds the binary and starts MinIO")
+	}
+	p := startPlatform(t)
+	model := testenv.ModelPath(t)
+
+	const idle = 3 * time.Second
+	out, err := p.cli("deploy", "stories", "--weights", model, "--idle-timeout", idle.String())
+	if err != nil {
+		t.Fatalf("infer deploy: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "stories") {
+		t.Errorf("deploy output does not name the deployment: %s", out)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if pids := p.runnerPIDs("stories"); len(pids) != 0 {
+		t.Fatalf("deploy started runners %v; runners must start only on demand", pids)
+	}
+
+	// First request at zero: streams from a cold-started runner.
+	resp, err := p.post("/v1/chat/completions", p.key,
+		`{"model":"stories","messages":[{"role":"user","content":"Once upon a time"}],"stream":true,"max_tokens":60,"temperature":0,"stream_options":{"include_usage":true}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("status %d, content type %q: %s", resp.StatusCode, resp.Header.Get("Content-Type"), b)
+	}
+	chunks, _ := readSSE(t, resp.Body)
+	resp.Body.Close()
+	if len(chunks) < 3 {
+		t.Fatalf("only %d chunks", len(chunks))
+	}
+	if chunks[0].Choices[0].Delta.Role != "assistant" || chunks[0].Object != "chat.completion.chunk" || chunks[0].Model != "stories" {
+		t.Errorf("first chunk %+v: want role assistant, object chat.completion.chunk, model stories", chunks[0])
+	}
+	var text strings.Builder
+	var finish string
+	var streamedUsage *chunk
+	for _, c := range chunks {
+		if c.Usage != nil {
+			streamedUsage = &c
+			continue
+		}
+		text.WriteString(c.Choices[0].Delta.Content)
+		if c.Choices[0].FinishReason != nil {
+			finish = *c.Choices[0].FinishReason
+		}
+	}
+	if !looksLikeEnglish(text.String()) {
+		t.Errorf("streamed text does not read like a story: %q", text.String())
+	}
+	if finish != "length" && finish != "stop" {
+		t.Errorf("finish_reason %q", finish)
+	}
+	if streamedUsage == nil || streamedUsage.Usage.CompletionTokens == 0 || streamedUsage.Usage.PromptTokens == 0 {
+		t.Fatalf("no usage chunk with token counts: %+v", streamedUsage)
+	}
+
+	// The runner exits after the idle timeout, not before.
+	if len(p.runnerPIDs("stories")) != 1 {
+		t.Fatalf("want exactly one runner after the first request, have %v", p.runnerPIDs("stories"))
+	}
+	gone := p.waitNoRunners("stories", idle+15*time.Second)
+	if gone < idle-500*time.Millisecond {
+		t.Errorf("runner exited %s after the request; idle timeout is %s", gone, idle)
+	}
+
+	// The second request cold-starts again; non-streaming this time.
+	resp, err = p.post("/v1/completions", p.key, `{"model":"stories","prompt":"The little dog","max_tokens":30,"temperature":0}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("second request: %d %s", resp.StatusCode, body)
+	}
+	var completion struct {
+		Object  string `json:"object"`
+		Choices []struct {
+			Text         string `json:"text"`
+			FinishReason string `json:"finish_reason"`
+		} `json:"choices"`
+		Usage struct {
+			PromptTokens     int `json:"prompt_tokens"`
+			CompletionTokens int `json:"completion_tokens"`
+		} `json:"usage"`
+	}
+	if err := json.Unmarshal(body, &completion); err != nil {
+		t.Fatal(err)
+	}
+	if completion.Object != "text_completion" || completion.Usage.CompletionTokens != 30 || completion.Choices[0].FinishReason != "length" {
+		t.Errorf("completion %s: want text_completion with 30 tokens and finish_reason length", body)
+	}
+
+	// Every finished request left a usage record with the client's counts.
+	want := map[int]int{streamedUsage.Usage.CompletionTokens: streamedUsage.Usage.PromptTokens, completion.Usage.CompletionTokens: completion.Usage.PromptTokens}
+	conn, err := pgx.Connect(context.Background(), p.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var rows []struct {
+		prompt, completion  int
+		ttft, queue, total  float64
+		cold                bool
+		key, status, finish string
+	}
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		rows = rows[:0]
+		rs, err := conn.Query(context.Background(), `SELECT prompt_tokens, completion_tokens, ttft_ms, queue_wait_ms, duration_ms, cold_start, key_id, status, finish_reason FROM usage WHERE deployment = 'stories'`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rs.Next() {
+			var r = struct {
+				prompt, completion  int
+				ttft, queue, total  float64
+				cold                bool
+				key, status, finish string
+			}{}
+			if err := rs.Scan(&r.prompt, &r.completion, &r.ttft, &r.queue, &r.total, &r.cold, &r.key, &r.status, &r.finish); err != nil {
+				t.Fatal(err)
+			}
+			rows = append(rows, r)
+		}
+		if len(rows) >= 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if len(rows) != 2 {
+		t.Fatalf("want 2 usage rows, have %d", len(rows))
+	}
+	for _, r := range rows {
+		if want[r.completion] != r.prompt {
+			t.Errorf("usage row %+v does not match what the client was told (%v)", r, want)
+		}
+		if !r.cold || r.key == "" || r.status != "ok" || r.ttft <= 0 || r.total < r.ttft || r.queue < 0 {
+			t.Errorf("usage row %+v: want a cold start with key, status ok and ordered timings", r)
+		}
+	}
+
+	// infer ls and usage show it.
+	if out, err := p.cli("ls"); err != nil || !strings.Contains(out, "stories") {
+		t.Errorf("infer ls: %v\n%s", err, out)
+	}
+	if out, err := p.cli("usage", "--json"); err != nil || !strings.Contains(out, `"stories"`) {
+		t.Errorf("infer usage: %v\n%s", err, out)
+	}
+}
+
+// TestBadInput checks that each mistake gets OpenAI's error shape with the
+// right status, nothing is stored for a bad upload, and the server keeps
+// serving.
+func TestBadInput(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and starts MinIO")
+	}
+	p := startPlatform(t)
+	notGGUF := filepath.Join(t.TempDir(), "weights.gguf")
+	os.WriteFile(notGGUF, bytes.Repeat([]byte("not a model "), 1000), 0o644)
+	if out, err := p.cli("deploy", "bad", "--weights", notGGUF); err == nil || !strings.Contains(out, "GGUF") {
+		t.Errorf("deploying a non-GGUF file: err %v, output %q; want a failure naming GGUF", err, out)
+	}
+	conn, err := pgx.Connect(context.Background(), p.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var artifacts, deployments int
+	conn.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM artifacts), (SELECT count(*) FROM deployments)`).Scan(&artifacts, &deployments)
+	if artifacts != 0 || deployments != 0 {
+		t.Errorf("a rejected upload left %d artifacts and %d deployments", artifacts, deployments)
+	}
+
+	tests := []struct {
+		name, path, key, body string
+		status                int
+		errType, code, param  string
+	}{
+		{"unknown model", "/v1/chat/completions", p.key, `{"model":"nope","messages":[{"role":"user","content":"hi"}]}`, 404, "invalid_request_error", "model_not_found", "model"},
+		{"no key", "/v1/chat/completions", "", `{"model":"nope","messages":[]}`, 401, "invalid_request_error", "invalid_api_key", ""},
+		{"wrong key", "/v1/chat/completions", "sk-wrong", `{"model":"nope","messages":[]}`, 401, "invalid_request_error", "invalid_api_key", ""},
+		{"malformed JSON", "/v1/chat/completions", p.key, `{"model":`, 400, "invalid_request_error", "", ""},
+		{"no messages", "/v1/chat/completions", p.key, `{"model":"x","messages":[]}`, 400, "invalid_request_error", "", "messages"},
+		{"bad temperature", "/v1/chat/completions", p.key, `{"model":"x","messages":[{"role":"user","content":"hi"}],"temperature":9}`, 400, "invalid_request_error", "", "temperature"},
+		{"n > 1", "/v1/completions", p.key, `{"model":"x","prompt":"hi","n":3}`, 400, "invalid_request_error", "", "n"},
+		{"unknown route", "/v1/nothing", p.key, `{}`, 404, "invalid_request_error", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := p.post(tt.path, tt.key, tt.body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var e struct {
+				Error struct {
+					Message string  `json:"message"`
+					Type    string  `json:"type"`
+					Param   *string `json:"param"`
+					Code    *string `json:"code"`
+				} `json:"error"`
+			}
+			if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+				t.Fatalf("error body is not JSON: %v", err)
+			}
+			if resp.StatusCode != tt.status || e.Error.Type != tt.errType || e.Error.Message == "" {
+				t.Errorf("got %d %+v, want %d type %s", resp.StatusCode, e.Error, tt.status, tt.errType)
+			}
+			if tt.code != "" && (e.Error.Code == nil || *e.Error.Code != tt.code) {
+				t.Errorf("code %v, want %s", e.Error.Code, tt.code)
+			}
+			if tt.param != "" && (e.Error.Param == nil || *e.Error.Param != tt.param) {
+				t.Errorf("param %v, want %s", e.Error.Param, tt.param)
+			}
+		})
+	}
+	resp, err := http.Get(p.url + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("server unhealthy after bad input: %v", err)
+	}
+	resp.Body.Close()
+}

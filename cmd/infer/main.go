@@ -1,0 +1,70 @@
+// Command infer is the whole platform in one binary: `infer dev` runs it on
+// one machine, `infer activator`, `infer controlplane` and `infer runner`
+// are the production components, and the rest is the CLI that talks to an
+// activator's API.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	root := &cobra.Command{
+		Use:   "infer",
+		Short: "Serverless, OpenAI-compatible inference for GGUF models that scales to zero",
+		Long: `infer serves GGUF models behind an OpenAI-compatible API. Upload weights once
+with 'infer deploy'; runners start when requests arrive and stop when idle.
+
+Run the platform on one machine with 'infer dev'. The CLI talks to $INFER_URL
+(default http://127.0.0.1:8080) with the key in $INFER_API_KEY (default: the
+admin key 'infer dev' wrote to $INFER_HOME/admin-key).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(
+		devCmd(), activatorCmd(), controlplaneCmd(), runnerCmd(),
+		deployCmd(), lsCmd(), rmCmd(), usageCmd(),
+	)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "infer:", err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+// usageError marks a mistake in how a command was called (exit status 2).
+type usageError struct{ error }
+
+// newLogger returns the process logger: text to stderr, level from
+// INFER_LOG_LEVEL (debug, info, warn, error).
+func newLogger() *slog.Logger {
+	level := slog.LevelInfo
+	switch strings.ToLower(os.Getenv("INFER_LOG_LEVEL")) {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+	return log
+}
+
+// env returns an environment variable or a default.
+func env(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/spf13/cobra"
+
+	"github.com/infer-run/infer/internal/blob"
+	"github.com/infer-run/infer/internal/wire"
+	"github.com/infer-run/infer/runner"
+)
+
+func runnerCmd() *cobra.Command {
+	var (
+		cfg      runner.Config
+		natsURL  string
+		cacheDir string
+		blobDir  string
+	)
+	cmd := &cobra.Command{
+		Use:   "runner",
+		Short: "Serve one deployment's model (started by the control plane)",
+		Long: `runner fetches a deployment's weights into the local cache, loads them with
+llama.cpp and serves the deployment's queue with continuous batching until it
+is told to drain (SIGTERM: finish in-flight requests, then exit). It listens
+on no port: it talks only to NATS and the object store (S3 settings from
+$INFER_S3_*, or --blob-dir).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := newLogger()
+			if cfg.Deployment == "" || cfg.Artifact.SHA256 == "" || cfg.Artifact.ObjectKey == "" {
+				return usageError{errors.New("--deployment, --artifact and --object-key are required")}
+			}
+			if cfg.ID == "" {
+				cfg.ID = wire.NewID(6)
+			}
+			var blobs blob.Store
+			if s3, ok := blob.S3ConfigFromEnv(); ok {
+				s, err := blob.NewS3(cmd.Context(), s3)
+				if err != nil {
+					return fmt.Errorf("connecting to S3 at %s: %w", s3.Endpoint, err)
+				}
+				blobs = s
+			} else if blobDir != "" {
+				d, err := blob.NewDir(blobDir)
+				if err != nil {
+					return err
+				}
+				blobs = d
+			} else {
+				return usageError{errors.New("no object store: set $INFER_S3_ENDPOINT or --blob-dir")}
+			}
+			cfg.Cache = &runner.Cache{Dir: cacheDir, Blobs: blobs}
+
+			nc, err := nats.Connect(natsURL, nats.Name("infer-runner-"+cfg.ID), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
+			if err != nil {
+				return fmt.Errorf("connecting to NATS at %s: %w", natsURL, err)
+			}
+			defer nc.Close()
+			r, err := runner.New(cfg, nc, log)
+			if err != nil {
+				return err
+			}
+
+			// First SIGTERM or SIGINT: drain. Second: abandon in-flight
+			// work (JetStream redelivers it to another runner).
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			drain := make(chan struct{})
+			sigs := make(chan os.Signal, 2)
+			signal.Notify(sigs, syscall.SIGTERM, os.Interrupt)
+			go func() {
+				<-sigs
+				close(drain)
+				<-sigs
+				cancel()
+			}()
+			err = r.Run(ctx, drain)
+			if errors.Is(err, context.Canceled) {
+				err = nil
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Deployment, "deployment", "", "deployment to serve")
+	f.StringVar(&cfg.ID, "id", "", "runner ID (default: random)")
+	f.StringVar(&cfg.Artifact.SHA256, "artifact", "", "sha256 of the weights")
+	f.StringVar(&cfg.Artifact.ObjectKey, "object-key", "", "object store key of the weights")
+	f.Int64Var(&cfg.Artifact.Size, "size", 0, "size of the weights in bytes (checked against the cache)")
+	f.IntVar(&cfg.Engine.Parallel, "parallel", 4, "sequences decoded together (continuous batching slots)")
+	f.IntVar(&cfg.Engine.Context, "context", 0, "tokens per sequence (default: the model's trained length, at most 4096)")
+	f.IntVar(&cfg.Engine.Threads, "threads", 0, "llama.cpp threads (default: 1 for tiny models, else all cores)")
+	f.IntVar(&cfg.Engine.GPULayers, "gpu-layers", 0, "layers to offload to the GPU (GPU builds only)")
+	f.StringVar(&cfg.ChatTemplate, "chat-template", "", "chat template family: chatml, llama3, llama2, gemma, phi3 or plain (default: from the GGUF)")
+	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "exit after this long without requests (0: leave it to the control plane)")
+	f.StringVar(&natsURL, "nats", env("INFER_NATS_URL", nats.DefaultURL), "NATS server URL ($INFER_NATS_URL)")
+	f.StringVar(&cacheDir, "cache-dir", env("INFER_CACHE_DIR", ".infer/cache"), "local weights cache ($INFER_CACHE_DIR)")
+	f.StringVar(&blobDir, "blob-dir", "", "object store directory when no S3 server is configured")
+	return cmd
+}

@@ -1,0 +1,283 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/infer-run/infer/activator"
+	"github.com/infer-run/infer/controlplane"
+	"github.com/infer-run/infer/internal/blob"
+	"github.com/infer-run/infer/registry"
+)
+
+// defaultDatabaseURL is the local Postgres, database infer (created if
+// missing), as the OS user.
+const defaultDatabaseURL = "postgres://127.0.0.1:5432/infer?sslmode=disable"
+
+type serveFlags struct {
+	addr  string
+	home  string
+	dbURL string
+	nats  string
+}
+
+func (f *serveFlags) register(cmd *cobra.Command, withAddr bool) {
+	if withAddr {
+		cmd.Flags().StringVar(&f.addr, "addr", env("INFER_ADDR", "127.0.0.1:8080"), "HTTP listen address ($INFER_ADDR)")
+	}
+	cmd.Flags().StringVar(&f.home, "home", env("INFER_HOME", ".infer"), "state directory: embedded NATS, blobs, weights cache, logs ($INFER_HOME)")
+	cmd.Flags().StringVar(&f.dbURL, "database-url", env("DATABASE_URL", defaultDatabaseURL), "Postgres connection string ($DATABASE_URL)")
+	cmd.Flags().StringVar(&f.nats, "nats", os.Getenv("INFER_NATS_URL"), "NATS server URL; empty embeds one with JetStream under --home ($INFER_NATS_URL)")
+}
+
+func devCmd() *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run the activator, control plane and an embedded NATS in one process",
+		Long: `dev runs the whole platform on this machine: the OpenAI-compatible API on
+--addr, the control plane starting 'infer runner' processes on demand, and an
+embedded NATS JetStream server storing its queues under --home (unless
+$INFER_NATS_URL names an external one). Records go to Postgres at
+$DATABASE_URL; weights go to the S3 server in $INFER_S3_ENDPOINT, or to
+--home/blobs without one.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return serve(cmd.Context(), f, true, true)
+		},
+	}
+	f.register(cmd, true)
+	return cmd
+}
+
+func activatorCmd() *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "activator",
+		Short: "Run the OpenAI-compatible API (production: several behind a load balancer)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.nats == "" {
+				return usageError{errors.New("the activator needs --nats or $INFER_NATS_URL")}
+			}
+			return serve(cmd.Context(), f, true, false)
+		},
+	}
+	f.register(cmd, true)
+	return cmd
+}
+
+func controlplaneCmd() *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "controlplane",
+		Short: "Run the autoscaler that starts and stops runners",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.nats == "" {
+				return usageError{errors.New("the control plane needs --nats or $INFER_NATS_URL")}
+			}
+			return serve(cmd.Context(), f, false, true)
+		},
+	}
+	f.register(cmd, false)
+	return cmd
+}
+
+// serve runs the activator and/or the control plane until SIGINT/SIGTERM.
+func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bool) error {
+	log := newLogger()
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	home, err := filepath.Abs(f.home)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(home, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", home, err)
+	}
+
+	natsURL := f.nats
+	if natsURL == "" {
+		ns, err := embedNATS(filepath.Join(home, "nats"), log)
+		if err != nil {
+			return err
+		}
+		defer ns.Shutdown()
+		natsURL = ns.ClientURL()
+	}
+	nc, err := nats.Connect(natsURL, nats.Name("infer"), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
+	if err != nil {
+		return fmt.Errorf("connecting to NATS at %s: %w", natsURL, err)
+	}
+	defer nc.Close()
+
+	store, err := registry.Open(ctx, f.dbURL)
+	if err != nil {
+		return fmt.Errorf("opening the registry (Postgres at %s): %w", redact(f.dbURL), err)
+	}
+	defer store.Close()
+
+	blobs, blobArgs, err := openBlobs(ctx, home)
+	if err != nil {
+		return err
+	}
+
+	g, ctx := errgroup.WithContext(ctx)
+	if withActivator {
+		if err := ensureAdminKey(ctx, store, home, log); err != nil {
+			return err
+		}
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		srv, err := activator.New(activator.Config{
+			Registry:   store,
+			Uploader:   &registry.Uploader{Store: store, Blobs: blobs},
+			NATS:       nc,
+			Logger:     log,
+			Registerer: reg,
+			Gatherer:   reg,
+		})
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		l, err := net.Listen("tcp", f.addr)
+		if err != nil {
+			return fmt.Errorf("listening on %s: %w", f.addr, err)
+		}
+		g.Go(func() error { return srv.Serve(ctx, l) })
+	}
+	if withControlPlane {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("finding the infer binary: %w", err)
+		}
+		driver := &controlplane.LocalDriver{
+			Command:   []string{exe, "runner"},
+			ExtraArgs: append([]string{"--nats", natsURL, "--cache-dir", filepath.Join(home, "cache")}, blobArgs...),
+			LogDir:    filepath.Join(home, "logs"),
+			Log:       log,
+		}
+		defer func() {
+			shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			driver.Shutdown(shutdownCtx)
+		}()
+		cp, err := controlplane.New(controlplane.Config{Registry: store, Driver: driver, NATS: nc, Logger: log})
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return cp.Run(ctx) })
+		g.Go(func() error { return controlplane.RecordUsage(ctx, nc, store, log) })
+	}
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	log.Info("shutting down")
+	return err
+}
+
+// embedNATS starts a NATS server with JetStream in this process. It listens
+// on a free loopback port: runners, which are separate processes, connect
+// to it, and a system NATS on the default port is left alone.
+func embedNATS(storeDir string, log *slog.Logger) (*natsserver.Server, error) {
+	ns, err := natsserver.NewServer(&natsserver.Options{
+		ServerName: "infer-dev",
+		Host:       "127.0.0.1",
+		Port:       -1,
+		JetStream:  true,
+		StoreDir:   storeDir,
+		NoSigs:     true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("configuring embedded NATS: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, errors.New("embedded NATS did not start within 10s")
+	}
+	log.Info("embedded NATS with JetStream started", "url", ns.ClientURL(), "store", storeDir)
+	return ns, nil
+}
+
+// openBlobs connects to the object store: S3 when INFER_S3_ENDPOINT is set,
+// otherwise a directory under home. It also returns the runner flags that
+// point runners at the same store (S3 settings reach them through the
+// inherited environment).
+func openBlobs(ctx context.Context, home string) (blob.Store, []string, error) {
+	if cfg, ok := blob.S3ConfigFromEnv(); ok {
+		s, err := blob.NewS3(ctx, cfg)
+		if err != nil {
+			return nil, nil, fmt.Errorf("connecting to S3 at %s: %w", cfg.Endpoint, err)
+		}
+		return s, nil, nil
+	}
+	dir := filepath.Join(home, "blobs")
+	d, err := blob.NewDir(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return d, []string{"--blob-dir", dir}, nil
+}
+
+// ensureAdminKey makes sure someone can use the API: INFER_ADMIN_KEY becomes
+// an admin key as given; otherwise, on first start, one is generated,
+// printed once and saved (mode 0600) to home/admin-key for the CLI.
+func ensureAdminKey(ctx context.Context, store *registry.Store, home string, log *slog.Logger) error {
+	keyFile := filepath.Join(home, "admin-key")
+	if secret := os.Getenv("INFER_ADMIN_KEY"); secret != "" {
+		if _, err := store.EnsureAdminKey(ctx, "default", secret); err != nil {
+			return fmt.Errorf("installing INFER_ADMIN_KEY: %w", err)
+		}
+		return nil
+	}
+	has, err := store.HasAnyKey(ctx)
+	if err != nil {
+		return fmt.Errorf("checking for API keys: %w", err)
+	}
+	if has {
+		return nil
+	}
+	tenant, err := store.EnsureTenant(ctx, "default")
+	if err != nil {
+		return err
+	}
+	_, secret, err := store.CreateKey(ctx, tenant.ID, "admin", registry.RoleAdmin)
+	if err != nil {
+		return fmt.Errorf("creating the first admin key: %w", err)
+	}
+	if err := os.WriteFile(keyFile, []byte(secret+"\n"), 0o600); err != nil {
+		return fmt.Errorf("saving the admin key: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "\nCreated an admin API key (shown once, saved to %s):\n\n    %s\n\n", keyFile, secret)
+	log.Info("admin key created", "file", keyFile)
+	return nil
+}
+
+// redact hides a password in a connection string for logs.
+func redact(dsn string) string {
+	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
+		return u.Redacted()
+	}
+	return "(unparsable DATABASE_URL)"
+}

@@ -1,0 +1,331 @@
+// Package controlplane decides how many runners each deployment has and
+// makes it so through a Driver. It scales a deployment up from zero the
+// moment work arrives (the activator pokes it), keeps
+// ceil(work / parallel) runners within [min, max] while work waits, and
+// stops idle runners one at a time after the deployment's idle timeout, so
+// an unused model costs nothing.
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/infer-run/infer/internal/queue"
+	"github.com/infer-run/infer/internal/wire"
+	"github.com/infer-run/infer/registry"
+)
+
+// Registry is what the control plane reads from the records store.
+type Registry interface {
+	ListDeployments(ctx context.Context, tenantID string) ([]registry.Deployment, error)
+	GetArtifact(ctx context.Context, sha string) (registry.Artifact, error)
+}
+
+// Config configures a ControlPlane.
+type Config struct {
+	Registry Registry
+	Driver   Driver
+	NATS     *nats.Conn
+	Logger   *slog.Logger
+	// Tick is how often every deployment is reconciled; pokes reconcile
+	// one deployment at once in between.
+	Tick time.Duration
+	// DeadAfter is how long a runner may go without a heartbeat before it
+	// counts as dead (once it has sent one).
+	DeadAfter time.Duration
+	// StartTimeout bounds how long a runner may take to send its first
+	// heartbeat.
+	StartTimeout time.Duration
+}
+
+// ControlPlane is the autoscaler.
+type ControlPlane struct {
+	cfg Config
+	log *slog.Logger
+	js  jetstream.JetStream
+
+	pokes chan string
+
+	mu      sync.Mutex
+	beats   map[string]runnerState // runner ID → last heartbeat
+	readyAt map[string]time.Time   // runner ID → when it was first seen ready
+}
+
+type runnerState struct {
+	hb   wire.Heartbeat
+	seen time.Time
+}
+
+// New creates a control plane.
+func New(cfg Config) (*ControlPlane, error) {
+	js, err := jetstream.New(cfg.NATS)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Tick <= 0 {
+		cfg.Tick = time.Second
+	}
+	if cfg.DeadAfter <= 0 {
+		cfg.DeadAfter = 10 * time.Second
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 60 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &ControlPlane{
+		cfg:     cfg,
+		log:     log.With("component", "controlplane"),
+		js:      js,
+		pokes:   make(chan string, 1024),
+		beats:   map[string]runnerState{},
+		readyAt: map[string]time.Time{},
+	}, nil
+}
+
+// Run reconciles until ctx is done.
+func (cp *ControlPlane) Run(ctx context.Context) error {
+	hbSub, err := cp.cfg.NATS.Subscribe(wire.HeartbeatSubjects, cp.onHeartbeat)
+	if err != nil {
+		return err
+	}
+	defer hbSub.Unsubscribe()
+	pokeSub, err := cp.cfg.NATS.Subscribe(wire.WorkSubjects, func(m *nats.Msg) {
+		select {
+		case cp.pokes <- strings.TrimPrefix(m.Subject, "infer.work."):
+		default: // a full channel means a reconcile is coming anyway
+		}
+	})
+	if err != nil {
+		return err
+	}
+	defer pokeSub.Unsubscribe()
+
+	tick := time.NewTicker(cp.cfg.Tick)
+	defer tick.Stop()
+	cp.reconcileAll(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			cp.reconcileAll(ctx)
+		case name := <-cp.pokes:
+			cp.reconcileOne(ctx, name)
+		}
+	}
+}
+
+func (cp *ControlPlane) onHeartbeat(m *nats.Msg) {
+	var hb wire.Heartbeat
+	if err := json.Unmarshal(m.Data, &hb); err != nil {
+		return
+	}
+	now := time.Now()
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if hb.Phase == wire.PhaseStopped {
+		delete(cp.beats, hb.RunnerID)
+		delete(cp.readyAt, hb.RunnerID)
+		return
+	}
+	cp.beats[hb.RunnerID] = runnerState{hb: hb, seen: now}
+	if hb.Phase == wire.PhaseReady {
+		if _, ok := cp.readyAt[hb.RunnerID]; !ok {
+			cp.readyAt[hb.RunnerID] = now
+		}
+	}
+}
+
+func (cp *ControlPlane) reconcileAll(ctx context.Context) {
+	deps, err := cp.cfg.Registry.ListDeployments(ctx, "")
+	if err != nil {
+		cp.log.Error("listing deployments", "err", err)
+		return
+	}
+	runners, err := cp.cfg.Driver.Runners(ctx)
+	if err != nil {
+		cp.log.Error("listing runners", "err", err)
+		return
+	}
+	byDep := map[string][]RunnerRef{}
+	for _, r := range runners {
+		byDep[r.Deployment] = append(byDep[r.Deployment], r)
+	}
+	known := map[string]bool{}
+	for _, d := range deps {
+		known[d.Name] = true
+		cp.reconcile(ctx, d, byDep[d.Name])
+	}
+	// Runners of deleted deployments drain and go.
+	for name, rs := range byDep {
+		if known[name] {
+			continue
+		}
+		for _, r := range rs {
+			if !r.Stopping {
+				cp.log.Info("stopping runner of a deleted deployment", "deployment", name, "runner", r.ID)
+				cp.cfg.Driver.Stop(ctx, r.ID)
+			}
+		}
+	}
+	cp.forgetGone(runners)
+}
+
+// forgetGone drops heartbeat state of runners the driver no longer has.
+func (cp *ControlPlane) forgetGone(runners []RunnerRef) {
+	alive := make(map[string]bool, len(runners))
+	for _, r := range runners {
+		alive[r.ID] = true
+	}
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	for id, st := range cp.beats {
+		if !alive[id] && time.Since(st.seen) > cp.cfg.DeadAfter {
+			delete(cp.beats, id)
+			delete(cp.readyAt, id)
+		}
+	}
+}
+
+func (cp *ControlPlane) reconcileOne(ctx context.Context, name string) {
+	deps, err := cp.cfg.Registry.ListDeployments(ctx, "")
+	if err != nil {
+		cp.log.Error("listing deployments", "err", err)
+		return
+	}
+	runners, err := cp.cfg.Driver.Runners(ctx)
+	if err != nil {
+		cp.log.Error("listing runners", "err", err)
+		return
+	}
+	for _, d := range deps {
+		if d.Name != name {
+			continue
+		}
+		var mine []RunnerRef
+		for _, r := range runners {
+			if r.Deployment == name {
+				mine = append(mine, r)
+			}
+		}
+		cp.reconcile(ctx, d, mine)
+	}
+}
+
+// Desired is the number of runners a deployment should have for its
+// current work: enough slots for everything queued or running, within
+// [min, max].
+func Desired(d registry.Deployment, work int) int {
+	parallel := max(1, d.Parallel)
+	n := (work + parallel - 1) / parallel
+	return min(max(n, d.MinRunners), max(d.MaxRunners, d.MinRunners))
+}
+
+func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, runners []RunnerRef) {
+	log := cp.log.With("deployment", d.Name)
+	depth, err := queue.GetDepth(ctx, cp.js, d.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+		_, err = queue.Ensure(ctx, cp.js, d.Name, queue.Limits{MaxJobs: d.QueueLimit, MaxAge: 2 * d.QueueTimeout})
+	}
+	if err != nil {
+		log.Error("reading queue depth", "err", err)
+		return
+	}
+	now := time.Now()
+
+	// Sort runners into those that count and those on their way out.
+	var live []RunnerRef
+	for _, r := range runners {
+		if r.Stopping {
+			continue
+		}
+		st, seen := cp.state(r.ID)
+		switch {
+		case r.Artifact != d.ArtifactSHA256:
+			// New weights: the old runner finishes what it has and
+			// goes; a new one takes the queue.
+			log.Info("draining runner on old artifact", "runner", r.ID, "artifact", r.Artifact)
+			cp.cfg.Driver.Stop(ctx, r.ID)
+		case seen && now.Sub(st.seen) > cp.cfg.DeadAfter:
+			log.Warn("runner stopped sending heartbeats; killing it", "runner", r.ID, "last", st.seen)
+			cp.cfg.Driver.Kill(ctx, r.ID)
+		case !seen && now.Sub(r.StartedAt) > cp.cfg.StartTimeout:
+			log.Warn("runner never reported; killing it", "runner", r.ID)
+			cp.cfg.Driver.Kill(ctx, r.ID)
+		default:
+			live = append(live, r)
+		}
+	}
+
+	want := Desired(d, depth.Total())
+	switch {
+	case len(live) < want:
+		a, err := cp.cfg.Registry.GetArtifact(ctx, d.ArtifactSHA256)
+		if err != nil {
+			log.Error("looking up artifact", "err", err)
+			return
+		}
+		for i := len(live); i < want; i++ {
+			spec := RunnerSpec{
+				ID:           wire.NewID(6),
+				Deployment:   d.Name,
+				Artifact:     a.SHA256,
+				ObjectKey:    a.ObjectKey,
+				Size:         a.Size,
+				Parallel:     d.Parallel,
+				Context:      d.ContextLength,
+				ChatTemplate: d.ChatTemplate,
+			}
+			log.Info("starting runner", "runner", spec.ID, "queued", depth.Queued, "in_flight", depth.InFlight, "runners", len(live), "want", want)
+			if err := cp.cfg.Driver.Start(ctx, spec); err != nil {
+				log.Error("starting runner", "err", err)
+				return
+			}
+		}
+	case len(live) > want:
+		// Stop one idle runner per tick: load that comes back finds the
+		// rest still warm.
+		for _, r := range live {
+			if cp.idleFor(r.ID, now) >= d.IdleTimeout {
+				log.Info("stopping idle runner", "runner", r.ID, "idle_timeout", d.IdleTimeout, "runners", len(live), "want", want)
+				cp.cfg.Driver.Stop(ctx, r.ID)
+				break
+			}
+		}
+	}
+}
+
+func (cp *ControlPlane) state(id string) (runnerState, bool) {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	st, ok := cp.beats[id]
+	return st, ok
+}
+
+// idleFor is how long a ready runner has had nothing to do; a runner that
+// is not ready yet, or busy, is not idle.
+func (cp *ControlPlane) idleFor(id string, now time.Time) time.Duration {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	st, ok := cp.beats[id]
+	ready, isReady := cp.readyAt[id]
+	if !ok || !isReady || st.hb.Phase != wire.PhaseReady || st.hb.InFlight > 0 {
+		return 0
+	}
+	last := ready
+	if st.hb.LastRequest.After(last) {
+		last = st.hb.LastRequest
+	}
+	return now.Sub(last)
+}

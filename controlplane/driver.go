@@ -1,0 +1,64 @@
+package controlplane
+
+import (
+	"context"
+	"strconv"
+	"time"
+)
+
+// RunnerSpec is what a driver needs to start one runner.
+type RunnerSpec struct {
+	ID           string
+	Deployment   string
+	Artifact     string // sha256
+	ObjectKey    string
+	Size         int64
+	Parallel     int
+	Context      int
+	ChatTemplate string
+}
+
+// Args is the runner's command line after "infer runner". Drivers add
+// their own connection settings (NATS, object store, cache).
+func (s RunnerSpec) Args() []string {
+	args := []string{
+		"--deployment", s.Deployment,
+		"--id", s.ID,
+		"--artifact", s.Artifact,
+		"--object-key", s.ObjectKey,
+		"--size", strconv.FormatInt(s.Size, 10),
+		"--parallel", strconv.Itoa(s.Parallel),
+	}
+	if s.Context > 0 {
+		args = append(args, "--context", strconv.Itoa(s.Context))
+	}
+	if s.ChatTemplate != "" {
+		args = append(args, "--chat-template", s.ChatTemplate)
+	}
+	return args
+}
+
+// RunnerRef is a runner as its driver knows it: it exists until it exits.
+type RunnerRef struct {
+	ID         string
+	Deployment string
+	Artifact   string
+	StartedAt  time.Time
+	// Stopping is set once Stop was called.
+	Stopping bool
+}
+
+// Driver starts and stops runners somewhere: local processes, Kubernetes
+// pods. Implementations must be safe for concurrent use.
+type Driver interface {
+	// Start launches a runner and returns without waiting for it to be
+	// ready; the runner reports its phases over NATS.
+	Start(ctx context.Context, spec RunnerSpec) error
+	// Stop asks a runner to drain (finish its requests, take no more) and
+	// exit. Stopping a runner that is gone is not an error.
+	Stop(ctx context.Context, id string) error
+	// Kill ends a runner at once (it stopped answering).
+	Kill(ctx context.Context, id string) error
+	// Runners lists the runners that exist.
+	Runners(ctx context.Context) ([]RunnerRef, error)
+}

@@ -1,0 +1,174 @@
+package blob
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// partSize is the multipart chunk size. minio-go buffers one part at a time
+// for readers of unknown size, so this bounds Put's memory, while keeping a
+// multi-GiB model well under S3's 10,000-part limit.
+const partSize = 16 << 20
+
+// S3Config says how to reach an S3-compatible object store.
+type S3Config struct {
+	// Endpoint is host:port; a URL such as https://host:port also works
+	// and then decides Secure.
+	Endpoint  string
+	AccessKey string
+	SecretKey string
+	Bucket    string
+	Region    string
+	Secure    bool
+}
+
+// S3ConfigFromEnv reads the INFER_S3_* variables. ok is false when
+// INFER_S3_ENDPOINT is unset, meaning no S3 store is configured.
+func S3ConfigFromEnv() (cfg S3Config, ok bool) {
+	cfg = S3Config{
+		Endpoint:  os.Getenv("INFER_S3_ENDPOINT"),
+		AccessKey: os.Getenv("INFER_S3_ACCESS_KEY"),
+		SecretKey: os.Getenv("INFER_S3_SECRET_KEY"),
+		Bucket:    os.Getenv("INFER_S3_BUCKET"),
+		Region:    os.Getenv("INFER_S3_REGION"),
+	}
+	if cfg.Bucket == "" {
+		cfg.Bucket = "infer"
+	}
+	switch os.Getenv("INFER_S3_SECURE") {
+	case "true", "1":
+		cfg.Secure = true
+	}
+	return cfg, cfg.Endpoint != ""
+}
+
+// S3 is a Store in one bucket of an S3-compatible server.
+type S3 struct {
+	client *minio.Client
+	bucket string
+}
+
+var _ Store = (*S3)(nil)
+
+// NewS3 connects to the server and creates the bucket if it does not exist.
+func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
+	endpoint, secure := cfg.Endpoint, cfg.Secure
+	if strings.Contains(endpoint, "://") {
+		u, err := url.Parse(endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("parsing S3 endpoint: %w", err)
+		}
+		endpoint, secure = u.Host, u.Scheme == "https"
+	}
+	client, err := minio.New(endpoint, &minio.Options{
+		Creds:  credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
+		Secure: secure,
+		Region: cfg.Region,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating S3 client: %w", err)
+	}
+	s := &S3{client: client, bucket: cfg.Bucket}
+	if err := s.ensureBucket(ctx, cfg.Region); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *S3) ensureBucket(ctx context.Context, region string) error {
+	exists, err := s.client.BucketExists(ctx, s.bucket)
+	if err != nil {
+		return fmt.Errorf("checking bucket %s: %w", s.bucket, err)
+	}
+	if exists {
+		return nil
+	}
+	err = s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: region})
+	if err != nil {
+		// Several processes starting together may all try to create it;
+		// servers differ in which error the losers get, so ask again.
+		if exists, err2 := s.client.BucketExists(ctx, s.bucket); err2 == nil && exists {
+			return nil
+		}
+		return fmt.Errorf("creating bucket %s: %w", s.bucket, err)
+	}
+	slog.InfoContext(ctx, "created S3 bucket", "bucket", s.bucket)
+	return nil
+}
+
+// Put uploads r in parts of partSize. On a reader error minio-go aborts the
+// multipart upload (or drops the single PUT), so nothing appears at key, and
+// the reader's error stays matchable with errors.Is.
+func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	// r goes to minio-go unwrapped: a file's ReadAt lets it upload parts in
+	// parallel.
+	_, err := s.client.PutObject(ctx, s.bucket, key, r, size, minio.PutObjectOptions{
+		PartSize:    partSize,
+		ContentType: "application/octet-stream",
+	})
+	if err != nil {
+		return fmt.Errorf("put %q: %w", key, err)
+	}
+	return nil
+}
+
+// Open returns the object at key and its size. The reader stays usable only
+// while ctx is.
+func (s *S3) Open(ctx context.Context, key string) (io.ReadCloser, int64, error) {
+	if err := checkKey(key); err != nil {
+		return nil, 0, err
+	}
+	obj, err := s.client.GetObject(ctx, s.bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, 0, s3Error("open", key, err)
+	}
+	// GetObject is lazy; Stat sends the request and surfaces a missing key.
+	info, err := obj.Stat()
+	if err != nil {
+		obj.Close()
+		return nil, 0, s3Error("open", key, err)
+	}
+	return obj, info.Size, nil
+}
+
+// Stat returns the size of the object at key.
+func (s *S3) Stat(ctx context.Context, key string) (int64, error) {
+	if err := checkKey(key); err != nil {
+		return 0, err
+	}
+	info, err := s.client.StatObject(ctx, s.bucket, key, minio.StatObjectOptions{})
+	if err != nil {
+		return 0, s3Error("stat", key, err)
+	}
+	return info.Size, nil
+}
+
+// Delete removes the object at key.
+func (s *S3) Delete(ctx context.Context, key string) error {
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	err := s.client.RemoveObject(ctx, s.bucket, key, minio.RemoveObjectOptions{})
+	if err != nil && minio.ToErrorResponse(err).Code != minio.NoSuchKey {
+		return fmt.Errorf("delete %q: %w", key, err)
+	}
+	return nil
+}
+
+func s3Error(op, key string, err error) error {
+	if minio.ToErrorResponse(err).Code == minio.NoSuchKey {
+		return fmt.Errorf("%s %q: %w", op, key, ErrNotFound)
+	}
+	return fmt.Errorf("%s %q: %w", op, key, err)
+}

@@ -1,0 +1,35 @@
+package wire
+
+import (
+	"reflect"
+	"testing"
+)
+
+func TestEventRoundTrip(t *testing.T) {
+	events := []Event{
+		{Type: EventDelta, Text: "Once upon a time"},
+		{Type: EventDelta, Text: "quote \" and newline \n and é"},
+		{Type: EventStart, Usage: &Usage{PromptTokens: 5}},
+		{Type: EventPhase, Phase: "fetching weights 40%"},
+		{Type: EventDone, FinishReason: "length", Usage: &Usage{PromptTokens: 5, CompletionTokens: 7}},
+		{Type: EventError, Error: &Error{Status: 400, Code: "context_length_exceeded", Param: "messages", Message: "too long"}},
+	}
+	for _, ev := range events {
+		data, err := AppendEvent(nil, &ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeEvent(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, ev) {
+			t.Errorf("round trip: got %+v, want %+v", got, ev)
+		}
+	}
+	for _, bad := range [][]byte{nil, []byte("x"), []byte("j{")} {
+		if _, err := DecodeEvent(bad); err == nil {
+			t.Errorf("DecodeEvent(%q) accepted bad input", bad)
+		}
+	}
+}

@@ -1,0 +1,199 @@
+// Package wire defines what the activator, the control plane and the runners
+// say to each other over NATS: subject and stream names, the queued Job, the
+// Events a runner streams back for one job, runner heartbeats and usage
+// records. Keeping it in one place keeps the request path readable: every
+// message that crosses a process boundary is declared here.
+package wire
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Subjects and streams. Deployment names are validated by the registry to
+// [a-z0-9_-], so they are safe as subject tokens and stream-name suffixes.
+const (
+	// RequestConsumer is the durable pull consumer all runners of a
+	// deployment share; JetStream hands each job to exactly one of them.
+	RequestConsumer = "runners"
+
+	// UsageStream holds one usage record per finished request until the
+	// recorder has written it to Postgres (a Postgres outage delays billing
+	// and loses nothing).
+	UsageStream   = "INFER_USAGE"
+	usageSubjects = "infer.usage.>"
+
+	// HeartbeatSubjects is what the control plane subscribes to.
+	HeartbeatSubjects = "infer.runner.>"
+	// WorkSubjects carries the activator's "work arrived" pokes, so a
+	// deployment at zero scales up at once instead of at the next tick.
+	WorkSubjects = "infer.work.>"
+)
+
+// RequestStream is the JetStream stream that queues one deployment's jobs.
+func RequestStream(deployment string) string { return "INFER_REQ_" + deployment }
+
+// RequestSubject is the subject jobs for a deployment are published on.
+func RequestSubject(deployment string) string { return "infer.req." + deployment }
+
+// WorkSubject is where the activator pokes the control plane.
+func WorkSubject(deployment string) string { return "infer.work." + deployment }
+
+// HeartbeatSubject is where a runner reports its state.
+func HeartbeatSubject(deployment, runnerID string) string {
+	return "infer.runner." + deployment + "." + runnerID
+}
+
+// CancelSubject is where the activator announces that a client went away.
+func CancelSubject(deployment string) string { return "infer.cancel." + deployment }
+
+// UsageSubject is the usage stream subject for a deployment.
+func UsageSubject(deployment string) string { return "infer.usage." + deployment }
+
+// UsageSubjects lists the subjects of UsageStream.
+func UsageSubjects() []string { return []string{usageSubjects} }
+
+// Kind says how a job's prompt is built.
+type Kind string
+
+const (
+	KindChat       Kind = "chat"
+	KindCompletion Kind = "completion"
+)
+
+// Message is one chat message, already flattened to text.
+type Message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// Sampling holds the per-request sampling parameters. Pointers are unset
+// values, so the runner can apply the model's defaults.
+type Sampling struct {
+	Temperature      *float32 `json:"temperature,omitempty"`
+	TopP             *float32 `json:"top_p,omitempty"`
+	TopK             *int     `json:"top_k,omitempty"`
+	MinP             *float32 `json:"min_p,omitempty"`
+	Seed             *int64   `json:"seed,omitempty"`
+	PresencePenalty  *float32 `json:"presence_penalty,omitempty"`
+	FrequencyPenalty *float32 `json:"frequency_penalty,omitempty"`
+	RepeatPenalty    *float32 `json:"repeat_penalty,omitempty"`
+	// JSONSchema constrains the output to JSON matching the schema
+	// (response_format json_object or json_schema); the runner turns it
+	// into a llama.cpp grammar.
+	JSONSchema json.RawMessage `json:"json_schema,omitempty"`
+}
+
+// Job is one queued inference request.
+type Job struct {
+	ID         string    `json:"id"`
+	Deployment string    `json:"deployment"`
+	Kind       Kind      `json:"kind"`
+	Prompt     string    `json:"prompt,omitempty"`
+	Messages   []Message `json:"messages,omitempty"`
+	MaxTokens  int       `json:"max_tokens,omitempty"`
+	Stop       []string  `json:"stop,omitempty"`
+	Sampling   Sampling  `json:"sampling"`
+	// ReplyTo is the core NATS subject the runner streams Events to.
+	ReplyTo string `json:"reply_to"`
+	// Deadline is when the job stops being worth starting (queue timeout).
+	Deadline time.Time `json:"deadline"`
+	TenantID string    `json:"tenant_id,omitempty"`
+	KeyID    string    `json:"key_id,omitempty"`
+}
+
+// EventType tells the activator what a runner event means.
+type EventType string
+
+const (
+	// EventPhase reports cold-start progress ("starting runner",
+	// "fetching weights 40%", "loading model"); it carries no output.
+	EventPhase EventType = "phase"
+	// EventStart says the runner admitted the job: the prompt fits and
+	// tokens follow.
+	EventStart EventType = "start"
+	// EventDelta carries generated text (whole UTF-8 characters only).
+	EventDelta EventType = "delta"
+	// EventDone ends the job with a finish reason and usage.
+	EventDone EventType = "done"
+	// EventError ends the job with an error.
+	EventError EventType = "error"
+)
+
+// Event is one message a runner sends back for a job. Deltas are coalesced
+// per decode step, so one event may carry several tokens.
+type Event struct {
+	Type         EventType `json:"t"`
+	Text         string    `json:"text,omitempty"`
+	Phase        string    `json:"phase,omitempty"`
+	FinishReason string    `json:"finish_reason,omitempty"`
+	Usage        *Usage    `json:"usage,omitempty"`
+	Error        *Error    `json:"error,omitempty"`
+}
+
+// Usage counts tokens for one request.
+type Usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+}
+
+// Error is a failure the activator turns into an OpenAI error.
+type Error struct {
+	// Status is the HTTP status the client should see.
+	Status  int    `json:"status"`
+	Code    string `json:"code,omitempty"`
+	Param   string `json:"param,omitempty"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Phase names a runner's lifecycle stage.
+type Phase string
+
+const (
+	PhaseStarting Phase = "starting"
+	PhaseFetching Phase = "fetching"
+	PhaseLoading  Phase = "loading"
+	PhaseReady    Phase = "ready"
+	PhaseDraining Phase = "draining"
+	PhaseStopped  Phase = "stopped"
+)
+
+// Heartbeat is what a runner publishes on HeartbeatSubject every second and
+// on every phase change.
+type Heartbeat struct {
+	RunnerID    string    `json:"runner_id"`
+	Deployment  string    `json:"deployment"`
+	Artifact    string    `json:"artifact"`
+	Host        string    `json:"host"`
+	PID         int       `json:"pid"`
+	Phase       Phase     `json:"phase"`
+	Detail      string    `json:"detail,omitempty"`
+	Slots       int       `json:"slots"`
+	InFlight    int       `json:"in_flight"`
+	LastRequest time.Time `json:"last_request,omitzero"`
+	StartedAt   time.Time `json:"started_at"`
+	Sent        time.Time `json:"sent"`
+}
+
+// UsageRecord is published once per finished request (success or failure)
+// with the request ID as the JetStream message ID, so a redelivered request
+// is recorded once.
+type UsageRecord struct {
+	RequestID        string    `json:"request_id"`
+	Deployment       string    `json:"deployment"`
+	TenantID         string    `json:"tenant_id,omitempty"`
+	KeyID            string    `json:"key_id,omitempty"`
+	RunnerID         string    `json:"runner_id"`
+	PromptTokens     int       `json:"prompt_tokens"`
+	CompletionTokens int       `json:"completion_tokens"`
+	QueueWaitMS      float64   `json:"queue_wait_ms"`
+	TTFTMS           float64   `json:"ttft_ms"`
+	DurationMS       float64   `json:"duration_ms"`
+	ColdStart        bool      `json:"cold_start"`
+	Status           string    `json:"status"`
+	FinishReason     string    `json:"finish_reason,omitempty"`
+	EnqueuedAt       time.Time `json:"enqueued_at"`
+	FinishedAt       time.Time `json:"finished_at"`
+}

@@ -1,0 +1,84 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Artifact is one uploaded set of weights, named by its SHA-256. Artifacts
+// are immutable: the same digest always means the same bytes at ObjectKey.
+type Artifact struct {
+	SHA256         string    `json:"sha256"`
+	Size           int64     `json:"size"`
+	ObjectKey      string    `json:"object_key"`
+	Architecture   string    `json:"architecture"`
+	ParameterCount int64     `json:"parameter_count"`
+	Quantization   string    `json:"quantization"`
+	ContextLength  int       `json:"context_length"`
+	CreatedAt      time.Time `json:"created_at"`
+}
+
+const artifactColumns = `sha256, size, object_key, architecture, parameter_count, quantization, context_length, created_at`
+
+func scanArtifact(row pgx.Row) (Artifact, error) {
+	var a Artifact
+	err := row.Scan(&a.SHA256, &a.Size, &a.ObjectKey, &a.Architecture, &a.ParameterCount, &a.Quantization, &a.ContextLength, &a.CreatedAt)
+	return a, err
+}
+
+// validSHA256 checks for 64 lowercase hex digits, the form every artifact
+// is named by.
+func validSHA256(s string) error {
+	if len(s) != 64 {
+		return fmt.Errorf("artifact digest %q: want 64 hex digits", s)
+	}
+	for _, c := range s {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return fmt.Errorf("artifact digest %q: want lowercase hex digits", s)
+		}
+	}
+	return nil
+}
+
+// PutArtifact records a, unless an artifact with its digest exists already.
+// It returns the stored record — the existing one if there was one — and
+// whether this call created it.
+func (s *Store) PutArtifact(ctx context.Context, a Artifact) (Artifact, bool, error) {
+	if err := validSHA256(a.SHA256); err != nil {
+		return Artifact{}, false, err
+	}
+	if a.Size <= 0 || a.ObjectKey == "" {
+		return Artifact{}, false, fmt.Errorf("artifact %s: size and object key are required", a.SHA256)
+	}
+	stored, err := scanArtifact(s.pool.QueryRow(ctx, `
+		INSERT INTO artifacts (sha256, size, object_key, architecture, parameter_count, quantization, context_length)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		ON CONFLICT (sha256) DO NOTHING
+		RETURNING `+artifactColumns,
+		a.SHA256, a.Size, a.ObjectKey, a.Architecture, a.ParameterCount, a.Quantization, a.ContextLength))
+	if err == nil {
+		return stored, true, nil
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return Artifact{}, false, fmt.Errorf("recording artifact %s: %w", a.SHA256, err)
+	}
+	// Someone stored the same bytes first.
+	stored, err = s.GetArtifact(ctx, a.SHA256)
+	if err != nil {
+		return Artifact{}, false, err
+	}
+	return stored, false, nil
+}
+
+// GetArtifact returns the artifact with this digest.
+func (s *Store) GetArtifact(ctx context.Context, sha string) (Artifact, error) {
+	a, err := scanArtifact(s.pool.QueryRow(ctx, `SELECT `+artifactColumns+` FROM artifacts WHERE sha256 = $1`, sha))
+	if err != nil {
+		return Artifact{}, notFound(err, "artifact "+sha)
+	}
+	return a, nil
+}

@@ -1,0 +1,231 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Deployment is a named, callable model: an artifact plus how to serve it.
+// Its name is what clients send as the OpenAI "model" field.
+type Deployment struct {
+	ID             string `json:"id"`
+	TenantID       string `json:"tenant_id"`
+	Name           string `json:"name"`
+	ArtifactSHA256 string `json:"artifact_sha256"`
+	// MinRunners are kept running even without work; 0 scales to zero.
+	MinRunners int `json:"min_runners"`
+	// MaxRunners bounds scale-out.
+	MaxRunners int `json:"max_runners"`
+	// Parallel is how many requests one runner decodes together.
+	Parallel int `json:"parallel"`
+	// ContextLength is tokens per request; 0 uses the model's default.
+	ContextLength int `json:"context_length"`
+	// IdleTimeout is how long a runner may sit without requests before it
+	// is stopped. Stored with millisecond precision.
+	IdleTimeout time.Duration `json:"idle_timeout"`
+	// QueueLimit bounds requests waiting or running; more are refused.
+	QueueLimit int `json:"queue_limit"`
+	// QueueTimeout fails a request that waited this long without starting.
+	// Stored with millisecond precision.
+	QueueTimeout time.Duration `json:"queue_timeout"`
+	// ChatTemplate overrides the template family detected from the GGUF;
+	// empty means detect.
+	ChatTemplate string    `json:"chat_template"`
+	CreatedAt    time.Time `json:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at"`
+}
+
+// DefaultDeployment returns a deployment with the default settings (the
+// same as the database column defaults) and no name, tenant or artifact.
+func DefaultDeployment() Deployment {
+	return Deployment{
+		MinRunners:   0,
+		MaxRunners:   1,
+		Parallel:     4,
+		IdleTimeout:  5 * time.Minute,
+		QueueLimit:   1000,
+		QueueTimeout: 5 * time.Minute,
+	}
+}
+
+// chatTemplates are the families the runner can render (runner.Templates).
+// The list is repeated here because the registry must not import the
+// runner, which links llama.cpp; a name missing here is refused up front
+// rather than silently falling back at serve time.
+var chatTemplates = []string{"chatml", "llama3", "llama2", "gemma", "phi3", "plain"}
+
+// Bounds on deployment settings. They catch typos and values no runner can
+// honour; they are not capacity planning.
+const (
+	maxRunnersLimit    = 1000
+	maxParallel        = 256
+	maxContextLength   = 1 << 20
+	maxQueueLimit      = 1_000_000
+	minTimeout         = time.Second
+	maxQueueTimeout    = 24 * time.Hour
+	maxIdleTimeout     = 30 * 24 * time.Hour
+	maxDeploymentNameN = 63
+)
+
+// ValidName checks a deployment name: 1 to 63 lowercase letters, digits,
+// '-' and '_', starting and ending with a letter or digit. Names become NATS
+// subject tokens and JetStream stream names, which rules out dots,
+// wildcards and spaces.
+func ValidName(name string) error {
+	if name == "" {
+		return errors.New("deployment name is empty")
+	}
+	if len(name) > maxDeploymentNameN {
+		return fmt.Errorf("deployment name %q is %d characters; at most %d are allowed", name, len(name), maxDeploymentNameN)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case c == '-' || c == '_':
+			if i == 0 || i == len(name)-1 {
+				return fmt.Errorf("deployment name %q must start and end with a lowercase letter or digit", name)
+			}
+		default:
+			return fmt.Errorf("deployment name %q contains %q; use only lowercase letters, digits, '-' and '_'", name, rune(c))
+		}
+	}
+	return nil
+}
+
+// Validate checks that the deployment can be stored and served.
+func (d Deployment) Validate() error {
+	if err := ValidName(d.Name); err != nil {
+		return err
+	}
+	if d.ArtifactSHA256 == "" {
+		return errors.New("artifact is required (the sha256 of uploaded weights)")
+	}
+	if err := validSHA256(d.ArtifactSHA256); err != nil {
+		return err
+	}
+	switch {
+	case d.MinRunners < 0 || d.MinRunners > maxRunnersLimit:
+		return fmt.Errorf("min_runners is %d; it must be between 0 and %d", d.MinRunners, maxRunnersLimit)
+	case d.MaxRunners < 1 || d.MaxRunners > maxRunnersLimit:
+		return fmt.Errorf("max_runners is %d; it must be between 1 and %d", d.MaxRunners, maxRunnersLimit)
+	case d.MinRunners > d.MaxRunners:
+		return fmt.Errorf("min_runners (%d) is more than max_runners (%d)", d.MinRunners, d.MaxRunners)
+	case d.Parallel < 1 || d.Parallel > maxParallel:
+		return fmt.Errorf("parallel is %d; it must be between 1 and %d", d.Parallel, maxParallel)
+	case d.ContextLength < 0 || d.ContextLength > maxContextLength:
+		return fmt.Errorf("context_length is %d; it must be between 0 (the model's default) and %d", d.ContextLength, maxContextLength)
+	case d.IdleTimeout < minTimeout || d.IdleTimeout > maxIdleTimeout:
+		return fmt.Errorf("idle_timeout is %v; it must be between %v and %v", d.IdleTimeout, minTimeout, maxIdleTimeout)
+	case d.QueueLimit < 1 || d.QueueLimit > maxQueueLimit:
+		return fmt.Errorf("queue_limit is %d; it must be between 1 and %d", d.QueueLimit, maxQueueLimit)
+	case d.QueueTimeout < minTimeout || d.QueueTimeout > maxQueueTimeout:
+		return fmt.Errorf("queue_timeout is %v; it must be between %v and %v", d.QueueTimeout, minTimeout, maxQueueTimeout)
+	case d.ChatTemplate != "" && !slices.Contains(chatTemplates, d.ChatTemplate):
+		return fmt.Errorf("chat_template %q is unknown; use one of %v, or leave it empty to detect it from the weights", d.ChatTemplate, chatTemplates)
+	}
+	return nil
+}
+
+const deploymentColumns = `id, tenant_id, name, artifact_sha256, min_runners, max_runners, parallel,
+	context_length, idle_timeout_ms, queue_limit, queue_timeout_ms, chat_template, created_at, updated_at`
+
+func scanDeployment(row pgx.Row) (Deployment, error) {
+	var (
+		d               Deployment
+		idleMS, queueMS int64
+	)
+	err := row.Scan(&d.ID, &d.TenantID, &d.Name, &d.ArtifactSHA256, &d.MinRunners, &d.MaxRunners, &d.Parallel,
+		&d.ContextLength, &idleMS, &d.QueueLimit, &queueMS, &d.ChatTemplate, &d.CreatedAt, &d.UpdatedAt)
+	d.IdleTimeout = time.Duration(idleMS) * time.Millisecond
+	d.QueueTimeout = time.Duration(queueMS) * time.Millisecond
+	return d, err
+}
+
+// PutDeployment creates the deployment d.Name for d.TenantID or replaces its
+// settings. A name held by another tenant is ErrConflict; an artifact that
+// was never uploaded is ErrNotFound. ID and timestamps are assigned here.
+func (s *Store) PutDeployment(ctx context.Context, d Deployment) (Deployment, error) {
+	if err := d.Validate(); err != nil {
+		return Deployment{}, fmt.Errorf("invalid deployment: %w", err)
+	}
+	if d.TenantID == "" {
+		return Deployment{}, errors.New("invalid deployment: no tenant")
+	}
+	// The WHERE on the update leaves another tenant's row untouched and
+	// returns nothing, which is how a taken name shows.
+	stored, err := scanDeployment(s.pool.QueryRow(ctx, `
+		INSERT INTO deployments (id, tenant_id, name, artifact_sha256, min_runners, max_runners, parallel,
+			context_length, idle_timeout_ms, queue_limit, queue_timeout_ms, chat_template)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+		ON CONFLICT (name) DO UPDATE SET
+			artifact_sha256 = excluded.artifact_sha256,
+			min_runners = excluded.min_runners,
+			max_runners = excluded.max_runners,
+			parallel = excluded.parallel,
+			context_length = excluded.context_length,
+			idle_timeout_ms = excluded.idle_timeout_ms,
+			queue_limit = excluded.queue_limit,
+			queue_timeout_ms = excluded.queue_timeout_ms,
+			chat_template = excluded.chat_template,
+			updated_at = now()
+		WHERE deployments.tenant_id = excluded.tenant_id
+		RETURNING `+deploymentColumns,
+		newID("dep"), d.TenantID, d.Name, d.ArtifactSHA256, d.MinRunners, d.MaxRunners, d.Parallel,
+		d.ContextLength, d.IdleTimeout.Milliseconds(), d.QueueLimit, d.QueueTimeout.Milliseconds(), d.ChatTemplate))
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return Deployment{}, fmt.Errorf("deployment name %q belongs to another tenant: %w", d.Name, ErrConflict)
+	case pgCode(err) == codeForeignKey:
+		// Either the artifact or the tenant is missing; the artifact is
+		// the one a user can get wrong.
+		return Deployment{}, fmt.Errorf("saving deployment %q: artifact %s or tenant %s: %w", d.Name, d.ArtifactSHA256, d.TenantID, ErrNotFound)
+	case err != nil:
+		return Deployment{}, fmt.Errorf("saving deployment %q: %w", d.Name, err)
+	}
+	return stored, nil
+}
+
+// GetDeployment returns the deployment called name, whichever tenant owns
+// it; callers acting for a tenant must compare TenantID.
+func (s *Store) GetDeployment(ctx context.Context, name string) (Deployment, error) {
+	d, err := scanDeployment(s.pool.QueryRow(ctx, `SELECT `+deploymentColumns+` FROM deployments WHERE name = $1`, name))
+	if err != nil {
+		return Deployment{}, notFound(err, "deployment "+name)
+	}
+	return d, nil
+}
+
+// ListDeployments returns the tenant's deployments by name, or every
+// tenant's when tenantID is empty (for the control plane).
+func (s *Store) ListDeployments(ctx context.Context, tenantID string) ([]Deployment, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+deploymentColumns+` FROM deployments
+		WHERE $1::text = '' OR tenant_id = $1 ORDER BY name`, tenantID)
+	if err != nil {
+		return nil, fmt.Errorf("listing deployments: %w", err)
+	}
+	deps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Deployment, error) { return scanDeployment(r) })
+	if err != nil {
+		return nil, fmt.Errorf("listing deployments: %w", err)
+	}
+	return deps, nil
+}
+
+// DeleteDeployment deletes the tenant's deployment. Its usage records stay.
+// A deployment that does not exist or belongs to another tenant is
+// ErrNotFound.
+func (s *Store) DeleteDeployment(ctx context.Context, tenantID, name string) error {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM deployments WHERE tenant_id = $1 AND name = $2`, tenantID, name)
+	if err != nil {
+		return fmt.Errorf("deleting deployment %q: %w", name, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("deployment %s: %w", name, ErrNotFound)
+	}
+	return nil
+}

@@ -1,0 +1,207 @@
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Roles an API key can have.
+const (
+	// RoleAdmin may manage its tenant: upload weights, create, change and
+	// delete deployments, as well as call models.
+	RoleAdmin = "admin"
+	// RoleUser may only call its tenant's models and read usage.
+	RoleUser = "user"
+)
+
+// keyPrefix starts every key infer generates, so leaked keys are easy to
+// recognise (and to scan for).
+const keyPrefix = "sk-infer-"
+
+// displayPrefixLen is how much of a key is kept in clear for display.
+const displayPrefixLen = 12
+
+// minAdminKeyLen is the shortest secret EnsureAdminKey accepts: the key is
+// chosen by an operator, and a short one would be guessable.
+const minAdminKeyLen = 16
+
+// Tenant owns keys and deployments.
+type Tenant struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// APIKey is a key's record. The secret itself is never stored.
+type APIKey struct {
+	ID        string     `json:"id"`
+	TenantID  string     `json:"tenant_id"`
+	Name      string     `json:"name"`
+	Role      string     `json:"role"`
+	Prefix    string     `json:"prefix"`
+	CreatedAt time.Time  `json:"created_at"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
+// newID returns a random identifier such as "key_3ypq…" (130 random bits).
+func newID(kind string) string {
+	return kind + "_" + strings.ToLower(rand.Text())
+}
+
+func hashKey(secret string) []byte {
+	h := sha256.Sum256([]byte(secret))
+	return h[:]
+}
+
+func displayPrefix(secret string) string {
+	if len(secret) > displayPrefixLen {
+		return secret[:displayPrefixLen]
+	}
+	return secret
+}
+
+// EnsureTenant returns the tenant called name, creating it if needed.
+func (s *Store) EnsureTenant(ctx context.Context, name string) (Tenant, error) {
+	if name == "" {
+		return Tenant{}, errors.New("tenant name is empty")
+	}
+	var t Tenant
+	err := s.pool.QueryRow(ctx, `
+		INSERT INTO tenants (id, name) VALUES ($1, $2)
+		ON CONFLICT (name) DO NOTHING
+		RETURNING id, name, created_at`, newID("tnt"), name).Scan(&t.ID, &t.Name, &t.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = s.pool.QueryRow(ctx, `SELECT id, name, created_at FROM tenants WHERE name = $1`, name).
+			Scan(&t.ID, &t.Name, &t.CreatedAt)
+	}
+	if err != nil {
+		return Tenant{}, fmt.Errorf("ensuring tenant %q: %w", name, err)
+	}
+	return t, nil
+}
+
+func validRole(role string) error {
+	if role != RoleAdmin && role != RoleUser {
+		return fmt.Errorf("role %q: must be %q or %q", role, RoleAdmin, RoleUser)
+	}
+	return nil
+}
+
+const keyColumns = `id, tenant_id, name, role, prefix, created_at, revoked_at`
+
+func scanKey(row pgx.Row) (APIKey, error) {
+	var k APIKey
+	err := row.Scan(&k.ID, &k.TenantID, &k.Name, &k.Role, &k.Prefix, &k.CreatedAt, &k.RevokedAt)
+	return k, err
+}
+
+// CreateKey makes a new key for the tenant and returns its record and the
+// secret, which cannot be recovered later.
+func (s *Store) CreateKey(ctx context.Context, tenantID, name, role string) (APIKey, string, error) {
+	if err := validRole(role); err != nil {
+		return APIKey{}, "", err
+	}
+	var raw [32]byte
+	rand.Read(raw[:]) // never fails, per crypto/rand
+	secret := keyPrefix + hex.EncodeToString(raw[:])
+	k, err := scanKey(s.pool.QueryRow(ctx, `
+		INSERT INTO api_keys (id, tenant_id, name, role, prefix, hash)
+		VALUES ($1, $2, $3, $4, $5, $6)
+		RETURNING `+keyColumns,
+		newID("key"), tenantID, name, role, displayPrefix(secret), hashKey(secret)))
+	if pgCode(err) == codeForeignKey {
+		return APIKey{}, "", fmt.Errorf("creating key: tenant %q: %w", tenantID, ErrNotFound)
+	}
+	if err != nil {
+		return APIKey{}, "", fmt.Errorf("creating key: %w", err)
+	}
+	return k, secret, nil
+}
+
+// EnsureAdminKey makes secret an admin key of the named tenant (creating
+// the tenant if needed). It is how INFER_ADMIN_KEY is installed, so it is
+// idempotent, and the configuration wins over the database: a key with
+// this secret that was revoked, demoted or moved is reinstated. Retire the
+// key by changing the configuration.
+func (s *Store) EnsureAdminKey(ctx context.Context, tenantName, secret string) (APIKey, error) {
+	if len(secret) < minAdminKeyLen {
+		return APIKey{}, fmt.Errorf("admin key is %d characters; use at least %d", len(secret), minAdminKeyLen)
+	}
+	t, err := s.EnsureTenant(ctx, tenantName)
+	if err != nil {
+		return APIKey{}, err
+	}
+	k, err := scanKey(s.pool.QueryRow(ctx, `
+		INSERT INTO api_keys (id, tenant_id, name, role, prefix, hash)
+		VALUES ($1, $2, 'INFER_ADMIN_KEY', 'admin', $3, $4)
+		ON CONFLICT (hash) DO UPDATE
+		SET tenant_id = excluded.tenant_id, role = 'admin', revoked_at = NULL
+		RETURNING `+keyColumns,
+		newID("key"), t.ID, displayPrefix(secret), hashKey(secret)))
+	if err != nil {
+		return APIKey{}, fmt.Errorf("installing admin key: %w", err)
+	}
+	return k, nil
+}
+
+// AuthenticateKey returns the live key whose secret this is, or an error
+// wrapping ErrUnauthorized.
+func (s *Store) AuthenticateKey(ctx context.Context, secret string) (APIKey, error) {
+	if secret == "" {
+		return APIKey{}, fmt.Errorf("empty API key: %w", ErrUnauthorized)
+	}
+	k, err := scanKey(s.pool.QueryRow(ctx,
+		`SELECT `+keyColumns+` FROM api_keys WHERE hash = $1 AND revoked_at IS NULL`, hashKey(secret)))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return APIKey{}, fmt.Errorf("unknown or revoked API key: %w", ErrUnauthorized)
+	}
+	if err != nil {
+		return APIKey{}, fmt.Errorf("authenticating API key: %w", err)
+	}
+	return k, nil
+}
+
+// ListKeys returns the tenant's keys, revoked ones included, oldest first.
+func (s *Store) ListKeys(ctx context.Context, tenantID string) ([]APIKey, error) {
+	rows, err := s.pool.Query(ctx,
+		`SELECT `+keyColumns+` FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id`, tenantID)
+	if err != nil {
+		return nil, fmt.Errorf("listing keys: %w", err)
+	}
+	keys, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (APIKey, error) { return scanKey(r) })
+	if err != nil {
+		return nil, fmt.Errorf("listing keys: %w", err)
+	}
+	return keys, nil
+}
+
+// RevokeKey stops the tenant's key from authenticating. Revoking a revoked
+// key is a no-op; another tenant's key is ErrNotFound.
+func (s *Store) RevokeKey(ctx context.Context, tenantID, keyID string) error {
+	var revoked bool
+	err := s.pool.QueryRow(ctx, `
+		UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+		WHERE id = $1 AND tenant_id = $2
+		RETURNING true`, keyID, tenantID).Scan(&revoked)
+	if err != nil {
+		return notFound(err, "key "+keyID)
+	}
+	return nil
+}
+
+// HasAnyKey reports whether any key can still authenticate.
+func (s *Store) HasAnyKey(ctx context.Context) (bool, error) {
+	var has bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL)`).Scan(&has); err != nil {
+		return false, fmt.Errorf("checking for API keys: %w", err)
+	}
+	return has, nil
+}

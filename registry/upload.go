@@ -1,0 +1,125 @@
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/infer-run/infer/internal/blob"
+)
+
+// Uploader validates GGUF uploads and stores them as artifacts. It is safe
+// for concurrent use.
+type Uploader struct {
+	Store *Store
+	Blobs blob.Store
+	// Logger reports cleanup failures; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// errPutReturned unblocks the upload if the object store stops reading
+// without an error of its own.
+var errPutReturned = errors.New("object store stopped reading the upload")
+
+// cleanupTimeout bounds deleting an abandoned object, which happens even
+// when the request's context is already canceled.
+const cleanupTimeout = 30 * time.Second
+
+// Upload reads GGUF weights from r in one pass — size is their exact length,
+// or -1 if unknown — and returns the artifact they are stored as. The bytes
+// stream to the object store while they are hashed and validated; invalid
+// weights (an error wrapping ErrInvalidWeights), a failing reader or a
+// failing store leave neither an object nor a record behind. Uploading
+// weights that are already stored returns the existing artifact.
+func (u *Uploader) Upload(ctx context.Context, r io.Reader, size int64) (Artifact, error) {
+	if size == 0 {
+		return Artifact{}, invalidf("the upload is empty")
+	}
+	if size < 0 {
+		size = -1
+	}
+	key := "uploads/" + strings.ToLower(rand.Text()) + ".gguf"
+	pr, pw := io.Pipe()
+	putDone := make(chan error, 1)
+	go func() {
+		err := u.Blobs.Put(ctx, key, pr, size)
+		if err != nil {
+			pr.CloseWithError(err)
+		} else {
+			pr.CloseWithError(errPutReturned)
+		}
+		putDone <- err
+	}()
+
+	hash := sha256.New()
+	tee := io.TeeReader(r, io.MultiWriter(hash, pw))
+	info, n, err := Inspect(tee)
+	if err == nil {
+		// Bytes after the last tensor are allowed; they are part of the
+		// file, so they are hashed and stored too.
+		var rest int64
+		rest, err = io.CopyBuffer(struct{ io.Writer }{io.Discard}, tee, make([]byte, 256<<10))
+		n += rest
+		if err != nil {
+			err = fmt.Errorf("reading the weights: %w", err)
+		}
+	}
+	if err == nil && size >= 0 && n != size {
+		err = invalidf("the upload is %d bytes long but was announced as %d", n, size)
+	}
+	if err != nil {
+		pw.CloseWithError(err)
+		putErr := <-putDone
+		u.discard(ctx, key)
+		if !errors.Is(err, ErrInvalidWeights) && putErr != nil && !errors.Is(putErr, err) {
+			// A failing store shows up as a failed write into the pipe;
+			// its own error says more.
+			return Artifact{}, fmt.Errorf("storing the weights: %w", putErr)
+		}
+		return Artifact{}, err
+	}
+	pw.Close()
+	if err := <-putDone; err != nil {
+		u.discard(ctx, key)
+		return Artifact{}, fmt.Errorf("storing the weights: %w", err)
+	}
+
+	a, created, err := u.Store.PutArtifact(ctx, Artifact{
+		SHA256:         hex.EncodeToString(hash.Sum(nil)),
+		Size:           n,
+		ObjectKey:      key,
+		Architecture:   info.Architecture,
+		ParameterCount: info.ParameterCount,
+		Quantization:   info.Quantization,
+		ContextLength:  info.ContextLength,
+	})
+	if err != nil || !created {
+		// Either nothing refers to the new object, or the same bytes are
+		// stored already.
+		u.discard(ctx, key)
+	}
+	if err != nil {
+		return Artifact{}, err
+	}
+	return a, nil
+}
+
+// discard deletes an object no record refers to.
+func (u *Uploader) discard(ctx context.Context, key string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if err := u.Blobs.Delete(ctx, key); err != nil {
+		log := u.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		log.Warn("deleting an unused upload failed; the object is orphaned", "key", key, "err", err)
+	}
+}

@@ -1,0 +1,157 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// UsageRecord is one finished request, successful or not.
+type UsageRecord struct {
+	RequestID        string    `json:"request_id"`
+	Deployment       string    `json:"deployment"`
+	DeploymentID     string    `json:"deployment_id"`
+	TenantID         string    `json:"tenant_id"`
+	KeyID            string    `json:"key_id"`
+	RunnerID         string    `json:"runner_id"`
+	PromptTokens     int       `json:"prompt_tokens"`
+	CompletionTokens int       `json:"completion_tokens"`
+	QueueWaitMS      float64   `json:"queue_wait_ms"`
+	TTFTMS           float64   `json:"ttft_ms"`
+	DurationMS       float64   `json:"duration_ms"`
+	ColdStart        bool      `json:"cold_start"`
+	Status           string    `json:"status"`
+	FinishReason     string    `json:"finish_reason"`
+	CreatedAt        time.Time `json:"created_at"`
+}
+
+// UsageFilter selects usage records. Zero fields do not filter.
+type UsageFilter struct {
+	// TenantID limits records to one tenant; empty means all tenants.
+	TenantID string
+	// Deployment limits records to one deployment name.
+	Deployment string
+	// Since and Until bound CreatedAt: Since <= CreatedAt < Until.
+	Since, Until time.Time
+	// Limit caps how many records ListUsage returns (the newest); 0 means
+	// no cap.
+	Limit int
+}
+
+// DeploymentUsage totals one deployment's usage records.
+type DeploymentUsage struct {
+	Deployment       string `json:"deployment"`
+	Requests         int64  `json:"requests"`
+	PromptTokens     int64  `json:"prompt_tokens"`
+	CompletionTokens int64  `json:"completion_tokens"`
+	ColdStarts       int64  `json:"cold_starts"`
+}
+
+// RecordUsage stores r unless a record with its request ID exists, and
+// reports whether it was inserted. Usage arrives at least once from
+// JetStream, so a redelivered record must not count twice. A missing
+// deployment ID or tenant is filled in from the deployment of that name,
+// if it still exists; a missing CreatedAt becomes now.
+func (s *Store) RecordUsage(ctx context.Context, r UsageRecord) (bool, error) {
+	if r.RequestID == "" {
+		return false, errors.New("usage record has no request ID")
+	}
+	var createdAt *time.Time
+	if !r.CreatedAt.IsZero() {
+		createdAt = &r.CreatedAt
+	}
+	tag, err := s.pool.Exec(ctx, `
+		INSERT INTO usage (request_id, deployment, deployment_id, tenant_id, key_id, prompt_tokens,
+			completion_tokens, queue_wait_ms, ttft_ms, duration_ms, cold_start, status, finish_reason,
+			runner_id, created_at)
+		SELECT $1::text, $2::text,
+			coalesce(nullif($3::text, ''), d.id, ''),
+			coalesce(nullif($4::text, ''), d.tenant_id, ''),
+			$5, $6, $7, $8, $9, $10, $11, $12, $13, $14, coalesce($15::timestamptz, now())
+		FROM (SELECT 1) AS one
+		LEFT JOIN deployments d ON d.name = $2
+		ON CONFLICT (request_id) DO NOTHING`,
+		r.RequestID, r.Deployment, r.DeploymentID, r.TenantID, r.KeyID, r.PromptTokens,
+		r.CompletionTokens, r.QueueWaitMS, r.TTFTMS, r.DurationMS, r.ColdStart, r.Status, r.FinishReason,
+		r.RunnerID, createdAt)
+	if err != nil {
+		return false, fmt.Errorf("recording usage of request %s: %w", r.RequestID, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// usageWhere is the WHERE clause for a UsageFilter; its arguments are
+// usageArgs(f).
+const usageWhere = `
+	WHERE ($1::text = '' OR tenant_id = $1)
+	  AND ($2::text = '' OR deployment = $2)
+	  AND ($3::timestamptz IS NULL OR created_at >= $3)
+	  AND ($4::timestamptz IS NULL OR created_at < $4)`
+
+func usageArgs(f UsageFilter) []any {
+	optTime := func(t time.Time) *time.Time {
+		if t.IsZero() {
+			return nil
+		}
+		return &t
+	}
+	return []any{f.TenantID, f.Deployment, optTime(f.Since), optTime(f.Until)}
+}
+
+// ListUsage returns the records f selects, newest first.
+func (s *Store) ListUsage(ctx context.Context, f UsageFilter) ([]UsageRecord, error) {
+	if f.Limit < 0 {
+		return nil, fmt.Errorf("usage limit %d is negative", f.Limit)
+	}
+	args := usageArgs(f)
+	var limit *int
+	if f.Limit > 0 {
+		limit = &f.Limit
+	}
+	args = append(args, limit)
+	rows, err := s.pool.Query(ctx, `
+		SELECT request_id, deployment, deployment_id, tenant_id, key_id, runner_id, prompt_tokens,
+			completion_tokens, queue_wait_ms, ttft_ms, duration_ms, cold_start, status, finish_reason, created_at
+		FROM usage`+usageWhere+`
+		ORDER BY created_at DESC, request_id
+		LIMIT $5`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("listing usage: %w", err)
+	}
+	recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (UsageRecord, error) {
+		var r UsageRecord
+		err := row.Scan(&r.RequestID, &r.Deployment, &r.DeploymentID, &r.TenantID, &r.KeyID, &r.RunnerID, &r.PromptTokens,
+			&r.CompletionTokens, &r.QueueWaitMS, &r.TTFTMS, &r.DurationMS, &r.ColdStart, &r.Status, &r.FinishReason, &r.CreatedAt)
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing usage: %w", err)
+	}
+	return recs, nil
+}
+
+// UsageSummary totals the records f selects per deployment, by name. Limit
+// is ignored.
+func (s *Store) UsageSummary(ctx context.Context, f UsageFilter) ([]DeploymentUsage, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT deployment, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+			count(*) FILTER (WHERE cold_start)
+		FROM usage`+usageWhere+`
+		GROUP BY deployment
+		ORDER BY deployment`, usageArgs(f)...)
+	if err != nil {
+		return nil, fmt.Errorf("summarising usage: %w", err)
+	}
+	sums, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (DeploymentUsage, error) {
+		var u DeploymentUsage
+		err := row.Scan(&u.Deployment, &u.Requests, &u.PromptTokens, &u.CompletionTokens, &u.ColdStarts)
+		return u, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("summarising usage: %w", err)
+	}
+	return sums, nil
+}

@@ -1,0 +1,194 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/infer-run/infer/internal/testenv"
+	"github.com/infer-run/infer/internal/wire"
+)
+
+// collect is a Sink that records one sequence's output.
+type collect struct {
+	mu     sync.Mutex
+	text   strings.Builder
+	steps  int
+	reason string
+	usage  wire.Usage
+	err    error
+	done   chan struct{}
+}
+
+func newCollect() *collect { return &collect{done: make(chan struct{})} }
+
+func (c *collect) Deliver(text []byte) {
+	c.mu.Lock()
+	c.text.Write(text)
+	c.steps++
+	c.mu.Unlock()
+}
+
+func (c *collect) Finish(reason string, u wire.Usage, err error) {
+	c.mu.Lock()
+	c.reason, c.usage, c.err = reason, u, err
+	c.mu.Unlock()
+	close(c.done)
+}
+
+func (c *collect) wait(t *testing.T) string {
+	t.Helper()
+	select {
+	case <-c.done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("sequence did not finish")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.text.String()
+}
+
+func loadTestEngine(t *testing.T, parallel, ctxLen int) *Engine {
+	t.Helper()
+	e, err := LoadEngine(slog.Default(), EngineConfig{
+		ModelPath: testenv.ModelPath(t),
+		Parallel:  parallel,
+		Context:   ctxLen,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; e.Close() })
+	return e
+}
+
+func greedy() wire.Sampling {
+	zero := float32(0)
+	return wire.Sampling{Temperature: &zero}
+}
+
+func generate(t *testing.T, e *Engine, req Request) *collect {
+	t.Helper()
+	c := newCollect()
+	if _, err := e.Submit(context.Background(), req, c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestEngineGreedyStory(t *testing.T) {
+	e := loadTestEngine(t, 4, 512)
+	c := generate(t, e, Request{Prompt: "Once upon a time", MaxTokens: 40, Sampling: greedy()})
+	text := c.wait(t)
+	if c.err != nil {
+		t.Fatal(c.err)
+	}
+	if c.reason != "length" || c.usage.CompletionTokens != 40 {
+		t.Errorf("reason %q, completion tokens %d; want length after 40", c.reason, c.usage.CompletionTokens)
+	}
+	// stories260K writes children's stories: a greedy continuation is
+	// made of ordinary English words.
+	words := strings.Fields(text)
+	if len(words) < 10 {
+		t.Fatalf("too few words in %q", text)
+	}
+	common := 0
+	for _, w := range words {
+		switch strings.Trim(strings.ToLower(w), ".,!\"'") {
+		case "the", "a", "was", "she", "he", "to", "and", "her", "his", "they", "there", "little", "girl", "boy", "named":
+			common++
+		}
+	}
+	if common < 3 {
+		t.Errorf("output does not read like a story: %q", text)
+	}
+}
+
+func TestEngineConcurrentMatchesAlone(t *testing.T) {
+	prompts := []string{"Once upon a time", "The cat sat", "Lily wanted to", "One day, a big dog"}
+	alone := make([]string, len(prompts))
+	{
+		e := loadTestEngine(t, 1, 256)
+		for i, p := range prompts {
+			alone[i] = generate(t, e, Request{Prompt: p, MaxTokens: 30, Sampling: greedy()}).wait(t)
+		}
+	}
+	e := loadTestEngine(t, 4, 256)
+	cs := make([]*collect, len(prompts))
+	for i, p := range prompts {
+		cs[i] = generate(t, e, Request{Prompt: p, MaxTokens: 30, Sampling: greedy()})
+	}
+	for i, c := range cs {
+		if got := c.wait(t); got != alone[i] {
+			t.Errorf("prompt %q: batched output differs\nalone:   %q\nbatched: %q", prompts[i], alone[i], got)
+		}
+	}
+}
+
+func TestEngineSeedReproduces(t *testing.T) {
+	e := loadTestEngine(t, 2, 256)
+	seed := int64(42)
+	temp := float32(1)
+	req := Request{Prompt: "Once upon a time", MaxTokens: 30, Sampling: wire.Sampling{Temperature: &temp, Seed: &seed}}
+	a := generate(t, e, req).wait(t)
+	b := generate(t, e, req).wait(t)
+	if a != b {
+		t.Errorf("same seed, different output:\n%q\n%q", a, b)
+	}
+}
+
+func TestEngineStopString(t *testing.T) {
+	e := loadTestEngine(t, 1, 256)
+	full := generate(t, e, Request{Prompt: "Once upon a time", MaxTokens: 40, Sampling: greedy()}).wait(t)
+	words := strings.Fields(full)
+	if len(words) < 6 {
+		t.Fatalf("too short: %q", full)
+	}
+	stop := words[4]
+	c := generate(t, e, Request{Prompt: "Once upon a time", MaxTokens: 40, Stop: []string{stop}, Sampling: greedy()})
+	got := c.wait(t)
+	if c.reason != "stop" {
+		t.Errorf("finish reason %q, want stop", c.reason)
+	}
+	if want := full[:strings.Index(full, stop)]; got != want {
+		t.Errorf("stop %q: got %q, want %q", stop, got, want)
+	}
+	if strings.Contains(got, stop) {
+		t.Errorf("output contains the stop string: %q", got)
+	}
+}
+
+func TestEngineContextOverflow(t *testing.T) {
+	e := loadTestEngine(t, 1, 64)
+	_, err := e.Submit(context.Background(), Request{Prompt: strings.Repeat("Once upon a time ", 40)}, newCollect())
+	if !errors.Is(err, ErrContextLength) {
+		t.Fatalf("got %v, want ErrContextLength", err)
+	}
+}
+
+func TestEngineCancelFreesSlot(t *testing.T) {
+	e := loadTestEngine(t, 1, 2048)
+	ctx, cancel := context.WithCancel(context.Background())
+	long := newCollect()
+	if _, err := e.Submit(ctx, Request{Prompt: "Once upon a time", Sampling: greedy()}, long); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	long.wait(t)
+	if long.reason != "cancelled" {
+		t.Errorf("finish reason %q, want cancelled", long.reason)
+	}
+	// The only slot is free again: the next request runs to completion.
+	next := generate(t, e, Request{Prompt: "The cat", MaxTokens: 5, Sampling: greedy()})
+	next.wait(t)
+	if next.reason != "length" {
+		t.Errorf("next request finished with %q", next.reason)
+	}
+}

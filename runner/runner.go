@@ -1,0 +1,506 @@
+// Package runner serves one deployment's model: it fetches the weights
+// into a local cache, loads them with llama.cpp, takes jobs from the
+// deployment's JetStream queue only as fast as it has free slots, runs them
+// with continuous batching and streams tokens back over NATS. It listens on
+// no port. It stops taking work and exits when told to drain (SIGTERM) and,
+// if configured, after an idle timeout.
+package runner
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/infer-run/infer/internal/queue"
+	"github.com/infer-run/infer/internal/wire"
+)
+
+// Config is everything one runner needs.
+type Config struct {
+	ID         string
+	Deployment string
+	Artifact   Artifact
+	Cache      *Cache
+	Engine     EngineConfig
+	// ChatTemplate overrides the template family detected from the GGUF.
+	ChatTemplate string
+	// IdleTimeout makes the runner exit by itself after this long without
+	// work; zero leaves scale-down to the control plane.
+	IdleTimeout time.Duration
+	Heartbeat   time.Duration
+}
+
+// Runner is one model replica.
+type Runner struct {
+	cfg  Config
+	log  *slog.Logger
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	host string
+
+	engine   *Engine
+	template string
+	stops    []string
+	readyAt  time.Time
+	started  time.Time
+
+	mu          sync.Mutex
+	phase       wire.Phase
+	detail      string
+	inFlight    int
+	lastRequest time.Time
+	running     map[string]context.CancelFunc // job ID → cancel
+	cancelled   map[string]time.Time          // job IDs cancelled before they ran → until
+}
+
+// New creates a runner on an open NATS connection.
+func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Runner, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("opening JetStream: %w", err)
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = time.Second
+	}
+	host, _ := os.Hostname()
+	return &Runner{
+		cfg:       cfg,
+		log:       log.With("runner", cfg.ID, "deployment", cfg.Deployment),
+		nc:        nc,
+		js:        js,
+		host:      host,
+		started:   time.Now(),
+		phase:     wire.PhaseStarting,
+		running:   map[string]context.CancelFunc{},
+		cancelled: map[string]time.Time{},
+	}, nil
+}
+
+// Run fetches and loads the model, then serves until drain is closed (stop
+// taking work, finish what runs, return) or ctx is cancelled (abandon
+// everything; JetStream redelivers unacknowledged jobs to another runner).
+func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) error {
+	hbCtx, stopHB := context.WithCancel(context.Background())
+	defer stopHB()
+	go r.heartbeats(hbCtx)
+	defer r.setPhase(wire.PhaseStopped, "")
+
+	r.setPhase(wire.PhaseFetching, "fetching weights")
+	t0 := time.Now()
+	path, downloaded, err := r.cfg.Cache.Fetch(ctx, r.cfg.Artifact, func(done, total int64) {
+		if total > 0 {
+			r.setPhase(wire.PhaseFetching, fmt.Sprintf("fetching weights %d%%", done*100/total))
+		}
+	})
+	if err != nil {
+		return err
+	}
+	r.log.Info("weights ready", "path", path, "downloaded", downloaded, "took", time.Since(t0))
+
+	r.setPhase(wire.PhaseLoading, "loading model")
+	t0 = time.Now()
+	cfg := r.cfg.Engine
+	cfg.ModelPath = path
+	eng, err := LoadEngine(r.log, cfg, nil)
+	if err != nil {
+		return err
+	}
+	r.engine = eng
+	r.template = r.cfg.ChatTemplate
+	if r.template == "" {
+		r.template = DetectTemplate(eng.Info().ChatTemplate)
+	}
+	r.stops = templateStops(r.template)
+	r.log.Info("model ready", "took", time.Since(t0), "template", r.template)
+
+	engCtx, stopEngine := context.WithCancel(context.Background())
+	engDone := make(chan error, 1)
+	go func() { engDone <- eng.Run(engCtx) }()
+	defer func() {
+		stopEngine()
+		<-engDone
+		eng.Close()
+	}()
+
+	sub, err := r.nc.Subscribe(wire.CancelSubject(r.cfg.Deployment), r.onCancel)
+	if err != nil {
+		return fmt.Errorf("subscribing to cancellations: %w", err)
+	}
+	defer sub.Unsubscribe()
+
+	cons, err := r.consumer(ctx)
+	if err != nil {
+		return err
+	}
+	r.readyAt = time.Now()
+	r.setPhase(wire.PhaseReady, "")
+	return r.serve(ctx, drain, cons)
+}
+
+func (r *Runner) consumer(ctx context.Context) (jetstream.Consumer, error) {
+	c, err := r.js.Consumer(ctx, wire.RequestStream(r.cfg.Deployment), wire.RequestConsumer)
+	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+		// The queue is normally created at deploy time; a runner started
+		// by hand may come first.
+		var s jetstream.Stream
+		if s, err = queue.Ensure(ctx, r.js, r.cfg.Deployment, queue.Limits{}); err == nil {
+			c, err = s.Consumer(ctx, wire.RequestConsumer)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening queue of %s: %w", r.cfg.Deployment, err)
+	}
+	return c, nil
+}
+
+// serve pulls jobs only as fast as slots free up, so other runners of the
+// deployment get the rest of the queue.
+func (r *Runner) serve(ctx context.Context, drain <-chan struct{}, cons jetstream.Consumer) error {
+	slots := make(chan struct{}, r.engine.Parallel())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		// Wait for one free slot, then take every other free one.
+		select {
+		case slots <- struct{}{}:
+		case <-drain:
+			return r.drain(&wg)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		free := 1
+		for free < cap(slots) {
+			select {
+			case slots <- struct{}{}:
+				free++
+				continue
+			default:
+			}
+			break
+		}
+		if r.idleExpired() {
+			r.log.Info("idle timeout reached, exiting", "idle_timeout", r.cfg.IdleTimeout)
+			for range free {
+				<-slots
+			}
+			return r.drain(&wg)
+		}
+		batch, err := cons.Fetch(free, jetstream.FetchMaxWait(500*time.Millisecond), jetstream.FetchContext(ctx))
+		if err != nil {
+			for range free {
+				<-slots
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r.log.Warn("fetching jobs", "err", err)
+			select {
+			case <-time.After(200 * time.Millisecond):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		got := 0
+		for msg := range batch.Messages() {
+			got++
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-slots }()
+				r.handle(ctx, msg)
+			}()
+		}
+		for range free - got {
+			<-slots
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+			r.log.Warn("job batch ended with an error", "err", err)
+		}
+	}
+}
+
+func (r *Runner) drain(wg *sync.WaitGroup) error {
+	r.setPhase(wire.PhaseDraining, "")
+	r.log.Info("draining: finishing in-flight requests")
+	wg.Wait()
+	return nil
+}
+
+func (r *Runner) idleExpired() bool {
+	if r.cfg.IdleTimeout <= 0 {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	last := r.lastRequest
+	if last.IsZero() {
+		last = r.readyAt
+	}
+	return r.inFlight == 0 && time.Since(last) >= r.cfg.IdleTimeout
+}
+
+// handle runs one job from the queue to its acknowledgement.
+func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
+	var job wire.Job
+	if err := json.Unmarshal(msg.Data(), &job); err != nil {
+		r.log.Error("dropping undecodable job", "err", err)
+		msg.Term()
+		return
+	}
+	enqueued := time.Now()
+	if md, err := msg.Metadata(); err == nil {
+		enqueued = md.Timestamp
+	}
+	log := r.log.With("request", job.ID)
+	if r.takeCancelled(job.ID) {
+		log.Info("skipping job cancelled while queued")
+		msg.Ack()
+		return
+	}
+	if !job.Deadline.IsZero() && time.Now().After(job.Deadline) {
+		// The activator has answered 504 already; nobody waits.
+		log.Info("skipping job past its queue deadline")
+		msg.Ack()
+		return
+	}
+
+	jobCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r.begin(job.ID, cancel)
+	defer r.end(job.ID)
+
+	sink := newReplySink(r.nc, job.ReplyTo)
+	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling}
+	if job.Kind == wire.KindChat {
+		req.Prompt = RenderChat(r.template, job.Messages)
+		req.Stop = append(req.Stop, r.stops...)
+	} else {
+		req.Prompt = job.Prompt
+	}
+	start := time.Now()
+	promptTokens, err := r.engine.Submit(jobCtx, req, sink)
+	if err != nil {
+		werr := &wire.Error{Status: 500, Code: "internal_error", Message: err.Error()}
+		switch {
+		case errors.Is(err, ErrContextLength):
+			werr = &wire.Error{Status: 400, Code: "context_length_exceeded", Param: "messages", Message: err.Error()}
+		case errors.Is(err, ErrBadSchema):
+			werr = &wire.Error{Status: 400, Code: "invalid_schema", Param: "response_format", Message: err.Error()}
+		}
+		sink.send(&wire.Event{Type: wire.EventError, Error: werr})
+		msg.Ack()
+		r.recordUsage(job, enqueued, start, sink, wire.Usage{PromptTokens: promptTokens}, "error", "")
+		return
+	}
+	sink.send(&wire.Event{Type: wire.EventStart, Usage: &wire.Usage{PromptTokens: promptTokens}})
+
+	// Keep the job ours while it generates: only a dead runner's jobs are
+	// redelivered.
+	tick := time.NewTicker(queue.AckWait / 3)
+	defer tick.Stop()
+	for done := false; !done; {
+		select {
+		case <-sink.done:
+			done = true
+		case <-tick.C:
+			msg.InProgress()
+		}
+	}
+	if err := msg.Ack(); err != nil {
+		log.Warn("acknowledging job", "err", err)
+	}
+	status := "ok"
+	switch {
+	case sink.err != nil:
+		status = "error"
+		log.Error("generation failed", "err", sink.err)
+	case sink.reason == "cancelled":
+		status = "cancelled"
+	}
+	r.recordUsage(job, enqueued, start, sink, sink.usage, status, sink.reason)
+}
+
+func (r *Runner) recordUsage(job wire.Job, enqueued, start time.Time, sink *replySink, u wire.Usage, status, reason string) {
+	now := time.Now()
+	rec := wire.UsageRecord{
+		RequestID:        job.ID,
+		Deployment:       job.Deployment,
+		TenantID:         job.TenantID,
+		KeyID:            job.KeyID,
+		RunnerID:         r.cfg.ID,
+		PromptTokens:     u.PromptTokens,
+		CompletionTokens: u.CompletionTokens,
+		QueueWaitMS:      ms(start.Sub(enqueued)),
+		DurationMS:       ms(now.Sub(enqueued)),
+		ColdStart:        enqueued.Before(r.readyAt),
+		Status:           status,
+		FinishReason:     reason,
+		EnqueuedAt:       enqueued,
+		FinishedAt:       now,
+	}
+	if !sink.first.IsZero() {
+		rec.TTFTMS = ms(sink.first.Sub(enqueued))
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		r.log.Error("encoding usage record", "err", err)
+		return
+	}
+	// The request ID is the message ID: a redelivered job is billed once.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := r.js.Publish(ctx, wire.UsageSubject(job.Deployment), data, jetstream.WithMsgID(job.ID)); err != nil {
+		r.log.Error("publishing usage record", "request", job.ID, "err", err)
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func (r *Runner) begin(id string, cancel context.CancelFunc) {
+	r.mu.Lock()
+	r.inFlight++
+	r.lastRequest = time.Now()
+	r.running[id] = cancel
+	r.mu.Unlock()
+}
+
+func (r *Runner) end(id string) {
+	r.mu.Lock()
+	r.inFlight--
+	r.lastRequest = time.Now()
+	delete(r.running, id)
+	r.mu.Unlock()
+}
+
+// onCancel stops a running job, or remembers the ID so the job is skipped
+// if this runner takes it from the queue later.
+func (r *Runner) onCancel(m *nats.Msg) {
+	id := string(m.Data)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if cancel, ok := r.running[id]; ok {
+		cancel()
+		return
+	}
+	now := time.Now()
+	for k, until := range r.cancelled {
+		if now.After(until) {
+			delete(r.cancelled, k)
+		}
+	}
+	r.cancelled[id] = now.Add(time.Hour)
+}
+
+func (r *Runner) takeCancelled(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.cancelled[id]
+	delete(r.cancelled, id)
+	return ok
+}
+
+func (r *Runner) setPhase(p wire.Phase, detail string) {
+	r.mu.Lock()
+	changed := r.phase != p || r.detail != detail
+	r.phase, r.detail = p, detail
+	r.mu.Unlock()
+	if changed {
+		r.publishHeartbeat()
+	}
+}
+
+func (r *Runner) heartbeats(ctx context.Context) {
+	t := time.NewTicker(r.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			r.publishHeartbeat()
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (r *Runner) publishHeartbeat() {
+	r.mu.Lock()
+	hb := wire.Heartbeat{
+		RunnerID:    r.cfg.ID,
+		Deployment:  r.cfg.Deployment,
+		Artifact:    r.cfg.Artifact.SHA256,
+		Host:        r.host,
+		PID:         os.Getpid(),
+		Phase:       r.phase,
+		Detail:      r.detail,
+		Slots:       r.cfg.Engine.Parallel,
+		InFlight:    r.inFlight,
+		LastRequest: r.lastRequest,
+		StartedAt:   r.started,
+		Sent:        time.Now(),
+	}
+	r.mu.Unlock()
+	data, err := json.Marshal(hb)
+	if err != nil {
+		return
+	}
+	if err := r.nc.Publish(wire.HeartbeatSubject(r.cfg.Deployment, r.cfg.ID), data); err != nil {
+		r.log.Debug("publishing heartbeat", "err", err)
+	}
+	if hb.Phase == wire.PhaseStopped {
+		r.nc.Flush()
+	}
+}
+
+// replySink streams one job's output to the activator that holds its
+// client. The engine calls Deliver and Finish from its decode loop;
+// nats.Conn.Publish only appends to the connection's buffer, so the loop
+// never waits on the network.
+type replySink struct {
+	nc      *nats.Conn
+	subject string
+	buf     []byte
+
+	first  time.Time
+	reason string
+	usage  wire.Usage
+	err    error
+	done   chan struct{}
+}
+
+func newReplySink(nc *nats.Conn, subject string) *replySink {
+	return &replySink{nc: nc, subject: subject, buf: make([]byte, 0, 256), done: make(chan struct{})}
+}
+
+func (s *replySink) Deliver(text []byte) {
+	if s.first.IsZero() {
+		s.first = time.Now()
+	}
+	s.buf = wire.AppendDelta(s.buf[:0], text)
+	s.nc.Publish(s.subject, s.buf)
+}
+
+func (s *replySink) Finish(reason string, u wire.Usage, err error) {
+	s.reason, s.usage, s.err = reason, u, err
+	switch {
+	case err != nil:
+		s.send(&wire.Event{Type: wire.EventError, Error: &wire.Error{Status: 500, Code: "internal_error", Message: err.Error()}})
+	case reason != "cancelled":
+		s.send(&wire.Event{Type: wire.EventDone, FinishReason: reason, Usage: &u})
+	}
+	close(s.done)
+}
+
+func (s *replySink) send(ev *wire.Event) {
+	data, err := wire.AppendEvent(nil, ev)
+	if err == nil {
+		s.nc.Publish(s.subject, data)
+	}
+}
