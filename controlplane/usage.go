@@ -45,8 +45,10 @@ func RecordUsage(ctx context.Context, nc *nats.Conn, w UsageWriter, log *slog.Lo
 		return fmt.Errorf("creating usage consumer: %w", err)
 	}
 	for ctx.Err() == nil {
-		batch, err := cons.Fetch(100, jetstream.FetchMaxWait(time.Second), jetstream.FetchContext(ctx))
+		fetchCtx, cancel := context.WithTimeout(ctx, time.Second)
+		batch, err := cons.Fetch(100, jetstream.FetchContext(fetchCtx))
 		if err != nil {
+			cancel()
 			if ctx.Err() == nil {
 				log.Warn("fetching usage records", "err", err)
 				sleep(ctx, time.Second)
@@ -68,7 +70,8 @@ func RecordUsage(ctx context.Context, nc *nats.Conn, w UsageWriter, log *slog.Lo
 			}
 			msg.Ack()
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+		cancel()
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			log.Debug("usage batch ended", "err", err)
 		}
 	}

@@ -193,8 +193,12 @@ func (r *Runner) serve(ctx context.Context, drain <-chan struct{}, cons jetstrea
 			}
 			return r.drain(&wg)
 		}
-		batch, err := cons.Fetch(free, jetstream.FetchMaxWait(500*time.Millisecond), jetstream.FetchContext(ctx))
+		// A long poll: it returns as soon as jobs arrive, or empty after
+		// the wait so drain and idle checks run.
+		fetchCtx, cancelFetch := context.WithTimeout(ctx, 500*time.Millisecond)
+		batch, err := cons.Fetch(free, jetstream.FetchContext(fetchCtx))
 		if err != nil {
+			cancelFetch()
 			for range free {
 				<-slots
 			}
@@ -218,10 +222,11 @@ func (r *Runner) serve(ctx context.Context, drain <-chan struct{}, cons jetstrea
 				r.handle(ctx, msg)
 			}()
 		}
+		cancelFetch()
 		for range free - got {
 			<-slots
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			r.log.Warn("job batch ended with an error", "err", err)
 		}
 	}

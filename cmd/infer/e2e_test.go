@@ -137,7 +137,7 @@ func (p *platform) post(path, key, body string) (*http.Response, error) {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	return http.DefaultClient.Do(req)
+	return (&http.Client{Timeout: 60 * time.Second}).Do(req)
 }
 
 // runnerPIDs lists the `infer runner` processes serving a deployment of
