@@ -74,7 +74,8 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		return errStatus(http.StatusInternalServerError, "server_error", "", "encoding job: %v", err)
 	}
 	ctx := c.Request().Context()
-	if err := s.enqueue(ctx, dep.Name, dep.QueueLimit, id, data); err != nil {
+	seq, err := s.enqueue(ctx, dep.Name, dep.QueueLimit, id, data)
+	if err != nil {
 		return err
 	}
 	s.metrics.queued.WithLabelValues(dep.Name).Inc()
@@ -92,20 +93,38 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 	err = rl.run(ctx, w, job.Deadline)
 	if ctx.Err() != nil {
 		// The client went away: stop the job wherever it is.
-		s.nc.Publish(wire.CancelSubject(dep.Name), []byte(id))
+		s.abandon(dep.Name, id, seq, rl.started)
 		s.metrics.requests.WithLabelValues(dep.Name, "cancelled").Inc()
 		return nil
+	}
+	if rl.timedOut {
+		s.abandon(dep.Name, id, seq, false)
 	}
 	return err
 }
 
+// abandon stops a job nobody waits for: runners drop it (or stop it if it
+// runs) on the cancel message, and a job still queued is removed so it no
+// longer counts against the queue limit.
+func (s *Server) abandon(deployment, id string, seq uint64, started bool) {
+	s.nc.Publish(wire.CancelSubject(deployment), []byte(id))
+	if started {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := queue.Remove(ctx, s.js, deployment, seq); err != nil {
+		s.log.Warn("removing abandoned job from queue", "request", id, "err", err)
+	}
+}
+
 // enqueue publishes a job, creating the deployment's queue if it is missing
 // (for example after NATS lost its state).
-func (s *Server) enqueue(ctx context.Context, deployment string, limit int, id string, data []byte) error {
-	err := queue.Publish(ctx, s.js, deployment, id, data)
+func (s *Server) enqueue(ctx context.Context, deployment string, limit int, id string, data []byte) (uint64, error) {
+	seq, err := queue.Publish(ctx, s.js, deployment, id, data)
 	if err != nil && !errors.Is(err, queue.ErrFull) {
 		if _, eerr := queue.Ensure(ctx, s.js, deployment, queue.Limits{MaxJobs: limit}); eerr == nil {
-			err = queue.Publish(ctx, s.js, deployment, id, data)
+			seq, err = queue.Publish(ctx, s.js, deployment, id, data)
 		}
 	}
 	switch {
@@ -113,15 +132,15 @@ func (s *Server) enqueue(ctx context.Context, deployment string, limit int, id s
 		s.metrics.requests.WithLabelValues(deployment, "queue_full").Inc()
 		e := errStatus(http.StatusTooManyRequests, "rate_limit_error", "queue_full", "deployment %s has %d requests queued, its limit; retry later", deployment, limit)
 		e.RetryAfter = 1
-		return e
+		return 0, e
 	case err != nil:
 		s.log.Error("queueing request", "deployment", deployment, "err", err)
-		return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "could not queue the request: %v", err)
+		return 0, errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "could not queue the request: %v", err)
 	}
 	// Tell the control plane now rather than at its next tick: a
 	// deployment at zero starts its first runner at once.
 	s.nc.Publish(wire.WorkSubject(deployment), nil)
-	return nil
+	return seq, nil
 }
 
 // relay writes one request's runner events to its client, as SSE or as one
@@ -137,6 +156,7 @@ type relay struct {
 	created int64
 
 	started  bool // the runner admitted the job
+	timedOut bool // the job waited past its queue timeout
 	sse      bool // SSE headers are written: errors now go in-band
 	text     []byte
 	enc      chunkEncoder
@@ -176,7 +196,7 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 			}
 		case <-wait.C:
 			if !rl.started {
-				rl.s.nc.Publish(wire.CancelSubject(rl.model), []byte(rl.id))
+				rl.timedOut = true
 				rl.s.metrics.requests.WithLabelValues(rl.model, "timeout").Inc()
 				return rl.fail(errStatus(http.StatusGatewayTimeout, "server_error", "queue_timeout",
 					"request waited %s in the queue of %s without starting", time.Since(rl.queuedAt).Round(time.Millisecond), rl.model))

@@ -140,6 +140,11 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) error {
 	if err != nil {
 		return err
 	}
+	// Usage records must have somewhere durable to go before the first
+	// request finishes.
+	if _, err := queue.EnsureUsage(ctx, r.js); err != nil {
+		return err
+	}
 	r.readyAt = time.Now()
 	r.setPhase(wire.PhaseReady, "")
 	return r.serve(ctx, drain, cons)

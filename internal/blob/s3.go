@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -77,11 +78,31 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 		return nil, fmt.Errorf("creating S3 client: %w", err)
 	}
 	s := &S3{client: client, bucket: cfg.Bucket}
-	if err := s.ensureBucket(ctx, cfg.Region); err != nil {
-		return nil, err
+	// An object store that is still starting (compose, a pod restart, a
+	// MinIO initialising its disks) answers errors for a few seconds;
+	// wait for it rather than fail the whole process.
+	wait := 100 * time.Millisecond
+	deadline := time.Now().Add(startupWait)
+	for {
+		err := s.ensureBucket(ctx, cfg.Region)
+		if err == nil {
+			return s, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
 	}
-	return s, nil
 }
+
+// startupWait is how long NewS3 waits for an object store that is not
+// answering yet.
+const startupWait = 30 * time.Second
 
 func (s *S3) ensureBucket(ctx context.Context, region string) error {
 	exists, err := s.client.BucketExists(ctx, s.bucket)

@@ -54,7 +54,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, deployment string, l Li
 		MaxMsgs:    int64(l.MaxJobs),
 		Discard:    jetstream.DiscardNew,
 		MaxAge:     l.MaxAge,
-		Duplicates: 2 * time.Minute,
+		// The duplicate window catches retried publishes; JetStream
+		// wants it no longer than MaxAge.
+		Duplicates: min(2*time.Minute, l.MaxAge),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating request stream for %s: %w", deployment, err)
@@ -81,16 +83,34 @@ func Delete(ctx context.Context, js jetstream.JetStream, deployment string) erro
 	return nil
 }
 
-// Publish queues a job. The job ID is the message ID, so a retried publish
-// is stored once.
-func Publish(ctx context.Context, js jetstream.JetStream, deployment, jobID string, data []byte) error {
-	_, err := js.Publish(ctx, wire.RequestSubject(deployment), data, jetstream.WithMsgID(jobID))
+// Publish queues a job and returns its stream sequence. The job ID is the
+// message ID, so a retried publish is stored once.
+func Publish(ctx context.Context, js jetstream.JetStream, deployment, jobID string, data []byte) (uint64, error) {
+	ack, err := js.Publish(ctx, wire.RequestSubject(deployment), data, jetstream.WithMsgID(jobID))
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) && apiErr.Description == "maximum messages exceeded" {
-		return ErrFull
+		return 0, ErrFull
 	}
 	if err != nil {
-		return fmt.Errorf("queueing job for %s: %w", deployment, err)
+		return 0, fmt.Errorf("queueing job for %s: %w", deployment, err)
+	}
+	return ack.Sequence, nil
+}
+
+// Remove takes a job that nobody waits for any more out of the queue, so it
+// neither runs nor counts against the queue limit. A job already gone (run,
+// or removed) is not an error.
+func Remove(ctx context.Context, js jetstream.JetStream, deployment string, seq uint64) error {
+	s, err := js.Stream(ctx, wire.RequestStream(deployment))
+	if err != nil {
+		return fmt.Errorf("opening queue of %s: %w", deployment, err)
+	}
+	err = s.DeleteMsg(ctx, seq)
+	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		var apiErr *jetstream.APIError
+		if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeMessageNotFound {
+			return fmt.Errorf("removing job %d from %s: %w", seq, deployment, err)
+		}
 	}
 	return nil
 }
