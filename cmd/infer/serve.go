@@ -142,13 +142,16 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 
 	g, ctx := errgroup.WithContext(ctx)
 	if withActivator {
+		// Keys and deployments come from memory on the request path.
+		cache := registry.NewCache(store, log)
+		g.Go(func() error { return cache.Run(ctx) })
 		if err := ensureAdminKey(ctx, store, home, log); err != nil {
 			return err
 		}
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		srv, err := activator.New(activator.Config{
-			Registry:   store,
+			Registry:   cache,
 			Uploader:   &registry.Uploader{Store: store, Blobs: blobs},
 			NATS:       nc,
 			Logger:     log,

@@ -1,0 +1,192 @@
+package registry
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Cache answers the two questions every inference request asks — which key
+// is this, which deployment is that model — from memory, so the request
+// path runs no Postgres query. It loads both tables at start and reloads
+// one whenever Postgres notifies a change on ChangesChannel. While the
+// notification connection is down the cache keeps answering from what it
+// has (warm deployments keep serving through a Postgres outage) and
+// reloads everything once it is back, so no change is missed.
+type Cache struct {
+	*Store
+	log *slog.Logger
+
+	mu          sync.RWMutex
+	keys        map[[sha256.Size]byte]APIKey
+	deployments map[string]Deployment
+	loaded      bool
+}
+
+// NewCache wraps a store. Run must be running for the cache to be used;
+// until it has loaded, lookups go to the store.
+func NewCache(s *Store, log *slog.Logger) *Cache {
+	return &Cache{Store: s, log: log}
+}
+
+// AuthenticateKey looks a key up by its hash in memory.
+func (c *Cache) AuthenticateKey(ctx context.Context, secret string) (APIKey, error) {
+	c.mu.RLock()
+	loaded := c.loaded
+	k, ok := c.keys[sha256.Sum256([]byte(secret))]
+	c.mu.RUnlock()
+	if !loaded {
+		return c.Store.AuthenticateKey(ctx, secret)
+	}
+	if !ok {
+		return APIKey{}, ErrUnauthorized
+	}
+	return k, nil
+}
+
+// GetDeployment looks a deployment up in memory.
+func (c *Cache) GetDeployment(ctx context.Context, name string) (Deployment, error) {
+	c.mu.RLock()
+	loaded := c.loaded
+	d, ok := c.deployments[name]
+	c.mu.RUnlock()
+	if !loaded {
+		return c.Store.GetDeployment(ctx, name)
+	}
+	if !ok {
+		return Deployment{}, ErrNotFound
+	}
+	return d, nil
+}
+
+// PutDeployment writes through, so the writer sees its change at once
+// (other activators see it when the notification arrives).
+func (c *Cache) PutDeployment(ctx context.Context, d Deployment) (Deployment, error) {
+	d, err := c.Store.PutDeployment(ctx, d)
+	if err == nil {
+		c.mu.Lock()
+		if c.deployments != nil {
+			c.deployments[d.Name] = d
+		}
+		c.mu.Unlock()
+	}
+	return d, err
+}
+
+// DeleteDeployment writes through.
+func (c *Cache) DeleteDeployment(ctx context.Context, tenantID, name string) error {
+	err := c.Store.DeleteDeployment(ctx, tenantID, name)
+	if err == nil {
+		c.mu.Lock()
+		delete(c.deployments, name)
+		c.mu.Unlock()
+	}
+	return err
+}
+
+// Run keeps the cache fresh until ctx is done.
+func (c *Cache) Run(ctx context.Context) error {
+	wait := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := c.listen(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		c.log.Warn("registry change notifications lost; serving from cache and reconnecting", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+	return nil
+}
+
+// listen holds one connection that LISTENs for changes; it returns when
+// the connection fails.
+func (c *Cache) listen(ctx context.Context) error {
+	conn, err := c.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("connecting: %w", err)
+	}
+	// The connection is left in LISTEN state: destroy it instead of
+	// returning it to the pool.
+	defer func() {
+		conn.Conn().Close(context.Background())
+		conn.Release()
+	}()
+	if _, err := conn.Exec(ctx, "LISTEN "+ChangesChannel); err != nil {
+		return fmt.Errorf("listening: %w", err)
+	}
+	// Listen first, then load: a change between the two is reloaded
+	// again rather than missed.
+	if err := c.reload(ctx, "api_keys"); err != nil {
+		return err
+	}
+	if err := c.reload(ctx, "deployments"); err != nil {
+		return err
+	}
+	for {
+		n, err := conn.Conn().WaitForNotification(ctx)
+		if err != nil {
+			return fmt.Errorf("waiting for changes: %w", err)
+		}
+		if err := c.reload(ctx, n.Payload); err != nil {
+			return err
+		}
+	}
+}
+
+func (c *Cache) reload(ctx context.Context, table string) error {
+	switch table {
+	case "api_keys":
+		keys, err := c.loadKeys(ctx)
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		c.keys = keys
+		c.loaded = c.deployments != nil
+		c.mu.Unlock()
+	case "deployments":
+		deps, err := c.Store.ListDeployments(ctx, "")
+		if err != nil {
+			return fmt.Errorf("loading deployments: %w", err)
+		}
+		m := make(map[string]Deployment, len(deps))
+		for _, d := range deps {
+			m[d.Name] = d
+		}
+		c.mu.Lock()
+		c.deployments = m
+		c.loaded = c.keys != nil
+		c.mu.Unlock()
+	}
+	return nil
+}
+
+func (c *Cache) loadKeys(ctx context.Context) (map[[sha256.Size]byte]APIKey, error) {
+	keys := map[[sha256.Size]byte]APIKey{}
+	rows, err := c.pool.Query(ctx, `SELECT hash, `+keyColumns+` FROM api_keys WHERE revoked_at IS NULL`)
+	if err != nil {
+		return nil, fmt.Errorf("loading keys: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var hash []byte
+		var k APIKey
+		if err := rows.Scan(&hash, &k.ID, &k.TenantID, &k.Name, &k.Role, &k.Prefix, &k.CreatedAt, &k.RevokedAt); err != nil {
+			return nil, fmt.Errorf("loading keys: %w", err)
+		}
+		var h [sha256.Size]byte
+		copy(h[:], hash)
+		keys[h] = k
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("loading keys: %w", err)
+	}
+	return keys, nil
+}
