@@ -35,6 +35,7 @@ type Registry interface {
 	DeleteDeployment(ctx context.Context, tenantID, name string) error
 	GetArtifact(ctx context.Context, sha string) (registry.Artifact, error)
 	ListUsage(ctx context.Context, f registry.UsageFilter) ([]registry.UsageRecord, error)
+	KeyManager
 }
 
 // Config configures a Server.
@@ -52,6 +53,7 @@ type Config struct {
 type Server struct {
 	log      *slog.Logger
 	reg      Registry
+	keys     KeyManager
 	uploader *registry.Uploader
 	nc       *nats.Conn
 	js       jetstream.JetStream
@@ -76,6 +78,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		log:      log.With("component", "activator"),
 		reg:      cfg.Registry,
+		keys:     cfg.Registry,
 		uploader: cfg.Uploader,
 		nc:       cfg.NATS,
 		js:       js,
@@ -154,6 +157,9 @@ func (s *Server) routes() *echo.Echo {
 	v1.PUT("/deployments/:name", s.putDeployment)
 	v1.DELETE("/deployments/:name", s.deleteDeployment)
 	v1.GET("/usage", s.usage)
+	v1.POST("/keys", s.createKey)
+	v1.GET("/keys", s.listKeys)
+	v1.DELETE("/keys/:id", s.revokeKey)
 	return e
 }
 

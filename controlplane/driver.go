@@ -16,6 +16,22 @@ type RunnerSpec struct {
 	Parallel     int
 	Context      int
 	ChatTemplate string
+	// Resources is where and with what the runner runs. Drivers that
+	// place runners (Kubernetes) honour it; the local driver ignores it.
+	Resources Resources
+}
+
+// Resources is a deployment's placement: what one runner is given and
+// which nodes it may run on.
+type Resources struct {
+	// CPU and Memory are Kubernetes quantities ("4", "500m", "16Gi");
+	// empty leaves them unset.
+	CPU    string
+	Memory string
+	// GPUs is the number of GPUs per runner; 0 runs on the CPU.
+	GPUs int
+	// NodeSelector restricts runners to nodes with these labels.
+	NodeSelector map[string]string
 }
 
 // Args is the runner's command line after "infer runner". Drivers add

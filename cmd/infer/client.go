@@ -364,3 +364,83 @@ func printJSON(v any) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
+
+func keysCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "keys",
+		Short: "Create, list and revoke API keys (admin key required)",
+	}
+	var role string
+	var asJSON bool
+	create := &cobra.Command{
+		Use:   "create NAME",
+		Short: "Create an API key; the key is printed once and stored only as a hash",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := newClient()
+			if err != nil {
+				return err
+			}
+			var out map[string]any
+			if err := c.json(cmd.Context(), http.MethodPost, "/v1/keys", map[string]string{"name": args[0], "role": role}, &out); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(out)
+			}
+			fmt.Printf("created %s key %v (%v); it is shown only now:\n\n    %v\n\n", out["role"], out["id"], out["name"], out["key"])
+			return nil
+		},
+	}
+	create.Flags().StringVar(&role, "role", "user", "user (calls deployments) or admin (also manages deployments and keys)")
+	create.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List the tenant's API keys",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := newClient()
+			if err != nil {
+				return err
+			}
+			var out struct {
+				Data []map[string]any `json:"data"`
+			}
+			if err := c.json(cmd.Context(), http.MethodGet, "/v1/keys", nil, &out); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(out.Data)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tNAME\tROLE\tPREFIX\tCREATED\tREVOKED")
+			for _, k := range out.Data {
+				revoked := "-"
+				if k["revoked_at"] != nil {
+					revoked = fmt.Sprint(k["revoked_at"])
+				}
+				fmt.Fprintf(tw, "%v\t%v\t%v\t%v…\t%v\t%s\n", k["id"], k["name"], k["role"], k["prefix"], k["created_at"], revoked)
+			}
+			return tw.Flush()
+		},
+	}
+	ls.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	revoke := &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke an API key at once",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := newClient()
+			if err != nil {
+				return err
+			}
+			if err := c.json(cmd.Context(), http.MethodDelete, "/v1/keys/"+args[0], nil, nil); err != nil {
+				return err
+			}
+			fmt.Printf("revoked %s\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(create, ls, revoke)
+	return cmd
+}

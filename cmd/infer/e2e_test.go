@@ -385,6 +385,43 @@ func TestEndToEnd(t *testing.T) {
 	if out, err := p.cli("usage", "--json"); err != nil || !strings.Contains(out, `"stories"`) {
 		t.Errorf("infer usage: %v\n%s", err, out)
 	}
+
+	// A user key made with the CLI calls the model, may not deploy, and
+	// stops working when revoked.
+	out, err = p.cli("keys", "create", "app", "--json")
+	if err != nil {
+		t.Fatalf("infer keys create: %v\n%s", err, out)
+	}
+	var created struct{ ID, Key, Role string }
+	if err := json.Unmarshal([]byte(out), &created); err != nil || created.Role != "user" || !strings.HasPrefix(created.Key, "sk-") {
+		t.Fatalf("keys create output %q: %v", out, err)
+	}
+	status := func(path, body string) int {
+		resp, err := p.post(path, created.Key, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	const call = `{"model":"stories","prompt":"Once","max_tokens":3}`
+	if got := status("/v1/completions", call); got != 200 {
+		t.Errorf("user key calling the model: %d", got)
+	}
+	if got := status("/v1/keys", `{"name":"x"}`); got != 403 {
+		t.Errorf("user key creating keys: %d, want 403", got)
+	}
+	if out, err := p.cli("keys", "revoke", created.ID); err != nil {
+		t.Fatalf("infer keys revoke: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for status("/v1/completions", call) != 401 {
+		if time.Now().After(deadline) {
+			t.Fatal("revoked key still works after 10s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // TestBadInput checks that each mistake gets OpenAI's error shape with the

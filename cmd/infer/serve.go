@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/infer-run/infer/activator"
 	"github.com/infer-run/infer/controlplane"
@@ -35,6 +36,12 @@ type serveFlags struct {
 	home  string
 	dbURL string
 	nats  string
+
+	// control plane only
+	driver      string
+	namespace   string
+	runnerImage string
+	kubeconfig  string
 }
 
 func (f *serveFlags) register(cmd *cobra.Command, withAddr bool) {
@@ -97,7 +104,22 @@ func controlplaneCmd() *cobra.Command {
 		},
 	}
 	f.register(cmd, false)
+	fl := cmd.Flags()
+	fl.StringVar(&f.driver, "driver", env("INFER_DRIVER", "local"), "where runners run: local (child processes) or kubernetes (pods) ($INFER_DRIVER)")
+	fl.StringVar(&f.namespace, "namespace", env("INFER_NAMESPACE", "infer"), "Kubernetes namespace for runner pods ($INFER_NAMESPACE)")
+	fl.StringVar(&f.runnerImage, "runner-image", os.Getenv("INFER_RUNNER_IMAGE"), "container image of runner pods ($INFER_RUNNER_IMAGE)")
+	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config)")
 	return cmd
+}
+
+// kubeEnvFrom passes the control plane's own configuration objects to
+// runner pods, so S3 and NATS settings are written once. The names match
+// deploy/kubernetes.
+func kubeEnvFrom() []corev1.EnvFromSource {
+	return []corev1.EnvFromSource{
+		{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: env("INFER_RUNNER_CONFIGMAP", "infer-config")}}},
+		{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: env("INFER_RUNNER_SECRET", "infer-secrets")}}},
+	}
 }
 
 // serve runs the activator and/or the control plane until SIGINT/SIGTERM.
@@ -169,21 +191,45 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 		g.Go(func() error { return srv.Serve(ctx, l) })
 	}
 	if withControlPlane {
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("finding the infer binary: %w", err)
+		var driver controlplane.Driver
+		switch f.driver {
+		case "", "local":
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("finding the infer binary: %w", err)
+			}
+			local := &controlplane.LocalDriver{
+				Command:   []string{exe, "runner"},
+				ExtraArgs: append([]string{"--nats", natsURL, "--cache-dir", filepath.Join(home, "cache")}, blobArgs...),
+				LogDir:    filepath.Join(home, "logs"),
+				Log:       log,
+			}
+			defer func() {
+				shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				local.Shutdown(shutdownCtx)
+			}()
+			driver = local
+		case "kubernetes":
+			client, err := controlplane.NewKubernetesClient(f.kubeconfig)
+			if err != nil {
+				return err
+			}
+			if f.runnerImage == "" {
+				return usageError{errors.New("--driver kubernetes needs --runner-image or $INFER_RUNNER_IMAGE")}
+			}
+			driver = &controlplane.KubernetesDriver{
+				Client:    client,
+				Namespace: f.namespace,
+				Image:     f.runnerImage,
+				ExtraArgs: []string{"--nats", natsURL},
+				// Runners read S3 settings from the same Secret/ConfigMap.
+				EnvFrom: kubeEnvFrom(),
+				Log:     log,
+			}
+		default:
+			return usageError{fmt.Errorf("unknown --driver %q: use local or kubernetes", f.driver)}
 		}
-		driver := &controlplane.LocalDriver{
-			Command:   []string{exe, "runner"},
-			ExtraArgs: append([]string{"--nats", natsURL, "--cache-dir", filepath.Join(home, "cache")}, blobArgs...),
-			LogDir:    filepath.Join(home, "logs"),
-			Log:       log,
-		}
-		defer func() {
-			shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			driver.Shutdown(shutdownCtx)
-		}()
 		cp, err := controlplane.New(controlplane.Config{Registry: store, Driver: driver, NATS: nc, Logger: log})
 		if err != nil {
 			return err

@@ -1,0 +1,87 @@
+package activator
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/infer-run/infer/registry"
+)
+
+// KeyManager is what the key endpoints need from the registry.
+type KeyManager interface {
+	CreateKey(ctx context.Context, tenantID, name, role string) (registry.APIKey, string, error)
+	ListKeys(ctx context.Context, tenantID string) ([]registry.APIKey, error)
+	RevokeKey(ctx context.Context, tenantID, keyID string) error
+}
+
+// createKey is POST /v1/keys {"name":…, "role":"user"|"admin"}. The secret
+// is in this response only; the registry keeps its hash.
+func (s *Server) createKey(c echo.Context) error {
+	key, err := s.adminKey(c)
+	if err != nil {
+		return err
+	}
+	var req struct {
+		Name string `json:"name"`
+		Role string `json:"role"`
+	}
+	if err := c.Bind(&req); err != nil {
+		return errInvalid("", "could not parse the request: %v", err)
+	}
+	if req.Role == "" {
+		req.Role = registry.RoleUser
+	}
+	if req.Role != registry.RoleUser && req.Role != registry.RoleAdmin {
+		return errInvalid("role", "role must be %q or %q", registry.RoleUser, registry.RoleAdmin)
+	}
+	k, secret, err := s.keys.CreateKey(c.Request().Context(), key.TenantID, req.Name, req.Role)
+	if err != nil {
+		return s.registryError("creating key", err)
+	}
+	return c.JSON(http.StatusCreated, struct {
+		registry.APIKey
+		Key string `json:"key"`
+	}{k, secret})
+}
+
+func (s *Server) listKeys(c echo.Context) error {
+	key, err := s.adminKey(c)
+	if err != nil {
+		return err
+	}
+	keys, err := s.keys.ListKeys(c.Request().Context(), key.TenantID)
+	if err != nil {
+		return s.registryError("listing keys", err)
+	}
+	if keys == nil {
+		keys = []registry.APIKey{}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"object": "list", "data": keys})
+}
+
+func (s *Server) revokeKey(c echo.Context) error {
+	key, err := s.adminKey(c)
+	if err != nil {
+		return err
+	}
+	err = s.keys.RevokeKey(c.Request().Context(), key.TenantID, c.Param("id"))
+	if errors.Is(err, registry.ErrNotFound) {
+		return errStatus(http.StatusNotFound, "invalid_request_error", "key_not_found", "no key %q", c.Param("id"))
+	}
+	if err != nil {
+		return s.registryError("revoking key", err)
+	}
+	return c.JSON(http.StatusOK, map[string]any{"id": c.Param("id"), "object": "api_key", "revoked": true})
+}
+
+// adminKey authenticates and requires an admin key.
+func (s *Server) adminKey(c echo.Context) (registry.APIKey, error) {
+	key, err := s.authenticate(c)
+	if err != nil {
+		return key, err
+	}
+	return key, requireAdmin(key)
+}
