@@ -216,15 +216,14 @@ func (rl *relay) handle(events [][]byte) (done bool, err error) {
 			rl.s.log.Error("bad event from runner", "request", rl.id, "err", derr)
 			continue
 		}
+		if ev.Type == wire.EventDelta && !rl.started {
+			// Runners send start first; never write a token before the
+			// stream's headers and role chunk whatever arrives.
+			rl.start()
+		}
 		switch ev.Type {
 		case wire.EventStart:
-			rl.started = true
-			if rl.stream {
-				if !rl.sse {
-					rl.beginSSE()
-				}
-				res.Write(rl.enc.first())
-			}
+			rl.start()
 		case wire.EventDelta:
 			if rl.ttft == 0 {
 				rl.ttft = time.Since(rl.queuedAt)
@@ -265,6 +264,20 @@ func (rl *relay) handle(events [][]byte) (done bool, err error) {
 		res.Flush()
 	}
 	return false, nil
+}
+
+// start handles the runner admitting the job.
+func (rl *relay) start() {
+	if rl.started {
+		return
+	}
+	rl.started = true
+	if rl.stream {
+		if !rl.sse {
+			rl.beginSSE()
+		}
+		rl.c.Response().Write(rl.enc.first())
+	}
 }
 
 func (rl *relay) beginSSE() {

@@ -17,6 +17,7 @@ import (
 // countSink counts tokens and signals the end of one sequence.
 type countSink struct{ wg *sync.WaitGroup }
 
+func (countSink) Start(int)                          {}
 func (countSink) Deliver([]byte)                     {}
 func (s countSink) Finish(string, wire.Usage, error) { s.wg.Done() }
 

@@ -55,6 +55,9 @@ type Request struct {
 // Sink receives one sequence's output. The engine calls it from its decode
 // loop, so implementations must not block.
 type Sink interface {
+	// Start is called once Submit has accepted the request, before any
+	// output, with the prompt's token count.
+	Start(promptTokens int)
 	// Deliver is called at most once per decode step with the text that
 	// step produced; text is only valid during the call.
 	Deliver(text []byte)
@@ -303,6 +306,7 @@ func (e *Engine) Submit(ctx context.Context, req Request, sink Sink) (promptToke
 		text:      newStopBuffer(req.Stop),
 		batchIdx:  -1,
 	}
+	sink.Start(len(tokens))
 	select {
 	case d.queue <- s:
 		return len(tokens), nil

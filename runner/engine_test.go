@@ -26,6 +26,8 @@ type collect struct {
 
 func newCollect() *collect { return &collect{done: make(chan struct{})} }
 
+func (c *collect) Start(int) {}
+
 func (c *collect) Deliver(text []byte) {
 	c.mu.Lock()
 	c.text.Write(text)

@@ -310,7 +310,6 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		r.recordUsage(job, enqueued, start, sink, wire.Usage{PromptTokens: promptTokens}, "error", "")
 		return
 	}
-	sink.send(&wire.Event{Type: wire.EventStart, Usage: &wire.Usage{PromptTokens: promptTokens}})
 
 	// Keep the job ours while it generates: only a dead runner's jobs are
 	// redelivered.
@@ -487,6 +486,12 @@ type replySink struct {
 
 func newReplySink(nc *nats.Conn, subject string) *replySink {
 	return &replySink{nc: nc, subject: subject, buf: make([]byte, 0, 256), done: make(chan struct{})}
+}
+
+// Start tells the activator the job was admitted; it always precedes the
+// first delta.
+func (s *replySink) Start(promptTokens int) {
+	s.send(&wire.Event{Type: wire.EventStart, Usage: &wire.Usage{PromptTokens: promptTokens}})
 }
 
 func (s *replySink) Deliver(text []byte) {

@@ -386,6 +386,27 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("infer usage: %v\n%s", err, out)
 	}
 
+	// infer bench drives the endpoint and reports sane numbers.
+	out, err = p.cli("bench", "--model", "stories", "--concurrency", "1,2", "--requests", "4", "--max-tokens", "16", "--json")
+	if err != nil {
+		t.Fatalf("infer bench: %v\n%s", err, out)
+	}
+	var benchRows []struct {
+		Concurrency  int     `json:"concurrency"`
+		Errors       int     `json:"errors"`
+		OutputTokens int     `json:"output_tokens"`
+		TTFTp50      float64 `json:"ttft_p50_ms"`
+		E2Ep99       float64 `json:"e2e_p99_ms"`
+	}
+	if err := json.Unmarshal([]byte(out), &benchRows); err != nil || len(benchRows) != 2 {
+		t.Fatalf("bench output %q: %v", out, err)
+	}
+	for _, r := range benchRows {
+		if r.Errors != 0 || r.OutputTokens != 4*16 || r.TTFTp50 <= 0 || r.E2Ep99 < r.TTFTp50 {
+			t.Errorf("bench row %+v: want 64 tokens, no errors, ordered latencies", r)
+		}
+	}
+
 	// A user key made with the CLI calls the model, may not deploy, and
 	// stops working when revoked.
 	out, err = p.cli("keys", "create", "app", "--json")

@@ -29,7 +29,7 @@ admin key 'infer dev' wrote to $INFER_HOME/admin-key).`,
 	}
 	root.AddCommand(
 		devCmd(), activatorCmd(), controlplaneCmd(), runnerCmd(),
-		deployCmd(), lsCmd(), rmCmd(), usageCmd(), keysCmd(),
+		deployCmd(), lsCmd(), rmCmd(), usageCmd(), keysCmd(), benchCmd(),
 	)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "infer:", err)

@@ -1,0 +1,337 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+// benchResult is one streamed request as the client saw it.
+type benchResult struct {
+	ttft    time.Duration
+	total   time.Duration
+	tokens  int
+	itl     []time.Duration // gaps between content chunks
+	err     error
+	started time.Time
+}
+
+// benchRow summarises one concurrency level.
+type benchRow struct {
+	Concurrency  int     `json:"concurrency"`
+	Cold         bool    `json:"cold,omitempty"`
+	Requests     int     `json:"requests"`
+	Errors       int     `json:"errors"`
+	TTFTp50ms    float64 `json:"ttft_p50_ms"`
+	TTFTp90ms    float64 `json:"ttft_p90_ms"`
+	TTFTp99ms    float64 `json:"ttft_p99_ms"`
+	ITLmeanms    float64 `json:"itl_mean_ms"`
+	E2Ep50ms     float64 `json:"e2e_p50_ms"`
+	E2Ep90ms     float64 `json:"e2e_p90_ms"`
+	E2Ep99ms     float64 `json:"e2e_p99_ms"`
+	OutputTokens int     `json:"output_tokens"`
+	TokensPerSec float64 `json:"output_tokens_per_s"`
+	RequestsPerS float64 `json:"requests_per_s"`
+	WallSeconds  float64 `json:"wall_s"`
+	FirstError   string  `json:"first_error,omitempty"`
+}
+
+func benchCmd() *cobra.Command {
+	var (
+		url, model, key, prompt, levels string
+		requests, maxTokens             int
+		cold, asJSON                    bool
+		timeout                         time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "bench --model NAME",
+		Short: "Benchmark any OpenAI-compatible endpoint: TTFT, inter-token latency, p50/p90/p99, tokens/s",
+		Long: `bench drives an OpenAI-compatible /chat/completions endpoint (this platform or
+another: Ollama, vLLM, …) with streaming requests at each concurrency level and
+reports time to first token, inter-token latency, end-to-end latency
+percentiles, output tokens/s, requests/s and errors. --cold first waits until the
+deployment has no runners (infer only) and measures the first request alone.`,
+		Example: `  infer bench --model stories --concurrency 1,4,16 --requests 64 --max-tokens 128
+  infer bench --url http://127.0.0.1:11434/v1 --model stories --api-key ollama`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if model == "" {
+				return usageError{errors.New("--model is required")}
+			}
+			var conc []int
+			for _, f := range strings.Split(levels, ",") {
+				n, err := strconv.Atoi(strings.TrimSpace(f))
+				if err != nil || n < 1 {
+					return usageError{fmt.Errorf("--concurrency: %q is not a positive number", f)}
+				}
+				conc = append(conc, n)
+			}
+			if key == "" {
+				if c, err := newClient(); err == nil {
+					key = c.key
+				}
+			}
+			b := &bencher{
+				url:       strings.TrimRight(url, "/") + "/chat/completions",
+				key:       key,
+				model:     model,
+				prompt:    prompt,
+				maxTokens: maxTokens,
+				http:      &http.Client{Timeout: timeout},
+			}
+			ctx := cmd.Context()
+			var rows []benchRow
+			if cold {
+				if err := waitForZero(ctx, model, 10*time.Minute); err != nil {
+					return err
+				}
+				rows = append(rows, b.level(ctx, 1, 1, nil))
+				rows[0].Cold = true
+			}
+			for _, n := range conc {
+				var bar *progressbar.ProgressBar
+				if !asJSON && term.IsTerminal(int(os.Stderr.Fd())) {
+					bar = progressbar.NewOptions(requests, progressbar.OptionSetDescription(fmt.Sprintf("concurrency %d", n)),
+						progressbar.OptionSetWriter(os.Stderr), progressbar.OptionClearOnFinish(), progressbar.OptionShowCount())
+				}
+				rows = append(rows, b.level(ctx, n, requests, bar))
+			}
+			if asJSON {
+				return printJSON(rows)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+			fmt.Fprintln(tw, "CONCURRENCY\tREQUESTS\tERRORS\tTTFT p50\tp90\tp99\tITL mean\tE2E p50\tp90\tp99\tTOKENS/S\tREQ/S\t")
+			for _, r := range rows {
+				c := strconv.Itoa(r.Concurrency)
+				if r.Cold {
+					c = "cold"
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%.1fms\t%.1fms\t%.1fms\t%.2fms\t%.0fms\t%.0fms\t%.0fms\t%.0f\t%.1f\t\n", c, r.Requests, r.Errors,
+					r.TTFTp50ms, r.TTFTp90ms, r.TTFTp99ms, r.ITLmeanms, r.E2Ep50ms, r.E2Ep90ms, r.E2Ep99ms, r.TokensPerSec, r.RequestsPerS)
+			}
+			tw.Flush()
+			for _, r := range rows {
+				if r.FirstError != "" {
+					fmt.Fprintf(os.Stderr, "concurrency %d: first error: %s\n", r.Concurrency, r.FirstError)
+				}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&url, "url", env("INFER_URL", "http://127.0.0.1:8080")+"/v1", "base URL of the OpenAI-compatible API")
+	f.StringVar(&model, "model", "", "model (deployment) name")
+	f.StringVar(&key, "api-key", os.Getenv("INFER_API_KEY"), "API key (default: $INFER_API_KEY or the dev admin key)")
+	f.StringVar(&prompt, "prompt", "Once upon a time", "user message of every request")
+	f.StringVar(&levels, "concurrency", "1,4,16", "comma-separated concurrency levels")
+	f.IntVar(&requests, "requests", 32, "requests per concurrency level")
+	f.IntVar(&maxTokens, "max-tokens", 128, "max_tokens of every request")
+	f.BoolVar(&cold, "cold", false, "first wait for zero runners and measure one cold request (infer endpoints only)")
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	f.DurationVar(&timeout, "timeout", 10*time.Minute, "per-request timeout")
+	return cmd
+}
+
+type bencher struct {
+	url, key, model, prompt string
+	maxTokens               int
+	http                    *http.Client
+}
+
+// level runs n requests with at most c in flight.
+func (b *bencher) level(ctx context.Context, c, n int, bar *progressbar.ProgressBar) benchRow {
+	results := make([]benchResult, n)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				results[i] = b.one(ctx)
+				if bar != nil {
+					bar.Add(1)
+				}
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return summarize(c, results, time.Since(start))
+}
+
+// one sends a streaming request and times it.
+func (b *bencher) one(ctx context.Context) (r benchResult) {
+	body, _ := json.Marshal(map[string]any{
+		"model":          b.model,
+		"messages":       []map[string]string{{"role": "user", "content": b.prompt}},
+		"max_tokens":     b.maxTokens,
+		"stream":         true,
+		"stream_options": map[string]bool{"include_usage": true},
+	})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.url, bytes.NewReader(body))
+	if err != nil {
+		return benchResult{err: err}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if b.key != "" {
+		req.Header.Set("Authorization", "Bearer "+b.key)
+	}
+	r.started = time.Now()
+	resp, err := b.http.Do(req)
+	if err != nil {
+		return benchResult{err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e apiErr
+		e.Status = resp.StatusCode
+		json.NewDecoder(resp.Body).Decode(&e.Body)
+		return benchResult{err: &e}
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	var last time.Time
+	chunks, usageTokens := 0, -1
+	for sc.Scan() {
+		line := sc.Bytes()
+		data, ok := bytes.CutPrefix(line, []byte("data: "))
+		if !ok {
+			continue
+		}
+		if string(data) == "[DONE]" {
+			break
+		}
+		var ch struct {
+			Choices []struct {
+				Delta struct {
+					Content string `json:"content"`
+				} `json:"delta"`
+			} `json:"choices"`
+			Usage *struct {
+				CompletionTokens int `json:"completion_tokens"`
+			} `json:"usage"`
+			Error *struct {
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(data, &ch); err != nil {
+			return benchResult{err: fmt.Errorf("bad chunk: %w", err)}
+		}
+		if ch.Error != nil {
+			return benchResult{err: errors.New(ch.Error.Message)}
+		}
+		if ch.Usage != nil {
+			usageTokens = ch.Usage.CompletionTokens
+		}
+		if len(ch.Choices) > 0 && ch.Choices[0].Delta.Content != "" {
+			now := time.Now()
+			if chunks == 0 {
+				r.ttft = now.Sub(r.started)
+			} else {
+				r.itl = append(r.itl, now.Sub(last))
+			}
+			last = now
+			chunks++
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return benchResult{err: err}
+	}
+	r.total = time.Since(r.started)
+	r.tokens = chunks
+	if usageTokens >= 0 {
+		r.tokens = usageTokens // chunks may carry several tokens
+	}
+	return r
+}
+
+func summarize(c int, results []benchResult, wall time.Duration) benchRow {
+	row := benchRow{Concurrency: c, Requests: len(results), WallSeconds: wall.Seconds()}
+	var ttft, e2e, itl []float64
+	for _, r := range results {
+		if r.err != nil {
+			row.Errors++
+			if row.FirstError == "" {
+				row.FirstError = r.err.Error()
+			}
+			continue
+		}
+		ttft = append(ttft, ms(r.ttft))
+		e2e = append(e2e, ms(r.total))
+		for _, d := range r.itl {
+			itl = append(itl, ms(d))
+		}
+		row.OutputTokens += r.tokens
+	}
+	row.TTFTp50ms, row.TTFTp90ms, row.TTFTp99ms = pct(ttft, 50), pct(ttft, 90), pct(ttft, 99)
+	row.E2Ep50ms, row.E2Ep90ms, row.E2Ep99ms = pct(e2e, 50), pct(e2e, 90), pct(e2e, 99)
+	if len(itl) > 0 {
+		sum := 0.0
+		for _, v := range itl {
+			sum += v
+		}
+		row.ITLmeanms = sum / float64(len(itl))
+	}
+	row.TokensPerSec = float64(row.OutputTokens) / wall.Seconds()
+	row.RequestsPerS = float64(len(results)-row.Errors) / wall.Seconds()
+	return row
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// pct is the nearest-rank percentile.
+func pct(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	i := int(float64(len(s))*p/100+0.5) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+// waitForZero waits until an infer deployment has no runners.
+func waitForZero(ctx context.Context, model string, timeout time.Duration) error {
+	c, err := newClient()
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		var d deploymentInfo
+		if err := c.json(ctx, http.MethodGet, "/v1/deployments/"+model, nil, &d); err != nil {
+			return fmt.Errorf("--cold: reading deployment %s: %w", model, err)
+		}
+		if len(d.Runners) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("--cold: %s still has %d runners after %s", model, len(d.Runners), timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
