@@ -404,3 +404,46 @@ func TestUploadRejectsBadWeights(t *testing.T) {
 		t.Errorf("%d artifacts registered, want 1", n)
 	}
 }
+
+// TestDeploymentCannotStart: when runners keep failing to start (here the
+// weights vanished from the object store), waiting requests get 503 with
+// the reason instead of hanging until the queue timeout.
+func TestDeploymentCannotStart(t *testing.T) {
+	h := newHarness(t)
+	h.deploy("broken", map[string]any{})
+	if err := h.blobs.Delete(context.Background(), h.art.ObjectKey); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		r, err := runner.New(runner.Config{
+			ID:         wire.NewID(4),
+			Deployment: "broken",
+			Artifact:   runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size},
+			Cache:      &runner.Cache{Dir: t.TempDir(), Blobs: h.blobs},
+			Engine:     runner.EngineConfig{Parallel: 1},
+		}, h.nc, slog.Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Run(context.Background(), nil); err == nil {
+			t.Fatal("runner started without its weights")
+		}
+	}
+	h.nc.Flush()
+	resp := h.do(http.MethodPost, "/v1/chat/completions", `{"model":"broken","messages":[{"role":"user","content":"hi"}]}`)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || !strings.Contains(string(b), "deployment_unavailable") || !strings.Contains(string(b), "not found") {
+		t.Errorf("got %d %s; want 503 deployment_unavailable naming the missing weights", resp.StatusCode, b)
+	}
+	// Nothing is left queued for a runner that will never come.
+	r := h.do(http.MethodGet, "/v1/deployments/broken", "")
+	var st struct {
+		Queued int `json:"queued"`
+	}
+	json.NewDecoder(r.Body).Decode(&st)
+	r.Body.Close()
+	if st.Queued != 0 {
+		t.Errorf("%d requests left in the queue", st.Queued)
+	}
+}

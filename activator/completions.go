@@ -156,7 +156,7 @@ type relay struct {
 	created int64
 
 	started  bool // the runner admitted the job
-	timedOut bool // the job waited past its queue timeout
+	timedOut bool // the job gave up waiting to start (queue timeout, runner failures)
 	sse      bool // SSE headers are written: errors now go in-band
 	text     []byte
 	enc      chunkEncoder
@@ -191,7 +191,17 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				rl.comment(rl.s.runners.coldStartPhase(rl.model))
 			}
 		case <-tick.C:
-			if rl.sse && !rl.started {
+			if rl.started {
+				break
+			}
+			if f, ok := rl.s.runners.failure(rl.model); ok && f.count >= cannotStartAfter {
+				// Holding the request longer only hides the problem.
+				rl.timedOut = true // not started: remove it from the queue
+				rl.s.metrics.requests.WithLabelValues(rl.model, "cannot_start").Inc()
+				return rl.fail(errStatus(http.StatusServiceUnavailable, "server_error", "deployment_unavailable",
+					"deployment %s cannot start a runner: %s", rl.model, f.detail))
+			}
+			if rl.sse {
 				rl.comment(rl.s.runners.coldStartPhase(rl.model))
 			}
 		case <-wait.C:

@@ -19,8 +19,16 @@ import (
 type runnerView struct {
 	sub *nats.Subscription
 
-	mu      sync.Mutex
-	runners map[string]wire.Heartbeat
+	mu       sync.Mutex
+	runners  map[string]wire.Heartbeat
+	failures map[string]startFailure // deployment → consecutive failed starts
+}
+
+// startFailure is why a deployment's runners keep failing to start.
+type startFailure struct {
+	count  int
+	detail string
+	at     time.Time
 }
 
 // staleAfter is when a runner that stopped sending heartbeats is no longer
@@ -28,7 +36,7 @@ type runnerView struct {
 const staleAfter = 5 * time.Second
 
 func newRunnerView(nc *nats.Conn) (*runnerView, error) {
-	v := &runnerView{runners: map[string]wire.Heartbeat{}}
+	v := &runnerView{runners: map[string]wire.Heartbeat{}, failures: map[string]startFailure{}}
 	sub, err := nc.Subscribe(wire.HeartbeatSubjects, v.onHeartbeat)
 	if err != nil {
 		return nil, fmt.Errorf("subscribing to runner heartbeats: %w", err)
@@ -46,9 +54,16 @@ func (v *runnerView) onHeartbeat(m *nats.Msg) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if hb.Phase == wire.PhaseStopped {
+	switch hb.Phase {
+	case wire.PhaseFailed:
+		f := v.failures[hb.Deployment]
+		v.failures[hb.Deployment] = startFailure{count: f.count + 1, detail: hb.Detail, at: time.Now()}
+		fallthrough
+	case wire.PhaseStopped:
 		delete(v.runners, hb.RunnerID)
 		return
+	case wire.PhaseReady:
+		delete(v.failures, hb.Deployment)
 	}
 	hb.Sent = time.Now() // our clock decides staleness
 	v.runners[hb.RunnerID] = hb
@@ -77,6 +92,9 @@ func (v *runnerView) list(deployment string) []wire.Heartbeat {
 func (v *runnerView) coldStartPhase(deployment string) string {
 	rs := v.list(deployment)
 	if len(rs) == 0 {
+		if f, ok := v.failure(deployment); ok {
+			return "runner failed (" + f.detail + "); retrying"
+		}
 		return "starting runner"
 	}
 	best := ""
@@ -101,3 +119,20 @@ func (v *runnerView) coldStartPhase(deployment string) string {
 	}
 	return best
 }
+
+// failure reports a deployment's recent failed starts (within the last
+// minutes; older ones are history).
+func (v *runnerView) failure(deployment string) (startFailure, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	f, ok := v.failures[deployment]
+	if ok && time.Since(f.at) > 5*time.Minute {
+		delete(v.failures, deployment)
+		return startFailure{}, false
+	}
+	return f, ok
+}
+
+// cannotStartAfter is how many failed starts in a row make the activator
+// stop holding requests and answer 503.
+const cannotStartAfter = 3

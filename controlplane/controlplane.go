@@ -54,9 +54,26 @@ type ControlPlane struct {
 
 	pokes chan string
 
-	mu      sync.Mutex
-	beats   map[string]runnerState // runner ID → last heartbeat
-	readyAt map[string]time.Time   // runner ID → when it was first seen ready
+	mu       sync.Mutex
+	beats    map[string]runnerState // runner ID → last heartbeat
+	readyAt  map[string]time.Time   // runner ID → when it was first seen ready
+	failures map[string]failure     // deployment → runners failing to start
+}
+
+// failure counts a deployment's consecutive runner failures, so a model
+// that cannot load is retried with backoff instead of in a tight loop.
+type failure struct {
+	count int
+	last  time.Time
+}
+
+// backoff is how long to wait before starting another runner after n
+// consecutive failures: 1 s doubling to a minute.
+func backoff(n int) time.Duration {
+	if n <= 0 {
+		return 0
+	}
+	return min(time.Second<<min(n-1, 6), time.Minute)
 }
 
 type runnerState struct {
@@ -84,12 +101,13 @@ func New(cfg Config) (*ControlPlane, error) {
 		log = slog.Default()
 	}
 	return &ControlPlane{
-		cfg:     cfg,
-		log:     log.With("component", "controlplane"),
-		js:      js,
-		pokes:   make(chan string, 1024),
-		beats:   map[string]runnerState{},
-		readyAt: map[string]time.Time{},
+		cfg:      cfg,
+		log:      log.With("component", "controlplane"),
+		js:       js,
+		pokes:    make(chan string, 1024),
+		beats:    map[string]runnerState{},
+		readyAt:  map[string]time.Time{},
+		failures: map[string]failure{},
 	}, nil
 }
 
@@ -134,10 +152,19 @@ func (cp *ControlPlane) onHeartbeat(m *nats.Msg) {
 	now := time.Now()
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
-	if hb.Phase == wire.PhaseStopped {
+	switch hb.Phase {
+	case wire.PhaseFailed:
+		f := cp.failures[hb.Deployment]
+		cp.failures[hb.Deployment] = failure{count: f.count + 1, last: now}
+		cp.log.Warn("runner failed", "deployment", hb.Deployment, "runner", hb.RunnerID, "err", hb.Detail,
+			"failures", f.count+1, "retry_in", backoff(f.count+1))
+		fallthrough
+	case wire.PhaseStopped:
 		delete(cp.beats, hb.RunnerID)
 		delete(cp.readyAt, hb.RunnerID)
 		return
+	case wire.PhaseReady:
+		delete(cp.failures, hb.Deployment)
 	}
 	cp.beats[hb.RunnerID] = runnerState{hb: hb, seen: now}
 	if hb.Phase == wire.PhaseReady {
@@ -269,7 +296,12 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 	}
 
 	want := Desired(d, depth.Total())
+	cp.mu.Lock()
+	f := cp.failures[d.Name]
+	cp.mu.Unlock()
 	switch {
+	case len(live) < want && now.Before(f.last.Add(backoff(f.count))):
+		// Backing off after failed starts.
 	case len(live) < want:
 		a, err := cp.cfg.Registry.GetArtifact(ctx, d.ArtifactSHA256)
 		if err != nil {

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"testing"
+	"time"
 
 	"github.com/infer-run/infer/registry"
 )
@@ -28,5 +29,17 @@ func TestDesired(t *testing.T) {
 				t.Errorf("Desired(min %d, max %d, parallel %d, work %d) = %d, want %d", tt.min, tt.max, tt.parallel, tt.work, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	tests := []struct {
+		failures int
+		want     time.Duration
+	}{{0, 0}, {1, time.Second}, {2, 2 * time.Second}, {4, 8 * time.Second}, {7, time.Minute}, {50, time.Minute}}
+	for _, tt := range tests {
+		if got := backoff(tt.failures); got != tt.want {
+			t.Errorf("backoff(%d) = %s, want %s", tt.failures, got, tt.want)
+		}
 	}
 }

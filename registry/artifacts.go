@@ -82,3 +82,18 @@ func (s *Store) GetArtifact(ctx context.Context, sha string) (Artifact, error) {
 	}
 	return a, nil
 }
+
+// SetArtifactObject points an artifact at a new object holding the same
+// bytes, if it still points at old (so two repairs at once do not fight).
+func (s *Store) SetArtifactObject(ctx context.Context, sha, old, key string) (Artifact, error) {
+	a, err := scanArtifact(s.pool.QueryRow(ctx, `
+		UPDATE artifacts SET object_key = $3 WHERE sha256 = $1 AND object_key = $2
+		RETURNING `+artifactColumns, sha, old, key))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Artifact{}, fmt.Errorf("artifact %s changed while being repaired: %w", sha, ErrConflict)
+	}
+	if err != nil {
+		return Artifact{}, fmt.Errorf("repairing artifact %s: %w", sha, err)
+	}
+	return a, nil
+}

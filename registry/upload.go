@@ -100,6 +100,16 @@ func (u *Uploader) Upload(ctx context.Context, r io.Reader, size int64) (Artifac
 		Quantization:   info.Quantization,
 		ContextLength:  info.ContextLength,
 	})
+	if err == nil && !created {
+		// The same bytes were uploaded before. Keep the old object unless
+		// it went missing from the store (a bucket emptied, a dev blob dir
+		// deleted): then the new upload repairs the artifact.
+		if _, serr := u.Blobs.Stat(ctx, a.ObjectKey); errors.Is(serr, blob.ErrNotFound) {
+			if a, err = u.Store.SetArtifactObject(ctx, a.SHA256, a.ObjectKey, key); err == nil {
+				return a, nil
+			}
+		}
+	}
 	if err != nil || !created {
 		// Either nothing refers to the new object, or the same bytes are
 		// stored already.

@@ -225,3 +225,32 @@ func (c *cancelAt) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// TestUploadRepairsMissingObject: when an artifact's object vanished from
+// the store, uploading the same bytes again points the artifact at the new
+// object instead of returning one runners cannot fetch.
+func TestUploadRepairsMissingObject(t *testing.T) {
+	model := readModel(t)
+	u, _ := newUploader(t)
+	ctx := t.Context()
+	a, err := u.Upload(ctx, bytes.NewReader(model), int64(len(model)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Blobs.Delete(ctx, a.ObjectKey); err != nil {
+		t.Fatal(err)
+	}
+	b, err := u.Upload(ctx, bytes.NewReader(model), int64(len(model)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.ObjectKey == a.ObjectKey || b.SHA256 != a.SHA256 {
+		t.Fatalf("re-upload returned %+v, want the same digest at a new object", b)
+	}
+	if !bytes.Equal(readObject(t, u.Blobs, b.ObjectKey), model) {
+		t.Error("repaired object differs from the upload")
+	}
+	if got, err := u.Store.GetArtifact(ctx, a.SHA256); err != nil || got.ObjectKey != b.ObjectKey {
+		t.Errorf("registry still points at %+v (%v)", got, err)
+	}
+}

@@ -91,7 +91,18 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) error {
 	hbCtx, stopHB := context.WithCancel(context.Background())
 	defer stopHB()
 	go r.heartbeats(hbCtx)
-	defer r.setPhase(wire.PhaseStopped, "")
+	err := r.run(ctx, drain)
+	if err != nil && ctx.Err() == nil {
+		// Say why, so the control plane backs off and waiting clients
+		// learn what is wrong.
+		r.setPhase(wire.PhaseFailed, err.Error())
+	} else {
+		r.setPhase(wire.PhaseStopped, "")
+	}
+	return err
+}
+
+func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 
 	r.setPhase(wire.PhaseFetching, "fetching weights")
 	t0 := time.Now()
@@ -463,7 +474,7 @@ func (r *Runner) publishHeartbeat() {
 	if err := r.nc.Publish(wire.HeartbeatSubject(r.cfg.Deployment, r.cfg.ID), data); err != nil {
 		r.log.Debug("publishing heartbeat", "err", err)
 	}
-	if hb.Phase == wire.PhaseStopped {
+	if hb.Phase == wire.PhaseStopped || hb.Phase == wire.PhaseFailed {
 		r.nc.Flush()
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -167,7 +168,7 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 		// Keys and deployments come from memory on the request path.
 		cache := registry.NewCache(store, log)
 		g.Go(func() error { return cache.Run(ctx) })
-		if err := ensureAdminKey(ctx, store, home, log); err != nil {
+		if err := ensureAdminKey(ctx, store, home, withControlPlane, log); err != nil {
 			return err
 		}
 		reg := prometheus.NewRegistry()
@@ -289,10 +290,13 @@ func openBlobs(ctx context.Context, home string) (blob.Store, []string, error) {
 	return d, []string{"--blob-dir", dir}, nil
 }
 
-// ensureAdminKey makes sure someone can use the API: INFER_ADMIN_KEY becomes
-// an admin key as given; otherwise, on first start, one is generated,
-// printed once and saved (mode 0600) to home/admin-key for the CLI.
-func ensureAdminKey(ctx context.Context, store *registry.Store, home string, log *slog.Logger) error {
+// ensureAdminKey makes sure someone can use the API. INFER_ADMIN_KEY
+// becomes an admin key as given. Otherwise a generated admin key is printed
+// once and saved (mode 0600) to home/admin-key for the CLI: on the first
+// start of a production activator, and for `infer dev` whenever that file
+// is missing (dev is one person's machine; a database kept from an earlier
+// run must not lock them out).
+func ensureAdminKey(ctx context.Context, store *registry.Store, home string, dev bool, log *slog.Logger) error {
 	keyFile := filepath.Join(home, "admin-key")
 	if secret := os.Getenv("INFER_ADMIN_KEY"); secret != "" {
 		if _, err := store.EnsureAdminKey(ctx, "default", secret); err != nil {
@@ -300,11 +304,17 @@ func ensureAdminKey(ctx context.Context, store *registry.Store, home string, log
 		}
 		return nil
 	}
+	if b, err := os.ReadFile(keyFile); err == nil && dev {
+		if _, err := store.EnsureAdminKey(ctx, "default", strings.TrimSpace(string(b))); err != nil {
+			return fmt.Errorf("installing the admin key from %s: %w", keyFile, err)
+		}
+		return nil
+	}
 	has, err := store.HasAnyKey(ctx)
 	if err != nil {
 		return fmt.Errorf("checking for API keys: %w", err)
 	}
-	if has {
+	if has && !dev {
 		return nil
 	}
 	tenant, err := store.EnsureTenant(ctx, "default")
@@ -313,7 +323,7 @@ func ensureAdminKey(ctx context.Context, store *registry.Store, home string, log
 	}
 	_, secret, err := store.CreateKey(ctx, tenant.ID, "admin", registry.RoleAdmin)
 	if err != nil {
-		return fmt.Errorf("creating the first admin key: %w", err)
+		return fmt.Errorf("creating an admin key: %w", err)
 	}
 	if err := os.WriteFile(keyFile, []byte(secret+"\n"), 0o600); err != nil {
 		return fmt.Errorf("saving the admin key: %w", err)

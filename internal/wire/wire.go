@@ -158,6 +158,9 @@ const (
 	PhaseReady    Phase = "ready"
 	PhaseDraining Phase = "draining"
 	PhaseStopped  Phase = "stopped"
+	// PhaseFailed is a runner's last word when it could not start or
+	// serve; Detail says why.
+	PhaseFailed Phase = "failed"
 )
 
 // Heartbeat is what a runner publishes on HeartbeatSubject every second and
