@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"slices"
@@ -219,6 +220,9 @@ func (b *bencher) one(ctx context.Context) (r benchResult) {
 			continue
 		}
 		if string(data) == "[DONE]" {
+			r.total = time.Since(r.started)
+			// Read to the end so the connection is reused, as SDKs do.
+			io.Copy(io.Discard, resp.Body)
 			break
 		}
 		var ch struct {
@@ -257,7 +261,9 @@ func (b *bencher) one(ctx context.Context) (r benchResult) {
 	if err := sc.Err(); err != nil {
 		return benchResult{err: err}
 	}
-	r.total = time.Since(r.started)
+	if r.total == 0 {
+		r.total = time.Since(r.started)
+	}
 	r.tokens = chunks
 	if usageTokens >= 0 {
 		r.tokens = usageTokens // chunks may carry several tokens
