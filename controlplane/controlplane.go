@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/wire"
@@ -44,6 +45,8 @@ type Config struct {
 	// StartTimeout bounds how long a runner may take to send its first
 	// heartbeat.
 	StartTimeout time.Duration
+	// Registerer receives the control plane's metrics; nil drops them.
+	Registerer prometheus.Registerer
 }
 
 // ControlPlane is the autoscaler.
@@ -52,12 +55,14 @@ type ControlPlane struct {
 	log *slog.Logger
 	js  jetstream.JetStream
 
-	pokes chan string
+	pokes   chan string
+	metrics *metrics
 
 	mu       sync.Mutex
 	beats    map[string]runnerState // runner ID → last heartbeat
 	readyAt  map[string]time.Time   // runner ID → when it was first seen ready
 	failures map[string]failure     // deployment → runners failing to start
+	started  map[string]time.Time   // runner ID → when the control plane started it
 }
 
 // failure counts a deployment's consecutive runner failures, so a model
@@ -108,6 +113,8 @@ func New(cfg Config) (*ControlPlane, error) {
 		beats:    map[string]runnerState{},
 		readyAt:  map[string]time.Time{},
 		failures: map[string]failure{},
+		started:  map[string]time.Time{},
+		metrics:  newMetrics(cfg.Registerer),
 	}, nil
 }
 
@@ -154,6 +161,8 @@ func (cp *ControlPlane) onHeartbeat(m *nats.Msg) {
 	defer cp.mu.Unlock()
 	switch hb.Phase {
 	case wire.PhaseFailed:
+		cp.metrics.failures.WithLabelValues(hb.Deployment).Inc()
+		delete(cp.started, hb.RunnerID)
 		f := cp.failures[hb.Deployment]
 		cp.failures[hb.Deployment] = failure{count: f.count + 1, last: now}
 		cp.log.Warn("runner failed", "deployment", hb.Deployment, "runner", hb.RunnerID, "err", hb.Detail,
@@ -165,6 +174,10 @@ func (cp *ControlPlane) onHeartbeat(m *nats.Msg) {
 		return
 	case wire.PhaseReady:
 		delete(cp.failures, hb.Deployment)
+		if t, ok := cp.started[hb.RunnerID]; ok {
+			cp.metrics.coldStart.WithLabelValues(hb.Deployment).Observe(now.Sub(t).Seconds())
+			delete(cp.started, hb.RunnerID)
+		}
 	}
 	cp.beats[hb.RunnerID] = runnerState{hb: hb, seen: now}
 	if hb.Phase == wire.PhaseReady {
@@ -207,6 +220,28 @@ func (cp *ControlPlane) reconcileAll(ctx context.Context) {
 		}
 	}
 	cp.forgetGone(runners)
+	cp.countPhases(deps, runners)
+}
+
+// countPhases sets the runners gauge from the driver's list and the
+// runners' last heartbeats.
+func (cp *ControlPlane) countPhases(deps []registry.Deployment, runners []RunnerRef) {
+	cp.metrics.runners.Reset()
+	for _, d := range deps {
+		cp.metrics.runners.WithLabelValues(d.Name, string(wire.PhaseReady)).Set(0)
+	}
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	for _, r := range runners {
+		phase := wire.PhaseStarting
+		if st, ok := cp.beats[r.ID]; ok {
+			phase = st.hb.Phase
+		}
+		if r.Stopping {
+			phase = wire.PhaseDraining
+		}
+		cp.metrics.runners.WithLabelValues(r.Deployment, string(phase)).Inc()
+	}
 }
 
 // forgetGone drops heartbeat state of runners the driver no longer has.
@@ -221,6 +256,11 @@ func (cp *ControlPlane) forgetGone(runners []RunnerRef) {
 		if !alive[id] && time.Since(st.seen) > cp.cfg.DeadAfter {
 			delete(cp.beats, id)
 			delete(cp.readyAt, id)
+		}
+	}
+	for id, t := range cp.started {
+		if !alive[id] && time.Since(t) > cp.cfg.StartTimeout {
+			delete(cp.started, id)
 		}
 	}
 }
@@ -320,10 +360,14 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 				ChatTemplate: d.ChatTemplate,
 			}
 			log.Info("starting runner", "runner", spec.ID, "queued", depth.Queued, "in_flight", depth.InFlight, "runners", len(live), "want", want)
+			cp.mu.Lock()
+			cp.started[spec.ID] = time.Now()
+			cp.mu.Unlock()
 			if err := cp.cfg.Driver.Start(ctx, spec); err != nil {
 				log.Error("starting runner", "err", err)
 				return
 			}
+			cp.metrics.starts.WithLabelValues(d.Name).Inc()
 		}
 	case len(live) > want:
 		// Stop one idle runner per tick: load that comes back finds the

@@ -386,6 +386,24 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("infer usage: %v\n%s", err, out)
 	}
 
+	// Metrics moved with the traffic: requests, TTFT and both cold starts.
+	mresp, err := http.Get(p.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	for _, want := range []string{
+		`infer_requests_total{deployment="stories",status="ok"} 2`,
+		`infer_cold_start_seconds_count{deployment="stories"} 2`,
+		`infer_runner_starts_total{deployment="stories"} 2`,
+		`infer_time_to_first_token_seconds_count{deployment="stories"} 2`,
+	} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
 	// infer bench drives the endpoint and reports sane numbers.
 	out, err = p.cli("bench", "--model", "stories", "--concurrency", "1,2", "--requests", "4", "--max-tokens", "16", "--json")
 	if err != nil {

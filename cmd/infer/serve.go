@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -18,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
@@ -43,6 +45,7 @@ type serveFlags struct {
 	namespace   string
 	runnerImage string
 	kubeconfig  string
+	metricsAddr string
 }
 
 func (f *serveFlags) register(cmd *cobra.Command, withAddr bool) {
@@ -109,6 +112,7 @@ func controlplaneCmd() *cobra.Command {
 	fl.StringVar(&f.driver, "driver", env("INFER_DRIVER", "local"), "where runners run: local (child processes) or kubernetes (pods) ($INFER_DRIVER)")
 	fl.StringVar(&f.namespace, "namespace", env("INFER_NAMESPACE", "infer"), "Kubernetes namespace for runner pods ($INFER_NAMESPACE)")
 	fl.StringVar(&f.runnerImage, "runner-image", os.Getenv("INFER_RUNNER_IMAGE"), "container image of runner pods ($INFER_RUNNER_IMAGE)")
+	fl.StringVar(&f.metricsAddr, "metrics-addr", env("INFER_METRICS_ADDR", "127.0.0.1:9090"), "where /metrics and /healthz are served ($INFER_METRICS_ADDR)")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config)")
 	return cmd
 }
@@ -163,6 +167,9 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 		return err
 	}
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
 	g, ctx := errgroup.WithContext(ctx)
 	if withActivator {
 		// Keys and deployments come from memory on the request path.
@@ -171,8 +178,6 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 		if err := ensureAdminKey(ctx, store, home, withControlPlane, log); err != nil {
 			return err
 		}
-		reg := prometheus.NewRegistry()
-		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		srv, err := activator.New(activator.Config{
 			Registry:   cache,
 			Uploader:   &registry.Uploader{Store: store, Blobs: blobs},
@@ -231,11 +236,33 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 		default:
 			return usageError{fmt.Errorf("unknown --driver %q: use local or kubernetes", f.driver)}
 		}
-		cp, err := controlplane.New(controlplane.Config{Registry: store, Driver: driver, NATS: nc, Logger: log})
+		cp, err := controlplane.New(controlplane.Config{Registry: store, Driver: driver, NATS: nc, Logger: log, Registerer: reg})
 		if err != nil {
 			return err
 		}
 		g.Go(func() error { return cp.Run(ctx) })
+		if !withActivator {
+			// The activator serves /metrics itself; a lone control plane
+			// needs its own listener.
+			l, err := net.Listen("tcp", f.metricsAddr)
+			if err != nil {
+				return fmt.Errorf("listening on %s: %w", f.metricsAddr, err)
+			}
+			mux := http.NewServeMux()
+			mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+			mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+			srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+			g.Go(func() error {
+				<-ctx.Done()
+				return srv.Close()
+			})
+			g.Go(func() error {
+				if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+					return err
+				}
+				return nil
+			})
+		}
 		g.Go(func() error { return controlplane.RecordUsage(ctx, nc, store, log) })
 	}
 	err = g.Wait()
