@@ -187,20 +187,30 @@ func (cp *ControlPlane) onHeartbeat(m *nats.Msg) {
 	}
 }
 
-func (cp *ControlPlane) reconcileAll(ctx context.Context) {
+// snapshot reads the deployments and the driver's runners, grouped by
+// deployment.
+func (cp *ControlPlane) snapshot(ctx context.Context) ([]registry.Deployment, []RunnerRef, map[string][]RunnerRef, bool) {
 	deps, err := cp.cfg.Registry.ListDeployments(ctx, "")
 	if err != nil {
 		cp.log.Error("listing deployments", "err", err)
-		return
+		return nil, nil, nil, false
 	}
 	runners, err := cp.cfg.Driver.Runners(ctx)
 	if err != nil {
 		cp.log.Error("listing runners", "err", err)
-		return
+		return nil, nil, nil, false
 	}
 	byDep := map[string][]RunnerRef{}
 	for _, r := range runners {
 		byDep[r.Deployment] = append(byDep[r.Deployment], r)
+	}
+	return deps, runners, byDep, true
+}
+
+func (cp *ControlPlane) reconcileAll(ctx context.Context) {
+	deps, runners, byDep, ok := cp.snapshot(ctx)
+	if !ok {
+		return
 	}
 	known := map[string]bool{}
 	for _, d := range deps {
@@ -266,27 +276,14 @@ func (cp *ControlPlane) forgetGone(runners []RunnerRef) {
 }
 
 func (cp *ControlPlane) reconcileOne(ctx context.Context, name string) {
-	deps, err := cp.cfg.Registry.ListDeployments(ctx, "")
-	if err != nil {
-		cp.log.Error("listing deployments", "err", err)
-		return
-	}
-	runners, err := cp.cfg.Driver.Runners(ctx)
-	if err != nil {
-		cp.log.Error("listing runners", "err", err)
+	deps, _, byDep, ok := cp.snapshot(ctx)
+	if !ok {
 		return
 	}
 	for _, d := range deps {
-		if d.Name != name {
-			continue
+		if d.Name == name {
+			cp.reconcile(ctx, d, byDep[name])
 		}
-		var mine []RunnerRef
-		for _, r := range runners {
-			if r.Deployment == name {
-				mine = append(mine, r)
-			}
-		}
-		cp.reconcile(ctx, d, mine)
 	}
 }
 

@@ -286,19 +286,24 @@ func lsCmd() *cobra.Command {
 }
 
 func rmCmd() *cobra.Command {
+	return deleteCmd("rm NAME", "Delete a deployment (its runners drain and stop)", "/v1/deployments/", "deleted")
+}
+
+// deleteCmd is a command that DELETEs path+ARG and reports it.
+func deleteCmd(use, short, path, done string) *cobra.Command {
 	return &cobra.Command{
-		Use:   "rm NAME",
-		Short: "Delete a deployment (its runners drain and stop)",
+		Use:   use,
+		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := newClient()
 			if err != nil {
 				return err
 			}
-			if err := c.json(cmd.Context(), http.MethodDelete, "/v1/deployments/"+args[0], nil, nil); err != nil {
+			if err := c.json(cmd.Context(), http.MethodDelete, path+args[0], nil, nil); err != nil {
 				return err
 			}
-			fmt.Printf("deleted %s\n", args[0])
+			fmt.Printf("%s %s\n", done, args[0])
 			return nil
 		},
 	}
@@ -425,22 +430,7 @@ func keysCmd() *cobra.Command {
 		},
 	}
 	ls.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	revoke := &cobra.Command{
-		Use:   "revoke ID",
-		Short: "Revoke an API key at once",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := newClient()
-			if err != nil {
-				return err
-			}
-			if err := c.json(cmd.Context(), http.MethodDelete, "/v1/keys/"+args[0], nil, nil); err != nil {
-				return err
-			}
-			fmt.Printf("revoked %s\n", args[0])
-			return nil
-		},
-	}
+	revoke := deleteCmd("revoke ID", "Revoke an API key at once", "/v1/keys/", "revoked")
 	cmd.AddCommand(create, ls, revoke)
 	return cmd
 }
