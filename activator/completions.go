@@ -97,7 +97,7 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		s.metrics.requests.WithLabelValues(dep.Name, "cancelled").Inc()
 		return nil
 	}
-	if rl.timedOut {
+	if rl.gaveUp {
 		s.abandon(dep.Name, id, seq, false)
 	}
 	return err
@@ -155,9 +155,11 @@ type relay struct {
 	usage   bool
 	created int64
 
-	started  bool // the runner admitted the job
-	timedOut bool // the job gave up waiting to start (queue timeout, runner failures)
-	sse      bool // SSE headers are written: errors now go in-band
+	started  bool   // the runner admitted the job
+	runner   string // which runner
+	sentText bool   // tokens reached the client
+	gaveUp   bool   // stop waiting: remove the job from the queue (timeout, runner failures or loss)
+	sse      bool   // SSE headers are written: errors now go in-band
 	text     []byte
 	enc      chunkEncoder
 	queuedAt time.Time
@@ -191,12 +193,25 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				rl.comment(rl.s.runners.coldStartPhase(rl.model))
 			}
 		case <-tick.C:
+			if rl.started && rl.runner != "" && !rl.s.runners.alive(rl.runner) {
+				if rl.sentText {
+					// Its output cannot be resumed elsewhere without
+					// repeating text: end the stream with an error.
+					rl.gaveUp = true
+					rl.s.metrics.requests.WithLabelValues(rl.model, "runner_lost").Inc()
+					return rl.fail(errStatus(http.StatusBadGateway, "server_error", "runner_lost",
+						"the runner serving this request stopped mid-generation; retry the request"))
+				}
+				// Nothing was sent yet: JetStream redelivers the job to
+				// another runner; keep waiting for it.
+				rl.started, rl.runner = false, ""
+			}
 			if rl.started {
 				break
 			}
 			if f, ok := rl.s.runners.failure(rl.model); ok && f.count >= cannotStartAfter {
 				// Holding the request longer only hides the problem.
-				rl.timedOut = true // not started: remove it from the queue
+				rl.gaveUp = true // not started: remove it from the queue
 				rl.s.metrics.requests.WithLabelValues(rl.model, "cannot_start").Inc()
 				return rl.fail(errStatus(http.StatusServiceUnavailable, "server_error", "deployment_unavailable",
 					"deployment %s cannot start a runner: %s", rl.model, f.detail))
@@ -206,7 +221,7 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 			}
 		case <-wait.C:
 			if !rl.started {
-				rl.timedOut = true
+				rl.gaveUp = true
 				rl.s.metrics.requests.WithLabelValues(rl.model, "timeout").Inc()
 				return rl.fail(errStatus(http.StatusGatewayTimeout, "server_error", "queue_timeout",
 					"request waited %s in the queue of %s without starting", time.Since(rl.queuedAt).Round(time.Millisecond), rl.model))
@@ -233,12 +248,21 @@ func (rl *relay) handle(events [][]byte) (done bool, err error) {
 		}
 		switch ev.Type {
 		case wire.EventStart:
+			if rl.sentText {
+				// A redelivered job restarting after its first runner
+				// died: its text would repeat.
+				rl.gaveUp = true
+				return true, rl.fail(errStatus(http.StatusBadGateway, "server_error", "runner_lost",
+					"the runner serving this request stopped mid-generation; retry the request"))
+			}
+			rl.runner = ev.Runner
 			rl.start()
 		case wire.EventDelta:
 			if rl.ttft == 0 {
 				rl.ttft = time.Since(rl.queuedAt)
 				rl.s.metrics.ttft.WithLabelValues(rl.model).Observe(rl.ttft.Seconds())
 			}
+			rl.sentText = true
 			if rl.stream {
 				res.Write(rl.enc.delta(ev.Text))
 			} else {

@@ -136,3 +136,11 @@ func (v *runnerView) failure(deployment string) (startFailure, bool) {
 // cannotStartAfter is how many failed starts in a row make the activator
 // stop holding requests and answer 503.
 const cannotStartAfter = 3
+
+// alive reports whether a runner has sent a heartbeat recently.
+func (v *runnerView) alive(id string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	hb, ok := v.runners[id]
+	return ok && time.Since(hb.Sent) <= staleAfter
+}

@@ -299,6 +299,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 	defer r.end(job.ID)
 
 	sink := newReplySink(r.nc, job.ReplyTo)
+	sink.runner = r.cfg.ID
 	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling}
 	if job.Kind == wire.KindChat {
 		req.Prompt = RenderChat(r.template, job.Messages)
@@ -484,6 +485,7 @@ func (r *Runner) publishHeartbeat() {
 // nats.Conn.Publish only appends to the connection's buffer, so the loop
 // never waits on the network.
 type replySink struct {
+	runner  string
 	nc      *nats.Conn
 	subject string
 	buf     []byte // a delta event being built: tag, then text not yet sent
@@ -503,7 +505,7 @@ func newReplySink(nc *nats.Conn, subject string) *replySink {
 // Start tells the activator the job was admitted; it always precedes the
 // first delta.
 func (s *replySink) Start(promptTokens int) {
-	s.send(&wire.Event{Type: wire.EventStart, Usage: &wire.Usage{PromptTokens: promptTokens}})
+	s.send(&wire.Event{Type: wire.EventStart, Runner: s.runner, Usage: &wire.Usage{PromptTokens: promptTokens}})
 }
 
 // coalesce is the longest a token waits to be sent with the ones after it.

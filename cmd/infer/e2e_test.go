@@ -536,3 +536,59 @@ func TestBadInput(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// TestRunnerLostMidGeneration: a runner that stops answering while it
+// streams (frozen with SIGSTOP, then killed) ends its client's stream with
+// an SSE error event instead of a hang, and the deployment keeps serving
+// with a new runner.
+func TestRunnerLostMidGeneration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and starts MinIO")
+	}
+	p := startPlatform(t)
+	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "30s"); err != nil {
+		t.Fatalf("infer deploy: %v\n%s", err, out)
+	}
+	resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"Once upon a time","max_tokens":100000,"stream":true}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("stream ended before any token: %v", err)
+		}
+		if strings.Contains(line, `"text":"`) && !strings.Contains(line, `"text":""`) {
+			break
+		}
+	}
+	pids := p.runnerPIDs("stories")
+	if len(pids) != 1 {
+		t.Fatalf("runners %v", pids)
+	}
+	if err := exec.Command("kill", "-STOP", pids[0]).Run(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	rest, _ := io.ReadAll(br)
+	exec.Command("kill", "-KILL", pids[0]).Run()
+	if !strings.Contains(string(rest), "event: error") || !strings.Contains(string(rest), "runner_lost") || !strings.HasSuffix(strings.TrimSpace(string(rest)), "data: [DONE]") {
+		t.Fatalf("stream after the runner froze ended with %q; want an error event naming runner_lost, then [DONE]", lastLines(string(rest), 4))
+	}
+	if waited := time.Since(start); waited > 20*time.Second {
+		t.Errorf("the client learned of the lost runner only after %s", waited)
+	}
+
+	// The deployment serves again from a new runner.
+	r, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"The cat","max_tokens":5}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if r.StatusCode != 200 {
+		t.Fatalf("request after the runner died: %d %s", r.StatusCode, b)
+	}
+}

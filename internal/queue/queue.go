@@ -49,11 +49,11 @@ func Ensure(ctx context.Context, js jetstream.JetStream, deployment string, l Li
 		Subjects:    []string{wire.RequestSubject(deployment)},
 		// Work-queue retention deletes a job once a runner acknowledges
 		// it; file storage keeps queued jobs across NATS restarts.
-		Retention:  jetstream.WorkQueuePolicy,
-		Storage:    jetstream.FileStorage,
-		MaxMsgs:    int64(l.MaxJobs),
-		Discard:    jetstream.DiscardNew,
-		MaxAge:     l.MaxAge,
+		Retention: jetstream.WorkQueuePolicy,
+		Storage:   jetstream.FileStorage,
+		MaxMsgs:   int64(l.MaxJobs),
+		Discard:   jetstream.DiscardNew,
+		MaxAge:    l.MaxAge,
 		// The duplicate window catches retried publishes; JetStream
 		// wants it no longer than MaxAge.
 		Duplicates: min(2*time.Minute, l.MaxAge),

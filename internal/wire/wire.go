@@ -123,12 +123,15 @@ const (
 // Event is one message a runner sends back for a job. Deltas are coalesced
 // per decode step, so one event may carry several tokens.
 type Event struct {
-	Type         EventType `json:"t"`
-	Text         string    `json:"text,omitempty"`
-	Phase        string    `json:"phase,omitempty"`
-	FinishReason string    `json:"finish_reason,omitempty"`
-	Usage        *Usage    `json:"usage,omitempty"`
-	Error        *Error    `json:"error,omitempty"`
+	Type EventType `json:"t"`
+	// Runner names the runner that admitted the job (start events), so
+	// the activator can tell when it dies mid-generation.
+	Runner       string `json:"runner,omitempty"`
+	Text         string `json:"text,omitempty"`
+	Phase        string `json:"phase,omitempty"`
+	FinishReason string `json:"finish_reason,omitempty"`
+	Usage        *Usage `json:"usage,omitempty"`
+	Error        *Error `json:"error,omitempty"`
 }
 
 // Usage counts tokens for one request.
