@@ -164,7 +164,6 @@ type relay struct {
 	enc      chunkEncoder
 	queuedAt time.Time
 	ttft     time.Duration
-	phase    string
 }
 
 func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
@@ -193,21 +192,21 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				rl.comment(rl.s.runners.coldStartPhase(rl.model))
 			}
 		case <-tick.C:
-			if rl.started && rl.runner != "" && !rl.s.runners.alive(rl.runner) {
+			if rl.runner != "" && !rl.s.runners.alive(rl.runner) {
 				if rl.sentText {
 					// Its output cannot be resumed elsewhere without
 					// repeating text: end the stream with an error.
 					rl.gaveUp = true
 					rl.s.metrics.requests.WithLabelValues(rl.model, "runner_lost").Inc()
-					return rl.fail(errStatus(http.StatusBadGateway, "server_error", "runner_lost",
-						"the runner serving this request stopped mid-generation; retry the request"))
+					return rl.fail(errRunnerLost())
 				}
 				// Nothing was sent yet: JetStream redelivers the job to
-				// another runner; keep waiting for it.
-				rl.started, rl.runner = false, ""
+				// another runner; keep waiting (and keep the stream alive)
+				// for its start event.
+				rl.runner = ""
 			}
-			if rl.started {
-				break
+			if rl.runner != "" {
+				break // generating
 			}
 			if f, ok := rl.s.runners.failure(rl.model); ok && f.count >= cannotStartAfter {
 				// Holding the request longer only hides the problem.
@@ -241,19 +240,13 @@ func (rl *relay) handle(events [][]byte) (done bool, err error) {
 			rl.s.log.Error("bad event from runner", "request", rl.id, "err", derr)
 			continue
 		}
-		if ev.Type == wire.EventDelta && !rl.started {
-			// Runners send start first; never write a token before the
-			// stream's headers and role chunk whatever arrives.
-			rl.start()
-		}
 		switch ev.Type {
 		case wire.EventStart:
 			if rl.sentText {
 				// A redelivered job restarting after its first runner
 				// died: its text would repeat.
 				rl.gaveUp = true
-				return true, rl.fail(errStatus(http.StatusBadGateway, "server_error", "runner_lost",
-					"the runner serving this request stopped mid-generation; retry the request"))
+				return true, rl.fail(errRunnerLost())
 			}
 			rl.runner = ev.Runner
 			rl.start()
@@ -328,10 +321,6 @@ func (rl *relay) beginSSE() {
 
 // comment writes an SSE comment line, which clients ignore and people read.
 func (rl *relay) comment(text string) {
-	if text == rl.phase && text == "queued" {
-		text = "waiting"
-	}
-	rl.phase = text
 	res := rl.c.Response()
 	res.Write([]byte(": " + text + "\n\n"))
 	res.Flush()
@@ -350,6 +339,13 @@ func (rl *relay) fail(e *apiError) error {
 	res.Write([]byte("\n\ndata: [DONE]\n\n"))
 	res.Flush()
 	return nil
+}
+
+// errRunnerLost is what a client hears when its runner died after sending
+// part of the answer.
+func errRunnerLost() *apiError {
+	return errStatus(http.StatusBadGateway, "server_error", "runner_lost",
+		"the runner serving this request stopped mid-generation; retry the request")
 }
 
 // retryAfter formats a Retry-After value.

@@ -59,10 +59,11 @@ type ControlPlane struct {
 	metrics *metrics
 
 	mu       sync.Mutex
-	beats    map[string]runnerState // runner ID → last heartbeat
-	readyAt  map[string]time.Time   // runner ID → when it was first seen ready
-	failures map[string]failure     // deployment → runners failing to start
-	started  map[string]time.Time   // runner ID → when the control plane started it
+	beats    map[string]runnerState         // runner ID → last heartbeat
+	readyAt  map[string]time.Time           // runner ID → when it was first seen ready
+	failures map[string]failure             // deployment → runners failing to start
+	started  map[string]time.Time           // runner ID → when the control plane started it
+	deps     map[string]registry.Deployment // as of the last tick, for pokes
 }
 
 // failure counts a deployment's consecutive runner failures, so a model
@@ -146,7 +147,20 @@ func (cp *ControlPlane) Run(ctx context.Context) error {
 		case <-tick.C:
 			cp.reconcileAll(ctx)
 		case name := <-cp.pokes:
-			cp.reconcileOne(ctx, name)
+			// Every queued request pokes; take all pending pokes at once
+			// and act on each deployment once.
+			names := map[string]bool{name: true}
+			for more := true; more; {
+				select {
+				case n := <-cp.pokes:
+					names[n] = true
+				default:
+					more = false
+				}
+			}
+			for n := range names {
+				cp.scaleFromZero(ctx, n)
+			}
 		}
 	}
 }
@@ -212,14 +226,17 @@ func (cp *ControlPlane) reconcileAll(ctx context.Context) {
 	if !ok {
 		return
 	}
-	known := map[string]bool{}
+	known := make(map[string]registry.Deployment, len(deps))
 	for _, d := range deps {
-		known[d.Name] = true
+		known[d.Name] = d
 		cp.reconcile(ctx, d, byDep[d.Name])
 	}
+	cp.mu.Lock()
+	cp.deps = known
+	cp.mu.Unlock()
 	// Runners of deleted deployments drain and go.
 	for name, rs := range byDep {
-		if known[name] {
+		if _, ok := known[name]; ok {
 			continue
 		}
 		for _, r := range rs {
@@ -275,15 +292,42 @@ func (cp *ControlPlane) forgetGone(runners []RunnerRef) {
 	}
 }
 
-func (cp *ControlPlane) reconcileOne(ctx context.Context, name string) {
-	deps, _, byDep, ok := cp.snapshot(ctx)
-	if !ok {
+// scaleFromZero reconciles a poked deployment at once if it has no runner.
+// A deployment that has one is left to the next tick: pokes arrive with
+// every request, and the request path must not cost a Postgres query each.
+func (cp *ControlPlane) scaleFromZero(ctx context.Context, name string) {
+	runners, err := cp.cfg.Driver.Runners(ctx)
+	if err != nil {
+		cp.log.Error("listing runners", "err", err)
 		return
 	}
-	for _, d := range deps {
-		if d.Name == name {
-			cp.reconcile(ctx, d, byDep[name])
+	var mine []RunnerRef
+	for _, r := range runners {
+		if r.Deployment == name {
+			mine = append(mine, r)
+			if !r.Stopping {
+				return
+			}
 		}
+	}
+	cp.mu.Lock()
+	d, ok := cp.deps[name]
+	cp.mu.Unlock()
+	if !ok {
+		// Deployed since the last tick.
+		deps, err := cp.cfg.Registry.ListDeployments(ctx, "")
+		if err != nil {
+			cp.log.Error("listing deployments", "err", err)
+			return
+		}
+		for _, x := range deps {
+			if x.Name == name {
+				d, ok = x, true
+			}
+		}
+	}
+	if ok {
+		cp.reconcile(ctx, d, mine)
 	}
 }
 
