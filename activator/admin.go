@@ -87,6 +87,30 @@ type deploymentSpec struct {
 	QueueLimit    *int     `json:"queue_limit"`
 	QueueTimeout  *jsonDur `json:"queue_timeout"`
 	ChatTemplate  *string  `json:"chat_template"`
+	// Prices and Resources replace the stored ones field by field: a
+	// field absent from the object keeps its value.
+	Prices    *pricesSpec    `json:"prices"`
+	Resources *resourcesSpec `json:"resources"`
+}
+
+type pricesSpec struct {
+	PromptPerMTok     *float64 `json:"prompt_per_mtok"`
+	CompletionPerMTok *float64 `json:"completion_per_mtok"`
+	RunnerSecond      *float64 `json:"runner_second"`
+}
+
+type resourcesSpec struct {
+	CPU          *string            `json:"cpu"`
+	Memory       *string            `json:"memory"`
+	GPUs         *int               `json:"gpus"`
+	NodeSelector *map[string]string `json:"node_selector"`
+}
+
+// setIfPresent sets *dst to *v when the request named the field.
+func setIfPresent[T any](dst *T, v *T) {
+	if v != nil {
+		*dst = *v
+	}
 }
 
 // jsonDur is a duration written as Go's "10s" or as seconds.
@@ -152,24 +176,24 @@ func (s *Server) putDeployment(c echo.Context) error {
 		}
 		d.ArtifactSHA256 = spec.Artifact
 	}
-	setInt := func(dst *int, v *int) {
-		if v != nil {
-			*dst = *v
-		}
+	setIfPresent(&d.MinRunners, spec.MinRunners)
+	setIfPresent(&d.MaxRunners, spec.MaxRunners)
+	setIfPresent(&d.Parallel, spec.Parallel)
+	setIfPresent(&d.ContextLength, spec.ContextLength)
+	setIfPresent(&d.QueueLimit, spec.QueueLimit)
+	setIfPresent((*jsonDur)(&d.IdleTimeout), spec.IdleTimeout)
+	setIfPresent((*jsonDur)(&d.QueueTimeout), spec.QueueTimeout)
+	setIfPresent(&d.ChatTemplate, spec.ChatTemplate)
+	if p := spec.Prices; p != nil {
+		setIfPresent(&d.Prices.PromptPerMTok, p.PromptPerMTok)
+		setIfPresent(&d.Prices.CompletionPerMTok, p.CompletionPerMTok)
+		setIfPresent(&d.Prices.RunnerSecond, p.RunnerSecond)
 	}
-	setInt(&d.MinRunners, spec.MinRunners)
-	setInt(&d.MaxRunners, spec.MaxRunners)
-	setInt(&d.Parallel, spec.Parallel)
-	setInt(&d.ContextLength, spec.ContextLength)
-	setInt(&d.QueueLimit, spec.QueueLimit)
-	if spec.IdleTimeout != nil {
-		d.IdleTimeout = time.Duration(*spec.IdleTimeout)
-	}
-	if spec.QueueTimeout != nil {
-		d.QueueTimeout = time.Duration(*spec.QueueTimeout)
-	}
-	if spec.ChatTemplate != nil {
-		d.ChatTemplate = *spec.ChatTemplate
+	if r := spec.Resources; r != nil {
+		setIfPresent(&d.Resources.CPU, r.CPU)
+		setIfPresent(&d.Resources.Memory, r.Memory)
+		setIfPresent(&d.Resources.GPUs, r.GPUs)
+		setIfPresent(&d.Resources.NodeSelector, r.NodeSelector)
 	}
 	if err := d.Validate(); err != nil {
 		return errInvalid("", "%v", err)

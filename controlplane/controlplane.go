@@ -399,6 +399,7 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 				Parallel:     d.Parallel,
 				Context:      d.ContextLength,
 				ChatTemplate: d.ChatTemplate,
+				Resources:    d.Resources,
 			}
 			log.Info("starting runner", "runner", spec.ID, "queued", depth.Queued, "in_flight", depth.InFlight, "runners", len(live), "want", want)
 			cp.mu.Lock()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"strconv"
 	"time"
+
+	"github.com/infer-run/infer/registry"
 )
 
 // RunnerSpec is what a driver needs to start one runner.
@@ -22,17 +24,8 @@ type RunnerSpec struct {
 }
 
 // Resources is a deployment's placement: what one runner is given and
-// which nodes it may run on.
-type Resources struct {
-	// CPU and Memory are Kubernetes quantities ("4", "500m", "16Gi");
-	// empty leaves them unset.
-	CPU    string
-	Memory string
-	// GPUs is the number of GPUs per runner; 0 runs on the CPU.
-	GPUs int
-	// NodeSelector restricts runners to nodes with these labels.
-	NodeSelector map[string]string
-}
+// which nodes it may run on. It is stored with the deployment.
+type Resources = registry.Resources
 
 // Args is the runner's command line after "infer runner". Drivers add
 // their own connection settings (NATS, object store, cache).

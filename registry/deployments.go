@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // Deployment is a named, callable model: an artifact plus how to serve it.
@@ -35,9 +38,35 @@ type Deployment struct {
 	QueueTimeout time.Duration `json:"queue_timeout"`
 	// ChatTemplate overrides the template family detected from the GGUF;
 	// empty means detect.
-	ChatTemplate string    `json:"chat_template"`
-	CreatedAt    time.Time `json:"created_at"`
-	UpdatedAt    time.Time `json:"updated_at"`
+	ChatTemplate string `json:"chat_template"`
+	// Prices is what a request and a runner's lifetime cost.
+	Prices Prices `json:"prices"`
+	// Resources is what one runner is given where a driver places runners.
+	Resources Resources `json:"resources"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Prices are in US dollars. Usage records carry the cost at the prices in
+// force when the request ran, so changing a price never rewrites history.
+type Prices struct {
+	PromptPerMTok     float64 `json:"prompt_per_mtok"`     // per 1M prompt tokens
+	CompletionPerMTok float64 `json:"completion_per_mtok"` // per 1M completion tokens
+	RunnerSecond      float64 `json:"runner_second"`       // per second a runner exists
+}
+
+// Resources is a runner's placement. The local driver ignores it; the
+// Kubernetes driver turns it into the pod's requests, limits and node
+// selector.
+type Resources struct {
+	// CPU and Memory are Kubernetes quantities ("4", "500m", "16Gi");
+	// empty leaves them unset.
+	CPU    string `json:"cpu"`
+	Memory string `json:"memory"`
+	// GPUs per runner; 0 runs on the CPU.
+	GPUs int `json:"gpus"`
+	// NodeSelector restricts runners to nodes with these labels.
+	NodeSelector map[string]string `json:"node_selector"`
 }
 
 // DefaultDeployment returns a deployment with the default settings (the
@@ -129,11 +158,66 @@ func (d Deployment) Validate() error {
 	case d.ChatTemplate != "" && !slices.Contains(chatTemplates, d.ChatTemplate):
 		return fmt.Errorf("chat_template %q is unknown; use one of %v, or leave it empty to detect it from the weights", d.ChatTemplate, chatTemplates)
 	}
+	if err := d.Prices.validate(); err != nil {
+		return err
+	}
+	return d.Resources.validate()
+}
+
+// maxPrice bounds each price; it catches a price typed in cents or
+// micro-dollars by mistake and keeps sums far from numeric's limits.
+const maxPrice = 1_000_000
+
+func (p Prices) validate() error {
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{
+		{"prices.prompt_per_mtok", p.PromptPerMTok},
+		{"prices.completion_per_mtok", p.CompletionPerMTok},
+		{"prices.runner_second", p.RunnerSecond},
+	} {
+		// The negated comparison also refuses NaN.
+		if !(f.v >= 0 && f.v <= maxPrice) {
+			return fmt.Errorf("%s is %v; it must be between 0 and %d US dollars", f.name, f.v, maxPrice)
+		}
+	}
+	return nil
+}
+
+const maxGPUs = 64
+
+func (r Resources) validate() error {
+	for _, q := range []struct{ name, v string }{{"resources.cpu", r.CPU}, {"resources.memory", r.Memory}} {
+		if q.v == "" {
+			continue
+		}
+		v, err := resource.ParseQuantity(q.v)
+		if err != nil {
+			return fmt.Errorf("%s %q is not a quantity such as \"4\", \"500m\" or \"16Gi\"", q.name, q.v)
+		}
+		if v.Sign() <= 0 {
+			return fmt.Errorf("%s %q must be more than zero", q.name, q.v)
+		}
+	}
+	if r.GPUs < 0 || r.GPUs > maxGPUs {
+		return fmt.Errorf("resources.gpus is %d; it must be between 0 and %d", r.GPUs, maxGPUs)
+	}
+	for k, v := range r.NodeSelector {
+		if errs := validation.IsQualifiedName(k); len(errs) > 0 {
+			return fmt.Errorf("resources.node_selector key %q: %s", k, strings.Join(errs, "; "))
+		}
+		if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
+			return fmt.Errorf("resources.node_selector value %q: %s", v, strings.Join(errs, "; "))
+		}
+	}
 	return nil
 }
 
 const deploymentColumns = `id, tenant_id, name, artifact_sha256, min_runners, max_runners, parallel,
-	context_length, idle_timeout_ms, queue_limit, queue_timeout_ms, chat_template, created_at, updated_at`
+	context_length, idle_timeout_ms, queue_limit, queue_timeout_ms, chat_template,
+	price_prompt_per_mtok, price_completion_per_mtok, price_runner_second,
+	cpu, memory, gpus, node_selector, created_at, updated_at`
 
 func scanDeployment(row pgx.Row) (Deployment, error) {
 	var (
@@ -141,7 +225,10 @@ func scanDeployment(row pgx.Row) (Deployment, error) {
 		idleMS, queueMS int64
 	)
 	err := row.Scan(&d.ID, &d.TenantID, &d.Name, &d.ArtifactSHA256, &d.MinRunners, &d.MaxRunners, &d.Parallel,
-		&d.ContextLength, &idleMS, &d.QueueLimit, &queueMS, &d.ChatTemplate, &d.CreatedAt, &d.UpdatedAt)
+		&d.ContextLength, &idleMS, &d.QueueLimit, &queueMS, &d.ChatTemplate,
+		&d.Prices.PromptPerMTok, &d.Prices.CompletionPerMTok, &d.Prices.RunnerSecond,
+		&d.Resources.CPU, &d.Resources.Memory, &d.Resources.GPUs, &d.Resources.NodeSelector,
+		&d.CreatedAt, &d.UpdatedAt)
 	d.IdleTimeout = time.Duration(idleMS) * time.Millisecond
 	d.QueueTimeout = time.Duration(queueMS) * time.Millisecond
 	return d, err
@@ -157,12 +244,18 @@ func (s *Store) PutDeployment(ctx context.Context, d Deployment) (Deployment, er
 	if d.TenantID == "" {
 		return Deployment{}, errors.New("invalid deployment: no tenant")
 	}
+	nodeSelector := d.Resources.NodeSelector
+	if nodeSelector == nil {
+		nodeSelector = map[string]string{} // the column is NOT NULL
+	}
 	// The WHERE on the update leaves another tenant's row untouched and
 	// returns nothing, which is how a taken name shows.
 	stored, err := scanDeployment(s.pool.QueryRow(ctx, `
 		INSERT INTO deployments (id, tenant_id, name, artifact_sha256, min_runners, max_runners, parallel,
-			context_length, idle_timeout_ms, queue_limit, queue_timeout_ms, chat_template)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+			context_length, idle_timeout_ms, queue_limit, queue_timeout_ms, chat_template,
+			price_prompt_per_mtok, price_completion_per_mtok, price_runner_second,
+			cpu, memory, gpus, node_selector)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
 		ON CONFLICT (name) DO UPDATE SET
 			artifact_sha256 = excluded.artifact_sha256,
 			min_runners = excluded.min_runners,
@@ -173,11 +266,20 @@ func (s *Store) PutDeployment(ctx context.Context, d Deployment) (Deployment, er
 			queue_limit = excluded.queue_limit,
 			queue_timeout_ms = excluded.queue_timeout_ms,
 			chat_template = excluded.chat_template,
+			price_prompt_per_mtok = excluded.price_prompt_per_mtok,
+			price_completion_per_mtok = excluded.price_completion_per_mtok,
+			price_runner_second = excluded.price_runner_second,
+			cpu = excluded.cpu,
+			memory = excluded.memory,
+			gpus = excluded.gpus,
+			node_selector = excluded.node_selector,
 			updated_at = now()
 		WHERE deployments.tenant_id = excluded.tenant_id
 		RETURNING `+deploymentColumns,
 		newID("dep"), d.TenantID, d.Name, d.ArtifactSHA256, d.MinRunners, d.MaxRunners, d.Parallel,
-		d.ContextLength, d.IdleTimeout.Milliseconds(), d.QueueLimit, d.QueueTimeout.Milliseconds(), d.ChatTemplate))
+		d.ContextLength, d.IdleTimeout.Milliseconds(), d.QueueLimit, d.QueueTimeout.Milliseconds(), d.ChatTemplate,
+		d.Prices.PromptPerMTok, d.Prices.CompletionPerMTok, d.Prices.RunnerSecond,
+		d.Resources.CPU, d.Resources.Memory, d.Resources.GPUs, nodeSelector))
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return Deployment{}, fmt.Errorf("deployment name %q belongs to another tenant: %w", d.Name, ErrConflict)

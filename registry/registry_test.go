@@ -3,7 +3,9 @@ package registry
 import (
 	"context"
 	"errors"
+	"math"
 	"net/url"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -316,6 +318,14 @@ func TestDeploymentValidate(t *testing.T) {
 		{"zero queue limit", func(d *Deployment) { d.QueueLimit = 0 }, "queue_limit"},
 		{"huge queue timeout", func(d *Deployment) { d.QueueTimeout = 48 * time.Hour }, "queue_timeout"},
 		{"unknown template", func(d *Deployment) { d.ChatTemplate = "jinja" }, "chat_template"},
+		{"negative price", func(d *Deployment) { d.Prices.PromptPerMTok = -1 }, "prices.prompt_per_mtok"},
+		{"NaN price", func(d *Deployment) { d.Prices.RunnerSecond = math.NaN() }, "prices.runner_second"},
+		{"huge price", func(d *Deployment) { d.Prices.CompletionPerMTok = 2e6 }, "prices.completion_per_mtok"},
+		{"bad cpu", func(d *Deployment) { d.Resources.CPU = "four" }, "resources.cpu"},
+		{"zero memory", func(d *Deployment) { d.Resources.Memory = "0Gi" }, "resources.memory"},
+		{"negative gpus", func(d *Deployment) { d.Resources.GPUs = -1 }, "resources.gpus"},
+		{"bad selector key", func(d *Deployment) { d.Resources.NodeSelector = map[string]string{"a b": "x"} }, "node_selector key"},
+		{"bad selector value", func(d *Deployment) { d.Resources.NodeSelector = map[string]string{"zone": "a/b"} }, "node_selector value"},
 	}
 	for _, tc := range tests {
 		d := valid
@@ -347,9 +357,14 @@ func TestDeployments(t *testing.T) {
 	}
 
 	d.ArtifactSHA256, d.MaxRunners, d.ChatTemplate = art2.SHA256, 3, "chatml"
+	d.Prices = Prices{PromptPerMTok: 0.15, CompletionPerMTok: 0.6, RunnerSecond: 0.000123456}
+	d.Resources = Resources{CPU: "2", Memory: "4Gi", GPUs: 1, NodeSelector: map[string]string{"pool": "gpu"}}
 	updated, err := s.PutDeployment(ctx, d)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if updated.Prices != d.Prices || !reflect.DeepEqual(updated.Resources, d.Resources) {
+		t.Errorf("prices and resources round trip: got %+v %+v, want %+v %+v", updated.Prices, updated.Resources, d.Prices, d.Resources)
 	}
 	if updated.ID != created.ID || !updated.CreatedAt.Equal(created.CreatedAt) || updated.UpdatedAt.Before(created.UpdatedAt) {
 		t.Errorf("update changed identity: %+v then %+v", created, updated)

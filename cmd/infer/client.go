@@ -125,6 +125,10 @@ func deployCmd() *cobra.Command {
 		queueLimit   int
 		chatTemplate string
 		asJSON       bool
+		prices       [3]float64 // prompt, completion, runner-second
+		cpu, memory  string
+		gpus         int
+		nodeSelector map[string]string
 	)
 	cmd := &cobra.Command{
 		Use:   "deploy NAME --weights FILE",
@@ -168,6 +172,26 @@ deploy changes the settings of an existing deployment.`,
 			if fl.Changed("chat-template") {
 				spec["chat_template"] = chatTemplate
 			}
+			// Nested objects carry only the flags given, so the API keeps
+			// the other values.
+			setNested := func(obj, field, flag string, v any) {
+				if !fl.Changed(flag) {
+					return
+				}
+				m, _ := spec[obj].(map[string]any)
+				if m == nil {
+					m = map[string]any{}
+					spec[obj] = m
+				}
+				m[field] = v
+			}
+			setNested("prices", "prompt_per_mtok", "price-prompt", prices[0])
+			setNested("prices", "completion_per_mtok", "price-completion", prices[1])
+			setNested("prices", "runner_second", "price-runner-second", prices[2])
+			setNested("resources", "cpu", "cpu", cpu)
+			setNested("resources", "memory", "memory", memory)
+			setNested("resources", "gpus", "gpus", gpus)
+			setNested("resources", "node_selector", "node-selector", nodeSelector)
 			var d deploymentInfo
 			if err := c.json(ctx, http.MethodPut, "/v1/deployments/"+args[0], spec, &d); err != nil {
 				return err
@@ -191,6 +215,13 @@ deploy changes the settings of an existing deployment.`,
 	f.IntVar(&contextLen, "context", 0, "tokens per request (0: the model's trained length, at most 4096)")
 	f.IntVar(&queueLimit, "queue-limit", 1000, "most requests queued or running; more get 429")
 	f.StringVar(&chatTemplate, "chat-template", "", "override the chat template family (chatml, llama3, llama2, gemma, phi3, plain)")
+	f.Float64Var(&prices[0], "price-prompt", 0, "US dollars per 1M prompt tokens")
+	f.Float64Var(&prices[1], "price-completion", 0, "US dollars per 1M completion tokens")
+	f.Float64Var(&prices[2], "price-runner-second", 0, "US dollars per second a runner exists (cold start and idle cost)")
+	f.StringVar(&cpu, "cpu", "", "CPU per runner where a driver places runners (Kubernetes quantity, e.g. 4 or 500m)")
+	f.StringVar(&memory, "memory", "", "memory per runner where a driver places runners (e.g. 2Gi)")
+	f.IntVar(&gpus, "gpus", 0, "GPUs per runner (Kubernetes driver)")
+	f.StringToStringVar(&nodeSelector, "node-selector", nil, "node labels runners must run on, as key=value,... (Kubernetes driver)")
 	f.BoolVar(&asJSON, "json", false, "print the deployment as JSON")
 	return cmd
 }
