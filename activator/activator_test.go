@@ -33,7 +33,7 @@ const adminKey = "sk-infer-activator-test"
 // JetStream, with blobs in a directory. Runners are started explicitly, in
 // process, so each test controls whether any exist.
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	url   string
 	nc    *nats.Conn
 	store *registry.Store
@@ -41,7 +41,7 @@ type harness struct {
 	art   registry.Artifact
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	t.Helper()
 	ctx := context.Background()
 	store, err := registry.Open(ctx, testenv.Postgres(t))

@@ -13,6 +13,7 @@ import (
 
 	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/wire"
+	"github.com/infer-run/infer/registry"
 )
 
 // maxBody bounds a completion request. Prompts are text; a few MiB is more
@@ -34,37 +35,11 @@ func (s *Server) completions(c echo.Context) error     { return s.complete(c, wi
 // complete is the request path: validate, queue on JetStream, poke the
 // control plane, then relay the runner's events to the client.
 func (s *Server) complete(c echo.Context, kind wire.Kind) error {
-	key, err := s.authenticate(c)
+	req, dep, job, err := s.accept(c, kind)
 	if err != nil {
 		return err
 	}
-	body, err := io.ReadAll(io.LimitReader(c.Request().Body, maxBody+1))
-	if err != nil {
-		return errInvalid("", "reading request body: %v", err)
-	}
-	if len(body) > maxBody {
-		return errStatus(http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large", "request body is larger than %d bytes", maxBody)
-	}
-	req, apiErr := decodeRequest(body, kind)
-	if apiErr != nil {
-		return apiErr
-	}
-	dep, err := s.deployment(c.Request().Context(), key, req.Model)
-	if err != nil {
-		return err
-	}
-
-	prefix := "chatcmpl-"
-	if kind == wire.KindCompletion {
-		prefix = "cmpl-"
-	}
-	id := prefix + wire.NewID(12)
-	job := req.job(kind)
-	job.ID = id
-	job.Deployment = dep.Name
-	job.TenantID = key.TenantID
-	job.KeyID = key.ID
-	job.Deadline = time.Now().Add(dep.QueueTimeout)
+	id := job.ID
 
 	w, replyTo := s.replies.register(id)
 	defer s.replies.unregister(id)
@@ -101,6 +76,42 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		s.abandon(dep.Name, id, seq, false)
 	}
 	return err
+}
+
+// accept authenticates and validates a completion request and builds its
+// job: everything the sync and async endpoints share before queueing.
+func (s *Server) accept(c echo.Context, kind wire.Kind) (*completionRequest, registry.Deployment, wire.Job, error) {
+	key, err := s.authenticate(c)
+	if err != nil {
+		return nil, registry.Deployment{}, wire.Job{}, err
+	}
+	body, err := io.ReadAll(io.LimitReader(c.Request().Body, maxBody+1))
+	if err != nil {
+		return nil, registry.Deployment{}, wire.Job{}, errInvalid("", "reading request body: %v", err)
+	}
+	if len(body) > maxBody {
+		return nil, registry.Deployment{}, wire.Job{}, errStatus(http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large", "request body is larger than %d bytes", maxBody)
+	}
+	req, apiErr := decodeRequest(body, kind)
+	if apiErr != nil {
+		return nil, registry.Deployment{}, wire.Job{}, apiErr
+	}
+	dep, err := s.deployment(c.Request().Context(), key, req.Model)
+	if err != nil {
+		return nil, registry.Deployment{}, wire.Job{}, err
+	}
+
+	prefix := "chatcmpl-"
+	if kind == wire.KindCompletion {
+		prefix = "cmpl-"
+	}
+	job := req.job(kind)
+	job.ID = prefix + wire.NewID(12)
+	job.Deployment = dep.Name
+	job.TenantID = key.TenantID
+	job.KeyID = key.ID
+	job.Deadline = time.Now().Add(dep.QueueTimeout)
+	return req, dep, job, nil
 }
 
 // abandon stops a job nobody waits for: runners drop it (or stop it if it

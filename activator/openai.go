@@ -163,7 +163,10 @@ type completionRequest struct {
 	StreamOptions       *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
-	User           string `json:"user"`
+	User string `json:"user"`
+	// Webhook is an infer extension for the async endpoints: a URL that
+	// receives the finished job once. The sync endpoints ignore it.
+	Webhook        *string `json:"webhook"`
 	ResponseFormat *struct {
 		Type       string `json:"type"`
 		JSONSchema *struct {

@@ -47,6 +47,13 @@ type Config struct {
 	// Registerer receives the activator's metrics; nil uses a new registry.
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
+	// AsyncTTL is how long async job records and results are kept after
+	// their last change; zero means queue.DefaultAsyncTTL. All activators
+	// of one NATS should agree: the last one to start sets it.
+	AsyncTTL time.Duration
+	// WebhookClient calls async job webhooks; nil uses a client with a
+	// 10 s timeout.
+	WebhookClient *http.Client
 }
 
 // Server is one activator.
@@ -60,6 +67,7 @@ type Server struct {
 	id       string
 	replies  *replies
 	runners  *runnerView
+	async    *asyncJobs
 	metrics  *metrics
 	echo     *echo.Echo
 	gatherer prometheus.Gatherer
@@ -98,6 +106,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.metrics = newMetrics(reg)
 	s.gatherer = gath
+	if s.async, err = newAsyncJobs(s, cfg.AsyncTTL, cfg.WebhookClient); err != nil {
+		s.replies.close()
+		s.runners.close()
+		return nil, err
+	}
 	s.echo = s.routes()
 	return s, nil
 }
@@ -127,6 +140,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 
 // Close releases NATS subscriptions.
 func (s *Server) Close() {
+	s.async.close()
 	s.replies.close()
 	s.runners.close()
 }
@@ -150,6 +164,9 @@ func (s *Server) routes() *echo.Echo {
 	v1.POST("/completions", s.completions)
 	v1.GET("/models", s.listModels)
 	v1.GET("/models/:name", s.getModel)
+	v1.POST("/async/chat/completions", s.asyncChatCompletions)
+	v1.POST("/async/completions", s.asyncCompletions)
+	v1.GET("/async/:id", s.getAsync)
 
 	v1.POST("/artifacts", s.uploadArtifact)
 	v1.GET("/deployments", s.listDeployments)

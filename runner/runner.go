@@ -289,6 +289,11 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 	if !job.Deadline.IsZero() && time.Now().After(job.Deadline) {
 		// The activator has answered 504 already; nobody waits.
 		log.Info("skipping job past its queue deadline")
+		if job.Async {
+			// Nobody waits, but the job's record does.
+			r.publishAsync(ctx, job, &wire.Event{Type: wire.EventError, Error: &wire.Error{Status: 504, Code: "queue_timeout",
+				Message: fmt.Sprintf("the job waited in the queue of %s past its deadline without starting", job.Deployment)}})
+		}
 		msg.Ack()
 		return
 	}
@@ -300,6 +305,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 
 	sink := newReplySink(r.nc, job.ReplyTo)
 	sink.runner = r.cfg.ID
+	sink.async = job.Async
 	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling}
 	if job.Kind == wire.KindChat {
 		req.Prompt = RenderChat(r.template, job.Messages)
@@ -317,7 +323,11 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		case errors.Is(err, ErrBadSchema):
 			werr = &wire.Error{Status: 400, Code: "invalid_schema", Param: "response_format", Message: err.Error()}
 		}
-		sink.send(&wire.Event{Type: wire.EventError, Error: werr})
+		if job.Async {
+			r.publishAsync(ctx, job, &wire.Event{Type: wire.EventError, Error: werr})
+		} else {
+			sink.send(&wire.Event{Type: wire.EventError, Error: werr})
+		}
 		msg.Ack()
 		r.recordUsage(job, enqueued, start, sink, wire.Usage{PromptTokens: promptTokens}, "error", "")
 		return
@@ -335,6 +345,17 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 			msg.InProgress()
 		}
 	}
+	if job.Async {
+		if sink.reason == "cancelled" {
+			// Nobody cancels an async job: this runner is being stopped.
+			// Hand the job back so another runner runs it.
+			msg.Nak()
+			return
+		}
+		// Stored before the job is acknowledged: if this runner dies
+		// first, the job runs again elsewhere.
+		r.publishAsync(ctx, job, sink.final())
+	}
 	if err := msg.Ack(); err != nil {
 		log.Warn("acknowledging job", "err", err)
 	}
@@ -347,6 +368,32 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		status = "cancelled"
 	}
 	r.recordUsage(job, enqueued, start, sink, sink.usage, status, sink.reason)
+}
+
+// publishAsync stores an async job's last event in the async event stream,
+// retrying for a while: the job's record depends on it. The message ID makes
+// a retried publish count once.
+func (r *Runner) publishAsync(ctx context.Context, job wire.Job, ev *wire.Event) {
+	data, err := wire.AppendEvent(nil, ev)
+	if err != nil {
+		r.log.Error("encoding async result", "request", job.ID, "err", err)
+		return
+	}
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_, err = r.js.Publish(pctx, job.ReplyTo, data, jetstream.WithMsgID(job.ID+".end"))
+		cancel()
+		if err == nil {
+			return
+		}
+		if attempt == 5 {
+			r.log.Error("publishing async result", "request", job.ID, "err", err)
+			return
+		}
+		time.Sleep(backoff)
+		backoff *= 2
+	}
 }
 
 func (r *Runner) recordUsage(job wire.Job, enqueued, start time.Time, sink *replySink, u wire.Usage, status, reason string) {
@@ -496,6 +543,10 @@ type replySink struct {
 	usage  wire.Usage
 	err    error
 	done   chan struct{}
+
+	// async jobs collect their text and send it once, after Finish.
+	async bool
+	text  []byte
 }
 
 func newReplySink(nc *nats.Conn, subject string) *replySink {
@@ -520,6 +571,13 @@ const coalesce = 2 * time.Millisecond
 // one decode step.
 func (s *replySink) Deliver(text []byte) {
 	now := time.Now()
+	if s.async {
+		if s.first.IsZero() {
+			s.first = now
+		}
+		s.text = append(s.text, text...)
+		return
+	}
 	if len(s.buf) == 0 {
 		s.buf = wire.AppendDelta(s.buf, nil)
 	}
@@ -543,6 +601,12 @@ func (s *replySink) flush(now time.Time) {
 func (s *replySink) Finish(reason string, u wire.Usage, err error) {
 	s.flush(time.Now())
 	s.reason, s.usage, s.err = reason, u, err
+	if s.async {
+		// The runner publishes final() through JetStream, off the decode
+		// loop.
+		close(s.done)
+		return
+	}
 	switch {
 	case err != nil:
 		s.send(&wire.Event{Type: wire.EventError, Error: &wire.Error{Status: 500, Code: "internal_error", Message: err.Error()}})
@@ -550,6 +614,15 @@ func (s *replySink) Finish(reason string, u wire.Usage, err error) {
 		s.send(&wire.Event{Type: wire.EventDone, FinishReason: reason, Usage: &u})
 	}
 	close(s.done)
+}
+
+// final is an async job's last event: the whole text, or the error.
+func (s *replySink) final() *wire.Event {
+	if s.err != nil {
+		return &wire.Event{Type: wire.EventError, Error: &wire.Error{Status: 500, Code: "internal_error", Message: s.err.Error()}}
+	}
+	u := s.usage
+	return &wire.Event{Type: wire.EventDone, FinishReason: s.reason, Usage: &u, Text: string(s.text)}
 }
 
 func (s *replySink) send(ev *wire.Event) {

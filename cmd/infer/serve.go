@@ -40,6 +40,9 @@ type serveFlags struct {
 	dbURL string
 	nats  string
 
+	// activator only
+	asyncTTL string
+
 	// control plane only
 	driver      string
 	namespace   string
@@ -51,6 +54,7 @@ type serveFlags struct {
 func (f *serveFlags) register(cmd *cobra.Command, withAddr bool) {
 	if withAddr {
 		cmd.Flags().StringVar(&f.addr, "addr", env("INFER_ADDR", "127.0.0.1:8080"), "HTTP listen address ($INFER_ADDR)")
+		cmd.Flags().StringVar(&f.asyncTTL, "async-ttl", env("INFER_ASYNC_TTL", "24h"), "how long async job records and results are kept ($INFER_ASYNC_TTL)")
 	}
 	cmd.Flags().StringVar(&f.home, "home", env("INFER_HOME", ".infer"), "state directory: embedded NATS, blobs, weights cache, logs ($INFER_HOME)")
 	cmd.Flags().StringVar(&f.dbURL, "database-url", env("DATABASE_URL", defaultDatabaseURL), "Postgres connection string ($DATABASE_URL)")
@@ -178,7 +182,12 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 		if err := ensureAdminKey(ctx, store, home, withControlPlane, log); err != nil {
 			return err
 		}
+		asyncTTL, err := time.ParseDuration(f.asyncTTL)
+		if err != nil || asyncTTL <= 0 {
+			return usageError{fmt.Errorf("--async-ttl %q is not a positive duration such as 24h", f.asyncTTL)}
+		}
 		srv, err := activator.New(activator.Config{
+			AsyncTTL:   asyncTTL,
 			Registry:   cache,
 			Uploader:   &registry.Uploader{Store: store, Blobs: blobs},
 			NATS:       nc,

@@ -5,8 +5,10 @@ package queue
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -100,19 +102,42 @@ func Publish(ctx context.Context, js jetstream.JetStream, deployment, jobID stri
 // Remove takes a job that nobody waits for any more out of the queue, so it
 // neither runs nor counts against the queue limit. A job already gone (run,
 // or removed) is not an error.
+//
+// It runs once per cancelled request, so it sends the message-delete API
+// request itself: jetstream.Stream.DeleteMsg needs a stream handle, and
+// getting one costs a STREAM.INFO round trip whose large JSON answer both
+// sides encode and decode.
 func Remove(ctx context.Context, js jetstream.JetStream, deployment string, seq uint64) error {
-	s, err := js.Stream(ctx, wire.RequestStream(deployment))
-	if err != nil {
-		return fmt.Errorf("opening queue of %s: %w", deployment, err)
+	prefix := js.Options().APIPrefix
+	if prefix == "" {
+		prefix = jetstream.DefaultAPIPrefix
 	}
-	err = s.DeleteMsg(ctx, seq)
-	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		var apiErr *jetstream.APIError
-		if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeMessageNotFound {
-			return fmt.Errorf("removing job %d from %s: %w", seq, deployment, err)
-		}
+	if !strings.HasSuffix(prefix, ".") {
+		prefix += "."
+	}
+	req := fmt.Appendf(nil, `{"seq":%d,"no_erase":true}`, seq)
+	msg, err := js.Conn().RequestWithContext(ctx, prefix+"STREAM.MSG.DELETE."+wire.RequestStream(deployment), req)
+	if err != nil {
+		return fmt.Errorf("removing job %d from %s: %w", seq, deployment, err)
+	}
+	var resp struct {
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return fmt.Errorf("removing job %d from %s: decoding answer: %w", seq, deployment, err)
+	}
+	if e := resp.Error; e != nil && !msgGone(e) {
+		return fmt.Errorf("removing job %d from %s: %w", seq, deployment, e)
 	}
 	return nil
+}
+
+// msgGone tells whether a message-delete error only says the message is
+// not there (any more). Servers answer that with "message not found" or
+// with a generic delete failure described as "no message found".
+func msgGone(e *jetstream.APIError) bool {
+	return e.ErrorCode == jetstream.JSErrCodeMessageNotFound ||
+		(e.ErrorCode == 10057 && strings.Contains(e.Description, "no message found"))
 }
 
 // Depth is how much work a deployment has.

@@ -30,6 +30,26 @@ const (
 	WorkSubjects = "infer.work.>"
 )
 
+// Async jobs. A runner sends an async job's events to AsyncEventSubject,
+// which AsyncStream keeps, instead of to one activator's inbox: any
+// activator then folds them into the job's record in the AsyncBucket
+// key-value bucket, so a job outlives the activator that accepted it.
+const (
+	AsyncStream = "INFER_ASYNC_EVENTS"
+	// AsyncConsumer is the durable consumer all activators share to fold
+	// async job events; JetStream hands each event to one of them.
+	AsyncConsumer = "activators"
+	// AsyncBucket holds one record per async job, kept for the async TTL.
+	AsyncBucket   = "INFER_ASYNC"
+	asyncSubjects = "infer.async.events.>"
+)
+
+// AsyncEventSubject is where runners send an async job's events.
+func AsyncEventSubject(jobID string) string { return "infer.async.events." + jobID }
+
+// AsyncSubjects lists the subjects of AsyncStream.
+func AsyncSubjects() []string { return []string{asyncSubjects} }
+
 // RequestStream is the JetStream stream that queues one deployment's jobs.
 func RequestStream(deployment string) string { return "INFER_REQ_" + deployment }
 
@@ -100,6 +120,12 @@ type Job struct {
 	Deadline time.Time `json:"deadline"`
 	TenantID string    `json:"tenant_id,omitempty"`
 	KeyID    string    `json:"key_id,omitempty"`
+	// Async marks a job nobody holds a connection for: the runner sends
+	// no deltas, only a start event and then one done event carrying the
+	// whole text (Event.Text), published to ReplyTo through JetStream so
+	// it is stored before the job is acknowledged. A redelivered async job
+	// can then restart from scratch without repeating text.
+	Async bool `json:"async,omitempty"`
 }
 
 // EventType tells the activator what a runner event means.
@@ -114,7 +140,8 @@ const (
 	EventStart EventType = "start"
 	// EventDelta carries generated text (whole UTF-8 characters only).
 	EventDelta EventType = "delta"
-	// EventDone ends the job with a finish reason and usage.
+	// EventDone ends the job with a finish reason and usage (and, for
+	// async jobs, the whole output in Text).
 	EventDone EventType = "done"
 	// EventError ends the job with an error.
 	EventError EventType = "error"

@@ -1,0 +1,412 @@
+package activator
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/infer-run/infer/internal/queue"
+	"github.com/infer-run/infer/internal/wire"
+)
+
+// Async jobs. POST /v1/async/{chat/,}completions validates a request like
+// the sync endpoints, stores a job record in the AsyncBucket key-value
+// bucket, queues the job and answers 202. The runner sends the job's start
+// event and its whole result to the durable async event stream rather than
+// to this activator, and whichever activator takes an event from the shared
+// consumer folds it into the record and, at the end, calls the webhook. So a
+// job and its result do not depend on the activator that accepted it.
+
+// WebhookHeader names the webhook URL as a header, for clients that cannot
+// add fields to the body. The body field "webhook" wins.
+const WebhookHeader = "X-Infer-Webhook"
+
+// Async job states.
+const (
+	asyncQueued    = "queued"
+	asyncRunning   = "running"
+	asyncSucceeded = "succeeded"
+	asyncFailed    = "failed"
+)
+
+// asyncRecord is an async job as stored and, without its internal fields,
+// as returned by GET /v1/async/{id} and posted to the webhook.
+type asyncRecord struct {
+	ID         string          `json:"id"`
+	Object     string          `json:"object"` // "async.job"
+	Endpoint   string          `json:"endpoint"`
+	Model      string          `json:"model"`
+	Status     string          `json:"status"`
+	CreatedAt  int64           `json:"created_at"`
+	StartedAt  int64           `json:"started_at,omitempty"`
+	FinishedAt int64           `json:"finished_at,omitempty"`
+	ExpiresAt  int64           `json:"expires_at"`
+	Webhook    string          `json:"webhook,omitempty"`
+	Result     json.RawMessage `json:"result,omitempty"`
+	Error      *apiError       `json:"error,omitempty"`
+
+	// Internal: never shown to clients.
+	TenantID string    `json:"tenant_id,omitempty"`
+	Kind     wire.Kind `json:"kind,omitempty"`
+	Deadline time.Time `json:"deadline,omitzero"`
+	// DroppedAt is when the deployment's queue drops the job if no runner
+	// took it (its MaxAge, twice the queue timeout); after that a queued
+	// job can only have failed.
+	DroppedAt time.Time `json:"dropped_at,omitzero"`
+	// WebhookSent is set once the webhook accepted the result, so a
+	// redelivered event does not call it again.
+	WebhookSent bool `json:"webhook_sent,omitempty"`
+}
+
+func (r *asyncRecord) terminal() bool { return r.Status == asyncSucceeded || r.Status == asyncFailed }
+
+// view is what clients see.
+func (r asyncRecord) view() asyncRecord {
+	r.TenantID, r.Kind, r.Deadline, r.DroppedAt, r.WebhookSent = "", "", time.Time{}, time.Time{}, false
+	return r
+}
+
+// asyncJobs holds the async job store and folds runner events into it.
+type asyncJobs struct {
+	s    *Server
+	kv   jetstream.KeyValue
+	ttl  time.Duration
+	http *http.Client
+	// webhookBackoff is the wait before the first webhook retry; it
+	// doubles up to webhookAttempts tries.
+	webhookBackoff time.Duration
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	cc     jetstream.ConsumeContext
+	wg     sync.WaitGroup
+}
+
+const webhookAttempts = 5
+
+func newAsyncJobs(s *Server, ttl time.Duration, client *http.Client) (*asyncJobs, error) {
+	if ttl <= 0 {
+		ttl = queue.DefaultAsyncTTL
+	}
+	if client == nil {
+		client = &http.Client{Timeout: 10 * time.Second}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cons, kv, err := queue.EnsureAsync(ctx, s.js, ttl)
+	if err != nil {
+		return nil, err
+	}
+	a := &asyncJobs{s: s, kv: kv, ttl: ttl, http: client, webhookBackoff: time.Second}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.cc, err = cons.Consume(a.onEvent)
+	if err != nil {
+		a.cancel()
+		return nil, fmt.Errorf("consuming async job events: %w", err)
+	}
+	return a, nil
+}
+
+// close stops folding events. Events being handled and not yet
+// acknowledged go to another activator after the ack wait.
+func (a *asyncJobs) close() {
+	a.cc.Stop()
+	a.cancel()
+	a.wg.Wait()
+}
+
+func (s *Server) asyncChatCompletions(c echo.Context) error { return s.submitAsync(c, wire.KindChat) }
+func (s *Server) asyncCompletions(c echo.Context) error     { return s.submitAsync(c, wire.KindCompletion) }
+
+// submitAsync validates and queues an async job and answers 202 at once.
+func (s *Server) submitAsync(c echo.Context, kind wire.Kind) error {
+	req, dep, job, err := s.accept(c, kind)
+	if err != nil {
+		return err
+	}
+	if req.Stream {
+		return errInvalid("stream", "async jobs cannot stream; leave stream unset and read the result with GET /v1/async/{id}")
+	}
+	hook := c.Request().Header.Get(WebhookHeader)
+	if req.Webhook != nil {
+		hook = *req.Webhook
+	}
+	if hook != "" {
+		if u, err := url.Parse(hook); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return errInvalid("webhook", "webhook must be an absolute http or https URL, got %q", hook)
+		}
+	}
+	job.Async = true
+	job.ReplyTo = wire.AsyncEventSubject(job.ID)
+	data, err := json.Marshal(job)
+	if err != nil {
+		return errStatus(http.StatusInternalServerError, "server_error", "", "encoding job: %v", err)
+	}
+	now := time.Now()
+	endpoint := "/v1/chat/completions"
+	if kind == wire.KindCompletion {
+		endpoint = "/v1/completions"
+	}
+	rec := asyncRecord{
+		ID: job.ID, Object: "async.job", Endpoint: endpoint, Model: dep.Name, Status: asyncQueued,
+		CreatedAt: now.Unix(), ExpiresAt: now.Add(s.async.ttl).Unix(), Webhook: hook,
+		TenantID: job.TenantID, Kind: kind, Deadline: job.Deadline, DroppedAt: now.Add(2 * dep.QueueTimeout),
+	}
+	recData, err := json.Marshal(rec)
+	if err != nil {
+		return errStatus(http.StatusInternalServerError, "server_error", "", "encoding job record: %v", err)
+	}
+	// The record exists before the job is queued, so a runner's events
+	// always find it.
+	ctx := c.Request().Context()
+	if _, err := s.async.kv.Create(ctx, job.ID, recData); err != nil {
+		s.log.Error("storing async job", "request", job.ID, "err", err)
+		return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "could not store the job: %v", err)
+	}
+	if _, err := s.enqueue(ctx, dep.Name, dep.QueueLimit, job.ID, data); err != nil {
+		if derr := s.async.kv.Purge(context.WithoutCancel(ctx), job.ID); derr != nil {
+			s.log.Warn("removing record of unqueued async job", "request", job.ID, "err", derr)
+		}
+		return err
+	}
+	s.metrics.queued.WithLabelValues(dep.Name).Inc()
+	c.Response().Header().Set("Location", "/v1/async/"+job.ID)
+	return c.JSON(http.StatusAccepted, rec.view())
+}
+
+// getAsync returns an async job to a key of the tenant that submitted it.
+func (s *Server) getAsync(c echo.Context) error {
+	key, err := s.authenticate(c)
+	if err != nil {
+		return err
+	}
+	id := c.Param("id")
+	notFound := &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Param: strp("id"), Code: strp("not_found"),
+		Message: fmt.Sprintf("no async job %q: it does not exist, has expired, or belongs to another tenant", id)}
+	if !validAsyncID(id) {
+		return notFound
+	}
+	rec, _, err := s.async.get(c.Request().Context(), id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || (err == nil && rec.TenantID != key.TenantID) {
+		return notFound
+	}
+	if err != nil {
+		s.log.Error("reading async job", "request", id, "err", err)
+		return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "could not read the job: %v", err)
+	}
+	if rec.Status == asyncQueued && !rec.DroppedAt.IsZero() && time.Now().After(rec.DroppedAt) {
+		// No runner took it before its queue dropped it; nothing else
+		// will report that. (A runner that takes a job past its deadline
+		// reports the same error itself.)
+		rec.Status = asyncFailed
+		rec.Error = errStatus(http.StatusGatewayTimeout, "server_error", "queue_timeout",
+			"the job waited in the queue of %s past its deadline without starting", rec.Model)
+	}
+	return c.JSON(http.StatusOK, rec.view())
+}
+
+// validAsyncID accepts what the activator hands out, which is also safe as
+// a key-value key and a subject token.
+func validAsyncID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *asyncJobs) get(ctx context.Context, id string) (asyncRecord, uint64, error) {
+	e, err := a.kv.Get(ctx, id)
+	if err != nil {
+		return asyncRecord{}, 0, err
+	}
+	var rec asyncRecord
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return asyncRecord{}, 0, fmt.Errorf("decoding async job %s: %w", id, err)
+	}
+	return rec, e.Revision(), nil
+}
+
+// update applies change to a job's record with optimistic concurrency: two
+// activators may fold events of the same job at once. change returns false
+// to leave the record alone.
+func (a *asyncJobs) update(ctx context.Context, id string, change func(*asyncRecord) bool) (asyncRecord, error) {
+	for {
+		rec, rev, err := a.get(ctx, id)
+		if err != nil {
+			return rec, err
+		}
+		if !change(&rec) {
+			return rec, nil
+		}
+		// Every write restarts the bucket's TTL clock for the key.
+		rec.ExpiresAt = time.Now().Add(a.ttl).Unix()
+		data, err := json.Marshal(rec)
+		if err != nil {
+			return rec, fmt.Errorf("encoding async job %s: %w", id, err)
+		}
+		_, err = a.kv.Update(ctx, id, data, rev)
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			continue // someone else changed it first
+		}
+		if err != nil {
+			return rec, fmt.Errorf("updating async job %s: %w", id, err)
+		}
+		return rec, nil
+	}
+}
+
+// onEvent folds one runner event into its job's record. A failure leaves
+// the event unacknowledged, so it comes back (here or at another
+// activator).
+func (a *asyncJobs) onEvent(msg jetstream.Msg) {
+	id := strings.TrimPrefix(msg.Subject(), wire.AsyncEventSubject(""))
+	ev, err := wire.DecodeEvent(msg.Data())
+	if err != nil {
+		a.s.log.Error("dropping bad async event", "request", id, "err", err)
+		msg.Term()
+		return
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+	defer cancel()
+	now := time.Now()
+	switch ev.Type {
+	case wire.EventStart:
+		_, err = a.update(ctx, id, func(r *asyncRecord) bool {
+			if r.Status != asyncQueued {
+				return false
+			}
+			r.Status, r.StartedAt = asyncRunning, now.Unix()
+			return true
+		})
+	case wire.EventDone, wire.EventError:
+		var rec asyncRecord
+		rec, err = a.update(ctx, id, func(r *asyncRecord) bool {
+			if r.terminal() {
+				return false // a redelivered event: already folded
+			}
+			r.FinishedAt = now.Unix()
+			if r.StartedAt == 0 {
+				r.StartedAt = r.FinishedAt
+			}
+			if ev.Type == wire.EventDone {
+				u := wire.Usage{}
+				if ev.Usage != nil {
+					u = *ev.Usage
+				}
+				enc := newChunkEncoder(r.Kind, r.ID, r.Model, r.CreatedAt)
+				r.Status, r.Result = asyncSucceeded, enc.body(ev.Text, ev.FinishReason, u)
+				a.s.metrics.requests.WithLabelValues(r.Model, "ok").Inc()
+			} else {
+				we := ev.Error
+				if we == nil {
+					we = &wire.Error{Status: 500, Message: "runner failed"}
+				}
+				r.Status, r.Error = asyncFailed, fromWire(we)
+				a.s.metrics.requests.WithLabelValues(r.Model, "error").Inc()
+			}
+			return true
+		})
+		if err == nil && rec.Webhook != "" && !rec.WebhookSent {
+			// Acknowledged once the webhook took it (or gave up), so an
+			// activator dying meanwhile leaves the call to another.
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				a.deliver(msg, rec)
+			}()
+			return
+		}
+	}
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		// The record expired (or the job never got one): nothing to fold into.
+		msg.Ack()
+		return
+	}
+	if err != nil {
+		a.s.log.Warn("folding async event", "request", id, "err", err)
+		msg.NakWithDelay(time.Second)
+		return
+	}
+	msg.Ack()
+}
+
+// deliver posts a finished job to its webhook, retrying with backoff, and
+// then acknowledges the event that finished it.
+func (a *asyncJobs) deliver(msg jetstream.Msg, rec asyncRecord) {
+	body, _ := json.Marshal(rec.view())
+	log := a.s.log.With("request", rec.ID, "webhook", rec.Webhook)
+	backoff := a.webhookBackoff
+	progress := time.NewTicker(queue.AckWait / 3)
+	defer progress.Stop()
+	for attempt := 1; ; attempt++ {
+		err := a.post(rec, body)
+		if err == nil {
+			break
+		}
+		if a.ctx.Err() != nil {
+			return // shutting down: another activator retries
+		}
+		if attempt == webhookAttempts {
+			log.Warn("giving up on webhook", "attempts", attempt, "err", err)
+			break
+		}
+		log.Info("webhook failed, retrying", "attempt", attempt, "in", backoff, "err", err)
+		wait := time.NewTimer(backoff)
+	waiting:
+		for {
+			select {
+			case <-wait.C:
+				break waiting
+			case <-progress.C:
+				msg.InProgress()
+			case <-a.ctx.Done():
+				// Shutting down: another activator retries.
+				wait.Stop()
+				return
+			}
+		}
+		backoff *= 2
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), 10*time.Second)
+	defer cancel()
+	if _, err := a.update(ctx, rec.ID, func(r *asyncRecord) bool { r.WebhookSent = true; return true }); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		log.Warn("recording webhook delivery", "err", err)
+	}
+	msg.Ack()
+}
+
+func (a *asyncJobs) post(rec asyncRecord, body []byte) error {
+	ctx, cancel := context.WithTimeout(a.ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, rec.Webhook, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("building webhook request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "infer-activator")
+	req.Header.Set("X-Infer-Job-Id", rec.ID)
+	resp, err := a.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("calling webhook: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("webhook answered %s", resp.Status)
+	}
+	return nil
+}

@@ -1,0 +1,89 @@
+package queue_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/infer-run/infer/internal/queue"
+	"github.com/infer-run/infer/internal/testenv"
+)
+
+func TestPublishAndRemove(t *testing.T) {
+	ctx := context.Background()
+	nc, err := nats.Connect(testenv.NATS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := queue.Ensure(ctx, js, "dep", queue.Limits{MaxJobs: 2, MaxAge: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq1, err := queue.Publish(ctx, js, "dep", "job-1", []byte("one"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := queue.Publish(ctx, js, "dep", "job-2", []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := queue.Publish(ctx, js, "dep", "job-3", []byte("three")); err != queue.ErrFull {
+		t.Fatalf("publishing past the limit: %v, want ErrFull", err)
+	}
+	// Removing makes room; removing again is fine.
+	for _, seq := range []uint64{seq1, seq1} {
+		if err := queue.Remove(ctx, js, "dep", seq); err != nil {
+			t.Fatalf("Remove(%d): %v", seq, err)
+		}
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Errorf("%d jobs queued after removing one of two", info.State.Msgs)
+	}
+	if _, err := queue.Publish(ctx, js, "dep", "job-3", []byte("three")); err != nil {
+		t.Fatalf("publishing after a removal: %v", err)
+	}
+	if err := queue.Remove(ctx, js, "missing", 1); err == nil {
+		t.Error("Remove from a deployment without a queue succeeded")
+	}
+}
+
+func TestEnsureAsync(t *testing.T) {
+	ctx := context.Background()
+	nc, err := nats.Connect(testenv.NATS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Idempotent, and a second call may change the TTL.
+	for _, ttl := range []time.Duration{time.Hour, 2 * time.Hour} {
+		if _, _, err := queue.EnsureAsync(ctx, js, ttl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, kv, err := queue.EnsureAsync(ctx, js, 2*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TTL() != 2*time.Hour {
+		t.Errorf("bucket TTL %s, want 2h", st.TTL())
+	}
+}
