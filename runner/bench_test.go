@@ -4,12 +4,16 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ollama/ollama/llama"
 
+	"github.com/infer-run/infer/internal/ggufgen"
 	"github.com/infer-run/infer/internal/testenv"
 	"github.com/infer-run/infer/internal/wire"
 )
@@ -81,45 +85,94 @@ func BenchmarkEngineContexts(b *testing.B) {
 // BenchmarkRawDecode is the floor to compare the engine with: one sequence,
 // greedy, straight llama.cpp calls with no engine around them.
 func BenchmarkRawDecode(b *testing.B) {
+	rawDecode(b, testenv.ModelPath(b), 1, 1)
+}
+
+// mediumModel is a ~95M-parameter random-weight llama, written once per
+// machine: big enough that the matrix products set the speed.
+func mediumModel(b *testing.B) string {
+	path, err := ggufgen.Cached(filepath.Join(os.TempDir(), "infer-bench-models"), ggufgen.Medium)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return path
+}
+
+// BenchmarkMedium reports tokens/s of a ~95M-parameter model: raw llama.cpp
+// loops with 1 and 16 sequences in one batch, and the engine at 1, 4 and 16
+// concurrent requests. On this size batching pays: one pass over the
+// weights serves every sequence.
+func BenchmarkMedium(b *testing.B) {
+	model := mediumModel(b)
+	threads := runtime.NumCPU()
+	for _, n := range []int{1, 16} {
+		b.Run(fmt.Sprintf("raw/sequences=%d", n), func(b *testing.B) { rawDecode(b, model, n, threads) })
+	}
+	for _, n := range []int{1, 4, 16} {
+		b.Run(fmt.Sprintf("engine/concurrency=%d", n), func(b *testing.B) {
+			benchEngine(b, EngineConfig{ModelPath: model, Parallel: n, Context: 512, Threads: threads}, n)
+		})
+	}
+}
+
+// rawDecode decodes seqs greedy sequences of benchTokens tokens each, all in
+// one batch per step, with straight llama.cpp calls.
+func rawDecode(b *testing.B, path string, seqs, threads int) {
 	llama.BackendInit()
-	model, err := llama.LoadModelFromFile(testenv.ModelPath(b), llama.ModelParams{UseMmap: true})
+	model, err := llama.LoadModelFromFile(path, llama.ModelParams{UseMmap: true})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer llama.FreeModel(model)
-	lctx, err := llama.NewContextWithModel(model, llama.NewContextParams(512, 512, 1, 1, false, ""))
+	lctx, err := llama.NewContextWithModel(model, llama.NewContextParams(512*seqs, 512, seqs, threads, false, ""))
 	if err != nil {
 		b.Fatal(err)
 	}
-	batch, err := llama.NewBatch(512, 1, 0)
+	batch, err := llama.NewBatch(512, seqs, 0)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer batch.Free()
 	zero := float32(0)
-	start := time.Now()
-	for range b.N {
-		prompt, _ := model.Tokenize("Once upon a time, story number 0", true, true)
-		sampler, err := llama.NewSamplingContext(model, samplingParams(wire.Sampling{Temperature: &zero}))
-		if err != nil {
-			b.Fatal(err)
-		}
-		lctx.KvCacheSeqRm(0, 0, -1)
+	pos := make([]int, seqs)
+	logits := make([]int, seqs) // batch index of each sequence's logits
+	samplers := make([]*llama.SamplingContext, seqs)
+	run := func() {
+		lctx.KvCacheClear()
 		batch.Clear()
-		for i, t := range prompt {
-			batch.Add(t, nil, i, i == len(prompt)-1, 0)
+		for s := range seqs {
+			prompt, _ := model.Tokenize(fmt.Sprintf("Once upon a time, story number %d", s), true, true)
+			if samplers[s], err = llama.NewSamplingContext(model, samplingParams(wire.Sampling{Temperature: &zero})); err != nil {
+				b.Fatal(err)
+			}
+			for i, t := range prompt {
+				batch.Add(t, nil, i, i == len(prompt)-1, s)
+			}
+			pos[s] = len(prompt)
+			logits[s] = batch.NumTokens() - 1
 		}
-		pos := len(prompt)
 		for range benchTokens {
 			if err := lctx.Decode(batch); err != nil {
 				b.Fatal(err)
 			}
-			tok := sampler.Sample(lctx, batch.NumTokens()-1)
-			sampler.Accept(tok, true)
+			toks := make([]int, seqs)
+			for s := range seqs {
+				toks[s] = samplers[s].Sample(lctx, logits[s])
+				samplers[s].Accept(toks[s], true)
+			}
 			batch.Clear()
-			batch.Add(tok, nil, pos, true, 0)
-			pos++
+			for s := range seqs {
+				batch.Add(toks[s], nil, pos[s], true, s)
+				logits[s] = s
+				pos[s]++
+			}
 		}
 	}
-	b.ReportMetric(float64(b.N*benchTokens)/time.Since(start).Seconds(), "tokens/s")
+	run() // warm up: page the weights in
+	b.ResetTimer()
+	start := time.Now()
+	for range b.N {
+		run()
+	}
+	b.ReportMetric(float64(b.N*seqs*benchTokens)/time.Since(start).Seconds(), "tokens/s")
 }

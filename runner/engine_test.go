@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/infer-run/infer/internal/ggufgen"
 	"github.com/infer-run/infer/internal/testenv"
 	"github.com/infer-run/infer/internal/wire"
 )
@@ -56,11 +58,12 @@ func (c *collect) wait(t *testing.T) string {
 
 func loadTestEngine(t *testing.T, parallel, ctxLen int) *Engine {
 	t.Helper()
-	e, err := LoadEngine(slog.Default(), EngineConfig{
-		ModelPath: testenv.ModelPath(t),
-		Parallel:  parallel,
-		Context:   ctxLen,
-	}, nil)
+	return startEngine(t, EngineConfig{ModelPath: testenv.ModelPath(t), Parallel: parallel, Context: ctxLen})
+}
+
+func startEngine(t *testing.T, cfg EngineConfig) *Engine {
+	t.Helper()
+	e, err := LoadEngine(slog.Default(), cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,6 +113,34 @@ func TestEngineGreedyStory(t *testing.T) {
 	}
 	if common < 3 {
 		t.Errorf("output does not read like a story: %q", text)
+	}
+}
+
+// TestEngineSyntheticModel runs a random-weight model from ggufgen, the
+// kind the benchmarks use, through the engine: llama.cpp must accept what
+// ggufgen writes, tokenizer included.
+func TestEngineSyntheticModel(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "small.gguf")
+	if err := ggufgen.WriteFile(path, ggufgen.Small); err != nil {
+		t.Fatal(err)
+	}
+	for _, contexts := range []int{1, 2} {
+		e := startEngine(t, EngineConfig{ModelPath: path, Parallel: 2, Context: 256, Contexts: contexts})
+		if got := e.Info().ParameterCount; int64(got) != ggufgen.Small.Parameters() {
+			t.Errorf("engine sees %d parameters, want %d", got, ggufgen.Small.Parameters())
+		}
+		cs := []*collect{
+			generate(t, e, Request{Prompt: "Once upon a time", MaxTokens: 16, Sampling: greedy()}),
+			generate(t, e, Request{Prompt: "zebra quartz", MaxTokens: 16, Sampling: greedy()}),
+		}
+		for _, c := range cs {
+			c.wait(t)
+			// Random weights may pick the end token early, but they must
+			// decode at least one token and report it.
+			if c.err != nil || c.usage.PromptTokens == 0 || c.usage.CompletionTokens == 0 {
+				t.Errorf("contexts=%d: err %v, usage %+v", contexts, c.err, c.usage)
+			}
+		}
 	}
 }
 
