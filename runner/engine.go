@@ -26,9 +26,14 @@ type EngineConfig struct {
 	// Contexts is how many llama contexts share the Parallel sequences;
 	// zero picks a default for the model size (see DefaultContexts).
 	Contexts int
-	// Threads for llama.cpp per context; zero picks a default for the
-	// model size.
+	// Threads for llama.cpp per context; zero picks a default: with one
+	// context, the count that decodes fastest on this host (measured at
+	// the first load, then read from CacheDir), else a heuristic for the
+	// model size (DefaultThreads).
 	Threads int
+	// CacheDir keeps measured settings (the thread count) across cold
+	// starts; empty measures at every load.
+	CacheDir string
 	// GPULayers is passed to llama.cpp for GPU builds; 0 keeps everything
 	// on the CPU.
 	GPULayers int
@@ -88,7 +93,10 @@ type Engine struct {
 	mu       sync.Mutex
 	decoders []*decoder // loaded and running
 	pending  []int      // sequences of each context still to load
-	wg       sync.WaitGroup
+	// measureThreads is set when the first context's load should time
+	// the thread counts: "-" to measure only, else the file to record in.
+	measureThreads string
+	wg             sync.WaitGroup
 }
 
 // decoder is one llama context and its decode loop.
@@ -152,15 +160,33 @@ func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*En
 		cfg.Contexts = DefaultContexts(info.ParameterCount, cfg.Parallel)
 	}
 	cfg.Contexts = min(cfg.Contexts, cfg.Parallel)
+	measure := ""
 	if cfg.Threads <= 0 {
 		cfg.Threads = DefaultThreads(info.ParameterCount, cfg.Contexts)
+		// Several contexts decode at once and share the cores, which a
+		// lone timed decode cannot judge; the heuristic stays for them.
+		// Small models are bound by thread synchronisation and always
+		// fastest on one thread, so their cold starts skip the ~200 ms
+		// the measurement costs.
+		if cfg.Contexts == 1 && runtime.NumCPU() > 1 && info.ParameterCount >= smallModel {
+			measure = "-" // measure, do not record
+			if cfg.CacheDir != "" {
+				if path, err := threadsCacheFile(cfg.CacheDir, info, cfg.ModelPath); err == nil {
+					if n, ok := cachedThreads(path); ok {
+						cfg.Threads, measure = n, ""
+					} else {
+						measure = path
+					}
+				}
+			}
+		}
 	}
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = min(512, cfg.Context)
 	}
 
 	llama.BackendInit()
-	e := &Engine{info: info, nCtx: cfg.Context, parallel: cfg.Parallel, cfg: cfg, log: log}
+	e := &Engine{info: info, nCtx: cfg.Context, parallel: cfg.Parallel, cfg: cfg, log: log, measureThreads: measure}
 	for i := range cfg.Contexts {
 		// Spread the sequences as evenly as the division allows.
 		seqs := cfg.Parallel / cfg.Contexts
@@ -179,7 +205,7 @@ func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*En
 	e.model = d.model
 	e.decoders = []*decoder{d}
 	log.Info("model loaded", "arch", info.Architecture, "params", info.ParameterCount,
-		"parallel", cfg.Parallel, "contexts", cfg.Contexts, "context", cfg.Context, "threads", cfg.Threads, "batch", cfg.BatchSize)
+		"parallel", cfg.Parallel, "contexts", cfg.Contexts, "context", cfg.Context, "threads", e.cfg.Threads, "batch", cfg.BatchSize)
 	return e, nil
 }
 
@@ -197,6 +223,23 @@ func (e *Engine) loadDecoder(seqs int, progress func(float32)) (*decoder, error)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("loading model %s: %w", cfg.ModelPath, err)
+	}
+	if e.measureThreads != "" {
+		// Before the real context exists: contexts of one model must not
+		// decode at the same time.
+		n, took, timings, err := measureThreads(model, threadCandidates(runtime.NumCPU()))
+		if err != nil {
+			e.log.Warn("measuring threads failed; using the default", "threads", cfg.Threads, "err", err)
+		} else {
+			e.log.Info("measured fastest threads", "threads", n, "took", took, "timings", timings)
+			cfg.Threads, e.cfg.Threads = n, n
+			if e.measureThreads != "-" {
+				if err := saveThreads(e.measureThreads, n); err != nil {
+					e.log.Warn("recording threads", "err", err)
+				}
+			}
+		}
+		e.measureThreads = ""
 	}
 	batchCap := max(cfg.BatchSize, seqs)
 	params := llama.NewContextParams(cfg.Context*seqs, batchCap, seqs, cfg.Threads, false, "")

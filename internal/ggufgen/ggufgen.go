@@ -83,6 +83,37 @@ func (c Config) bytesPerWeight() int64 {
 	return 2
 }
 
+// Write writes the model as GGUF v3 to w. ollama's GGUF writer needs a
+// seekable file, so any other writer gets the model through a temporary
+// file; pass an *os.File to skip the copy.
+func Write(w io.Writer, c Config) error {
+	if err := c.validate(); err != nil {
+		return err
+	}
+	if f, ok := w.(*os.File); ok {
+		if err := ggml.WriteGGUF(f, c.kv(), c.tensors()); err != nil {
+			return fmt.Errorf("writing model: %w", err)
+		}
+		return nil
+	}
+	tmp, err := os.CreateTemp("", ".ggufgen-*")
+	if err != nil {
+		return fmt.Errorf("creating temporary model file: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	if err := ggml.WriteGGUF(tmp, c.kv(), c.tensors()); err != nil {
+		return fmt.Errorf("writing model: %w", err)
+	}
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("rewinding temporary model file: %w", err)
+	}
+	if _, err := io.Copy(w, tmp); err != nil {
+		return fmt.Errorf("copying model: %w", err)
+	}
+	return nil
+}
+
 // WriteFile writes the model to path, through a temporary file so a
 // half-written model is never seen under its name.
 func WriteFile(path string, c Config) error {

@@ -1,6 +1,7 @@
 package ggufgen
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -119,5 +120,31 @@ func TestPiecesAreDistinct(t *testing.T) {
 			t.Fatalf("piece(%d) = piece(%d) = %q", i, j, p)
 		}
 		seen[p] = i
+	}
+}
+
+func TestWriteToAnyWriter(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.gguf")
+	if err := WriteFile(path, Small); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(path)
+	var buf bytes.Buffer
+	if err := Write(&buf, Small); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf.Bytes(), want) {
+		t.Errorf("Write to a buffer gave %d bytes differing from WriteFile's %d", buf.Len(), len(want))
+	}
+}
+
+// BenchmarkWriteMedium is the cost of the benchmark model's first write.
+func BenchmarkWriteMedium(b *testing.B) {
+	dir := b.TempDir()
+	b.SetBytes(Medium.Parameters() * Medium.bytesPerWeight())
+	for range b.N {
+		if err := WriteFile(filepath.Join(dir, "m.gguf"), Medium); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
