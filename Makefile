@@ -4,6 +4,7 @@
 #   make test   vet and test everything against real Postgres, NATS, MinIO
 #               and the test model (builds MinIO once, ~8 minutes)
 #   make bench  benchmarks (not timed tests)
+#   make fuzz   every fuzz target for FUZZTIME (5s; part of make test)
 
 GO      ?= go
 GOBIN   := $(shell $(GO) env GOPATH)/bin
@@ -41,6 +42,19 @@ vet:
 
 test: vet minio
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) fuzz
+
+# Every fuzz target, briefly: go test -fuzz takes one target in one package
+# at a time. FUZZTIME=10m for a real session.
+FUZZTIME ?= 5s
+
+fuzz:
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
+		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "fuzz $$t in $$(dirname $$f) for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$(dirname $$f); \
+		done; \
+	done
 
 # Unit tests only: no MinIO build, skips the end-to-end test.
 unit:
@@ -52,8 +66,12 @@ $(MINIO):
 	@echo "building MinIO $(MINIO_VERSION) for the tests (once, ~8 minutes)..."
 	GOFLAGS=-buildvcs=false CGO_ENABLED=0 $(GO) install github.com/minio/minio@$(MINIO_VERSION)
 
+# The table of docs/performance.md: runner engine, whole path against a
+# temporary infer dev (Postgres database infer_bench), the synthetic ~95M
+# model, Ollama when on PATH, idle memory. REPEAT=3 rounds; ~10 minutes.
+# The activator's own benchmarks: go test -run '^$$' -bench . ./activator/
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./runner/ ./activator/
+	scripts/bench.sh
 
 clean:
 	rm -rf bin

@@ -34,6 +34,9 @@ func (s *Server) listModels(c echo.Context) error {
 		Data   []model `json:"data"`
 	}{Object: "list", Data: []model{}}
 	for _, d := range deps {
+		if !key.Allows(d.Name) {
+			continue
+		}
 		out.Data = append(out.Data, model{ID: d.Name, Object: "model", Created: d.CreatedAt.Unix(), OwnedBy: key.TenantID})
 	}
 	return c.JSON(http.StatusOK, out)
@@ -47,6 +50,9 @@ func (s *Server) getModel(c echo.Context) error {
 	d, err := s.deployment(c.Request().Context(), key, c.Param("name"))
 	if err != nil {
 		return err
+	}
+	if !key.Allows(d.Name) {
+		return errDeploymentDenied(d.Name)
 	}
 	return c.JSON(http.StatusOK, map[string]any{"id": d.Name, "object": "model", "created": d.CreatedAt.Unix(), "owned_by": key.TenantID})
 }
@@ -284,13 +290,15 @@ func (s *Server) deleteDeployment(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]any{"id": name, "object": "deployment", "deleted": true})
 }
 
-// usage is GET /v1/usage?deployment=&since=&until= (RFC 3339 times).
+// usage is GET /v1/usage?deployment=&key=&since=&until= (RFC 3339 times):
+// the request records, newest first, or with group_by=day|deployment|key
+// their totals with runner-seconds and cost.
 func (s *Server) usage(c echo.Context) error {
 	key, err := s.authenticate(c)
 	if err != nil {
 		return err
 	}
-	f := registry.UsageFilter{TenantID: key.TenantID, Deployment: c.QueryParam("deployment")}
+	f := registry.UsageFilter{TenantID: key.TenantID, Deployment: c.QueryParam("deployment"), KeyID: c.QueryParam("key")}
 	for _, p := range []struct {
 		name string
 		dst  *time.Time
@@ -302,6 +310,19 @@ func (s *Server) usage(c echo.Context) error {
 			}
 			*p.dst = t
 		}
+	}
+	if by := c.QueryParam("group_by"); by != "" {
+		if by != registry.GroupByDay && by != registry.GroupByDeployment && by != registry.GroupByKey {
+			return errInvalid("group_by", "group_by must be day, deployment or key")
+		}
+		groups, err := s.reg.UsageReport(c.Request().Context(), f, by)
+		if err != nil {
+			return s.registryError("reporting usage", err)
+		}
+		if groups == nil {
+			groups = []registry.UsageGroup{}
+		}
+		return c.JSON(http.StatusOK, map[string]any{"object": "list", "group_by": by, "data": groups})
 	}
 	recs, err := s.reg.ListUsage(c.Request().Context(), f)
 	if err != nil {

@@ -55,9 +55,12 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 	}
 	s.metrics.queued.WithLabelValues(dep.Name).Inc()
 
+	key, _ := c.Get(keyContext).(registry.APIKey)
 	rl := &relay{
 		s:       s,
 		c:       c,
+		key:     key,
+		prices:  job.Prices,
 		kind:    kind,
 		id:      id,
 		model:   dep.Name,
@@ -65,6 +68,14 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		usage:   req.StreamOptions != nil && req.StreamOptions.IncludeUsage,
 		created: time.Now().Unix(),
 	}
+	s.metrics.waiting.WithLabelValues(dep.Name).Inc()
+	defer func() {
+		if rl.started {
+			s.metrics.running.WithLabelValues(dep.Name).Dec()
+		} else {
+			s.metrics.waiting.WithLabelValues(dep.Name).Dec()
+		}
+	}()
 	err = rl.run(ctx, w, job.Deadline)
 	if ctx.Err() != nil {
 		// The client went away: stop the job wherever it is.
@@ -100,6 +111,15 @@ func (s *Server) accept(c echo.Context, kind wire.Kind) (*completionRequest, reg
 	if err != nil {
 		return nil, registry.Deployment{}, wire.Job{}, err
 	}
+	if !key.Allows(dep.Name) {
+		s.metrics.requests.WithLabelValues(dep.Name, "permission_denied").Inc()
+		return nil, registry.Deployment{}, wire.Job{}, errDeploymentDenied(dep.Name)
+	}
+	if e := s.limits.admit(key, s.spender()); e != nil {
+		s.metrics.requests.WithLabelValues(dep.Name, deref(e.Code)).Inc()
+		return nil, registry.Deployment{}, wire.Job{}, e
+	}
+	c.Set(keyContext, key)
 
 	prefix := "chatcmpl-"
 	if kind == wire.KindCompletion {
@@ -111,6 +131,7 @@ func (s *Server) accept(c echo.Context, kind wire.Kind) (*completionRequest, reg
 	job.TenantID = key.TenantID
 	job.KeyID = key.ID
 	job.Deadline = time.Now().Add(dep.QueueTimeout)
+	job.Prices = wire.Prices{PromptPerMTok: dep.Prices.PromptPerMTok, CompletionPerMTok: dep.Prices.CompletionPerMTok}
 	return req, dep, job, nil
 }
 
@@ -165,6 +186,8 @@ type relay struct {
 	stream  bool
 	usage   bool
 	created int64
+	key     registry.APIKey // whose limits the request is charged to
+	prices  wire.Prices
 
 	started  bool   // the runner admitted the job
 	runner   string // which runner
@@ -277,8 +300,8 @@ func (rl *relay) handle(events [][]byte) (done bool, err error) {
 			if ev.Usage != nil {
 				u = *ev.Usage
 			}
-			rl.s.metrics.requests.WithLabelValues(rl.model, "ok").Inc()
-			rl.s.metrics.latency.WithLabelValues(rl.model).Observe(time.Since(rl.queuedAt).Seconds())
+			rl.s.limits.charge(rl.key, u, rl.prices)
+			rl.s.metrics.finished(rl.model, "ok", time.Since(rl.queuedAt), rl.ttft, u)
 			if rl.stream {
 				res.Write(rl.enc.finish(ev.FinishReason))
 				if rl.usage {
@@ -310,6 +333,9 @@ func (rl *relay) start() {
 		return
 	}
 	rl.started = true
+	rl.s.metrics.waiting.WithLabelValues(rl.model).Dec()
+	rl.s.metrics.running.WithLabelValues(rl.model).Inc()
+	rl.s.metrics.queue.WithLabelValues(rl.model).Observe(time.Since(rl.queuedAt).Seconds())
 	if rl.stream {
 		if !rl.sse {
 			rl.beginSSE()

@@ -12,13 +12,15 @@ import (
 
 // KeyManager is what the key endpoints need from the registry.
 type KeyManager interface {
-	CreateKey(ctx context.Context, tenantID, name, role string) (registry.APIKey, string, error)
+	CreateLimitedKey(ctx context.Context, tenantID, name, role string, l registry.Limits) (registry.APIKey, string, error)
 	ListKeys(ctx context.Context, tenantID string) ([]registry.APIKey, error)
 	RevokeKey(ctx context.Context, tenantID, keyID string) error
 }
 
-// createKey is POST /v1/keys {"name":…, "role":"user"|"admin"}. The secret
-// is in this response only; the registry keeps its hash.
+// createKey is POST /v1/keys {"name":…, "role":"user"|"admin",
+// "deployments":[…], "requests_per_minute":N, "tokens_per_minute":N,
+// "budget_usd":X}. The secret is in this response only; the registry keeps
+// its hash.
 func (s *Server) createKey(c echo.Context) error {
 	key, err := s.adminKey(c)
 	if err != nil {
@@ -27,6 +29,7 @@ func (s *Server) createKey(c echo.Context) error {
 	var req struct {
 		Name string `json:"name"`
 		Role string `json:"role"`
+		registry.Limits
 	}
 	if err := c.Bind(&req); err != nil {
 		return errInvalid("", "could not parse the request: %v", err)
@@ -37,7 +40,18 @@ func (s *Server) createKey(c echo.Context) error {
 	if req.Role != registry.RoleUser && req.Role != registry.RoleAdmin {
 		return errInvalid("role", "role must be %q or %q", registry.RoleUser, registry.RoleAdmin)
 	}
-	k, secret, err := s.keys.CreateKey(c.Request().Context(), key.TenantID, req.Name, req.Role)
+	if req.RequestsPerMinute < 0 || req.TokensPerMinute < 0 {
+		return errInvalid("requests_per_minute", "rate limits must not be negative")
+	}
+	if req.BudgetUSD != nil && !(*req.BudgetUSD >= 0) {
+		return errInvalid("budget_usd", "budget_usd must be a non-negative number of US dollars")
+	}
+	for _, d := range req.Deployments {
+		if d == "" {
+			return errInvalid("deployments", "deployment names must not be empty")
+		}
+	}
+	k, secret, err := s.keys.CreateLimitedKey(c.Request().Context(), key.TenantID, req.Name, req.Role, req.Limits)
 	if err != nil {
 		return s.registryError("creating key", err)
 	}

@@ -1,6 +1,12 @@
 package activator
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/infer-run/infer/internal/wire"
+)
 
 // metrics are named after vLLM's where one exists, so existing dashboards
 // and alerts carry over.
@@ -9,6 +15,12 @@ type metrics struct {
 	queued   *prometheus.CounterVec
 	ttft     *prometheus.HistogramVec
 	latency  *prometheus.HistogramVec
+	tpot     *prometheus.HistogramVec
+	queue    *prometheus.HistogramVec
+	prompt   *prometheus.CounterVec
+	gen      *prometheus.CounterVec
+	waiting  *prometheus.GaugeVec
+	running  *prometheus.GaugeVec
 }
 
 // latencyBuckets span a warm token (milliseconds) to a cold start of a big
@@ -36,6 +48,44 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: latencyBuckets,
 		}, []string{"deployment"}),
 	}
-	reg.MustRegister(m.requests, m.queued, m.ttft, m.latency)
+	m.tpot = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "infer_time_per_output_token_seconds",
+		Help:    "Mean time between output tokens of a request, after the first.",
+		Buckets: []float64{.001, .0025, .005, .01, .02, .03, .05, .075, .1, .15, .2, .3, .5, 1},
+	}, []string{"deployment"})
+	m.queue = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "infer_request_queue_time_seconds",
+		Help:    "Time from accepting a request until a runner admitted it (queue wait, cold start included).",
+		Buckets: latencyBuckets,
+	}, []string{"deployment"})
+	m.prompt = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "infer_prompt_tokens_total",
+		Help: "Prompt tokens of finished requests.",
+	}, []string{"deployment"})
+	m.gen = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "infer_generation_tokens_total",
+		Help: "Completion tokens of finished requests.",
+	}, []string{"deployment"})
+	m.waiting = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "infer_num_requests_waiting",
+		Help: "Requests this activator holds that no runner has admitted yet (queued or waiting for a cold start).",
+	}, []string{"deployment"})
+	m.running = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "infer_num_requests_running",
+		Help: "Requests this activator relays that a runner is generating.",
+	}, []string{"deployment"})
+	reg.MustRegister(m.requests, m.queued, m.ttft, m.latency, m.tpot, m.queue, m.prompt, m.gen, m.waiting, m.running)
 	return m
+}
+
+// finished records a request that ended with usage u, having taken total,
+// with its first token after ttft (0 if none).
+func (m *metrics) finished(deployment, status string, total, ttft time.Duration, u wire.Usage) {
+	m.requests.WithLabelValues(deployment, status).Inc()
+	m.latency.WithLabelValues(deployment).Observe(total.Seconds())
+	m.prompt.WithLabelValues(deployment).Add(float64(u.PromptTokens))
+	m.gen.WithLabelValues(deployment).Add(float64(u.CompletionTokens))
+	if ttft > 0 && u.CompletionTokens > 1 {
+		m.tpot.WithLabelValues(deployment).Observe((total - ttft).Seconds() / float64(u.CompletionTokens-1))
+	}
 }

@@ -35,6 +35,7 @@ type Registry interface {
 	DeleteDeployment(ctx context.Context, tenantID, name string) error
 	GetArtifact(ctx context.Context, sha string) (registry.Artifact, error)
 	ListUsage(ctx context.Context, f registry.UsageFilter) ([]registry.UsageRecord, error)
+	UsageReport(ctx context.Context, f registry.UsageFilter, groupBy string) ([]registry.UsageGroup, error)
 	KeyManager
 }
 
@@ -69,8 +70,10 @@ type Server struct {
 	runners  *runnerView
 	async    *asyncJobs
 	metrics  *metrics
+	limits   *limiter
 	echo     *echo.Echo
 	gatherer prometheus.Gatherer
+	openapi  []byte // the API reference as JSON, for GET /openapi.json
 }
 
 // New builds an activator. Close releases its subscriptions.
@@ -91,6 +94,7 @@ func New(cfg Config) (*Server, error) {
 		nc:       cfg.NATS,
 		js:       js,
 		id:       wire.NewID(6),
+		limits:   newLimiter(),
 	}
 	if s.replies, err = newReplies(cfg.NATS, s.id); err != nil {
 		return nil, err
@@ -107,6 +111,12 @@ func New(cfg Config) (*Server, error) {
 	s.metrics = newMetrics(reg)
 	s.gatherer = gath
 	if s.async, err = newAsyncJobs(s, cfg.AsyncTTL, cfg.WebhookClient); err != nil {
+		s.replies.close()
+		s.runners.close()
+		return nil, err
+	}
+	if s.openapi, err = openAPIJSON(); err != nil {
+		s.async.close()
 		s.replies.close()
 		s.runners.close()
 		return nil, err
@@ -158,6 +168,7 @@ func (s *Server) routes() *echo.Echo {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 	})
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{})))
+	e.GET("/openapi.json", serveOpenAPI(s.openapi))
 
 	v1 := e.Group("/v1")
 	v1.POST("/chat/completions", s.chatCompletions)

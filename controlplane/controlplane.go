@@ -47,6 +47,10 @@ type Config struct {
 	StartTimeout time.Duration
 	// Registerer receives the control plane's metrics; nil drops them.
 	Registerer prometheus.Registerer
+	// Lease, when set, makes this one of several control planes: it
+	// always listens to heartbeats but acts only while it holds the lease.
+	// Nil means it is the only one.
+	Lease Lease
 }
 
 // ControlPlane is the autoscaler.
@@ -57,6 +61,10 @@ type ControlPlane struct {
 
 	pokes   chan string
 	metrics *metrics
+	// listening is when heartbeats started arriving; until a runner's
+	// heartbeat could have been seen, its silence proves nothing (a new
+	// leader adopting another's runners).
+	listening time.Time
 
 	mu       sync.Mutex
 	beats    map[string]runnerState         // runner ID → last heartbeat
@@ -64,6 +72,13 @@ type ControlPlane struct {
 	failures map[string]failure             // deployment → runners failing to start
 	started  map[string]time.Time           // runner ID → when the control plane started it
 	deps     map[string]registry.Deployment // as of the last tick, for pokes
+	// leading is what lead last returned: only the leader bills runner
+	// lifetimes (a standby's prices may be stale or unknown).
+	leading bool
+	// pokedAt is when a deployment without runners was first poked, and
+	// coldStarts what is known of each runner's start: see coldstart.go.
+	pokedAt    map[string]time.Time
+	coldStarts map[string]*coldStart
 }
 
 // failure counts a deployment's consecutive runner failures, so a model
@@ -116,6 +131,9 @@ func New(cfg Config) (*ControlPlane, error) {
 		failures: map[string]failure{},
 		started:  map[string]time.Time{},
 		metrics:  newMetrics(cfg.Registerer),
+
+		pokedAt:    map[string]time.Time{},
+		coldStarts: map[string]*coldStart{},
 	}, nil
 }
 
@@ -126,9 +144,19 @@ func (cp *ControlPlane) Run(ctx context.Context) error {
 		return err
 	}
 	defer hbSub.Unsubscribe()
+	cp.listening = time.Now()
+	if cp.cfg.Lease != nil {
+		defer cp.cfg.Lease.Release()
+	}
 	pokeSub, err := cp.cfg.NATS.Subscribe(wire.WorkSubjects, func(m *nats.Msg) {
+		name := strings.TrimPrefix(m.Subject, "infer.work.")
+		cp.mu.Lock()
+		if _, ok := cp.pokedAt[name]; !ok {
+			cp.pokedAt[name] = time.Now()
+		}
+		cp.mu.Unlock()
 		select {
-		case cp.pokes <- strings.TrimPrefix(m.Subject, "infer.work."):
+		case cp.pokes <- name:
 		default: // a full channel means a reconcile is coming anyway
 		}
 	})
@@ -139,13 +167,19 @@ func (cp *ControlPlane) Run(ctx context.Context) error {
 
 	tick := time.NewTicker(cp.cfg.Tick)
 	defer tick.Stop()
-	cp.reconcileAll(ctx)
+	if cp.lead(ctx) {
+		cp.reconcileAll(ctx)
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			cp.reconcileAll(ctx)
+			// Checked at every tick before acting: a control plane that
+			// lost its lease stops at once.
+			if cp.lead(ctx) {
+				cp.reconcileAll(ctx)
+			}
 		case name := <-cp.pokes:
 			// Every queued request pokes; take all pending pokes at once
 			// and act on each deployment once.
@@ -173,6 +207,7 @@ func (cp *ControlPlane) onHeartbeat(m *nats.Msg) {
 	now := time.Now()
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
+	cp.observeColdStart(hb, now)
 	switch hb.Phase {
 	case wire.PhaseFailed:
 		cp.metrics.failures.WithLabelValues(hb.Deployment).Inc()
@@ -183,6 +218,7 @@ func (cp *ControlPlane) onHeartbeat(m *nats.Msg) {
 			"failures", f.count+1, "retry_in", backoff(f.count+1))
 		fallthrough
 	case wire.PhaseStopped:
+		cp.runnerEnded(hb, now)
 		delete(cp.beats, hb.RunnerID)
 		delete(cp.readyAt, hb.RunnerID)
 		return
@@ -281,6 +317,7 @@ func (cp *ControlPlane) forgetGone(runners []RunnerRef) {
 	defer cp.mu.Unlock()
 	for id, st := range cp.beats {
 		if !alive[id] && time.Since(st.seen) > cp.cfg.DeadAfter {
+			cp.runnerEnded(st.hb, st.seen)
 			delete(cp.beats, id)
 			delete(cp.readyAt, id)
 		}
@@ -290,12 +327,23 @@ func (cp *ControlPlane) forgetGone(runners []RunnerRef) {
 			delete(cp.started, id)
 		}
 	}
+	for id, cs := range cp.coldStarts {
+		if !alive[id] && time.Since(cs.called) > cp.cfg.StartTimeout {
+			delete(cp.coldStarts, id)
+		}
+	}
 }
 
 // scaleFromZero reconciles a poked deployment at once if it has no runner.
 // A deployment that has one is left to the next tick: pokes arrive with
 // every request, and the request path must not cost a Postgres query each.
 func (cp *ControlPlane) scaleFromZero(ctx context.Context, name string) {
+	cp.mu.Lock()
+	follower := cp.cfg.Lease != nil && !cp.leading
+	cp.mu.Unlock()
+	if follower {
+		return // the leader got the same poke; no Postgres round trip per poke
+	}
 	runners, err := cp.cfg.Driver.Runners(ctx)
 	if err != nil {
 		cp.log.Error("listing runners", "err", err)
@@ -306,6 +354,10 @@ func (cp *ControlPlane) scaleFromZero(ctx context.Context, name string) {
 		if r.Deployment == name {
 			mine = append(mine, r)
 			if !r.Stopping {
+				// Not a cold start: the work waits for a warm runner.
+				cp.mu.Lock()
+				delete(cp.pokedAt, name)
+				cp.mu.Unlock()
 				return
 			}
 		}
@@ -326,9 +378,27 @@ func (cp *ControlPlane) scaleFromZero(ctx context.Context, name string) {
 			}
 		}
 	}
-	if ok {
+	if ok && cp.lead(ctx) {
 		cp.reconcile(ctx, d, mine)
 	}
+}
+
+// lead reports whether this control plane may act now.
+func (cp *ControlPlane) lead(ctx context.Context) bool {
+	if cp.cfg.Lease == nil {
+		cp.metrics.leader.Set(1)
+		return true
+	}
+	ok := cp.cfg.Lease.Hold(ctx)
+	if ok {
+		cp.metrics.leader.Set(1)
+	} else {
+		cp.metrics.leader.Set(0)
+	}
+	cp.mu.Lock()
+	cp.leading = ok
+	cp.mu.Unlock()
+	return ok
 }
 
 // Desired is the number of runners a deployment should have for its
@@ -368,7 +438,7 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 		case seen && now.Sub(st.seen) > cp.cfg.DeadAfter:
 			log.Warn("runner stopped sending heartbeats; killing it", "runner", r.ID, "last", st.seen)
 			cp.cfg.Driver.Kill(ctx, r.ID)
-		case !seen && now.Sub(r.StartedAt) > cp.cfg.StartTimeout:
+		case !seen && now.Sub(r.StartedAt) > cp.cfg.StartTimeout && now.Sub(cp.listening) > cp.cfg.DeadAfter:
 			log.Warn("runner never reported; killing it", "runner", r.ID)
 			cp.cfg.Driver.Kill(ctx, r.ID)
 		default:
@@ -383,6 +453,9 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 	switch {
 	case len(live) < want && now.Before(f.last.Add(backoff(f.count))):
 		// Backing off after failed starts.
+	case len(live) < want && !cp.lead(ctx):
+		// Lost the lease since the tick began: starting a runner now
+		// could duplicate the new leader's.
 	case len(live) < want:
 		a, err := cp.cfg.Registry.GetArtifact(ctx, d.ArtifactSHA256)
 		if err != nil {
@@ -404,6 +477,7 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 			log.Info("starting runner", "runner", spec.ID, "queued", depth.Queued, "in_flight", depth.InFlight, "runners", len(live), "want", want)
 			cp.mu.Lock()
 			cp.started[spec.ID] = time.Now()
+			cp.noteStart(spec.ID, d.Name, cp.started[spec.ID], depth.Total() > 0)
 			cp.mu.Unlock()
 			if err := cp.cfg.Driver.Start(ctx, spec); err != nil {
 				log.Error("starting runner", "err", err)

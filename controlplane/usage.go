@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -20,6 +21,7 @@ import (
 // no-op.
 type UsageWriter interface {
 	RecordUsage(ctx context.Context, r registry.UsageRecord) (bool, error)
+	RecordRunnerUsage(ctx context.Context, r registry.RunnerUsage) (bool, error)
 }
 
 // RecordUsage moves usage records from their JetStream stream into
@@ -56,6 +58,10 @@ func RecordUsage(ctx context.Context, nc *nats.Conn, w UsageWriter, log *slog.Lo
 			continue
 		}
 		for msg := range batch.Messages() {
+			if strings.HasPrefix(msg.Subject(), wire.RunnerUsageSubject("")) {
+				recordRunner(ctx, msg, w, log)
+				continue
+			}
 			var rec wire.UsageRecord
 			if err := json.Unmarshal(msg.Data(), &rec); err != nil {
 				log.Error("dropping undecodable usage record", "err", err)
@@ -94,7 +100,34 @@ func toRegistry(r wire.UsageRecord) registry.UsageRecord {
 		Status:           r.Status,
 		FinishReason:     r.FinishReason,
 		CreatedAt:        r.FinishedAt,
+
+		PromptPricePerMTok:     r.Prices.PromptPerMTok,
+		CompletionPricePerMTok: r.Prices.CompletionPerMTok,
 	}
+}
+
+// recordRunner stores one runner lifetime record, like RecordUsage does a
+// request's.
+func recordRunner(ctx context.Context, msg jetstream.Msg, w UsageWriter, log *slog.Logger) {
+	var rec wire.RunnerUsageRecord
+	if err := json.Unmarshal(msg.Data(), &rec); err != nil {
+		log.Error("dropping undecodable runner usage record", "err", err)
+		msg.Term()
+		return
+	}
+	_, err := w.RecordRunnerUsage(ctx, registry.RunnerUsage{
+		RunnerID:       rec.RunnerID,
+		Deployment:     rec.Deployment,
+		StartedAt:      rec.StartedAt,
+		EndedAt:        rec.EndedAt,
+		PricePerSecond: rec.PricePerSecond,
+	})
+	if err != nil {
+		log.Warn("storing runner usage record; will retry", "runner", rec.RunnerID, "err", err)
+		msg.NakWithDelay(5 * time.Second)
+		return
+	}
+	msg.Ack()
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -24,6 +24,45 @@ type Cache struct {
 	keys        map[[sha256.Size]byte]APIKey
 	deployments map[string]Deployment
 	loaded      bool
+
+	// spend is what each budgeted key has spent, as of spendAt; see Spend.
+	spend   map[string]float64
+	spendAt time.Time
+}
+
+// SpendRefresh is how often Run reloads what budgeted keys have spent.
+const SpendRefresh = 5 * time.Second
+
+// Spend returns what the key's requests cost as of the returned time (zero
+// if never loaded). Callers add what they saw finish since, so a budget is
+// enforced without a query per request; it can be overshot by what
+// finishes on other activators within one refresh plus ingestion lag.
+func (c *Cache) Spend(keyID string) (float64, time.Time) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.spend[keyID], c.spendAt
+}
+
+// refreshSpend reloads spend every SpendRefresh until ctx is done.
+func (c *Cache) refreshSpend(ctx context.Context) {
+	t := time.NewTicker(SpendRefresh)
+	defer t.Stop()
+	for {
+		at := time.Now()
+		spend, err := c.Store.SpendByKey(ctx)
+		if err == nil {
+			c.mu.Lock()
+			c.spend, c.spendAt = spend, at
+			c.mu.Unlock()
+		} else if ctx.Err() == nil {
+			c.log.Warn("refreshing key spend; budgets use the last known spend", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // NewCache wraps a store. Run must be running for the cache to be used;
@@ -62,6 +101,35 @@ func (c *Cache) GetDeployment(ctx context.Context, name string) (Deployment, err
 	return d, nil
 }
 
+// CreateLimitedKey writes through, so a key works on this activator as soon
+// as it is returned (others learn of it from the notification).
+func (c *Cache) CreateLimitedKey(ctx context.Context, tenantID, name, role string, l Limits) (APIKey, string, error) {
+	k, secret, err := c.Store.CreateLimitedKey(ctx, tenantID, name, role, l)
+	if err == nil {
+		c.mu.Lock()
+		if c.keys != nil {
+			c.keys[sha256.Sum256([]byte(secret))] = k
+		}
+		c.mu.Unlock()
+	}
+	return k, secret, err
+}
+
+// RevokeKey writes through: a revoked key stops working here at once.
+func (c *Cache) RevokeKey(ctx context.Context, tenantID, keyID string) error {
+	err := c.Store.RevokeKey(ctx, tenantID, keyID)
+	if err == nil {
+		c.mu.Lock()
+		for h, k := range c.keys {
+			if k.ID == keyID {
+				delete(c.keys, h)
+			}
+		}
+		c.mu.Unlock()
+	}
+	return err
+}
+
 // PutDeployment writes through, so the writer sees its change at once
 // (other activators see it when the notification arrives).
 func (c *Cache) PutDeployment(ctx context.Context, d Deployment) (Deployment, error) {
@@ -89,6 +157,12 @@ func (c *Cache) DeleteDeployment(ctx context.Context, tenantID, name string) err
 
 // Run keeps the cache fresh until ctx is done.
 func (c *Cache) Run(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.refreshSpend(ctx)
+	}()
+	defer func() { <-done }()
 	wait := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := c.listen(ctx)
@@ -177,8 +251,8 @@ func (c *Cache) loadKeys(ctx context.Context) (map[[sha256.Size]byte]APIKey, err
 	defer rows.Close()
 	for rows.Next() {
 		var hash []byte
-		var k APIKey
-		if err := rows.Scan(&hash, &k.ID, &k.TenantID, &k.Name, &k.Role, &k.Prefix, &k.CreatedAt, &k.RevokedAt); err != nil {
+		k, err := scanKey(rows, &hash)
+		if err != nil {
 			return nil, fmt.Errorf("loading keys: %w", err)
 		}
 		var h [sha256.Size]byte

@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -49,6 +51,42 @@ type APIKey struct {
 	Prefix    string     `json:"prefix"`
 	CreatedAt time.Time  `json:"created_at"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	Limits
+}
+
+// Limits restrict what a key may do. Zero values do not restrict.
+type Limits struct {
+	// Deployments the key may call, by name; empty allows all of its
+	// tenant's.
+	Deployments []string `json:"deployments"`
+	// RequestsPerMinute and TokensPerMinute bound the key's rate (prompt
+	// plus completion tokens); 0 is unlimited.
+	RequestsPerMinute int `json:"requests_per_minute"`
+	TokensPerMinute   int `json:"tokens_per_minute"`
+	// BudgetUSD caps what the key's requests may cost in total; nil is
+	// unlimited.
+	BudgetUSD *float64 `json:"budget_usd,omitempty"`
+}
+
+// Allows reports whether the key may call the named deployment (tenancy is
+// checked separately).
+func (l Limits) Allows(deployment string) bool {
+	return len(l.Deployments) == 0 || slices.Contains(l.Deployments, deployment)
+}
+
+func (l Limits) validate() error {
+	if l.RequestsPerMinute < 0 || l.TokensPerMinute < 0 {
+		return errors.New("rate limits must not be negative")
+	}
+	if l.BudgetUSD != nil && (*l.BudgetUSD < 0 || math.IsNaN(*l.BudgetUSD) || math.IsInf(*l.BudgetUSD, 0)) {
+		return errors.New("budget must be a non-negative number of US dollars")
+	}
+	for _, d := range l.Deployments {
+		if d == "" {
+			return errors.New("deployment names must not be empty")
+		}
+	}
+	return nil
 }
 
 // newID returns a random identifier such as "key_3ypq…" (130 random bits).
@@ -95,28 +133,47 @@ func validRole(role string) error {
 	return nil
 }
 
-const keyColumns = `id, tenant_id, name, role, prefix, created_at, revoked_at`
+const keyColumns = `id, tenant_id, name, role, prefix, created_at, revoked_at,
+	deployments, requests_per_min, tokens_per_min, budget_usd::float8`
 
-func scanKey(row pgx.Row) (APIKey, error) {
+func scanKey(row pgx.Row, extra ...any) (APIKey, error) {
 	var k APIKey
-	err := row.Scan(&k.ID, &k.TenantID, &k.Name, &k.Role, &k.Prefix, &k.CreatedAt, &k.RevokedAt)
+	dst := append(extra, &k.ID, &k.TenantID, &k.Name, &k.Role, &k.Prefix, &k.CreatedAt, &k.RevokedAt,
+		&k.Deployments, &k.RequestsPerMinute, &k.TokensPerMinute, &k.BudgetUSD)
+	err := row.Scan(dst...)
+	if k.Deployments == nil {
+		k.Deployments = []string{}
+	}
 	return k, err
 }
 
-// CreateKey makes a new key for the tenant and returns its record and the
-// secret, which cannot be recovered later.
+// CreateKey makes a new unrestricted key for the tenant and returns its
+// record and the secret, which cannot be recovered later.
 func (s *Store) CreateKey(ctx context.Context, tenantID, name, role string) (APIKey, string, error) {
+	return s.CreateLimitedKey(ctx, tenantID, name, role, Limits{})
+}
+
+// CreateLimitedKey is CreateKey with restrictions.
+func (s *Store) CreateLimitedKey(ctx context.Context, tenantID, name, role string, l Limits) (APIKey, string, error) {
 	if err := validRole(role); err != nil {
 		return APIKey{}, "", err
+	}
+	if err := l.validate(); err != nil {
+		return APIKey{}, "", fmt.Errorf("creating key: %w", err)
+	}
+	deps := l.Deployments
+	if deps == nil {
+		deps = []string{}
 	}
 	var raw [32]byte
 	rand.Read(raw[:]) // never fails, per crypto/rand
 	secret := keyPrefix + hex.EncodeToString(raw[:])
 	k, err := scanKey(s.pool.QueryRow(ctx, `
-		INSERT INTO api_keys (id, tenant_id, name, role, prefix, hash)
-		VALUES ($1, $2, $3, $4, $5, $6)
+		INSERT INTO api_keys (id, tenant_id, name, role, prefix, hash, deployments, requests_per_min, tokens_per_min, budget_usd)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 		RETURNING `+keyColumns,
-		newID("key"), tenantID, name, role, displayPrefix(secret), hashKey(secret)))
+		newID("key"), tenantID, name, role, displayPrefix(secret), hashKey(secret),
+		deps, l.RequestsPerMinute, l.TokensPerMinute, l.BudgetUSD))
 	if pgCode(err) == codeForeignKey {
 		return APIKey{}, "", fmt.Errorf("creating key: tenant %q: %w", tenantID, ErrNotFound)
 	}

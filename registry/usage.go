@@ -11,21 +11,25 @@ import (
 
 // UsageRecord is one finished request, successful or not.
 type UsageRecord struct {
-	RequestID        string    `json:"request_id"`
-	Deployment       string    `json:"deployment"`
-	DeploymentID     string    `json:"deployment_id"`
-	TenantID         string    `json:"tenant_id"`
-	KeyID            string    `json:"key_id"`
-	RunnerID         string    `json:"runner_id"`
-	PromptTokens     int       `json:"prompt_tokens"`
-	CompletionTokens int       `json:"completion_tokens"`
-	QueueWaitMS      float64   `json:"queue_wait_ms"`
-	TTFTMS           float64   `json:"ttft_ms"`
-	DurationMS       float64   `json:"duration_ms"`
-	ColdStart        bool      `json:"cold_start"`
-	Status           string    `json:"status"`
-	FinishReason     string    `json:"finish_reason"`
-	CreatedAt        time.Time `json:"created_at"`
+	RequestID        string  `json:"request_id"`
+	Deployment       string  `json:"deployment"`
+	DeploymentID     string  `json:"deployment_id"`
+	TenantID         string  `json:"tenant_id"`
+	KeyID            string  `json:"key_id"`
+	RunnerID         string  `json:"runner_id"`
+	PromptTokens     int     `json:"prompt_tokens"`
+	CompletionTokens int     `json:"completion_tokens"`
+	QueueWaitMS      float64 `json:"queue_wait_ms"`
+	TTFTMS           float64 `json:"ttft_ms"`
+	DurationMS       float64 `json:"duration_ms"`
+	ColdStart        bool    `json:"cold_start"`
+	Status           string  `json:"status"`
+	FinishReason     string  `json:"finish_reason"`
+	// Prices in force when the request ran, and what it cost at them.
+	PromptPricePerMTok     float64   `json:"prompt_price_per_mtok"`
+	CompletionPricePerMTok float64   `json:"completion_price_per_mtok"`
+	CostUSD                float64   `json:"cost_usd"`
+	CreatedAt              time.Time `json:"created_at"`
 }
 
 // UsageFilter selects usage records. Zero fields do not filter.
@@ -34,6 +38,9 @@ type UsageFilter struct {
 	TenantID string
 	// Deployment limits records to one deployment name.
 	Deployment string
+	// KeyID limits request records to one key's (runner records, which
+	// belong to no key, are then left out).
+	KeyID string
 	// Since and Until bound CreatedAt: Since <= CreatedAt < Until.
 	Since, Until time.Time
 	// Limit caps how many records ListUsage returns (the newest); 0 means
@@ -66,17 +73,19 @@ func (s *Store) RecordUsage(ctx context.Context, r UsageRecord) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `
 		INSERT INTO usage (request_id, deployment, deployment_id, tenant_id, key_id, prompt_tokens,
 			completion_tokens, queue_wait_ms, ttft_ms, duration_ms, cold_start, status, finish_reason,
-			runner_id, created_at)
+			runner_id, created_at, price_prompt_per_mtok, price_completion_per_mtok, cost_usd)
 		SELECT $1::text, $2::text,
 			coalesce(nullif($3::text, ''), d.id, ''),
 			coalesce(nullif($4::text, ''), d.tenant_id, ''),
-			$5, $6, $7, $8, $9, $10, $11, $12, $13, $14, coalesce($15::timestamptz, now())
+			$5, $6, $7, $8, $9, $10, $11, $12, $13, $14, coalesce($15::timestamptz, now()),
+			$16::float8::numeric, $17::float8::numeric,
+			($6::int * $16::float8::numeric + $7::int * $17::float8::numeric) / 1000000
 		FROM (SELECT 1) AS one
 		LEFT JOIN deployments d ON d.name = $2
 		ON CONFLICT (request_id) DO NOTHING`,
 		r.RequestID, r.Deployment, r.DeploymentID, r.TenantID, r.KeyID, r.PromptTokens,
 		r.CompletionTokens, r.QueueWaitMS, r.TTFTMS, r.DurationMS, r.ColdStart, r.Status, r.FinishReason,
-		r.RunnerID, createdAt)
+		r.RunnerID, createdAt, r.PromptPricePerMTok, r.CompletionPricePerMTok)
 	if err != nil {
 		return false, fmt.Errorf("recording usage of request %s: %w", r.RequestID, err)
 	}
@@ -89,7 +98,8 @@ const usageWhere = `
 	WHERE ($1::text = '' OR tenant_id = $1)
 	  AND ($2::text = '' OR deployment = $2)
 	  AND ($3::timestamptz IS NULL OR created_at >= $3)
-	  AND ($4::timestamptz IS NULL OR created_at < $4)`
+	  AND ($4::timestamptz IS NULL OR created_at < $4)
+	  AND ($5::text = '' OR key_id = $5)`
 
 func usageArgs(f UsageFilter) []any {
 	optTime := func(t time.Time) *time.Time {
@@ -98,7 +108,7 @@ func usageArgs(f UsageFilter) []any {
 		}
 		return &t
 	}
-	return []any{f.TenantID, f.Deployment, optTime(f.Since), optTime(f.Until)}
+	return []any{f.TenantID, f.Deployment, optTime(f.Since), optTime(f.Until), f.KeyID}
 }
 
 // ListUsage returns the records f selects, newest first.
@@ -114,17 +124,19 @@ func (s *Store) ListUsage(ctx context.Context, f UsageFilter) ([]UsageRecord, er
 	args = append(args, limit)
 	rows, err := s.pool.Query(ctx, `
 		SELECT request_id, deployment, deployment_id, tenant_id, key_id, runner_id, prompt_tokens,
-			completion_tokens, queue_wait_ms, ttft_ms, duration_ms, cold_start, status, finish_reason, created_at
+			completion_tokens, queue_wait_ms, ttft_ms, duration_ms, cold_start, status, finish_reason, created_at,
+			price_prompt_per_mtok::float8, price_completion_per_mtok::float8, cost_usd::float8
 		FROM usage`+usageWhere+`
 		ORDER BY created_at DESC, request_id
-		LIMIT $5`, args...)
+		LIMIT $6`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing usage: %w", err)
 	}
 	recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (UsageRecord, error) {
 		var r UsageRecord
 		err := row.Scan(&r.RequestID, &r.Deployment, &r.DeploymentID, &r.TenantID, &r.KeyID, &r.RunnerID, &r.PromptTokens,
-			&r.CompletionTokens, &r.QueueWaitMS, &r.TTFTMS, &r.DurationMS, &r.ColdStart, &r.Status, &r.FinishReason, &r.CreatedAt)
+			&r.CompletionTokens, &r.QueueWaitMS, &r.TTFTMS, &r.DurationMS, &r.ColdStart, &r.Status, &r.FinishReason, &r.CreatedAt,
+			&r.PromptPricePerMTok, &r.CompletionPricePerMTok, &r.CostUSD)
 		return r, err
 	})
 	if err != nil {

@@ -57,6 +57,7 @@ type Runner struct {
 	detail      string
 	inFlight    int
 	lastRequest time.Time
+	coldStart   wire.ColdStart
 	running     map[string]context.CancelFunc // job ID → cancel
 	cancelled   map[string]time.Time          // job IDs cancelled before they ran → until
 }
@@ -104,8 +105,11 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) error {
 
 func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 
-	r.setPhase(wire.PhaseFetching, "fetching weights")
 	t0 := time.Now()
+	r.mu.Lock()
+	r.coldStart.FetchStarted = t0
+	r.mu.Unlock()
+	r.setPhase(wire.PhaseFetching, "fetching weights")
 	path, downloaded, err := r.cfg.Cache.Fetch(ctx, r.cfg.Artifact, func(done, total int64) {
 		if total > 0 {
 			r.setPhase(wire.PhaseFetching, fmt.Sprintf("fetching weights %d%%", done*100/total))
@@ -115,6 +119,12 @@ func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 		return err
 	}
 	r.log.Info("weights ready", "path", path, "downloaded", downloaded, "took", time.Since(t0))
+	r.mu.Lock()
+	r.coldStart.FetchDone = time.Now()
+	if downloaded {
+		r.coldStart.FetchedBytes = r.cfg.Artifact.Size
+	}
+	r.mu.Unlock()
 
 	r.setPhase(wire.PhaseLoading, "loading model")
 	t0 = time.Now()
@@ -131,6 +141,9 @@ func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 	}
 	r.stops = templateStops(r.template)
 	r.log.Info("model ready", "took", time.Since(t0), "template", r.template)
+	r.mu.Lock()
+	r.coldStart.LoadDone = time.Now()
+	r.mu.Unlock()
 
 	engCtx, stopEngine := context.WithCancel(context.Background())
 	engDone := make(chan error, 1)
@@ -157,6 +170,9 @@ func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 		return err
 	}
 	r.readyAt = time.Now()
+	r.mu.Lock()
+	r.coldStart.Ready = r.readyAt
+	r.mu.Unlock()
 	r.setPhase(wire.PhaseReady, "")
 	return r.serve(ctx, drain, cons)
 }
@@ -413,9 +429,15 @@ func (r *Runner) recordUsage(job wire.Job, enqueued, start time.Time, sink *repl
 		FinishReason:     reason,
 		EnqueuedAt:       enqueued,
 		FinishedAt:       now,
+		Prices:           job.Prices,
 	}
 	if !sink.first.IsZero() {
 		rec.TTFTMS = ms(sink.first.Sub(enqueued))
+		r.mu.Lock()
+		if r.coldStart.FirstToken.IsZero() {
+			r.coldStart.FirstToken = sink.first
+		}
+		r.mu.Unlock()
 	}
 	data, err := json.Marshal(rec)
 	if err != nil {
@@ -513,6 +535,7 @@ func (r *Runner) publishHeartbeat() {
 		LastRequest: r.lastRequest,
 		StartedAt:   r.started,
 		Sent:        time.Now(),
+		ColdStart:   r.coldStart,
 	}
 	r.mu.Unlock()
 	data, err := json.Marshal(hb)

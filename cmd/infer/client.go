@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -272,6 +273,7 @@ type deploymentInfo struct {
 		Phase       string    `json:"phase"`
 		Artifact    string    `json:"artifact"`
 		InFlight    int       `json:"in_flight"`
+		Slots       int       `json:"slots"`
 		LastRequest time.Time `json:"last_request"`
 	} `json:"runners"`
 }
@@ -308,6 +310,15 @@ func lsCmd() *cobra.Command {
 					runners += " (" + strings.Join(phases, ",") + ")"
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", d.Name, short(d.ArtifactSHA256), runners, d.Queued, d.InFlight, time.Duration(d.IdleTimeout))
+				// One row per runner: during a redeploy, which artifact
+				// each serves shows the switch in progress.
+				for _, r := range d.Runners {
+					last := "no requests yet"
+					if !r.LastRequest.IsZero() {
+						last = "last request " + time.Since(r.LastRequest).Round(time.Second).String() + " ago"
+					}
+					fmt.Fprintf(tw, "  runner %s\t%s\t%s\t\t%d/%d\t%s\n", r.RunnerID, short(r.Artifact), r.Phase, r.InFlight, r.Slots, last)
+				}
 			}
 			return tw.Flush()
 		},
@@ -322,7 +333,8 @@ func rmCmd() *cobra.Command {
 
 // deleteCmd is a command that DELETEs path+ARG and reports it.
 func deleteCmd(use, short, path, done string) *cobra.Command {
-	return &cobra.Command{
+	var asJSON bool
+	cmd := &cobra.Command{
 		Use:   use,
 		Short: short,
 		Args:  cobra.ExactArgs(1),
@@ -331,13 +343,19 @@ func deleteCmd(use, short, path, done string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := c.json(cmd.Context(), http.MethodDelete, path+args[0], nil, nil); err != nil {
+			var out map[string]any
+			if err := c.json(cmd.Context(), http.MethodDelete, path+args[0], nil, &out); err != nil {
 				return err
+			}
+			if asJSON {
+				return printJSON(out)
 			}
 			fmt.Printf("%s %s\n", done, args[0])
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the API's answer as JSON")
+	return cmd
 }
 
 func usageCmd() *cobra.Command {
@@ -345,6 +363,7 @@ func usageCmd() *cobra.Command {
 		asJSON     bool
 		deployment string
 		since      time.Duration
+		rep        usageReportFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "usage",
@@ -355,9 +374,12 @@ func usageCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			path := "/v1/usage?deployment=" + deployment
+			path := "/v1/usage?deployment=" + url.QueryEscape(deployment)
 			if since > 0 {
 				path += "&since=" + time.Now().Add(-since).UTC().Format(time.RFC3339)
+			}
+			if rep.wanted() {
+				return rep.run(cmd.Context(), c, path, asJSON)
 			}
 			var out struct {
 				Data []map[string]any `json:"data"`
@@ -369,10 +391,10 @@ func usageCmd() *cobra.Command {
 				return printJSON(out.Data)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "REQUEST\tDEPLOYMENT\tSTATUS\tPROMPT\tCOMPLETION\tQUEUE MS\tTTFT MS\tTOTAL MS\tCOLD")
+			fmt.Fprintln(tw, "REQUEST\tDEPLOYMENT\tSTATUS\tPROMPT\tCOMPLETION\tQUEUE MS\tTTFT MS\tTOTAL MS\tCOLD\tCOST USD")
 			for _, r := range out.Data {
-				fmt.Fprintf(tw, "%v\t%v\t%v\t%v\t%v\t%.0f\t%.0f\t%.0f\t%v\n", r["request_id"], r["deployment"], r["status"],
-					r["prompt_tokens"], r["completion_tokens"], num(r["queue_wait_ms"]), num(r["ttft_ms"]), num(r["duration_ms"]), r["cold_start"])
+				fmt.Fprintf(tw, "%v\t%v\t%v\t%v\t%v\t%.0f\t%.0f\t%.0f\t%v\t%.6f\n", r["request_id"], r["deployment"], r["status"],
+					r["prompt_tokens"], r["completion_tokens"], num(r["queue_wait_ms"]), num(r["ttft_ms"]), num(r["duration_ms"]), r["cold_start"], num(r["cost_usd"]))
 			}
 			return tw.Flush()
 		},
@@ -380,6 +402,7 @@ func usageCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().StringVar(&deployment, "deployment", "", "only this deployment")
 	cmd.Flags().DurationVar(&since, "since", 0, "only records newer than this (e.g. 24h)")
+	rep.add(cmd)
 	return cmd
 }
 
@@ -408,6 +431,7 @@ func keysCmd() *cobra.Command {
 	}
 	var role string
 	var asJSON bool
+	var lim keyLimitFlags
 	create := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Create an API key; the key is printed once and stored only as a hash",
@@ -418,7 +442,11 @@ func keysCmd() *cobra.Command {
 				return err
 			}
 			var out map[string]any
-			if err := c.json(cmd.Context(), http.MethodPost, "/v1/keys", map[string]string{"name": args[0], "role": role}, &out); err != nil {
+			body, err := lim.body(args[0], role)
+			if err != nil {
+				return err
+			}
+			if err := c.json(cmd.Context(), http.MethodPost, "/v1/keys", body, &out); err != nil {
 				return err
 			}
 			if asJSON {
@@ -429,6 +457,7 @@ func keysCmd() *cobra.Command {
 		},
 	}
 	create.Flags().StringVar(&role, "role", "user", "user (calls deployments) or admin (also manages deployments and keys)")
+	lim.add(create)
 	create.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	ls := &cobra.Command{
 		Use:   "ls",
@@ -449,13 +478,13 @@ func keysCmd() *cobra.Command {
 				return printJSON(out.Data)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tROLE\tPREFIX\tCREATED\tREVOKED")
+			fmt.Fprintln(tw, "ID\tNAME\tROLE\tPREFIX\tCREATED\tREVOKED\tLIMITS")
 			for _, k := range out.Data {
 				revoked := "-"
 				if k["revoked_at"] != nil {
 					revoked = fmt.Sprint(k["revoked_at"])
 				}
-				fmt.Fprintf(tw, "%v\t%v\t%v\t%v…\t%v\t%s\n", k["id"], k["name"], k["role"], k["prefix"], k["created_at"], revoked)
+				fmt.Fprintf(tw, "%v\t%v\t%v\t%v…\t%v\t%s\t%s\n", k["id"], k["name"], k["role"], k["prefix"], k["created_at"], revoked, keyLimits(k))
 			}
 			return tw.Flush()
 		},

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/infer-run/infer/internal/blob"
 	"github.com/infer-run/infer/internal/testenv"
 )
 
@@ -42,13 +44,38 @@ type platform struct {
 	key   string
 	dbURL string
 	env   []string
+	log   string // infer dev's stdout and stderr
+	s3    blob.S3Config
+	pid   int
+	// exited is closed when infer dev has exited, with exitErr.
+	exited  chan struct{}
+	exitErr error
 }
 
 func startPlatform(t *testing.T) *platform {
 	t.Helper()
+	return startPlatformWith(t, platformOptions{})
+}
+
+// platformOptions changes what startPlatformWith runs against.
+type platformOptions struct {
+	nats string   // NATS URL; empty: a fresh embedded test server
+	env  []string // more environment for infer dev and the CLI
+	// dbAddr and s3Addr, when set, replace the host:port infer dev uses
+	// for Postgres and MinIO (a proxy the test can cut); p.dbURL and p.s3
+	// stay direct.
+	dbAddr, s3Addr func(direct string) string
+}
+
+func startPlatformWith(t *testing.T, o platformOptions) *platform {
+	t.Helper()
 	bin := buildInfer(t)
 	s3 := testenv.MinIO(t)
+	if o.nats == "" {
+		o.nats = testenv.NATS(t)
+	}
 	p := &platform{
+		s3:    s3,
 		t:     t,
 		bin:   bin,
 		home:  filepath.Join(t.TempDir(), "home"),
@@ -57,10 +84,22 @@ func startPlatform(t *testing.T) *platform {
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	p.url = "http://" + addr
+	devDB, devS3 := p.dbURL, s3.Endpoint
+	if o.dbAddr != nil {
+		u, err := url.Parse(devDB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.Host = o.dbAddr(u.Host)
+		devDB = u.String()
+	}
+	if o.s3Addr != nil {
+		devS3 = o.s3Addr(devS3)
+	}
 	p.env = append(os.Environ(),
-		"DATABASE_URL="+p.dbURL,
-		"INFER_NATS_URL="+testenv.NATS(t),
-		"INFER_S3_ENDPOINT="+s3.Endpoint,
+		"DATABASE_URL="+devDB,
+		"INFER_NATS_URL="+o.nats,
+		"INFER_S3_ENDPOINT="+devS3,
 		"INFER_S3_ACCESS_KEY="+s3.AccessKey,
 		"INFER_S3_SECRET_KEY="+s3.SecretKey,
 		"INFER_S3_BUCKET="+s3.Bucket,
@@ -69,6 +108,7 @@ func startPlatform(t *testing.T) *platform {
 		"INFER_API_KEY="+p.key,
 		"INFER_HOME="+p.home,
 	)
+	p.env = append(p.env, o.env...)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, "dev", "--addr", addr)
 	cmd.Env = p.env
@@ -77,14 +117,21 @@ func startPlatform(t *testing.T) *platform {
 		t.Fatal(err)
 	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	p.log = logFile.Name()
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	cmd.WaitDelay = 20 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	p.pid = cmd.Process.Pid
+	p.exited = make(chan struct{})
+	go func() {
+		p.exitErr = cmd.Wait()
+		close(p.exited)
+	}()
 	t.Cleanup(func() {
 		cancel()
-		cmd.Wait()
+		<-p.exited
 		logFile.Close()
 		if t.Failed() {
 			b, _ := os.ReadFile(logFile.Name())

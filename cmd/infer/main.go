@@ -5,7 +5,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -15,6 +14,14 @@ import (
 )
 
 func main() {
+	if err := newRootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "infer:", err)
+		os.Exit(exitCode(err))
+	}
+}
+
+// newRootCmd builds the whole command tree; tests run it in process.
+func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "infer",
 		Short: "Serverless, OpenAI-compatible inference for GGUF models that scales to zero",
@@ -23,7 +30,9 @@ with 'infer deploy'; runners start when requests arrive and stop when idle.
 
 Run the platform on one machine with 'infer dev'. The CLI talks to $INFER_URL
 (default http://127.0.0.1:8080) with the key in $INFER_API_KEY (default: the
-admin key 'infer dev' wrote to $INFER_HOME/admin-key).`,
+admin key 'infer dev' wrote to $INFER_HOME/admin-key).
+
+` + exitStatusHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -31,14 +40,9 @@ admin key 'infer dev' wrote to $INFER_HOME/admin-key).`,
 		devCmd(), activatorCmd(), controlplaneCmd(), runnerCmd(),
 		deployCmd(), lsCmd(), rmCmd(), usageCmd(), keysCmd(), benchCmd(),
 	)
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "infer:", err)
-		var ue usageError
-		if errors.As(err, &ue) {
-			os.Exit(2)
-		}
-		os.Exit(1)
-	}
+	addExamples(root)
+	markUsageErrors(root)
+	return root
 }
 
 // usageError marks a mistake in how a command was called (exit status 2).

@@ -58,10 +58,12 @@ $INFER_S3_*, or --blob-dir).`,
 				return usageError{errors.New("no object store: set $INFER_S3_ENDPOINT or --blob-dir")}
 			}
 			cfg.Cache = &runner.Cache{Dir: cacheDir, Blobs: blobs}
+			// The measured thread count is kept next to the weights.
+			cfg.Engine.CacheDir = cacheDir
 
 			nc, err := nats.Connect(natsURL, nats.Name("infer-runner-"+cfg.ID), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
 			if err != nil {
-				return fmt.Errorf("connecting to NATS at %s: %w", natsURL, err)
+				return fmt.Errorf("connecting to NATS at %s: %w", redactNATS(natsURL), err)
 			}
 			defer nc.Close()
 			r, err := runner.New(cfg, nc, log)
@@ -97,7 +99,7 @@ $INFER_S3_*, or --blob-dir).`,
 	f.Int64Var(&cfg.Artifact.Size, "size", 0, "size of the weights in bytes (checked against the cache)")
 	f.IntVar(&cfg.Engine.Parallel, "parallel", 4, "sequences decoded together (continuous batching slots)")
 	f.IntVar(&cfg.Engine.Context, "context", 0, "tokens per sequence (default: the model's trained length, at most 4096)")
-	f.IntVar(&cfg.Engine.Threads, "threads", 0, "llama.cpp threads (default: 1 for tiny models, else all cores)")
+	f.IntVar(&cfg.Engine.Threads, "threads", 0, "llama.cpp threads (default: measured fastest on this host with one context, cached in --cache-dir; 1 for tiny models spread over several contexts)")
 	f.IntVar(&cfg.Engine.GPULayers, "gpu-layers", 0, "layers to offload to the GPU (GPU builds only)")
 	f.StringVar(&cfg.ChatTemplate, "chat-template", "", "chat template family: chatml, llama3, llama2, gemma, phi3 or plain (default: from the GGUF)")
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "exit after this long without requests (0: leave it to the control plane)")

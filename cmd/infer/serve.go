@@ -49,6 +49,7 @@ type serveFlags struct {
 	runnerImage string
 	kubeconfig  string
 	metricsAddr string
+	leaseGrace  string
 }
 
 func (f *serveFlags) register(cmd *cobra.Command, withAddr bool) {
@@ -117,6 +118,7 @@ func controlplaneCmd() *cobra.Command {
 	fl.StringVar(&f.namespace, "namespace", env("INFER_NAMESPACE", "infer"), "Kubernetes namespace for runner pods ($INFER_NAMESPACE)")
 	fl.StringVar(&f.runnerImage, "runner-image", os.Getenv("INFER_RUNNER_IMAGE"), "container image of runner pods ($INFER_RUNNER_IMAGE)")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", env("INFER_METRICS_ADDR", "127.0.0.1:9090"), "where /metrics and /healthz are served ($INFER_METRICS_ADDR)")
+	fl.StringVar(&f.leaseGrace, "lease-grace", env("INFER_LEASE_GRACE", "2s"), "how long a control plane that just acquired the leadership lease waits before acting ($INFER_LEASE_GRACE)")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config)")
 	return cmd
 }
@@ -156,7 +158,7 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 	}
 	nc, err := nats.Connect(natsURL, nats.Name("infer"), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
 	if err != nil {
-		return fmt.Errorf("connecting to NATS at %s: %w", natsURL, err)
+		return fmt.Errorf("connecting to NATS at %s: %w", redactNATS(natsURL), err)
 	}
 	defer nc.Close()
 
@@ -214,8 +216,12 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 				return fmt.Errorf("finding the infer binary: %w", err)
 			}
 			local := &controlplane.LocalDriver{
-				Command:   []string{exe, "runner"},
-				ExtraArgs: append([]string{"--nats", natsURL, "--cache-dir", filepath.Join(home, "cache")}, blobArgs...),
+				Command: []string{exe, "runner"},
+				// The NATS URL goes through the environment, not the
+				// command line, which every local user can read (ps) and
+				// which may carry a password.
+				ExtraArgs: append([]string{"--cache-dir", filepath.Join(home, "cache")}, blobArgs...),
+				Env:       []string{"INFER_NATS_URL=" + natsURL},
 				LogDir:    filepath.Join(home, "logs"),
 				Log:       log,
 			}
@@ -245,7 +251,17 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 		default:
 			return usageError{fmt.Errorf("unknown --driver %q: use local or kubernetes", f.driver)}
 		}
-		cp, err := controlplane.New(controlplane.Config{Registry: store, Driver: driver, NATS: nc, Logger: log, Registerer: reg})
+		// Exactly one control plane per database acts; `infer dev` takes
+		// the lease too, so a second one against the same database stands
+		// by instead of doubling every runner.
+		var grace time.Duration
+		if f.leaseGrace != "" {
+			if grace, err = time.ParseDuration(f.leaseGrace); err != nil || grace < 0 {
+				return usageError{fmt.Errorf("--lease-grace %q is not a duration such as 2s", f.leaseGrace)}
+			}
+		}
+		lease := &controlplane.PostgresLease{ConnString: f.dbURL, Grace: grace, Log: log}
+		cp, err := controlplane.New(controlplane.Config{Registry: store, Driver: driver, NATS: nc, Logger: log, Registerer: reg, Lease: lease})
 		if err != nil {
 			return err
 		}

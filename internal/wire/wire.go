@@ -126,6 +126,16 @@ type Job struct {
 	// it is stored before the job is acknowledged. A redelivered async job
 	// can then restart from scratch without repeating text.
 	Async bool `json:"async,omitempty"`
+	// Prices are the deployment's token prices when the job was accepted;
+	// the runner copies them into the usage record, so the cost is fixed
+	// at the prices in force, however late the record is ingested.
+	Prices Prices `json:"prices,omitzero"`
+}
+
+// Prices are US dollars per million tokens.
+type Prices struct {
+	PromptPerMTok     float64 `json:"prompt_per_mtok,omitempty"`
+	CompletionPerMTok float64 `json:"completion_per_mtok,omitempty"`
 }
 
 // EventType tells the activator what a runner event means.
@@ -208,6 +218,24 @@ type Heartbeat struct {
 	LastRequest time.Time `json:"last_request,omitzero"`
 	StartedAt   time.Time `json:"started_at"`
 	Sent        time.Time `json:"sent"`
+	// ColdStart is the runner's own account of its start, so the control
+	// plane can explain a slow one.
+	ColdStart ColdStart `json:"cold_start,omitzero"`
+}
+
+// ColdStart times a runner's start on the runner's clock; a step not yet
+// reached is zero.
+type ColdStart struct {
+	FetchStarted time.Time `json:"fetch_started,omitzero"`
+	FetchDone    time.Time `json:"fetch_done,omitzero"`
+	LoadDone     time.Time `json:"load_done,omitzero"`
+	Ready        time.Time `json:"ready,omitzero"`
+	// FirstToken is when the runner's first request produced its first
+	// token.
+	FirstToken time.Time `json:"first_token,omitzero"`
+	// FetchedBytes is what was downloaded; zero when the weights were in
+	// the host's cache.
+	FetchedBytes int64 `json:"fetched_bytes,omitempty"`
 }
 
 // UsageRecord is published once per finished request (success or failure)
@@ -229,4 +257,22 @@ type UsageRecord struct {
 	FinishReason     string    `json:"finish_reason,omitempty"`
 	EnqueuedAt       time.Time `json:"enqueued_at"`
 	FinishedAt       time.Time `json:"finished_at"`
+	Prices           Prices    `json:"prices,omitzero"`
+}
+
+// RunnerUsageSubject is where the control plane publishes a runner's
+// lifetime when it ends, on the usage stream. It has one token more than
+// UsageSubject, so the two never collide.
+func RunnerUsageSubject(deployment string) string { return "infer.usage.runner." + deployment }
+
+// RunnerUsageRecord is one runner's lifetime, published with the runner ID
+// as the message ID (and stored idempotently by it).
+type RunnerUsageRecord struct {
+	RunnerID   string    `json:"runner_id"`
+	Deployment string    `json:"deployment"`
+	StartedAt  time.Time `json:"started_at"`
+	EndedAt    time.Time `json:"ended_at"`
+	// PricePerSecond is the deployment's runner-second price when the
+	// runner ended.
+	PricePerSecond float64 `json:"price_runner_second"`
 }

@@ -1,0 +1,88 @@
+package activator_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/infer-run/infer/internal/testenv"
+)
+
+// TestHostileNames: deployment names that try to escape a path, a NATS
+// subject or a terminal are refused with a 400 naming the parameter, and
+// nothing is stored.
+func TestHostileNames(t *testing.T) {
+	h := newHarness(t)
+	for _, name := range []string{
+		"..%2F..%2Fetc", "a%2Fb", "a%5Cb", "..", "a.b", "a%00b", "a%0Ab", "a%1B%5B31mred",
+		"a%20b", "a*", "a%3Eb", "%C3%A9t%C3%A9", "UPPER", strings.Repeat("a", 64), "-a", "a_",
+	} {
+		t.Run(name, func(t *testing.T) {
+			resp := h.do(http.MethodPut, "/v1/deployments/"+name, `{"artifact":"`+h.art.SHA256+`"}`)
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			// A name with a path separator may not even reach the handler:
+			// then it is the router's 404, also in OpenAI's shape.
+			if (resp.StatusCode != 400 && resp.StatusCode != 404) || !strings.Contains(string(b), `"invalid_request_error"`) {
+				t.Errorf("PUT %s: %d %s; want a 400 (or the router's 404) in OpenAI's shape", name, resp.StatusCode, b)
+			}
+		})
+	}
+	var n int
+	h.store.Pool().QueryRow(context.Background(), "SELECT count(*) FROM deployments").Scan(&n)
+	if n != 0 {
+		t.Errorf("%d deployments stored", n)
+	}
+}
+
+// TestUploadCutOff: a weights upload whose client disappears midway (the
+// body ends before its Content-Length) registers nothing, and the server
+// keeps serving.
+func TestUploadCutOff(t *testing.T) {
+	h := newHarness(t)
+	model, err := os.ReadFile(testenv.ModelPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The harness uploaded the model already; a different file is needed
+	// so that a half upload cannot match an existing artifact.
+	model = append([]byte{}, model...)
+	model[len(model)-1] ^= 0xff
+	for _, cut := range []int{100, len(model) / 2, len(model) - 1} {
+		t.Run(fmt.Sprint(cut), func(t *testing.T) {
+			conn, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(conn, "POST /v1/artifacts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", adminKey, len(model))
+			conn.Write(model[:cut])
+			conn.(*net.TCPConn).CloseWrite()
+			conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+			// Whatever the server answers (it may answer nothing), it must
+			// not be a success.
+			if resp, err := http.ReadResponse(bufio.NewReader(conn), nil); err == nil && resp.StatusCode < 300 {
+				t.Errorf("cut-off upload answered %d", resp.StatusCode)
+			}
+			conn.Close()
+		})
+	}
+	// The server may still be reading; wait until the handlers are done.
+	time.Sleep(500 * time.Millisecond)
+	var n int
+	h.store.Pool().QueryRow(context.Background(), "SELECT count(*) FROM artifacts").Scan(&n)
+	if n != 1 { // the test model uploaded by the harness
+		t.Errorf("%d artifacts registered after cut-off uploads, want 1", n)
+	}
+	resp, err := http.Get(h.url + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("server unhealthy after cut-off uploads: %v", err)
+	}
+	resp.Body.Close()
+}

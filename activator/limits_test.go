@@ -1,0 +1,114 @@
+package activator
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/infer-run/infer/internal/wire"
+	"github.com/infer-run/infer/registry"
+)
+
+type fakeSpend struct {
+	usd float64
+	at  time.Time
+}
+
+func (f *fakeSpend) Spend(string) (float64, time.Time) { return f.usd, f.at }
+
+func TestLimiter(t *testing.T) {
+	budget := 0.001
+	type step struct {
+		advance time.Duration
+		charge  *wire.Usage // charge instead of admitting
+		want    string      // error code, "" for admitted
+		retry   int         // Retry-After when refused
+	}
+	cases := []struct {
+		name  string
+		key   registry.APIKey
+		spend *fakeSpend
+		steps []step
+	}{
+		{"unlimited", registry.APIKey{ID: "k"}, nil, []step{{}, {}, {}}},
+		{"requests per minute", registry.APIKey{ID: "k", Limits: registry.Limits{RequestsPerMinute: 2}}, nil, []step{
+			{}, {}, {want: "rate_limit_exceeded", retry: 30},
+			{advance: 29 * time.Second, want: "rate_limit_exceeded", retry: 1},
+			{advance: time.Second}, {want: "rate_limit_exceeded"},
+		}},
+		{"tokens per minute are charged when a request finishes", registry.APIKey{ID: "k", Limits: registry.Limits{TokensPerMinute: 60}}, nil, []step{
+			{}, {charge: &wire.Usage{PromptTokens: 50, CompletionTokens: 70}},
+			// 60 - 120 = -60: one token back takes 61 s.
+			{want: "rate_limit_exceeded", retry: 61},
+			{advance: 60 * time.Second, want: "rate_limit_exceeded"},
+			{advance: 2 * time.Second},
+		}},
+		{"budget from this activator's charges", registry.APIKey{ID: "k", Limits: registry.Limits{BudgetUSD: &budget}}, &fakeSpend{}, []step{
+			{}, {charge: &wire.Usage{PromptTokens: 100, CompletionTokens: 50}}, // $0.0007
+			{}, {charge: &wire.Usage{PromptTokens: 100, CompletionTokens: 50}}, // $0.0014
+			{want: "insufficient_quota"},
+		}},
+		{"budget from the registry's spend", registry.APIKey{ID: "k", Limits: registry.Limits{BudgetUSD: &budget}}, &fakeSpend{usd: 0.001}, []step{
+			{want: "insufficient_quota"},
+		}},
+		{"zero budget", registry.APIKey{ID: "k", Limits: registry.Limits{BudgetUSD: new(float64)}}, &fakeSpend{}, []step{
+			{want: "insufficient_quota"},
+		}},
+	}
+	prices := wire.Prices{PromptPerMTok: 2, CompletionPerMTok: 10}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			l := newLimiter()
+			l.now = func() time.Time { return now }
+			var sp spender
+			if tc.spend != nil {
+				sp = tc.spend
+			}
+			for i, st := range tc.steps {
+				now = now.Add(st.advance)
+				if st.charge != nil {
+					l.charge(tc.key, *st.charge, prices)
+					continue
+				}
+				e := l.admit(tc.key, sp)
+				switch {
+				case st.want == "" && e != nil:
+					t.Fatalf("step %d: refused: %v", i, e.Message)
+				case st.want != "" && e == nil:
+					t.Fatalf("step %d: admitted, want %s", i, st.want)
+				case e != nil:
+					if deref(e.Code) != st.want || e.Status != http.StatusTooManyRequests {
+						t.Errorf("step %d: %d %s, want 429 %s", i, e.Status, deref(e.Code), st.want)
+					}
+					if st.retry != 0 && e.RetryAfter != st.retry {
+						t.Errorf("step %d: Retry-After %d, want %d", i, e.RetryAfter, st.retry)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestLimiterForgetsChargesTheRegistryHas checks that local charges older
+// than the cache's spend are not counted twice.
+func TestLimiterForgetsChargesTheRegistryHas(t *testing.T) {
+	budget := 1.0
+	key := registry.APIKey{ID: "k", Limits: registry.Limits{BudgetUSD: &budget}}
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	l := newLimiter()
+	l.now = func() time.Time { return now }
+	sp := &fakeSpend{}
+	l.charge(key, wire.Usage{PromptTokens: 600_000}, wire.Prices{PromptPerMTok: 1}) // $0.60
+	now = now.Add(time.Second)
+	// The registry now has that request, and another activator's $0.30.
+	sp.usd, sp.at = 0.9, now
+	if e := l.admit(key, sp); e != nil {
+		t.Fatalf("refused at $0.90 of $1: %s", e.Message)
+	}
+	now = now.Add(time.Second)
+	l.charge(key, wire.Usage{PromptTokens: 100_000}, wire.Prices{PromptPerMTok: 1})
+	if e := l.admit(key, sp); e == nil {
+		t.Fatal("admitted at $1.00 of $1")
+	}
+}

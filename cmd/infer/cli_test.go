@@ -1,0 +1,246 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/infer-run/infer/internal/testenv"
+)
+
+// serverCommands run a component rather than talk to the API; their help
+// needs no Example.
+var serverCommands = map[string]bool{
+	"infer": true, "infer dev": true, "infer activator": true, "infer controlplane": true, "infer runner": true,
+}
+
+// TestHelpEveryCommand runs `--help` on every command in process and checks
+// that the help says something: a Short line, a usage line, and for the
+// CLI commands an example. The table is the command tree itself, so a new
+// command is covered the day it is added; want lists the commands that must
+// exist so one cannot silently disappear.
+func TestHelpEveryCommand(t *testing.T) {
+	var paths [][]string
+	var walk func(c *cobra.Command, path []string)
+	walk = func(c *cobra.Command, path []string) {
+		if c.Hidden || c.Name() == "help" {
+			return
+		}
+		paths = append(paths, path)
+		for _, sub := range c.Commands() {
+			walk(sub, append(append([]string{}, path...), sub.Name()))
+		}
+	}
+	walk(newRootCmd(), nil)
+
+	seen := map[string]bool{}
+	for _, path := range paths {
+		name := strings.Join(append([]string{"infer"}, path...), " ")
+		seen[name] = true
+		t.Run(name, func(t *testing.T) {
+			root := newRootCmd()
+			var out bytes.Buffer
+			root.SetOut(&out)
+			root.SetErr(&out)
+			root.SetArgs(append(append([]string{}, path...), "--help"))
+			if err := root.Execute(); err != nil {
+				t.Fatalf("%s --help: %v", name, err)
+			}
+			cmd, _, err := newRootCmd().Find(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			help := out.String()
+			if strings.TrimSpace(cmd.Short) == "" {
+				t.Errorf("%s has no Short description", name)
+			}
+			// Help shows Long when there is one, else Short.
+			desc := cmd.Long
+			if desc == "" {
+				desc = cmd.Short
+			}
+			if !strings.Contains(help, "Usage:") || !strings.Contains(help, strings.TrimSpace(desc)) {
+				t.Errorf("%s --help lacks the usage line or the description:\n%s", name, help)
+			}
+			if !serverCommands[name] && cmd.Example == "" {
+				t.Errorf("%s has no Example", name)
+			}
+			if cmd.Runnable() && printsData[name] && cmd.Flags().Lookup("json") == nil {
+				t.Errorf("%s prints data but has no --json flag", name)
+			}
+		})
+	}
+	for want := range printsData {
+		if !seen[want] {
+			t.Errorf("command %q is gone", want)
+		}
+	}
+}
+
+// printsData are the commands whose output scripts parse; each must offer
+// --json.
+var printsData = map[string]bool{
+	"infer deploy": true, "infer ls": true, "infer rm": true, "infer usage": true, "infer bench": true,
+	"infer keys create": true, "infer keys ls": true, "infer keys revoke": true,
+}
+
+// TestExitCodes checks the exit statuses scripts rely on, both for errors
+// the commands raise and for cobra's own complaints.
+func TestExitCodes(t *testing.T) {
+	mapped := []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"nil", nil, exitOK},
+		{"usage", usageError{errors.New("no API key")}, exitUsage},
+		{"api 404", fmt.Errorf("deleting: %w", &apiErr{Status: 404}), exitRefused},
+		{"api 403", &apiErr{Status: 403}, exitRefused},
+		{"api 503", &apiErr{Status: 503}, exitError},
+		{"refused", fmt.Errorf("calling: %w", &net.OpError{Op: "dial", Err: errors.New("connection refused")}), exitUnreachable},
+		{"other", errors.New("reading weights: EOF"), exitError},
+	}
+	for _, tt := range mapped {
+		if got := exitCode(tt.err); got != tt.want {
+			t.Errorf("%s: exitCode(%v) = %d, want %d", tt.name, tt.err, got, tt.want)
+		}
+	}
+
+	// Whole commands, in process: nothing listens on port 1.
+	t.Setenv("INFER_URL", "http://127.0.0.1:1")
+	t.Setenv("INFER_API_KEY", "sk-nothing-listens")
+	run := []struct {
+		args []string
+		want int
+	}{
+		{[]string{"ls", "extra"}, exitUsage},
+		{[]string{"ls", "--no-such-flag"}, exitUsage},
+		{[]string{"rm"}, exitUsage},
+		{[]string{"keys", "create"}, exitUsage},
+		{[]string{"ls"}, exitUnreachable},
+		{[]string{"ls", "--help"}, exitOK},
+	}
+	for _, tt := range run {
+		root := newRootCmd()
+		root.SetOut(io.Discard)
+		root.SetErr(io.Discard)
+		root.SetArgs(tt.args)
+		if got := exitCode(root.Execute()); got != tt.want {
+			t.Errorf("infer %s: exit status %d, want %d", strings.Join(tt.args, " "), got, tt.want)
+		}
+	}
+}
+
+// cliJSON runs the CLI with --json against p and decodes its stdout (only:
+// progress and logs go to stderr).
+func (p *platform) cliJSON(t *testing.T, out any, args ...string) {
+	t.Helper()
+	cmd := exec.Command(p.bin, append(args, "--json")...)
+	cmd.Env = p.env
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("infer %s --json: %v\n%s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	if err := json.Unmarshal(stdout.Bytes(), out); err != nil {
+		t.Fatalf("infer %s --json printed no JSON: %v\n%s", strings.Join(args, " "), err, stdout.String())
+	}
+}
+
+// TestJSONOutput runs the data-printing commands with --json against a real
+// `infer dev` and checks scripts get parseable JSON with the fields they
+// need, and the exit status for a refused request.
+func TestJSONOutput(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and starts the platform")
+	}
+	p := startPlatform(t)
+
+	var d map[string]any
+	p.cliJSON(t, &d, "deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "5s")
+	if d["name"] != "stories" || d["artifact_sha256"] == "" {
+		t.Errorf("deploy --json = %v, want name and artifact_sha256", d)
+	}
+
+	var ls []map[string]any
+	p.cliJSON(t, &ls, "ls")
+	if len(ls) != 1 || ls[0]["name"] != "stories" {
+		t.Errorf("ls --json = %v, want one deployment named stories", ls)
+	}
+
+	var created map[string]any
+	p.cliJSON(t, &created, "keys", "create", "script-key")
+	if k, _ := created["key"].(string); k == "" || created["name"] != "script-key" || created["id"] == "" {
+		t.Errorf("keys create --json = %v, want the key, its name and id", created)
+	}
+	var keys []map[string]any
+	p.cliJSON(t, &keys, "keys", "ls")
+	found := false
+	for _, k := range keys {
+		if k["id"] == created["id"] {
+			found = true
+			if _, leaked := k["key"]; leaked {
+				t.Errorf("keys ls --json shows a secret: %v", k)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("keys ls --json = %v, lacks the created key %v", keys, created["id"])
+	}
+
+	// One request, so usage has a record. Records are written after the
+	// response, so poll.
+	resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"Once upon a time","max_tokens":8}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("completion: %d %s", resp.StatusCode, body)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var usage []map[string]any
+		p.cliJSON(t, &usage, "usage")
+		if len(usage) > 0 {
+			if usage[0]["deployment"] != "stories" || usage[0]["completion_tokens"] == nil {
+				t.Errorf("usage --json record = %v, want deployment stories and token counts", usage[0])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("usage --json shows no record a minute after a request")
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+
+	var revoked map[string]any
+	p.cliJSON(t, &revoked, "keys", "revoke", created["id"].(string))
+	if revoked["revoked"] != true {
+		t.Errorf("keys revoke --json = %v, want revoked: true", revoked)
+	}
+	var removed map[string]any
+	p.cliJSON(t, &removed, "rm", "stories")
+	if removed["deleted"] != true {
+		t.Errorf("rm --json = %v, want deleted: true", removed)
+	}
+
+	// A refused request exits 3, distinct from failures and usage errors.
+	cmd := exec.Command(p.bin, "rm", "no-such-deployment")
+	cmd.Env = p.env
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitRefused {
+		t.Errorf("infer rm no-such-deployment: %v, want exit status %d", err, exitRefused)
+	}
+}

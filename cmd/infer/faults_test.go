@@ -1,0 +1,445 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+
+	"github.com/infer-run/infer/internal/testenv"
+)
+
+// restartableNATS is an external NATS server with JetStream on a fixed
+// port and store directory, so a test can stop it and start it again as
+// an operator restarting NATS would. It requires a user and password.
+type restartableNATS struct {
+	t    *testing.T
+	opts natsserver.Options
+	srv  *natsserver.Server
+}
+
+const (
+	natsUser     = "infer"
+	natsPassword = "nats-secret-3f9c1a"
+)
+
+func startRestartableNATS(t *testing.T) *restartableNATS {
+	t.Helper()
+	n := &restartableNATS{t: t, opts: natsserver.Options{
+		Host:      "127.0.0.1",
+		Port:      testenv.FreePort(t),
+		JetStream: true,
+		StoreDir:  t.TempDir(),
+		Username:  natsUser,
+		Password:  natsPassword,
+		NoLog:     true,
+		NoSigs:    true,
+	}}
+	n.start()
+	t.Cleanup(n.stop)
+	return n
+}
+
+// url carries the credentials, as INFER_NATS_URL does in production.
+func (n *restartableNATS) url() string {
+	return fmt.Sprintf("nats://%s:%s@127.0.0.1:%d", natsUser, natsPassword, n.opts.Port)
+}
+
+func (n *restartableNATS) start() {
+	n.t.Helper()
+	opts := n.opts
+	srv, err := natsserver.NewServer(&opts)
+	if err != nil {
+		n.t.Fatalf("creating NATS server: %v", err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(30 * time.Second) {
+		n.t.Fatal("NATS server not ready after 30s")
+	}
+	n.srv = srv
+}
+
+func (n *restartableNATS) stop() {
+	if n.srv != nil {
+		n.srv.Shutdown()
+		n.srv.WaitForShutdown()
+		n.srv = nil
+	}
+}
+
+// TestNATSRestart: requests queued on a deployment at zero survive a
+// restart of an external NATS server (JetStream keeps them on disk), and
+// the activator, the control plane and the cold-started runner reconnect
+// by themselves, so every request completes. The server requires a
+// password, which must never reach a log.
+func TestNATSRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and starts MinIO")
+	}
+	n := startRestartableNATS(t)
+	// The object store is cut while the requests queue, so no runner can
+	// start and take them: across the restart they exist only in
+	// JetStream's file store.
+	var s3 *cuttableProxy
+	p := startPlatformWith(t, platformOptions{nats: n.url(), s3Addr: func(direct string) string {
+		s3 = newCuttableProxy(t, direct)
+		return s3.addr
+	}})
+	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "30s", "--queue-timeout", "3m"); err != nil {
+		t.Fatalf("infer deploy: %v\n%s", err, out)
+	}
+
+	s3.Cut()
+	const requests = 4
+	var wg sync.WaitGroup
+	results := make([]string, requests)
+	for i := range requests {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodPost, p.url+"/v1/completions",
+				strings.NewReader(fmt.Sprintf(`{"model":"stories","prompt":"Story %d:","max_tokens":8}`, i)))
+			req.Header.Set("Authorization", "Bearer "+p.key)
+			resp, err := (&http.Client{Timeout: 4 * time.Minute}).Do(req)
+			if err != nil {
+				results[i] = err.Error()
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			results[i] = strconv.Itoa(resp.StatusCode) + " " + string(b)
+		}()
+	}
+	// Restart NATS while the requests wait for the cold start.
+	waitFor(t, 30*time.Second, "requests queued", func() bool { return queued(p, "stories") >= requests })
+	n.stop()
+	time.Sleep(2 * time.Second)
+	n.start()
+	s3.Restore()
+	wg.Wait()
+	for i, r := range results {
+		if !strings.HasPrefix(r, "200 ") {
+			t.Errorf("request %d after the NATS restart: %s", i, r)
+		}
+	}
+
+	// Everything reconnected: a new request is served too.
+	resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"After","max_tokens":4}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("request after the restart: %d %s", resp.StatusCode, b)
+	}
+	assertNoSecretsLogged(t, p, natsPassword)
+	// Nor is it on a runner's command line, which every local user can read.
+	for _, pid := range p.runnerPIDs("stories") {
+		if b, _ := os.ReadFile(filepath.Join("/proc", pid, "cmdline")); strings.Contains(string(b), natsPassword) {
+			t.Errorf("runner %s has the NATS password on its command line", pid)
+		}
+	}
+}
+
+// queued reads infer_queue_depth-like numbers from /metrics: the requests
+// of a deployment the activator has put on its queue so far.
+func queued(p *platform, deployment string) int {
+	resp, err := http.Get(p.url + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	prefix := `infer_requests_queued_total{deployment="` + deployment + `"} `
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return int(f)
+		}
+	}
+	return 0
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %s", what, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// assertNoSecretsLogged checks infer dev's log and its runners' logs for
+// the admin key, the S3 secret key and any other secret given.
+func assertNoSecretsLogged(t *testing.T, p *platform, more ...string) {
+	t.Helper()
+	logs, _ := filepath.Glob(filepath.Join(p.home, "logs", "*.log"))
+	logs = append(logs, p.log)
+	secrets := append([]string{p.key, p.s3.SecretKey}, more...)
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range secrets {
+			if strings.Contains(string(b), s) {
+				t.Errorf("%s contains the secret %q", filepath.Base(l), s)
+			}
+		}
+	}
+	if len(logs) < 2 {
+		t.Errorf("checked only %v; want infer dev's and a runner's log", logs)
+	}
+}
+
+// rssBytes is a process's resident set size from /proc.
+func rssBytes(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	return 0
+}
+
+// TestOverload: a burst of ten times what a deployment can hold (running
+// plus queued) gets 200s and 429s with Retry-After, never a 5xx; the
+// server stays up and its memory stays bounded.
+func TestOverload(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and starts MinIO")
+	}
+	p := startPlatform(t)
+	const (
+		parallel   = 2
+		queueLimit = 4
+		burst      = 10 * (parallel + queueLimit)
+	)
+	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "60s",
+		"--parallel", strconv.Itoa(parallel), "--queue-limit", strconv.Itoa(queueLimit), "--max-runners", "1"); err != nil {
+		t.Fatalf("infer deploy: %v\n%s", err, out)
+	}
+	const call = `{"model":"stories","prompt":"Once upon a time","max_tokens":32}`
+	// Warm up, so the burst meets a running runner and the baseline
+	// memory includes what serving needs.
+	resp, err := p.post("/v1/completions", p.key, call)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("warm-up: %d", resp.StatusCode)
+	}
+	pid := p.pid
+	before := rssBytes(t, pid)
+
+	type result struct {
+		status     int
+		retryAfter string
+		err        error
+	}
+	results := make(chan result, burst)
+	start := make(chan struct{})
+	client := &http.Client{Timeout: 3 * time.Minute}
+	for range burst {
+		go func() {
+			<-start
+			req, _ := http.NewRequest(http.MethodPost, p.url+"/v1/completions", strings.NewReader(call))
+			req.Header.Set("Authorization", "Bearer "+p.key)
+			resp, err := client.Do(req)
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			results <- result{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After")}
+		}()
+	}
+	close(start)
+	counts := map[int]int{}
+	for range burst {
+		r := <-results
+		if r.err != nil {
+			t.Errorf("request failed: %v", r.err)
+			continue
+		}
+		counts[r.status]++
+		switch r.status {
+		case 200:
+		case 429:
+			if s, err := strconv.Atoi(r.retryAfter); err != nil || s < 1 {
+				t.Errorf("429 with Retry-After %q; want whole seconds", r.retryAfter)
+			}
+		default:
+			t.Errorf("status %d under overload; want only 200 and 429", r.status)
+		}
+	}
+	t.Logf("burst of %d: %v", burst, counts)
+	if counts[200] < parallel || counts[429] == 0 {
+		t.Errorf("statuses %v: want at least %d served and some refused", counts, parallel)
+	}
+	after := rssBytes(t, pid)
+	t.Logf("infer dev RSS %d MiB before the burst, %d MiB after", before>>20, after>>20)
+	// Refused requests cost a few KB each; 64 MiB of growth would mean
+	// something keeps them.
+	if after-before > 64<<20 {
+		t.Errorf("infer dev grew from %d MiB to %d MiB over a burst of %d requests", before>>20, after>>20, burst)
+	}
+	if r, err := http.Get(p.url + "/healthz"); err != nil || r.StatusCode != 200 {
+		t.Fatalf("unhealthy after the burst: %v", err)
+	} else {
+		r.Body.Close()
+	}
+	assertNoSecretsLogged(t, p)
+}
+
+// shutdownDeadline bounds how long infer dev may take to drain on SIGTERM
+// (the activator gives open requests 30 s, then the runners get theirs).
+const shutdownDeadline = 90 * time.Second
+
+// TestGracefulShutdown: SIGTERM to infer dev while a stream is in flight
+// lets that stream finish normally, refuses new connections, and exits 0
+// within shutdownDeadline, its runners with it.
+func TestGracefulShutdown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and starts MinIO")
+	}
+	p := startPlatform(t)
+	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "60s"); err != nil {
+		t.Fatalf("infer deploy: %v\n%s", err, out)
+	}
+	resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"Once upon a time","max_tokens":100000,"stream":true}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("stream ended before any token: %v", err)
+		}
+		if strings.Contains(line, `"text":"`) && !strings.Contains(line, `"text":""`) {
+			break
+		}
+	}
+	runners := p.runnerPIDs("stories")
+	if err := syscall.Kill(p.pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	rest, _ := io.ReadAll(br)
+	if strings.Contains(string(rest), "event: error") || !strings.Contains(string(rest), `"finish_reason":"`) || !strings.HasSuffix(strings.TrimSpace(string(rest)), "data: [DONE]") {
+		t.Errorf("in-flight stream after SIGTERM ended with %q; want a normal finish and [DONE]", lastLines(string(rest), 3))
+	}
+
+	// New requests are refused cleanly (the listener is closed), not
+	// accepted and dropped.
+	waitFor(t, 30*time.Second, "listener closed", func() bool {
+		r, err := (&http.Client{Timeout: 5 * time.Second}).Get(p.url + "/healthz")
+		if err == nil {
+			r.Body.Close()
+		}
+		return err != nil
+	})
+
+	select {
+	case <-p.exited:
+	case <-time.After(shutdownDeadline):
+		t.Fatalf("infer dev still running %s after SIGTERM", shutdownDeadline)
+	}
+	t.Logf("infer dev exited %s after SIGTERM", time.Since(start).Round(time.Millisecond))
+	if p.exitErr != nil {
+		t.Errorf("infer dev exited with %v; want status 0", p.exitErr)
+	}
+	for _, pid := range runners {
+		if _, err := os.Stat(filepath.Join("/proc", pid)); err == nil {
+			if b, _ := os.ReadFile(filepath.Join("/proc", pid, "stat")); !strings.Contains(string(b), ") Z ") {
+				t.Errorf("runner %s outlived infer dev", pid)
+			}
+		}
+	}
+}
+
+// TestRunnerSIGTERMDrains: a runner told to stop (SIGTERM, as Kubernetes
+// does when it deletes a pod) finishes the stream it is generating, then
+// exits; the deployment keeps serving from a new runner.
+func TestRunnerSIGTERMDrains(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and starts MinIO")
+	}
+	p := startPlatform(t)
+	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "60s"); err != nil {
+		t.Fatalf("infer deploy: %v\n%s", err, out)
+	}
+	resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"Once upon a time","max_tokens":100000,"stream":true}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("stream ended before any token: %v", err)
+		}
+		if strings.Contains(line, `"text":"`) && !strings.Contains(line, `"text":""`) {
+			break
+		}
+	}
+	pids := p.runnerPIDs("stories")
+	if len(pids) != 1 {
+		t.Fatalf("runners %v", pids)
+	}
+	pid, _ := strconv.Atoi(pids[0])
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(br)
+	if strings.Contains(string(rest), "event: error") || !strings.Contains(string(rest), `"finish_reason":"`) || !strings.HasSuffix(strings.TrimSpace(string(rest)), "data: [DONE]") {
+		t.Errorf("stream after SIGTERM to its runner ended with %q; want a normal finish and [DONE]", lastLines(string(rest), 3))
+	}
+	waitFor(t, shutdownDeadline, "the drained runner exits", func() bool {
+		for _, p := range p.runnerPIDs("stories") {
+			if p == pids[0] {
+				return false
+			}
+		}
+		return true
+	})
+
+	r, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"The cat","max_tokens":5}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if r.StatusCode != 200 {
+		t.Fatalf("request after the runner drained: %d %s", r.StatusCode, b)
+	}
+}

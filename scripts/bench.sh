@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# bench.sh — the measurements of docs/performance.md in one run (`make bench`).
+#
+#   1. the runner engine: go test -bench in runner/
+#   2. the whole path (HTTP → activator → JetStream → runner → SSE) with
+#      `infer bench` against a temporary `infer dev`: stories260K at 1/4/16
+#      streams, cold start, and the ~95M-parameter synthetic model
+#      (internal/ggufgen) at 1 and 16 streams
+#   3. Ollama serving the same model to the same client in the same run, when
+#      `ollama` is on PATH (skipped otherwise)
+#   4. a standalone `infer activator` (own NATS server) idle: VmRSS from /proc,
+#      and the runner processes left for idle deployments
+#
+# Everything runs on this machine; numbers are only comparable within a run.
+# Environment: REPEAT (rounds of the stream benchmarks, median reported; 3),
+# REQUESTS (per level; 64), MAX_TOKENS (128), SKIP_ENGINE=1, SKIP_OLLAMA=1,
+# DATABASE_URL (a scratch database is used by default), INFER (bin/infer).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+INFER=${INFER:-$PWD/bin/infer}
+MODEL=${MODEL:-$PWD/../shared/models/stories260K.gguf}
+REPEAT=${REPEAT:-3}
+REQUESTS=${REQUESTS:-64}
+MAX_TOKENS=${MAX_TOKENS:-128}
+GO=${GO:-go}
+
+WORK=$(mktemp -d /tmp/infer-bench.XXXXXX)
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+waitfor() { # url seconds
+	for _ in $(seq 1 $(($2 * 10))); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
+	echo "bench: $1 did not come up" >&2; return 1
+}
+median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else print a[int((NR+1)/2)]}'; }
+spread() { sort -n | awk '{a[NR]=$1} END {if (NR) printf "%s–%s", a[1], a[NR]}'; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+section() { printf '\n## %s\n\n' "$1"; }
+
+# One bench row as "tokens/s ttft_p50 ttft_p99 itl e2e_p50 errors".
+bench_json() { # url model concurrency requests max_tokens [extra...]
+	local url=$1 model=$2 c=$3 n=$4 t=$5; shift 5
+	"$INFER" bench --url "$url" --model "$model" --concurrency "$c" --requests "$n" --max-tokens "$t" --json "$@" 2>>"$WORK/bench.err"
+}
+fields='.[-1] | "\(.output_tokens_per_s|floor) \(.ttft_p50_ms*10|round/10) \(.ttft_p99_ms*10|round/10) \(.itl_mean_ms*100|round/100) \(.e2e_p50_ms|round) \(.errors)"'
+
+echo "# make bench — $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+echo "CPU flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx|avx2|fma|f16c|avx512f|avx512_bf16|avx_vnni|amx_tile' | tr '\n' ' ')"
+echo "cgo: CGO_CFLAGS='${CGO_CFLAGS:-}'  load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---------------------------------------------------------------- engine
+if [[ "${SKIP_ENGINE:-}" != 1 ]]; then
+	section "runner engine (go test -bench ./runner/)"
+	echo '| benchmark | tokens/s |'
+	echo '| --- | --- |'
+	$GO test -run '^$' -bench 'Engine$|RawDecode|Medium' -benchtime 3x -timeout 30m ./runner/ 2>&1 |
+		awk '/tokens\/s/ { for (i=1;i<=NF;i++) if ($(i)=="tokens/s") printf "| %s | %.0f |\n", $1, $(i-1) }'
+fi
+
+# ---------------------------------------------------------------- whole path
+section "whole path: infer bench against infer dev"
+MEDIUM=$($GO run ./scripts/ggufgen 2>/dev/null)
+export INFER_HOME=$WORK/home INFER_ADMIN_KEY=bench-admin-key-$RANDOM$RANDOM$RANDOM
+export INFER_API_KEY=$INFER_ADMIN_KEY INFER_LOG_LEVEL=warn
+export DATABASE_URL=${DATABASE_URL:-postgres://root@127.0.0.1:5432/infer_bench?sslmode=disable}
+DEVPORT=$(port)
+export INFER_URL=http://127.0.0.1:$DEVPORT
+"$INFER" dev --addr "127.0.0.1:$DEVPORT" >"$WORK/dev.log" 2>&1 &
+DEVPID=$!
+PIDS+=("$DEVPID")
+waitfor "$INFER_URL/healthz" 60
+"$INFER" deploy stories --weights "$MODEL" --parallel 16 --idle-timeout 30s >/dev/null
+"$INFER" deploy stories-cold --weights "$MODEL" --parallel 16 --idle-timeout 2s >/dev/null
+"$INFER" deploy synthetic --weights "$MEDIUM" --parallel 16 --idle-timeout 30s >/dev/null
+
+# Ollama, when installed: its own server on a loopback port, same model.
+OLLAMA_URL=
+if [[ "${SKIP_OLLAMA:-}" != 1 ]] && command -v ollama >/dev/null; then
+	OPORT=$(port)
+	OLLAMA_URL=http://127.0.0.1:$OPORT
+	mkdir -p "$WORK/ollama"
+	OLLAMA_HOST=127.0.0.1:$OPORT OLLAMA_MODELS=$WORK/ollama OLLAMA_NUM_PARALLEL=16 OLLAMA_KEEP_ALIVE=10m \
+		ollama serve >"$WORK/ollama.log" 2>&1 &
+	PIDS+=($!)
+	waitfor "$OLLAMA_URL/api/version" 30
+	for th in 1 2; do
+		printf 'FROM %s\nTEMPLATE {{ .Prompt }}\nPARAMETER num_thread %s\nPARAMETER num_ctx 512\n' "$MODEL" "$th" >"$WORK/Modelfile.$th"
+		OLLAMA_HOST=127.0.0.1:$OPORT ollama create "stories-t$th" -f "$WORK/Modelfile.$th" >/dev/null 2>&1
+	done
+fi
+
+# Warm up: first runner start and first load, not measured here.
+bench_json "$INFER_URL/v1" stories 1 1 16 >/dev/null
+bench_json "$INFER_URL/v1" synthetic 1 1 16 >/dev/null
+
+declare -A R # key: "name/concurrency" -> lines of bench fields
+run() { # key url model c n t
+	local key=$1; shift
+	R[$key]+="$(bench_json "$@" | jq -r "$fields")"$'\n'
+}
+# Ollama's cold load: first request after the server loaded nothing.
+OLLAMA_COLD=()
+for round in $(seq 1 "$REPEAT"); do
+	echo "round $round/$REPEAT..." >&2
+	# The deployments idle out (30 s) while Ollama is measured; start their
+	# runners again so that no measured level includes a cold start.
+	bench_json "$INFER_URL/v1" stories 1 1 16 >/dev/null
+	for c in 1 4 16; do
+		run "infer/$c" "$INFER_URL/v1" stories "$c" "$REQUESTS" "$MAX_TOKENS"
+	done
+	if [[ -n $OLLAMA_URL ]]; then
+		for th in 1 2; do
+			curl -fsS "$OLLAMA_URL/api/generate" -d "{\"model\":\"stories-t$th\",\"keep_alive\":0}" >/dev/null || true
+			sleep 0.5
+			OLLAMA_COLD+=("$(bench_json "$OLLAMA_URL/v1" "stories-t$th" 1 1 16 --api-key ollama | jq -r '.[0].ttft_p50_ms|round')")
+			run "ollama-t$th/16" "$OLLAMA_URL/v1" "stories-t$th" 16 "$REQUESTS" "$MAX_TOKENS" --api-key ollama
+			run "ollama-t$th/1" "$OLLAMA_URL/v1" "stories-t$th" 1 "$((REQUESTS / 4))" "$MAX_TOKENS" --api-key ollama
+		done
+	fi
+	bench_json "$INFER_URL/v1" synthetic 1 1 16 >/dev/null
+	run "synthetic/1" "$INFER_URL/v1" synthetic 1 4 64
+	run "synthetic/16" "$INFER_URL/v1" synthetic 16 32 64
+done
+
+# Cold start: the deployment at zero runners, weights in the host's cache.
+COLD=()
+for _ in $(seq 1 "$REPEAT"); do
+	COLD+=("$("$INFER" bench --model stories-cold --cold --concurrency 1 --requests 1 --max-tokens 16 --json 2>>"$WORK/bench.err" | jq -r '.[0].ttft_p50_ms|round')")
+done
+
+echo "stories260K, $REQUESTS requests per level, $MAX_TOKENS tokens each; synthetic: $(basename "$MEDIUM"), 64 tokens;"
+echo "median of $REPEAT rounds (tokens/s range in brackets); same client, same run"
+echo
+echo '| server | model | streams | tokens/s | (range) | TTFT p50 ms | TTFT p99 ms | ITL ms | e2e p50 ms | errors |'
+echo '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |'
+row() { # key server model streams
+	local lines=${R[$1]:-}
+	[[ -z $lines ]] && return
+	local col med
+	printf '| %s | %s | %s | %s | %s |' "$2" "$3" "$4" \
+		"$(cut -d' ' -f1 <<<"$lines" | grep . | median)" "$(cut -d' ' -f1 <<<"$lines" | grep . | spread)"
+	for col in 2 3 4 5; do printf ' %s |' "$(cut -d' ' -f$col <<<"$lines" | grep . | median)"; done
+	printf ' %s |\n' "$(cut -d' ' -f6 <<<"$lines" | grep . | paste -sd+ | bc)"
+}
+for c in 1 4 16; do row "infer/$c" infer stories260K "$c"; done
+for th in 1 2; do
+	row "ollama-t$th/1" "ollama num_thread=$th" stories260K 1
+	row "ollama-t$th/16" "ollama num_thread=$th" stories260K 16
+done
+row synthetic/1 infer synthetic-95M 1
+row synthetic/16 infer synthetic-95M 16
+[[ -z $OLLAMA_URL ]] && echo && echo "ollama: not on PATH (or SKIP_OLLAMA=1), not compared"
+
+echo
+tps() { cut -d' ' -f1 <<<"${R[$1]:-}" | grep . | median; }
+echo "cold start to first token, infer (ms): ${COLD[*]}"
+[[ -n $OLLAMA_URL ]] && echo "cold load to first token, ollama (ms, num_thread 1 and 2 alternating): ${OLLAMA_COLD[*]}"
+if [[ -n $OLLAMA_URL ]]; then
+	best=$(printf '%s\n' "$(tps ollama-t1/16)" "$(tps ollama-t2/16)" | sort -n | tail -1)
+	echo "16 streams, infer ÷ best ollama: $(echo "scale=2; $(tps infer/16) / $best" | bc) (target ≥ 1.5)"
+fi
+echo "synthetic, 16 streams ÷ 1 stream: $(echo "scale=2; $(tps synthetic/16) / $(tps synthetic/1)" | bc) (target ≥ 2.5)"
+
+# ---------------------------------------------------------------- idle
+section "idle"
+# Zero runner processes once the deployments' idle timeouts passed.
+for d in synthetic stories-cold; do
+	for _ in $(seq 1 120); do
+		[[ $(curl -fsS -H "Authorization: Bearer $INFER_API_KEY" "$INFER_URL/v1/deployments/$d" | jq '.runners|length') == 0 ]] && break
+		sleep 1
+	done
+done
+sleep 1
+echo "runner processes of infer dev with every deployment idle: $(pgrep -c -P "$DEVPID" || true)"
+echo "infer dev (activator + control plane + NATS) VmRSS idle: $(( $(rss_kib "$DEVPID") / 1024 )) MiB"
+kill "$DEVPID"; wait "$DEVPID" 2>/dev/null || true
+
+# The activator on its own, against its own NATS server, as in production.
+NPORT=$(port) APORT=$(port)
+nats-server -a 127.0.0.1 -p "$NPORT" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
+PIDS+=($!)
+sleep 0.5
+"$INFER" activator --nats "nats://127.0.0.1:$NPORT" --addr "127.0.0.1:$APORT" --home "$WORK/ahome" >"$WORK/activator.log" 2>&1 &
+APID=$!
+PIDS+=("$APID")
+waitfor "http://127.0.0.1:$APORT/healthz" 60
+for _ in 1 2 3; do curl -fsS -H "Authorization: Bearer $INFER_API_KEY" "http://127.0.0.1:$APORT/v1/models" >/dev/null; done
+sleep 5
+echo "infer activator (standalone) VmRSS idle: $(( $(rss_kib "$APID") / 1024 )) MiB (target < 64);" \
+	"anonymous $(( $(awk '/^RssAnon/ {print $2}' "/proc/$APID/status") / 1024 )) MiB," \
+	"file-backed (the $(( $(stat -c %s "$INFER") / 1048576 )) MiB executable) $(( $(awk '/^RssFile/ {print $2}' "/proc/$APID/status") / 1024 )) MiB"
