@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/infer-run/infer/registry"
 )
 
 // keyLimitFlags are the restrictions `infer keys create` can put on a key.
@@ -67,18 +69,9 @@ func (f *usageReportFlags) add(cmd *cobra.Command) {
 
 func (f *usageReportFlags) wanted() bool { return f.groupBy != "" || f.csv }
 
-// usageGroup mirrors registry.UsageGroup.
-type usageGroup struct {
-	Group            string  `json:"group"`
-	Requests         int64   `json:"requests"`
-	PromptTokens     int64   `json:"prompt_tokens"`
-	CompletionTokens int64   `json:"completion_tokens"`
-	ColdStarts       int64   `json:"cold_starts"`
-	RunnerSeconds    float64 `json:"runner_seconds"`
-	RequestCostUSD   float64 `json:"request_cost_usd"`
-	RunnerCostUSD    float64 `json:"runner_cost_usd"`
-	CostUSD          float64 `json:"cost_usd"`
-}
+// usageGroup is a row of GET /v1/usage?group_by=…, as the registry
+// computes it.
+type usageGroup = registry.UsageGroup
 
 func (f *usageReportFlags) run(ctx context.Context, c *client, path string, asJSON bool) error {
 	by := f.groupBy

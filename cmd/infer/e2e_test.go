@@ -588,19 +588,20 @@ func TestBadInput(t *testing.T) {
 // streams (frozen with SIGSTOP, then killed) ends its client's stream with
 // an SSE error event instead of a hang, and the deployment keeps serving
 // with a new runner.
-func TestRunnerLostMidGeneration(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary and starts MinIO")
-	}
-	p := startPlatform(t)
-	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "30s"); err != nil {
+// endlessStream deploys stories260K with the given idle timeout, starts a
+// completion stream that will not end by itself, and returns it once the
+// first token has arrived; the stream is closed when the test ends.
+func (p *platform) endlessStream(idleTimeout string) *bufio.Reader {
+	t := p.t
+	t.Helper()
+	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", idleTimeout); err != nil {
 		t.Fatalf("infer deploy: %v\n%s", err, out)
 	}
 	resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"Once upon a time","max_tokens":100000,"stream":true}`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	t.Cleanup(func() { resp.Body.Close() })
 	br := bufio.NewReader(resp.Body)
 	for {
 		line, err := br.ReadString('\n')
@@ -608,9 +609,17 @@ func TestRunnerLostMidGeneration(t *testing.T) {
 			t.Fatalf("stream ended before any token: %v", err)
 		}
 		if strings.Contains(line, `"text":"`) && !strings.Contains(line, `"text":""`) {
-			break
+			return br
 		}
 	}
+}
+
+func TestRunnerLostMidGeneration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and starts MinIO")
+	}
+	p := startPlatform(t)
+	br := p.endlessStream("30s")
 	pids := p.runnerPIDs("stories")
 	if len(pids) != 1 {
 		t.Fatalf("runners %v", pids)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net/http"
@@ -330,24 +329,7 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Skip("builds the binary and starts MinIO")
 	}
 	p := startPlatform(t)
-	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "60s"); err != nil {
-		t.Fatalf("infer deploy: %v\n%s", err, out)
-	}
-	resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"Once upon a time","max_tokens":100000,"stream":true}`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	br := bufio.NewReader(resp.Body)
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatalf("stream ended before any token: %v", err)
-		}
-		if strings.Contains(line, `"text":"`) && !strings.Contains(line, `"text":""`) {
-			break
-		}
-	}
+	br := p.endlessStream("60s")
 	runners := p.runnerPIDs("stories")
 	if err := syscall.Kill(p.pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -394,24 +376,7 @@ func TestRunnerSIGTERMDrains(t *testing.T) {
 		t.Skip("builds the binary and starts MinIO")
 	}
 	p := startPlatform(t)
-	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "60s"); err != nil {
-		t.Fatalf("infer deploy: %v\n%s", err, out)
-	}
-	resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"Once upon a time","max_tokens":100000,"stream":true}`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	br := bufio.NewReader(resp.Body)
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatalf("stream ended before any token: %v", err)
-		}
-		if strings.Contains(line, `"text":"`) && !strings.Contains(line, `"text":""`) {
-			break
-		}
-	}
+	br := p.endlessStream("60s")
 	pids := p.runnerPIDs("stories")
 	if len(pids) != 1 {
 		t.Fatalf("runners %v", pids)
