@@ -46,9 +46,15 @@ func (s *Server) createKey(c echo.Context) error {
 	if req.BudgetUSD != nil && !(*req.BudgetUSD >= 0) {
 		return errInvalid("budget_usd", "budget_usd must be a non-negative number of US dollars")
 	}
-	for _, d := range req.Deployments {
-		if d == "" {
-			return errInvalid("deployments", "deployment names must not be empty")
+	// A key restricted to a misspelt deployment could call nothing, and
+	// nobody would find out until a client failed; refuse it now.
+	for _, name := range req.Deployments {
+		d, err := s.reg.GetDeployment(c.Request().Context(), name)
+		if errors.Is(err, registry.ErrNotFound) || (err == nil && d.TenantID != key.TenantID) {
+			return errInvalid("deployments", "no deployment %q: deploy it first, then create keys for it", name)
+		}
+		if err != nil {
+			return s.registryError("looking up deployment", err)
 		}
 	}
 	k, secret, err := s.keys.CreateLimitedKey(c.Request().Context(), key.TenantID, req.Name, req.Role, req.Limits)

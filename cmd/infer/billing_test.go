@@ -199,6 +199,10 @@ func TestBilling(t *testing.T) {
 	}
 
 	t.Run("deployments", func(t *testing.T) {
+		// A misspelt deployment would make a key that can call nothing.
+		if out, err := p.cli("keys", "create", "typo", "--deployments", "pricd"); err == nil || !strings.Contains(out, "pricd") {
+			t.Errorf("key for a deployment that does not exist: %v\n%s", err, out)
+		}
 		_, key := createKey("only-priced", "--deployments", "priced")
 		waitKey(t, p, key)
 		_, _, body := p.do(http.MethodGet, "/v1/models", key, "")
@@ -301,6 +305,8 @@ func TestBilling(t *testing.T) {
 			{"GET", "/v1/usage?group_by=day&key=" + ownKeyID, "", []int{200}},
 			{"GET", "/v1/keys", "", []int{200}},
 			{"DELETE", "/v1/keys/" + ownKeyID, "", []int{404}},
+			// A key for our deployment, minted by the other tenant.
+			{"POST", "/v1/keys", `{"name":"steal","deployments":["priced"]}`, []int{400}},
 		}
 		for _, r := range routes {
 			code, _, body := p.do(r.method, r.path, foreign, r.body)
