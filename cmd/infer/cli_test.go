@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -242,5 +245,66 @@ func TestJSONOutput(t *testing.T) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != exitRefused {
 		t.Errorf("infer rm no-such-deployment: %v, want exit status %d", err, exitRefused)
+	}
+}
+
+// TestActivatorOnlyBuild checks the -tags activatoronly binary: it has the
+// activator and the client commands, none of the commands that run runners,
+// serves the API against real NATS and Postgres, and refuses to embed NATS.
+func TestActivatorOnlyBuild(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := buildInfer(t, "-tags", "activatoronly")
+	out, err := exec.Command(bin, "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("--help: %v\n%s", err, out)
+	}
+	for _, want := range []string{"activator", "deploy", "keys", "bench"} {
+		if !strings.Contains(string(out), "  "+want+" ") {
+			t.Errorf("help lacks %q:\n%s", want, out)
+		}
+	}
+	for _, absent := range []string{"dev", "controlplane", "runner"} {
+		if strings.Contains(string(out), "  "+absent+" ") {
+			t.Errorf("the activator-only build has %q:\n%s", absent, out)
+		}
+	}
+
+	// Without --nats it says why it cannot start.
+	cmd := exec.Command(bin, "activator", "--addr", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "INFER_NATS_URL=", "INFER_HOME="+t.TempDir())
+	out, err = cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != exitUsage || !strings.Contains(string(out), "--nats") {
+		t.Errorf("activator without NATS: %v\n%s", err, out)
+	}
+
+	// With NATS and Postgres it serves.
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd = exec.CommandContext(ctx, bin, "activator", "--addr", addr)
+	cmd.Env = append(os.Environ(), "INFER_NATS_URL="+testenv.NATS(t), "DATABASE_URL="+testenv.Postgres(t),
+		"INFER_HOME="+t.TempDir(), "INFER_S3_ENDPOINT=")
+	var logs strings.Builder
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the activator-only build never became healthy: %v\n%s", err, logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

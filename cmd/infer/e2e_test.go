@@ -23,10 +23,10 @@ import (
 )
 
 // buildInfer compiles the infer binary for tests that run it as users do.
-func buildInfer(t *testing.T) string {
+func buildInfer(t *testing.T, flags ...string) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "infer")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd := exec.Command("go", append(append([]string{"build"}, flags...), "-o", bin, ".")...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("building infer: %v", err)

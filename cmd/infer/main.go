@@ -37,9 +37,9 @@ admin key 'infer dev' wrote to $INFER_HOME/admin-key).
 		SilenceErrors: true,
 	}
 	root.AddCommand(
-		devCmd(), activatorCmd(), controlplaneCmd(), runnerCmd(),
-		deployCmd(), lsCmd(), rmCmd(), usageCmd(), keysCmd(), benchCmd(),
+		activatorCmd(), deployCmd(), lsCmd(), rmCmd(), usageCmd(), keysCmd(), benchCmd(),
 	)
+	root.AddCommand(platformCommands()...)
 	addExamples(root)
 	markUsageErrors(root)
 	return root

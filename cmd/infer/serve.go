@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -15,17 +14,13 @@ import (
 	"syscall"
 	"time"
 
-	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
-	corev1 "k8s.io/api/core/v1"
 
 	"github.com/infer-run/infer/activator"
-	"github.com/infer-run/infer/controlplane"
 	"github.com/infer-run/infer/internal/blob"
 	"github.com/infer-run/infer/registry"
 )
@@ -62,26 +57,6 @@ func (f *serveFlags) register(cmd *cobra.Command, withAddr bool) {
 	cmd.Flags().StringVar(&f.nats, "nats", os.Getenv("INFER_NATS_URL"), "NATS server URL; empty embeds one with JetStream under --home ($INFER_NATS_URL)")
 }
 
-func devCmd() *cobra.Command {
-	var f serveFlags
-	cmd := &cobra.Command{
-		Use:   "dev",
-		Short: "Run the activator, control plane and an embedded NATS in one process",
-		Long: `dev runs the whole platform on this machine: the OpenAI-compatible API on
---addr, the control plane starting 'infer runner' processes on demand, and an
-embedded NATS JetStream server storing its queues under --home (unless
-$INFER_NATS_URL names an external one). Records go to Postgres at
-$DATABASE_URL; weights go to the S3 server in $INFER_S3_ENDPOINT, or to
---home/blobs without one.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return serve(cmd.Context(), f, true, true)
-		},
-	}
-	f.register(cmd, true)
-	return cmd
-}
-
 func activatorCmd() *cobra.Command {
 	var f serveFlags
 	cmd := &cobra.Command{
@@ -97,40 +72,6 @@ func activatorCmd() *cobra.Command {
 	}
 	f.register(cmd, true)
 	return cmd
-}
-
-func controlplaneCmd() *cobra.Command {
-	var f serveFlags
-	cmd := &cobra.Command{
-		Use:   "controlplane",
-		Short: "Run the autoscaler that starts and stops runners",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if f.nats == "" {
-				return usageError{errors.New("the control plane needs --nats or $INFER_NATS_URL")}
-			}
-			return serve(cmd.Context(), f, false, true)
-		},
-	}
-	f.register(cmd, false)
-	fl := cmd.Flags()
-	fl.StringVar(&f.driver, "driver", env("INFER_DRIVER", "local"), "where runners run: local (child processes) or kubernetes (pods) ($INFER_DRIVER)")
-	fl.StringVar(&f.namespace, "namespace", env("INFER_NAMESPACE", "infer"), "Kubernetes namespace for runner pods ($INFER_NAMESPACE)")
-	fl.StringVar(&f.runnerImage, "runner-image", os.Getenv("INFER_RUNNER_IMAGE"), "container image of runner pods ($INFER_RUNNER_IMAGE)")
-	fl.StringVar(&f.metricsAddr, "metrics-addr", env("INFER_METRICS_ADDR", "127.0.0.1:9090"), "where /metrics and /healthz are served ($INFER_METRICS_ADDR)")
-	fl.StringVar(&f.leaseGrace, "lease-grace", env("INFER_LEASE_GRACE", "2s"), "how long a control plane that just acquired the leadership lease waits before acting ($INFER_LEASE_GRACE)")
-	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config)")
-	return cmd
-}
-
-// kubeEnvFrom passes the control plane's own configuration objects to
-// runner pods, so S3 and NATS settings are written once. The names match
-// deploy/kubernetes.
-func kubeEnvFrom() []corev1.EnvFromSource {
-	return []corev1.EnvFromSource{
-		{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: env("INFER_RUNNER_CONFIGMAP", "infer-config")}}},
-		{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: env("INFER_RUNNER_SECRET", "infer-secrets")}}},
-	}
 }
 
 // serve runs the activator and/or the control plane until SIGINT/SIGTERM.
@@ -149,12 +90,12 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 
 	natsURL := f.nats
 	if natsURL == "" {
-		ns, err := embedNATS(filepath.Join(home, "nats"), log)
+		url, shutdown, err := embedNATS(filepath.Join(home, "nats"), log)
 		if err != nil {
 			return err
 		}
-		defer ns.Shutdown()
-		natsURL = ns.ClientURL()
+		defer shutdown()
+		natsURL = url
 	}
 	nc, err := nats.Connect(natsURL, nats.Name("infer"), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
 	if err != nil {
@@ -208,87 +149,14 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 		g.Go(func() error { return srv.Serve(ctx, l) })
 	}
 	if withControlPlane {
-		var driver controlplane.Driver
-		switch f.driver {
-		case "", "local":
-			exe, err := os.Executable()
-			if err != nil {
-				return fmt.Errorf("finding the infer binary: %w", err)
-			}
-			local := &controlplane.LocalDriver{
-				Command: []string{exe, "runner"},
-				// The NATS URL goes through the environment, not the
-				// command line, which every local user can read (ps) and
-				// which may carry a password.
-				ExtraArgs: append([]string{"--cache-dir", filepath.Join(home, "cache")}, blobArgs...),
-				Env:       []string{"INFER_NATS_URL=" + natsURL},
-				LogDir:    filepath.Join(home, "logs"),
-				Log:       log,
-			}
-			defer func() {
-				shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				defer cancel()
-				local.Shutdown(shutdownCtx)
-			}()
-			driver = local
-		case "kubernetes":
-			client, err := controlplane.NewKubernetesClient(f.kubeconfig)
-			if err != nil {
-				return err
-			}
-			if f.runnerImage == "" {
-				return usageError{errors.New("--driver kubernetes needs --runner-image or $INFER_RUNNER_IMAGE")}
-			}
-			driver = &controlplane.KubernetesDriver{
-				Client:    client,
-				Namespace: f.namespace,
-				Image:     f.runnerImage,
-				ExtraArgs: []string{"--nats", natsURL},
-				// Runners read S3 settings from the same Secret/ConfigMap.
-				EnvFrom: kubeEnvFrom(),
-				Log:     log,
-			}
-		default:
-			return usageError{fmt.Errorf("unknown --driver %q: use local or kubernetes", f.driver)}
-		}
-		// Exactly one control plane per database acts; `infer dev` takes
-		// the lease too, so a second one against the same database stands
-		// by instead of doubling every runner.
-		var grace time.Duration
-		if f.leaseGrace != "" {
-			if grace, err = time.ParseDuration(f.leaseGrace); err != nil || grace < 0 {
-				return usageError{fmt.Errorf("--lease-grace %q is not a duration such as 2s", f.leaseGrace)}
-			}
-		}
-		lease := &controlplane.PostgresLease{ConnString: f.dbURL, Grace: grace, Log: log}
-		cp, err := controlplane.New(controlplane.Config{Registry: store, Driver: driver, NATS: nc, Logger: log, Registerer: reg, Lease: lease})
+		cleanup, err := startControlPlane(ctx, g, f, controlPlaneDeps{
+			home: home, natsURL: natsURL, nc: nc, store: store, blobArgs: blobArgs,
+			metrics: reg, withActivator: withActivator, log: log,
+		})
+		defer cleanup()
 		if err != nil {
 			return err
 		}
-		g.Go(func() error { return cp.Run(ctx) })
-		if !withActivator {
-			// The activator serves /metrics itself; a lone control plane
-			// needs its own listener.
-			l, err := net.Listen("tcp", f.metricsAddr)
-			if err != nil {
-				return fmt.Errorf("listening on %s: %w", f.metricsAddr, err)
-			}
-			mux := http.NewServeMux()
-			mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-			mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
-			srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-			g.Go(func() error {
-				<-ctx.Done()
-				return srv.Close()
-			})
-			g.Go(func() error {
-				if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-					return err
-				}
-				return nil
-			})
-		}
-		g.Go(func() error { return controlplane.RecordUsage(ctx, nc, store, log) })
 	}
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
@@ -296,30 +164,6 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 	}
 	log.Info("shutting down")
 	return err
-}
-
-// embedNATS starts a NATS server with JetStream in this process. It listens
-// on a free loopback port: runners, which are separate processes, connect
-// to it, and a system NATS on the default port is left alone.
-func embedNATS(storeDir string, log *slog.Logger) (*natsserver.Server, error) {
-	ns, err := natsserver.NewServer(&natsserver.Options{
-		ServerName: "infer-dev",
-		Host:       "127.0.0.1",
-		Port:       -1,
-		JetStream:  true,
-		StoreDir:   storeDir,
-		NoSigs:     true,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("configuring embedded NATS: %w", err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		ns.Shutdown()
-		return nil, errors.New("embedded NATS did not start within 10s")
-	}
-	log.Info("embedded NATS with JetStream started", "url", ns.ClientURL(), "store", storeDir)
-	return ns, nil
 }
 
 // openBlobs connects to the object store: S3 when INFER_S3_ENDPOINT is set,

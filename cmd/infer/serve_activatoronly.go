@@ -1,0 +1,44 @@
+//go:build activatoronly
+
+package main
+
+// An activator-only infer binary (go build -tags activatoronly): the
+// activator and the CLI, without the Kubernetes client, the NATS server and
+// llama.cpp, which only dev, controlplane and runner need. The activator
+// then idles in far less resident memory, because a Go binary's code and
+// package initialisation count towards it.
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/infer-run/infer/registry"
+)
+
+var errActivatorOnly = errors.New("this infer binary was built with -tags activatoronly and serves only the activator")
+
+func platformCommands() []*cobra.Command { return nil }
+
+type controlPlaneDeps struct {
+	home, natsURL string
+	nc            *nats.Conn
+	store         *registry.Store
+	blobArgs      []string
+	metrics       *prometheus.Registry
+	withActivator bool
+	log           *slog.Logger
+}
+
+func startControlPlane(context.Context, *errgroup.Group, serveFlags, controlPlaneDeps) (func(), error) {
+	return func() {}, errActivatorOnly
+}
+
+func embedNATS(string, *slog.Logger) (string, func(), error) {
+	return "", nil, errors.New("the activator needs --nats or $INFER_NATS_URL (this build embeds no NATS server)")
+}
