@@ -8,7 +8,7 @@
 #      (internal/ggufgen) at 1 and 16 streams
 #   3. Ollama serving the same model to the same client in the same run, when
 #      `ollama` is on PATH (skipped otherwise)
-#   4. a standalone `infer activator` (own NATS server) idle: VmRSS from /proc,
+#   4. a standalone `infer-activator activator` (own NATS server) idle: VmRSS from /proc,
 #      and the runner processes left for idle deployments
 #
 # Everything runs on this machine; numbers are only comparable within a run.
@@ -19,6 +19,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 INFER=${INFER:-$PWD/bin/infer}
+# Activators run the activator-only build (make build writes both).
+ACTIVATOR=${ACTIVATOR:-$PWD/bin/infer-activator}
 MODEL=${MODEL:-$PWD/../shared/models/stories260K.gguf}
 REPEAT=${REPEAT:-3}
 REQUESTS=${REQUESTS:-64}
@@ -189,12 +191,12 @@ NPORT=$(port) APORT=$(port)
 nats-server -a 127.0.0.1 -p "$NPORT" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
 PIDS+=($!)
 sleep 0.5
-"$INFER" activator --nats "nats://127.0.0.1:$NPORT" --addr "127.0.0.1:$APORT" --home "$WORK/ahome" >"$WORK/activator.log" 2>&1 &
+"$ACTIVATOR" activator --nats "nats://127.0.0.1:$NPORT" --addr "127.0.0.1:$APORT" --home "$WORK/ahome" >"$WORK/activator.log" 2>&1 &
 APID=$!
 PIDS+=("$APID")
 waitfor "http://127.0.0.1:$APORT/healthz" 60
 for _ in 1 2 3; do curl -fsS -H "Authorization: Bearer $INFER_API_KEY" "http://127.0.0.1:$APORT/v1/models" >/dev/null; done
 sleep 5
-echo "infer activator (standalone) VmRSS idle: $(( $(rss_kib "$APID") / 1024 )) MiB (target < 64);" \
+echo "infer-activator (standalone) VmRSS idle: $(( $(rss_kib "$APID") / 1024 )) MiB (target < 64);" \
 	"anonymous $(( $(awk '/^RssAnon/ {print $2}' "/proc/$APID/status") / 1024 )) MiB," \
-	"file-backed (the $(( $(stat -c %s "$INFER") / 1048576 )) MiB executable) $(( $(awk '/^RssFile/ {print $2}' "/proc/$APID/status") / 1024 )) MiB"
+	"file-backed (the $(( $(stat -c %s "$ACTIVATOR") / 1048576 )) MiB executable) $(( $(awk '/^RssFile/ {print $2}' "/proc/$APID/status") / 1024 )) MiB"
