@@ -65,7 +65,9 @@ if [[ "${SKIP_ENGINE:-}" != 1 ]]; then
 	echo '| benchmark | tokens/s |'
 	echo '| --- | --- |'
 	$GO test -run '^$' -bench 'Engine$|RawDecode|Medium' -benchtime 3x -timeout 30m ./runner/ 2>&1 |
-		awk '/tokens\/s/ { for (i=1;i<=NF;i++) if ($(i)=="tokens/s") printf "| %s | %.0f |\n", $1, $(i-1) }'
+		# llama.cpp's log lines can split a result from its benchmark's
+		# name, so remember the last name seen.
+		awk '/^Benchmark/ { name = $1 } /tokens\/s/ { for (i=1;i<=NF;i++) if ($(i)=="tokens/s") printf "| %s | %.0f |\n", name, $(i-1) }'
 fi
 
 # ---------------------------------------------------------------- whole path
