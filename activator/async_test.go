@@ -386,3 +386,51 @@ func TestTwoActivators(t *testing.T) {
 		t.Errorf("empty result %v", res)
 	}
 }
+
+// TestActivatorGoneEndsItsStreams: when an activator goes away (a crash or
+// a restart), a client whose stream it held sees the stream fail at once:
+// an error, never a hang and never a [DONE] that would pass for a
+// complete answer. Another activator keeps serving. (Async jobs surviving
+// their activator is TestTwoActivators.)
+func TestActivatorGoneEndsItsStreams(t *testing.T) {
+	h := newHarness(t)
+	h.deploy("cold", map[string]any{"parallel": 1}) // no runner: the stream waits
+	urlA, stopA := h.addActivator()
+	urlB, _ := h.addActivator()
+
+	req, _ := http.NewRequest(http.MethodPost, urlA+"/v1/completions",
+		strings.NewReader(`{"model":"cold","prompt":"Once upon a time","max_tokens":8,"stream":true}`))
+	req.Header.Set("Authorization", "Bearer "+adminKey)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req) // returns once headers are sent (after the grace period)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("stream to A: %d", resp.StatusCode)
+	}
+	type result struct {
+		body []byte
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		b, err := io.ReadAll(resp.Body)
+		done <- result{b, err}
+	}()
+	stopA()
+	select {
+	case r := <-done:
+		if r.err == nil || strings.Contains(string(r.body), "[DONE]") {
+			t.Errorf("stream of a stopped activator ended with err %v after %q; want an error and no [DONE]", r.err, r.body)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the stream of a stopped activator hangs")
+	}
+
+	// B is unaffected.
+	if status, _, body := call(t, urlB, adminKey, http.MethodGet, "/v1/models", ""); status != 200 {
+		t.Errorf("B after A stopped: %d %v", status, body)
+	}
+}
