@@ -130,10 +130,11 @@ func (s *Server) asyncCompletions(c echo.Context) error     { return s.submitAsy
 
 // submitAsync validates and queues an async job and answers 202 at once.
 func (s *Server) submitAsync(c echo.Context, kind wire.Kind) error {
-	req, dep, job, err := s.accept(c, kind)
+	a, err := s.accept(c, kind)
 	if err != nil {
 		return err
 	}
+	req, dep, job := a.req, a.dep, a.job
 	if req.Stream {
 		return errInvalid("stream", "async jobs cannot stream; leave stream unset and read the result with GET /v1/async/{id}")
 	}

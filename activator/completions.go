@@ -35,10 +35,11 @@ func (s *Server) completions(c echo.Context) error     { return s.complete(c, wi
 // complete is the request path: validate, queue on JetStream, poke the
 // control plane, then relay the runner's events to the client.
 func (s *Server) complete(c echo.Context, kind wire.Kind) error {
-	req, dep, job, err := s.accept(c, kind)
+	a, err := s.accept(c, kind)
 	if err != nil {
 		return err
 	}
+	req, dep, job := a.req, a.dep, a.job
 	id := job.ID
 
 	w, replyTo := s.replies.register(id)
@@ -55,11 +56,10 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 	}
 	s.metrics.queued.WithLabelValues(dep.Name).Inc()
 
-	key, _ := c.Get(keyContext).(registry.APIKey)
 	rl := &relay{
 		s:       s,
 		c:       c,
-		key:     key,
+		key:     a.key,
 		prices:  job.Prices,
 		kind:    kind,
 		id:      id,
@@ -89,37 +89,45 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 	return err
 }
 
+// accepted is a completion request that passed authentication,
+// validation and the key's limits, with the job that will carry it.
+type accepted struct {
+	req *completionRequest
+	dep registry.Deployment
+	key registry.APIKey // whose limits the request is charged to
+	job wire.Job
+}
+
 // accept authenticates and validates a completion request and builds its
 // job: everything the sync and async endpoints share before queueing.
-func (s *Server) accept(c echo.Context, kind wire.Kind) (*completionRequest, registry.Deployment, wire.Job, error) {
+func (s *Server) accept(c echo.Context, kind wire.Kind) (accepted, error) {
 	key, err := s.authenticate(c)
 	if err != nil {
-		return nil, registry.Deployment{}, wire.Job{}, err
+		return accepted{}, err
 	}
 	body, err := io.ReadAll(io.LimitReader(c.Request().Body, maxBody+1))
 	if err != nil {
-		return nil, registry.Deployment{}, wire.Job{}, errInvalid("", "reading request body: %v", err)
+		return accepted{}, errInvalid("", "reading request body: %v", err)
 	}
 	if len(body) > maxBody {
-		return nil, registry.Deployment{}, wire.Job{}, errStatus(http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large", "request body is larger than %d bytes", maxBody)
+		return accepted{}, errStatus(http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large", "request body is larger than %d bytes", maxBody)
 	}
 	req, apiErr := decodeRequest(body, kind)
 	if apiErr != nil {
-		return nil, registry.Deployment{}, wire.Job{}, apiErr
+		return accepted{}, apiErr
 	}
 	dep, err := s.deployment(c.Request().Context(), key, req.Model)
 	if err != nil {
-		return nil, registry.Deployment{}, wire.Job{}, err
+		return accepted{}, err
 	}
 	if !key.Allows(dep.Name) {
 		s.metrics.requests.WithLabelValues(dep.Name, "permission_denied").Inc()
-		return nil, registry.Deployment{}, wire.Job{}, errDeploymentDenied(dep.Name)
+		return accepted{}, errDeploymentDenied(dep.Name)
 	}
 	if e := s.limits.admit(key, s.spender()); e != nil {
 		s.metrics.requests.WithLabelValues(dep.Name, deref(e.Code)).Inc()
-		return nil, registry.Deployment{}, wire.Job{}, e
+		return accepted{}, e
 	}
-	c.Set(keyContext, key)
 
 	prefix := "chatcmpl-"
 	if kind == wire.KindCompletion {
@@ -132,7 +140,7 @@ func (s *Server) accept(c echo.Context, kind wire.Kind) (*completionRequest, reg
 	job.KeyID = key.ID
 	job.Deadline = time.Now().Add(dep.QueueTimeout)
 	job.Prices = wire.Prices{PromptPerMTok: dep.Prices.PromptPerMTok, CompletionPerMTok: dep.Prices.CompletionPerMTok}
-	return req, dep, job, nil
+	return accepted{req: req, dep: dep, key: key, job: job}, nil
 }
 
 // abandon stops a job nobody waits for: runners drop it (or stop it if it

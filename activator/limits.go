@@ -167,10 +167,6 @@ func rateLimited(wait time.Duration, format string, args ...any) *apiError {
 	return e
 }
 
-// keyContext is the echo context key under which accept leaves the
-// request's API key for the relay.
-const keyContext = "infer.key"
-
 // spender returns the registry's spend view, if it has one.
 func (s *Server) spender() spender {
 	sp, _ := s.reg.(spender)
