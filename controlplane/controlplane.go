@@ -72,8 +72,9 @@ type ControlPlane struct {
 	failures map[string]failure             // deployment → runners failing to start
 	started  map[string]time.Time           // runner ID → when the control plane started it
 	deps     map[string]registry.Deployment // as of the last tick, for pokes
-	// leading is what lead last returned: only the leader bills runner
-	// lifetimes (a standby's prices may be stale or unknown).
+	// leading is what lead last returned (always true without a lease):
+	// only the leader bills runner lifetimes (a standby's prices may be
+	// stale or unknown) and answers pokes.
 	leading bool
 	// pokedAt is when a deployment without runners was first poked, and
 	// coldStarts what is known of each runner's start: see coldstart.go.
@@ -134,6 +135,7 @@ func New(cfg Config) (*ControlPlane, error) {
 
 		pokedAt:    map[string]time.Time{},
 		coldStarts: map[string]*coldStart{},
+		leading:    cfg.Lease == nil,
 	}, nil
 }
 
@@ -339,7 +341,7 @@ func (cp *ControlPlane) forgetGone(runners []RunnerRef) {
 // every request, and the request path must not cost a Postgres query each.
 func (cp *ControlPlane) scaleFromZero(ctx context.Context, name string) {
 	cp.mu.Lock()
-	follower := cp.cfg.Lease != nil && !cp.leading
+	follower := !cp.leading
 	cp.mu.Unlock()
 	if follower {
 		return // the leader got the same poke; no Postgres round trip per poke
@@ -385,11 +387,7 @@ func (cp *ControlPlane) scaleFromZero(ctx context.Context, name string) {
 
 // lead reports whether this control plane may act now.
 func (cp *ControlPlane) lead(ctx context.Context) bool {
-	if cp.cfg.Lease == nil {
-		cp.metrics.leader.Set(1)
-		return true
-	}
-	ok := cp.cfg.Lease.Hold(ctx)
+	ok := cp.cfg.Lease == nil || cp.cfg.Lease.Hold(ctx)
 	if ok {
 		cp.metrics.leader.Set(1)
 	} else {

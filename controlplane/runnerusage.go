@@ -19,7 +19,7 @@ import (
 // so a second publication (another control plane, a late heartbeat) is
 // stored once.
 func (cp *ControlPlane) runnerEnded(hb wire.Heartbeat, end time.Time) {
-	if hb.RunnerID == "" || hb.StartedAt.IsZero() || (cp.cfg.Lease != nil && !cp.leading) {
+	if hb.RunnerID == "" || hb.StartedAt.IsZero() || !cp.leading {
 		return
 	}
 	rec := wire.RunnerUsageRecord{
