@@ -170,15 +170,26 @@ func TestJSONOutput(t *testing.T) {
 
 	var d map[string]any
 	p.cliJSON(t, &d, "deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "5s")
-	if d["name"] != "stories" || d["artifact_sha256"] == "" {
-		t.Errorf("deploy --json = %v, want name and artifact_sha256", d)
+	// --json is the API's whole object, not the fields the table shows.
+	whole := func(what string, m map[string]any) {
+		t.Helper()
+		for _, f := range []string{"name", "artifact_sha256", "queue_limit", "queue_timeout", "prices", "resources"} {
+			if _, ok := m[f]; !ok {
+				t.Errorf("%s --json lacks %q: %v", what, f, m)
+			}
+		}
 	}
+	if d["name"] != "stories" {
+		t.Errorf("deploy --json = %v, want the deployment stories", d)
+	}
+	whole("deploy", d)
 
 	var ls []map[string]any
 	p.cliJSON(t, &ls, "ls")
 	if len(ls) != 1 || ls[0]["name"] != "stories" {
-		t.Errorf("ls --json = %v, want one deployment named stories", ls)
+		t.Fatalf("ls --json = %v, want one deployment named stories", ls)
 	}
+	whole("ls", ls[0])
 
 	var created map[string]any
 	p.cliJSON(t, &created, "keys", "create", "script-key")

@@ -193,12 +193,18 @@ deploy changes the settings of an existing deployment.`,
 			setNested("resources", "memory", "memory", memory)
 			setNested("resources", "gpus", "gpus", gpus)
 			setNested("resources", "node_selector", "node-selector", nodeSelector)
-			var d deploymentInfo
-			if err := c.json(ctx, http.MethodPut, "/v1/deployments/"+args[0], spec, &d); err != nil {
+			// --json prints the API's whole answer, not just the fields
+			// the human summary uses.
+			var raw json.RawMessage
+			if err := c.json(ctx, http.MethodPut, "/v1/deployments/"+args[0], spec, &raw); err != nil {
 				return err
 			}
 			if asJSON {
-				return printJSON(d)
+				return printJSON(raw)
+			}
+			var d deploymentInfo
+			if err := json.Unmarshal(raw, &d); err != nil {
+				return fmt.Errorf("reading the saved deployment: %w", err)
 			}
 			fmt.Printf("deployment %s → artifact %s (idle timeout %s, runners %d–%d, parallel %d)\n",
 				d.Name, short(d.ArtifactSHA256), time.Duration(d.IdleTimeout), d.MinRunners, d.MaxRunners, d.Parallel)
@@ -289,18 +295,22 @@ func lsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var out struct {
-				Data []deploymentInfo `json:"data"`
+			var raw struct {
+				Data json.RawMessage `json:"data"`
 			}
-			if err := c.json(cmd.Context(), http.MethodGet, "/v1/deployments", nil, &out); err != nil {
+			if err := c.json(cmd.Context(), http.MethodGet, "/v1/deployments", nil, &raw); err != nil {
 				return err
 			}
 			if asJSON {
-				return printJSON(out.Data)
+				return printJSON(raw.Data) // every field, not just the table's
+			}
+			var deps []deploymentInfo
+			if err := json.Unmarshal(raw.Data, &deps); err != nil {
+				return fmt.Errorf("reading deployments: %w", err)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tARTIFACT\tRUNNERS\tQUEUED\tIN FLIGHT\tIDLE TIMEOUT")
-			for _, d := range out.Data {
+			for _, d := range deps {
 				phases := make([]string, 0, len(d.Runners))
 				for _, r := range d.Runners {
 					phases = append(phases, r.Phase)
