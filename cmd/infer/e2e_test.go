@@ -590,8 +590,9 @@ func TestBadInput(t *testing.T) {
 // with a new runner.
 // endlessStream deploys stories260K with the given idle timeout, starts a
 // completion stream that will not end by itself, and returns it once the
-// first token has arrived; the stream is closed when the test ends.
-func (p *platform) endlessStream(idleTimeout string) *bufio.Reader {
+// first token has arrived, with the PID of the one runner generating it;
+// the stream is closed when the test ends.
+func (p *platform) endlessStream(idleTimeout string) (*bufio.Reader, string) {
 	t := p.t
 	t.Helper()
 	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", idleTimeout); err != nil {
@@ -609,9 +610,14 @@ func (p *platform) endlessStream(idleTimeout string) *bufio.Reader {
 			t.Fatalf("stream ended before any token: %v", err)
 		}
 		if strings.Contains(line, `"text":"`) && !strings.Contains(line, `"text":""`) {
-			return br
+			break
 		}
 	}
+	pids := p.runnerPIDs("stories")
+	if len(pids) != 1 {
+		t.Fatalf("runners %v", pids)
+	}
+	return br, pids[0]
 }
 
 func TestRunnerLostMidGeneration(t *testing.T) {
@@ -619,17 +625,13 @@ func TestRunnerLostMidGeneration(t *testing.T) {
 		t.Skip("builds the binary and starts MinIO")
 	}
 	p := startPlatform(t)
-	br := p.endlessStream("30s")
-	pids := p.runnerPIDs("stories")
-	if len(pids) != 1 {
-		t.Fatalf("runners %v", pids)
-	}
-	if err := exec.Command("kill", "-STOP", pids[0]).Run(); err != nil {
+	br, pid := p.endlessStream("30s")
+	if err := exec.Command("kill", "-STOP", pid).Run(); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
 	rest, _ := io.ReadAll(br)
-	exec.Command("kill", "-KILL", pids[0]).Run()
+	exec.Command("kill", "-KILL", pid).Run()
 	if !strings.Contains(string(rest), "event: error") || !strings.Contains(string(rest), "runner_lost") || !strings.HasSuffix(strings.TrimSpace(string(rest)), "data: [DONE]") {
 		t.Fatalf("stream after the runner froze ended with %q; want an error event naming runner_lost, then [DONE]", lastLines(string(rest), 4))
 	}

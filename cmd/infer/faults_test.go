@@ -329,8 +329,7 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Skip("builds the binary and starts MinIO")
 	}
 	p := startPlatform(t)
-	br := p.endlessStream("60s")
-	runners := p.runnerPIDs("stories")
+	br, runner := p.endlessStream("60s")
 	if err := syscall.Kill(p.pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -359,11 +358,9 @@ func TestGracefulShutdown(t *testing.T) {
 	if p.exitErr != nil {
 		t.Errorf("infer dev exited with %v; want status 0", p.exitErr)
 	}
-	for _, pid := range runners {
-		if _, err := os.Stat(filepath.Join("/proc", pid)); err == nil {
-			if b, _ := os.ReadFile(filepath.Join("/proc", pid, "stat")); !strings.Contains(string(b), ") Z ") {
-				t.Errorf("runner %s outlived infer dev", pid)
-			}
+	if _, err := os.Stat(filepath.Join("/proc", runner)); err == nil {
+		if b, _ := os.ReadFile(filepath.Join("/proc", runner, "stat")); !strings.Contains(string(b), ") Z ") {
+			t.Errorf("runner %s outlived infer dev", runner)
 		}
 	}
 }
@@ -376,12 +373,8 @@ func TestRunnerSIGTERMDrains(t *testing.T) {
 		t.Skip("builds the binary and starts MinIO")
 	}
 	p := startPlatform(t)
-	br := p.endlessStream("60s")
-	pids := p.runnerPIDs("stories")
-	if len(pids) != 1 {
-		t.Fatalf("runners %v", pids)
-	}
-	pid, _ := strconv.Atoi(pids[0])
+	br, runner := p.endlessStream("60s")
+	pid, _ := strconv.Atoi(runner)
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -391,7 +384,7 @@ func TestRunnerSIGTERMDrains(t *testing.T) {
 	}
 	waitFor(t, shutdownDeadline, "the drained runner exits", func() bool {
 		for _, p := range p.runnerPIDs("stories") {
-			if p == pids[0] {
+			if p == runner {
 				return false
 			}
 		}

@@ -166,6 +166,17 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 	return err
 }
 
+// controlPlaneDeps is what serve has set up that the control plane uses.
+type controlPlaneDeps struct {
+	home, natsURL string
+	nc            *nats.Conn
+	store         *registry.Store
+	blobArgs      []string
+	metrics       *prometheus.Registry
+	withActivator bool
+	log           *slog.Logger
+}
+
 // openBlobs connects to the object store: S3 when INFER_S3_ENDPOINT is set,
 // otherwise a directory under home. It also returns the runner flags that
 // point runners at the same store (S3 settings reach them through the

@@ -13,27 +13,13 @@ import (
 	"errors"
 	"log/slog"
 
-	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
-
-	"github.com/infer-run/infer/registry"
 )
 
 var errActivatorOnly = errors.New("this infer binary was built with -tags activatoronly and serves only the activator")
 
 func platformCommands() []*cobra.Command { return nil }
-
-type controlPlaneDeps struct {
-	home, natsURL string
-	nc            *nats.Conn
-	store         *registry.Store
-	blobArgs      []string
-	metrics       *prometheus.Registry
-	withActivator bool
-	log           *slog.Logger
-}
 
 func startControlPlane(context.Context, *errgroup.Group, serveFlags, controlPlaneDeps) (func(), error) {
 	return func() {}, errActivatorOnly

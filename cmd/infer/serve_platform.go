@@ -19,15 +19,12 @@ import (
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/infer-run/infer/controlplane"
-	"github.com/infer-run/infer/registry"
 )
 
 // platformCommands are the commands only the full build has.
@@ -87,17 +84,6 @@ func kubeEnvFrom() []corev1.EnvFromSource {
 		{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: env("INFER_RUNNER_CONFIGMAP", "infer-config")}}},
 		{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: env("INFER_RUNNER_SECRET", "infer-secrets")}}},
 	}
-}
-
-// controlPlaneDeps is what serve has set up that the control plane uses.
-type controlPlaneDeps struct {
-	home, natsURL string
-	nc            *nats.Conn
-	store         *registry.Store
-	blobArgs      []string
-	metrics       *prometheus.Registry
-	withActivator bool
-	log           *slog.Logger
 }
 
 // startControlPlane starts the control plane's goroutines in g. cleanup
