@@ -70,7 +70,7 @@ func (s *Server) uploadArtifact(c echo.Context) error {
 	}
 	req := c.Request()
 	a, err := s.uploader.Upload(req.Context(), req.Body, req.ContentLength)
-	if errors.Is(err, registry.ErrInvalidWeights) {
+	if errors.Is(err, registry.ErrInvalidWeights) || errors.Is(err, registry.ErrIncompleteUpload) {
 		return errInvalid("file", "%v", err)
 	}
 	if err != nil {

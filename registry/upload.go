@@ -59,7 +59,8 @@ func (u *Uploader) Upload(ctx context.Context, r io.Reader, size int64) (Artifac
 	}()
 
 	hash := sha256.New()
-	tee := io.TeeReader(r, io.MultiWriter(hash, pw))
+	src := &recordingReader{r: r}
+	tee := io.TeeReader(src, io.MultiWriter(hash, pw))
 	info, n, err := Inspect(tee)
 	if err == nil {
 		// Bytes after the last tensor are allowed; they are part of the
@@ -78,6 +79,11 @@ func (u *Uploader) Upload(ctx context.Context, r io.Reader, size int64) (Artifac
 		pw.CloseWithError(err)
 		putErr := <-putDone
 		u.discard(ctx, key)
+		if src.err != nil && !errors.Is(err, ErrInvalidWeights) {
+			// The uploader's side failed (a client that hung up midway),
+			// not the store, whatever the store then reports.
+			return Artifact{}, fmt.Errorf("%w: reading the upload: %w", ErrIncompleteUpload, src.err)
+		}
 		if !errors.Is(err, ErrInvalidWeights) && putErr != nil && !errors.Is(putErr, err) {
 			// A failing store shows up as a failed write into the pipe;
 			// its own error says more.
@@ -132,4 +138,23 @@ func (u *Uploader) discard(ctx context.Context, key string) {
 		}
 		log.Warn("deleting an unused upload failed; the object is orphaned", "key", key, "err", err)
 	}
+}
+
+// ErrIncompleteUpload is an upload whose body ended early or failed to
+// arrive: the client's fault, not the store's.
+var ErrIncompleteUpload = errors.New("incomplete upload")
+
+// recordingReader remembers the first error of the reader it wraps other
+// than io.EOF, so a failed upload can be blamed on the right side.
+type recordingReader struct {
+	r   io.Reader
+	err error
+}
+
+func (r *recordingReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF && r.err == nil {
+		r.err = err
+	}
+	return n, err
 }
