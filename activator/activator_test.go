@@ -99,13 +99,17 @@ func (h *harness) deploy(name string, spec map[string]any) {
 // test ends.
 func (h *harness) startRunner(deployment string, parallel, ctxLen int) {
 	h.t.Helper()
-	r, err := runner.New(runner.Config{
-		ID:         wire.NewID(4),
-		Deployment: deployment,
-		Artifact:   runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size},
-		Cache:      &runner.Cache{Dir: h.t.TempDir(), Blobs: h.blobs},
-		Engine:     runner.EngineConfig{Parallel: parallel, Context: ctxLen},
-	}, h.nc, slog.Default())
+	h.startRunnerWith(runner.Config{Deployment: deployment, Engine: runner.EngineConfig{Parallel: parallel, Context: ctxLen}})
+}
+
+// startRunnerWith is startRunner with more of the runner's configuration;
+// it fills in the ID, the artifact and the cache.
+func (h *harness) startRunnerWith(cfg runner.Config) {
+	h.t.Helper()
+	cfg.ID = wire.NewID(4)
+	cfg.Artifact = runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size}
+	cfg.Cache = &runner.Cache{Dir: h.t.TempDir(), Blobs: h.blobs}
+	r, err := runner.New(cfg, h.nc, slog.Default())
 	if err != nil {
 		h.t.Fatal(err)
 	}

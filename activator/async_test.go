@@ -1,6 +1,7 @@
 package activator_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"io"
@@ -20,6 +21,7 @@ import (
 	"github.com/infer-run/infer/activator"
 	"github.com/infer-run/infer/internal/wire"
 	"github.com/infer-run/infer/registry"
+	"github.com/infer-run/infer/runner"
 )
 
 // addActivator runs one more activator against the harness's Postgres and
@@ -37,6 +39,24 @@ func (h *harness) addActivatorWith(reg activator.Registry) (url string, stop fun
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	return h.startActivator(reg, nc)
+}
+
+// addCrashingActivator is addActivator whose stop is a crash as NATS sees
+// it: the connection drops before anything else, so the activator can
+// announce nothing (no cancels) to the runners.
+func (h *harness) addCrashingActivator() (url string, crash func()) {
+	h.t.Helper()
+	nc, err := nats.Connect(h.nc.ConnectedUrl())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	url, stop := h.startActivator(h.store, nc)
+	return url, func() { nc.Close(); stop() }
+}
+
+func (h *harness) startActivator(reg activator.Registry, nc *nats.Conn) (url string, stop func()) {
+	h.t.Helper()
 	srv, err := activator.New(activator.Config{
 		Registry: reg,
 		Uploader: &registry.Uploader{Store: h.store, Blobs: h.blobs},
@@ -432,5 +452,64 @@ func TestActivatorGoneEndsItsStreams(t *testing.T) {
 	// B is unaffected.
 	if status, _, body := call(t, urlB, adminKey, http.MethodGet, "/v1/models", ""); status != 200 {
 		t.Errorf("B after A stopped: %d %v", status, body)
+	}
+}
+
+// TestActivatorGoneStopsItsRunner: a runner streaming for an activator that
+// went away (so no cancel will ever come) notices and stops generating,
+// instead of holding its only slot until max_tokens while the queue waits.
+func TestActivatorGoneStopsItsRunner(t *testing.T) {
+	h := newHarness(t)
+	h.deploy("long", map[string]any{"parallel": 1})
+	// A context this long lets the generation run for many seconds; the
+	// job is stopped within a few ClientChecks.
+	h.startRunnerWith(runner.Config{Deployment: "long", Engine: runner.EngineConfig{Parallel: 1, Context: 1 << 14}, ClientCheck: 200 * time.Millisecond})
+	usage := make(chan wire.UsageRecord, 4)
+	sub, err := h.nc.Subscribe(wire.UsageSubject("long"), func(m *nats.Msg) {
+		var rec wire.UsageRecord
+		if json.Unmarshal(m.Data, &rec) == nil {
+			usage <- rec
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	urlA, crashA := h.addCrashingActivator()
+	req, _ := http.NewRequest(http.MethodPost, urlA+"/v1/completions", strings.NewReader(
+		`{"model":"long","prompt":"Once upon a time","max_tokens":1000000,"temperature":1.5,"seed":7,"stream":true}`))
+	req.Header.Set("Authorization", "Bearer "+adminKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("stream ended before tokens flowed: %v", err)
+		}
+		if strings.Contains(line, `"text":"`) && !strings.Contains(line, `"text":""`) {
+			break
+		}
+	}
+	crashA()
+	stopped := time.Now()
+
+	select {
+	case rec := <-usage:
+		if rec.Status != "cancelled" {
+			t.Fatalf("the orphaned job ended %q (%s) after %d tokens; want it cancelled", rec.Status, rec.FinishReason, rec.CompletionTokens)
+		}
+		t.Logf("orphaned job stopped %s after its activator, at %d tokens", time.Since(stopped).Round(time.Millisecond), rec.CompletionTokens)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the runner still generates 30 s after its activator stopped")
+	}
+	// The slot is free: the next request, through another activator, runs.
+	urlB, _ := h.addActivator()
+	if status, _, body := call(t, urlB, adminKey, http.MethodPost, "/v1/completions", `{"model":"long","prompt":"The cat","max_tokens":5}`); status != 200 {
+		t.Fatalf("next request: %d %v", status, body)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/infer-run/infer/internal/wire"
 )
 
 // replies routes runner events to the HTTP handlers waiting for them. One
@@ -57,6 +59,15 @@ func (r *replies) onMsg(m *nats.Msg) {
 	r.mu.Lock()
 	w := r.waiters[id]
 	r.mu.Unlock()
+	if m.Reply != "" && m.Header.Get(wire.PingHeader) != "" {
+		// A runner asks whether this request still has a client.
+		answer := wire.PingAlive
+		if w == nil {
+			answer = wire.PingGone
+		}
+		m.Respond([]byte(answer))
+		return
+	}
 	if w != nil {
 		w.push(m.Data)
 	}

@@ -56,11 +56,11 @@ type KubernetesDriver struct {
 	// Command is the container's command before the runner's arguments;
 	// default ["infer", "runner"].
 	Command []string
-	// ExtraArgs are appended to every runner's arguments: connection
-	// settings such as --nats.
+	// ExtraArgs are appended to every runner's arguments. Keep secrets
+	// out of them (and out of Env): anyone who may read pods reads both.
 	ExtraArgs []string
-	// Env and EnvFrom configure every runner container, e.g. the
-	// INFER_S3_* credentials from a Secret.
+	// Env and EnvFrom configure every runner container, e.g.
+	// INFER_NATS_URL, and the INFER_S3_* credentials from a Secret.
 	Env     []corev1.EnvVar
 	EnvFrom []corev1.EnvFromSource
 	// ServiceAccount is the pods' service account; empty uses the

@@ -49,7 +49,7 @@ func newTestDriver(objs ...runtime.Object) (*KubernetesDriver, *fake.Clientset) 
 		Client:    client,
 		Namespace: testNS,
 		Image:     "ghcr.io/infer-run/infer:test",
-		ExtraArgs: []string{"--nats", "nats://nats.infer:4222"},
+		Env:       []corev1.EnvVar{{Name: "INFER_NATS_URL", Value: "nats://nats.infer:4222"}},
 		Log:       slog.New(slog.DiscardHandler),
 	}, client
 }
@@ -178,11 +178,15 @@ func TestKubernetesStartPod(t *testing.T) {
 				{"--parallel", "8"},
 				{"--context", "2048"},
 				{"--chat-template", "chatml"},
-				d.ExtraArgs,
 			} {
 				if !containsSeq(c.Args, want) {
 					t.Errorf("args %q lack %q", c.Args, want)
 				}
+			}
+			// Connection settings come through the environment: a URL
+			// with a password must not be in the arguments.
+			if !slices.Equal(c.Env, d.Env) || slices.Contains(c.Args, "--nats") {
+				t.Errorf("env %v, args %q: want env %v and no --nats", c.Env, c.Args, d.Env)
 			}
 			if got := containsSeq(c.Args, []string{"--gpu-layers", "999"}); got != tt.gpuLayers {
 				t.Errorf("args %q: --gpu-layers 999 present = %v, want %v", c.Args, got, tt.gpuLayers)

@@ -36,6 +36,9 @@ type Config struct {
 	// work; zero leaves scale-down to the control plane.
 	IdleTimeout time.Duration
 	Heartbeat   time.Duration
+	// ClientCheck is how often the runner asks whether a streaming job's
+	// activator still holds its client (default 2 s); see watchClient.
+	ClientCheck time.Duration
 }
 
 // Runner is one model replica.
@@ -70,6 +73,9 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Runner, error) {
 	}
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = time.Second
+	}
+	if cfg.ClientCheck <= 0 {
+		cfg.ClientCheck = 2 * time.Second
 	}
 	host, _ := os.Hostname()
 	return &Runner{
@@ -329,6 +335,9 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 	} else {
 		req.Prompt = job.Prompt
 	}
+	if !job.Async {
+		go r.watchClient(jobCtx, job.ReplyTo, cancel, log)
+	}
 	start := time.Now()
 	promptTokens, err := r.engine.Submit(jobCtx, req, sink)
 	if err != nil {
@@ -384,6 +393,40 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		status = "cancelled"
 	}
 	r.recordUsage(job, enqueued, start, sink, sink.usage, status, sink.reason)
+}
+
+// watchClient cancels a streaming job nobody waits for any more. A client
+// that hangs up is announced on the cancel subject, but an activator that
+// crashes or restarts announces nothing, and the runner would generate up
+// to max_tokens for nobody while queued jobs wait for the slot. So every
+// ClientCheck the runner asks the job's reply subject (see wire.PingHeader).
+// It gives up on the job after two answers in a row that nobody is there:
+// for a moment after a NATS reconnect the runner may be subscribed again
+// while the activator is not yet. A timeout is not an answer: a busy
+// activator is not a gone one.
+func (r *Runner) watchClient(ctx context.Context, subject string, cancel context.CancelFunc, log *slog.Logger) {
+	tick := time.NewTicker(r.cfg.ClientCheck)
+	defer tick.Stop()
+	ping := nats.NewMsg(subject)
+	ping.Header.Set(wire.PingHeader, "1")
+	for gone := 0; gone < 2; {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		pctx, done := context.WithTimeout(ctx, r.cfg.ClientCheck)
+		reply, err := r.nc.RequestMsgWithContext(pctx, ping)
+		done()
+		switch {
+		case errors.Is(err, nats.ErrNoResponders), err == nil && string(reply.Data) == wire.PingGone:
+			gone++
+		case err == nil:
+			gone = 0
+		}
+	}
+	log.Info("stopping job: nobody waits for it any more (its activator is gone)")
+	cancel()
 }
 
 // publishAsync stores an async job's last event in the async event stream,

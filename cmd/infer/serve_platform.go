@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
@@ -86,6 +87,17 @@ func kubeEnvFrom() []corev1.EnvFromSource {
 	}
 }
 
+// runnerNATSEnv tells runner pods where NATS is. A URL with a password or
+// a token stays out of the pod spec, which everyone who may list pods can
+// read (and which `kubectl describe` prints): the pods then read
+// INFER_NATS_URL from the Secret they get through kubeEnvFrom.
+func runnerNATSEnv(natsURL string) []corev1.EnvVar {
+	if strings.Contains(natsURL, "@") {
+		return nil
+	}
+	return []corev1.EnvVar{{Name: "INFER_NATS_URL", Value: natsURL}}
+}
+
 // startControlPlane starts the control plane's goroutines in g. cleanup
 // stops what outlives them (local runner processes).
 func startControlPlane(ctx context.Context, g *errgroup.Group, f serveFlags, d controlPlaneDeps) (cleanup func(), err error) {
@@ -126,10 +138,14 @@ func startControlPlane(ctx context.Context, g *errgroup.Group, f serveFlags, d c
 			Client:    client,
 			Namespace: f.namespace,
 			Image:     f.runnerImage,
-			ExtraArgs: []string{"--nats", natsURL},
+			Env:       runnerNATSEnv(natsURL),
 			// Runners read S3 settings from the same Secret/ConfigMap.
 			EnvFrom: kubeEnvFrom(),
 			Log:     log,
+		}
+		if len(driver.(*controlplane.KubernetesDriver).Env) == 0 {
+			log.Info("the NATS URL carries credentials, so runner pods read INFER_NATS_URL from their Secret, not from the pod spec",
+				"secret", env("INFER_RUNNER_SECRET", "infer-secrets"))
 		}
 	default:
 		return cleanup, usageError{fmt.Errorf("unknown --driver %q: use local or kubernetes", f.driver)}

@@ -67,6 +67,18 @@ func HeartbeatSubject(deployment, runnerID string) string {
 // CancelSubject is where the activator announces that a client went away.
 func CancelSubject(deployment string) string { return "infer.cancel." + deployment }
 
+// A runner asks the reply subject of each job it streams whether anyone
+// still waits, by sending a core NATS request with PingHeader set. The
+// activator holding the request answers PingAlive, or PingGone when it no
+// longer does; NATS itself answers "no responders" when no activator
+// subscribes to the subject any more (it crashed or restarted). Either
+// way the runner stops generating for nobody.
+const (
+	PingHeader = "Infer-Ping"
+	PingAlive  = "alive"
+	PingGone   = "gone"
+)
+
 // UsageSubject is the usage stream subject for a deployment.
 func UsageSubject(deployment string) string { return "infer.usage." + deployment }
 
