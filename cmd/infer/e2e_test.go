@@ -65,14 +65,26 @@ type platformOptions struct {
 	// for Postgres and MinIO (a proxy the test can cut); p.dbURL and p.s3
 	// stay direct.
 	dbAddr, s3Addr func(direct string) string
+	// dbURL and s3, when set, are the Postgres database and MinIO to use
+	// instead of a fresh database on the local server and a fresh
+	// plain-HTTP MinIO; an s3 with Secure is given to infer as https://.
+	dbURL string
+	s3    *blob.S3Config
 }
 
 func startPlatformWith(t *testing.T, o platformOptions) *platform {
 	t.Helper()
 	bin := buildInfer(t)
-	s3 := testenv.MinIO(t)
+	if o.s3 == nil {
+		s3 := testenv.MinIO(t)
+		o.s3 = &s3
+	}
+	s3 := *o.s3
 	if o.nats == "" {
 		o.nats = testenv.NATS(t)
+	}
+	if o.dbURL == "" {
+		o.dbURL = testenv.Postgres(t)
 	}
 	p := &platform{
 		s3:    s3,
@@ -80,7 +92,7 @@ func startPlatformWith(t *testing.T, o platformOptions) *platform {
 		bin:   bin,
 		home:  filepath.Join(t.TempDir(), "home"),
 		key:   "sk-infer-e2e-admin",
-		dbURL: testenv.Postgres(t),
+		dbURL: o.dbURL,
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	p.url = "http://" + addr
@@ -95,6 +107,9 @@ func startPlatformWith(t *testing.T, o platformOptions) *platform {
 	}
 	if o.s3Addr != nil {
 		devS3 = o.s3Addr(devS3)
+	}
+	if s3.Secure {
+		devS3 = "https://" + devS3
 	}
 	p.env = append(os.Environ(),
 		"DATABASE_URL="+devDB,

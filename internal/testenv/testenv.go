@@ -8,6 +8,8 @@ package testenv
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -41,6 +43,19 @@ const minioInstallHint = "run `make minio` (which does `go install github.com/mi
 // and returns how to reach it. The server is killed when the test ends.
 func MinIO(t testing.TB) blob.S3Config {
 	t.Helper()
+	return startMinIO(t, "", "")
+}
+
+// MinIOTLS is MinIO serving HTTPS only, with the certificate in certFile
+// and its key in keyFile (PEM); Secure is set in what it returns. Clients
+// must be told to trust the certificate's issuer.
+func MinIOTLS(t testing.TB, certFile, keyFile string) blob.S3Config {
+	t.Helper()
+	return startMinIO(t, certFile, keyFile)
+}
+
+func startMinIO(t testing.TB, certFile, keyFile string) blob.S3Config {
+	t.Helper()
 	bin := minioBinary(t)
 	dataDir := t.TempDir()
 	logPath := filepath.Join(t.TempDir(), "minio.log")
@@ -52,7 +67,30 @@ func MinIO(t testing.TB) blob.S3Config {
 
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t)))
 	console := net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t)))
-	cmd := exec.Command(bin, "server", "--address", addr, "--console-address", console, dataDir)
+	args := []string{"server", "--address", addr, "--console-address", console}
+	probe := &http.Client{Timeout: 2 * time.Second}
+	scheme := "http"
+	if certFile != "" {
+		// MinIO serves TLS when its certs directory holds public.crt and
+		// private.key; an explicit directory keeps ~/.minio out of it.
+		certsDir := t.TempDir()
+		copyFile(t, certFile, filepath.Join(certsDir, "public.crt"))
+		copyFile(t, keyFile, filepath.Join(certsDir, "private.key"))
+		args = append(args, "--certs-dir", certsDir)
+		// The readiness probe trusts exactly the certificate MinIO was
+		// given, whatever issued it.
+		pem, err := os.ReadFile(certFile)
+		if err != nil {
+			t.Fatalf("testenv: reading MinIO certificate: %v", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			t.Fatalf("testenv: no certificate in %s", certFile)
+		}
+		probe.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
+		scheme = "https"
+	}
+	cmd := exec.Command(bin, append(args, dataDir)...)
 	cmd.Env = append(os.Environ(),
 		"MINIO_ROOT_USER="+minioUser,
 		"MINIO_ROOT_PASSWORD="+minioPassword,
@@ -72,7 +110,7 @@ func MinIO(t testing.TB) blob.S3Config {
 		<-exited
 	})
 
-	if err := waitReady(exited, "http://"+addr+"/minio/health/ready", 60*time.Second); err != nil {
+	if err := waitReady(probe, exited, scheme+"://"+addr+"/minio/health/ready", 60*time.Second); err != nil {
 		out, _ := os.ReadFile(logPath)
 		t.Fatalf("testenv: MinIO at %s: %v\n%s", addr, err, out)
 	}
@@ -81,6 +119,18 @@ func MinIO(t testing.TB) blob.S3Config {
 		AccessKey: minioUser,
 		SecretKey: minioPassword,
 		Bucket:    "infer-test",
+		Secure:    certFile != "",
+	}
+}
+
+func copyFile(t testing.TB, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatalf("testenv: %v", err)
 	}
 }
 
@@ -122,8 +172,7 @@ func goPath() string {
 
 // waitReady polls url until it answers 200, the process exits or timeout
 // passes.
-func waitReady(exited <-chan struct{}, url string, timeout time.Duration) error {
-	client := &http.Client{Timeout: 2 * time.Second}
+func waitReady(client *http.Client, exited <-chan struct{}, url string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		resp, err := client.Get(url)
