@@ -170,7 +170,12 @@ func startPlatformWith(t *testing.T, o platformOptions) *platform {
 		if time.Now().After(deadline) {
 			t.Fatalf("infer dev did not become healthy: %v", err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case <-p.exited:
+			// A bad setting stops it at once; say so now, not in 60 s.
+			t.Fatalf("infer dev exited while starting: %v", p.exitErr)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
 
