@@ -43,6 +43,14 @@ type harness struct {
 
 func newHarness(t testing.TB) *harness {
 	t.Helper()
+	// The tests' webhook receivers are httptest servers on 127.0.0.1.
+	return newHarnessWith(t, activator.Config{AllowPrivateWebhooks: true})
+}
+
+// newHarnessWith is newHarness with cfg for its activator; the harness
+// fills in the registry, the uploader, NATS, and a logger if cfg has none.
+func newHarnessWith(t testing.TB, cfg activator.Config) *harness {
+	t.Helper()
 	ctx := context.Background()
 	store, err := registry.Open(ctx, testenv.Postgres(t))
 	if err != nil {
@@ -62,7 +70,11 @@ func newHarness(t testing.TB) *harness {
 		t.Fatal(err)
 	}
 	up := &registry.Uploader{Store: store, Blobs: blobs}
-	srv, err := activator.New(activator.Config{Registry: store, Uploader: up, NATS: nc, Logger: slog.Default()})
+	cfg.Registry, cfg.Uploader, cfg.NATS = store, up, nc
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	srv, err := activator.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

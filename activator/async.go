@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/wire"
+	"github.com/infer-run/infer/registry"
 )
 
 // Async jobs. POST /v1/async/{chat/,}completions validates a request like
@@ -63,16 +63,48 @@ type asyncRecord struct {
 	// took it (its MaxAge, twice the queue timeout); after that a queued
 	// job can only have failed.
 	DroppedAt time.Time `json:"dropped_at,omitzero"`
-	// WebhookSent is set once the webhook accepted the result, so a
-	// redelivered event does not call it again.
+	// WebhookSent is set once the webhook accepted the result (or was
+	// given up), so a redelivered event does not call it again.
 	WebhookSent bool `json:"webhook_sent,omitempty"`
+	// Swept is set when the sweeper failed the job; its webhook is then
+	// the sweeper's to call, and a late runner event must not call it too.
+	Swept bool `json:"swept,omitempty"`
+	// What the job's tokens are charged to when its result is folded in,
+	// as sync requests are charged when they finish: the submitting key
+	// with its limits at submission, and the deployment's prices.
+	KeyID     string      `json:"key_id,omitempty"`
+	KeyTPM    int         `json:"key_tokens_per_minute,omitempty"`
+	KeyBudget *float64    `json:"key_budget_usd,omitempty"`
+	Prices    wire.Prices `json:"prices,omitzero"`
 }
 
 func (r *asyncRecord) terminal() bool { return r.Status == asyncSucceeded || r.Status == asyncFailed }
 
+// expired reports whether the job is still queued after its queue dropped
+// it: no runner took it, and none will, so it has failed although no
+// event says so.
+func (r *asyncRecord) expired(now time.Time) bool {
+	return r.Status == asyncQueued && !r.DroppedAt.IsZero() && now.After(r.DroppedAt)
+}
+
+// expire fails an expired job. (A runner that takes a job past its
+// deadline reports the same error itself.)
+func (r *asyncRecord) expire() {
+	r.Status, r.FinishedAt = asyncFailed, r.DroppedAt.Unix()
+	r.Swept = true
+	r.Error = errStatus(http.StatusGatewayTimeout, "server_error", "queue_timeout",
+		"the job waited in the queue of %s past its deadline without starting", r.Model)
+}
+
+// key is the submitting key, as far as charging the job needs it.
+func (r *asyncRecord) key() registry.APIKey {
+	return registry.APIKey{ID: r.KeyID, TenantID: r.TenantID, Limits: registry.Limits{TokensPerMinute: r.KeyTPM, BudgetUSD: r.KeyBudget}}
+}
+
 // view is what clients see.
 func (r asyncRecord) view() asyncRecord {
-	r.TenantID, r.Kind, r.Deadline, r.DroppedAt, r.WebhookSent = "", "", time.Time{}, time.Time{}, false
+	r.TenantID, r.Kind, r.Deadline, r.DroppedAt, r.WebhookSent, r.Swept = "", "", time.Time{}, time.Time{}, false, false
+	r.KeyID, r.KeyTPM, r.KeyBudget, r.Prices = "", 0, nil, wire.Prices{}
 	return r
 }
 
@@ -82,6 +114,9 @@ type asyncJobs struct {
 	kv   jetstream.KeyValue
 	ttl  time.Duration
 	http *http.Client
+	// allowPrivate lets webhooks reach non-public addresses (see
+	// webhook.go).
+	allowPrivate bool
 	// webhookBackoff is the wait before the first webhook retry; it
 	// doubles up to webhookAttempts tries.
 	webhookBackoff time.Duration
@@ -94,12 +129,14 @@ type asyncJobs struct {
 
 const webhookAttempts = 5
 
-func newAsyncJobs(s *Server, ttl time.Duration, client *http.Client) (*asyncJobs, error) {
+func newAsyncJobs(s *Server, cfg Config) (*asyncJobs, error) {
+	ttl := cfg.AsyncTTL
 	if ttl <= 0 {
 		ttl = queue.DefaultAsyncTTL
 	}
-	if client == nil {
-		client = &http.Client{Timeout: 10 * time.Second}
+	sweepEvery := cfg.AsyncSweep
+	if sweepEvery <= 0 {
+		sweepEvery = defaultAsyncSweep
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -107,18 +144,24 @@ func newAsyncJobs(s *Server, ttl time.Duration, client *http.Client) (*asyncJobs
 	if err != nil {
 		return nil, err
 	}
-	a := &asyncJobs{s: s, kv: kv, ttl: ttl, http: client, webhookBackoff: time.Second}
+	a := &asyncJobs{
+		s: s, kv: kv, ttl: ttl, webhookBackoff: time.Second,
+		http:         webhookClient(cfg.WebhookClient, cfg.AllowPrivateWebhooks),
+		allowPrivate: cfg.AllowPrivateWebhooks,
+	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.cc, err = cons.Consume(a.onEvent)
 	if err != nil {
 		a.cancel()
 		return nil, fmt.Errorf("consuming async job events: %w", err)
 	}
+	a.wg.Add(1)
+	go a.sweep(sweepEvery)
 	return a, nil
 }
 
-// close stops folding events. Events being handled and not yet
-// acknowledged go to another activator after the ack wait.
+// close stops folding events and sweeping. Events being handled and not
+// yet acknowledged go to another activator after the ack wait.
 func (a *asyncJobs) close() {
 	a.cc.Stop()
 	a.cancel()
@@ -130,23 +173,11 @@ func (s *Server) asyncCompletions(c echo.Context) error     { return s.submitAsy
 
 // submitAsync validates and queues an async job and answers 202 at once.
 func (s *Server) submitAsync(c echo.Context, kind wire.Kind) error {
-	a, err := s.accept(c, kind)
+	a, err := s.accept(c, kind, true)
 	if err != nil {
 		return err
 	}
-	req, dep, job := a.req, a.dep, a.job
-	if req.Stream {
-		return errInvalid("stream", "async jobs cannot stream; leave stream unset and read the result with GET /v1/async/{id}")
-	}
-	hook := c.Request().Header.Get(WebhookHeader)
-	if req.Webhook != nil {
-		hook = *req.Webhook
-	}
-	if hook != "" {
-		if u, err := url.Parse(hook); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return errInvalid("webhook", "webhook must be an absolute http or https URL, got %q", hook)
-		}
-	}
+	dep, job, hook := a.dep, a.job, a.webhook
 	job.Async = true
 	job.ReplyTo = wire.AsyncEventSubject(job.ID)
 	data, err := json.Marshal(job)
@@ -162,6 +193,7 @@ func (s *Server) submitAsync(c echo.Context, kind wire.Kind) error {
 		ID: job.ID, Object: "async.job", Endpoint: endpoint, Model: dep.Name, Status: asyncQueued,
 		CreatedAt: now.Unix(), ExpiresAt: now.Add(s.async.ttl).Unix(), Webhook: hook,
 		TenantID: job.TenantID, Kind: kind, Deadline: job.Deadline, DroppedAt: now.Add(2 * dep.QueueTimeout),
+		KeyID: a.key.ID, KeyTPM: a.key.TokensPerMinute, KeyBudget: a.key.BudgetUSD, Prices: job.Prices,
 	}
 	recData, err := json.Marshal(rec)
 	if err != nil {
@@ -185,6 +217,24 @@ func (s *Server) submitAsync(c echo.Context, kind wire.Kind) error {
 	return c.JSON(http.StatusAccepted, rec.view())
 }
 
+// checkRequest is what only the async endpoints refuse; it returns the
+// job's webhook URL, from the body or else the WebhookHeader.
+func (a *asyncJobs) checkRequest(c echo.Context, req *completionRequest) (string, *apiError) {
+	if req.Stream {
+		return "", errInvalid("stream", "async jobs cannot stream; leave stream unset and read the result with GET /v1/async/{id}")
+	}
+	hook := c.Request().Header.Get(WebhookHeader)
+	if req.Webhook != nil {
+		hook = *req.Webhook
+	}
+	if hook != "" {
+		if e := checkWebhook(hook, a.allowPrivate); e != nil {
+			return "", e
+		}
+	}
+	return hook, nil
+}
+
 // getAsync returns an async job to a key of the tenant that submitted it.
 func (s *Server) getAsync(c echo.Context) error {
 	key, err := s.authenticate(c)
@@ -205,13 +255,10 @@ func (s *Server) getAsync(c echo.Context) error {
 		s.log.Error("reading async job", "request", id, "err", err)
 		return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "could not read the job: %v", err)
 	}
-	if rec.Status == asyncQueued && !rec.DroppedAt.IsZero() && time.Now().After(rec.DroppedAt) {
-		// No runner took it before its queue dropped it; nothing else
-		// will report that. (A runner that takes a job past its deadline
-		// reports the same error itself.)
-		rec.Status = asyncFailed
-		rec.Error = errStatus(http.StatusGatewayTimeout, "server_error", "queue_timeout",
-			"the job waited in the queue of %s past its deadline without starting", rec.Model)
+	if rec.expired(time.Now()) {
+		// No runner took it before its queue dropped it, and the sweeper
+		// has not stored that yet: show what it will store.
+		rec.expire()
 	}
 	return c.JSON(http.StatusOK, rec.view())
 }
@@ -296,8 +343,16 @@ func (a *asyncJobs) onEvent(msg jetstream.Msg) {
 		})
 	case wire.EventDone, wire.EventError:
 		var rec asyncRecord
+		folded := false
+		u := wire.Usage{}
+		if ev.Usage != nil {
+			u = *ev.Usage
+		}
 		rec, err = a.update(ctx, id, func(r *asyncRecord) bool {
-			if r.terminal() {
+			// Decided afresh on every try: a lost compare-and-swap may
+			// have been a redelivery of this event folded elsewhere.
+			folded = !r.terminal()
+			if !folded {
 				return false // a redelivered event: already folded
 			}
 			r.FinishedAt = now.Unix()
@@ -305,24 +360,28 @@ func (a *asyncJobs) onEvent(msg jetstream.Msg) {
 				r.StartedAt = r.FinishedAt
 			}
 			if ev.Type == wire.EventDone {
-				u := wire.Usage{}
-				if ev.Usage != nil {
-					u = *ev.Usage
-				}
 				enc := newChunkEncoder(r.Kind, r.ID, r.Model, r.CreatedAt)
 				r.Status, r.Result = asyncSucceeded, enc.body(ev.Text, ev.FinishReason, u)
-				a.s.metrics.requests.WithLabelValues(r.Model, "ok").Inc()
 			} else {
 				we := ev.Error
 				if we == nil {
 					we = &wire.Error{Status: 500, Message: "runner failed"}
 				}
 				r.Status, r.Error = asyncFailed, fromWire(we)
-				a.s.metrics.requests.WithLabelValues(r.Model, "error").Inc()
 			}
 			return true
 		})
-		if err == nil && rec.Webhook != "" && !rec.WebhookSent {
+		if err == nil && folded {
+			if ev.Type == wire.EventDone {
+				a.s.metrics.requests.WithLabelValues(rec.Model, "ok").Inc()
+				// This activator folded the result, so its limiter holds
+				// the charge (limits are per activator, see limits.go).
+				a.s.limits.charge(rec.key(), u, rec.Prices)
+			} else {
+				a.s.metrics.requests.WithLabelValues(rec.Model, "error").Inc()
+			}
+		}
+		if err == nil && rec.Webhook != "" && !rec.WebhookSent && !rec.Swept {
 			// Acknowledged once the webhook took it (or gave up), so an
 			// activator dying meanwhile leaves the call to another.
 			a.wg.Add(1)
@@ -347,7 +406,8 @@ func (a *asyncJobs) onEvent(msg jetstream.Msg) {
 }
 
 // deliver posts a finished job to its webhook, retrying with backoff, and
-// then acknowledges the event that finished it.
+// then acknowledges the event that finished it, if one did (msg is nil
+// for a job the sweeper failed).
 func (a *asyncJobs) deliver(msg jetstream.Msg, rec asyncRecord) {
 	body, _ := json.Marshal(rec.view())
 	log := a.s.log.With("request", rec.ID, "webhook", rec.Webhook)
@@ -362,6 +422,10 @@ func (a *asyncJobs) deliver(msg jetstream.Msg, rec asyncRecord) {
 		if a.ctx.Err() != nil {
 			return // shutting down: another activator retries
 		}
+		if errors.Is(err, errWebhookInternal) {
+			log.Warn("giving up on webhook: refusing to call a non-public address (see --webhook-allow-private)", "err", err)
+			break
+		}
 		if attempt == webhookAttempts {
 			log.Warn("giving up on webhook", "attempts", attempt, "err", err)
 			break
@@ -374,7 +438,9 @@ func (a *asyncJobs) deliver(msg jetstream.Msg, rec asyncRecord) {
 			case <-wait.C:
 				break waiting
 			case <-progress.C:
-				msg.InProgress()
+				if msg != nil {
+					msg.InProgress()
+				}
 			case <-a.ctx.Done():
 				// Shutting down: another activator retries.
 				wait.Stop()
@@ -388,7 +454,9 @@ func (a *asyncJobs) deliver(msg jetstream.Msg, rec asyncRecord) {
 	if _, err := a.update(ctx, rec.ID, func(r *asyncRecord) bool { r.WebhookSent = true; return true }); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		log.Warn("recording webhook delivery", "err", err)
 	}
-	msg.Ack()
+	if msg != nil {
+		msg.Ack()
+	}
 }
 
 func (a *asyncJobs) post(rec asyncRecord, body []byte) error {

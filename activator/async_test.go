@@ -62,6 +62,8 @@ func (h *harness) startActivator(reg activator.Registry, nc *nats.Conn) (url str
 		Uploader: &registry.Uploader{Store: h.store, Blobs: h.blobs},
 		NATS:     nc,
 		Logger:   slog.Default(),
+		// The tests' webhook receivers are httptest servers on 127.0.0.1.
+		AllowPrivateWebhooks: true,
 	})
 	if err != nil {
 		nc.Close()

@@ -35,7 +35,7 @@ func (s *Server) completions(c echo.Context) error     { return s.complete(c, wi
 // complete is the request path: validate, queue on JetStream, poke the
 // control plane, then relay the runner's events to the client.
 func (s *Server) complete(c echo.Context, kind wire.Kind) error {
-	a, err := s.accept(c, kind)
+	a, err := s.accept(c, kind, false)
 	if err != nil {
 		return err
 	}
@@ -96,11 +96,15 @@ type accepted struct {
 	dep registry.Deployment
 	key registry.APIKey // whose limits the request is charged to
 	job wire.Job
+	// webhook is an async job's webhook URL, if it has one.
+	webhook string
 }
 
 // accept authenticates and validates a completion request and builds its
 // job: everything the sync and async endpoints share before queueing.
-func (s *Server) accept(c echo.Context, kind wire.Kind) (accepted, error) {
+// Every check that can refuse the request comes before the key's limits
+// are charged, the async endpoints' own checks included.
+func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, error) {
 	key, err := s.authenticate(c)
 	if err != nil {
 		return accepted{}, err
@@ -115,6 +119,12 @@ func (s *Server) accept(c echo.Context, kind wire.Kind) (accepted, error) {
 	req, apiErr := decodeRequest(body, kind)
 	if apiErr != nil {
 		return accepted{}, apiErr
+	}
+	var hook string
+	if async {
+		if hook, apiErr = s.async.checkRequest(c, req); apiErr != nil {
+			return accepted{}, apiErr
+		}
 	}
 	dep, err := s.deployment(c.Request().Context(), key, req.Model)
 	if err != nil {
@@ -140,7 +150,7 @@ func (s *Server) accept(c echo.Context, kind wire.Kind) (accepted, error) {
 	job.KeyID = key.ID
 	job.Deadline = time.Now().Add(dep.QueueTimeout)
 	job.Prices = wire.Prices{PromptPerMTok: dep.Prices.PromptPerMTok, CompletionPerMTok: dep.Prices.CompletionPerMTok}
-	return accepted{req: req, dep: dep, key: key, job: job}, nil
+	return accepted{req: req, dep: dep, key: key, job: job, webhook: hook}, nil
 }
 
 // abandon stops a job nobody waits for: runners drop it (or stop it if it

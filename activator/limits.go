@@ -13,7 +13,9 @@ import (
 // Key limits are enforced per activator, from memory: each activator keeps
 // a token bucket per key for requests and for tokens per minute, and adds
 // the cost of the requests it relayed to the spend the registry cache last
-// loaded. Nothing on the request path queries Postgres or NATS.
+// loaded. Nothing on the request path queries Postgres or NATS. An async
+// job's tokens are charged by the activator that folds its result into the
+// job record, which need not be the one that admitted it.
 //
 // The trade-off: with N activators behind a load balancer a key can get up
 // to N times its per-minute limits, and a budget can be overshot by what

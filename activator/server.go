@@ -53,8 +53,21 @@ type Config struct {
 	// of one NATS should agree: the last one to start sets it.
 	AsyncTTL time.Duration
 	// WebhookClient calls async job webhooks; nil uses a client with a
-	// 10 s timeout.
+	// 10 s timeout. Unless AllowPrivateWebhooks, its *http.Transport (or
+	// a default one) is copied to dial only public addresses, directly
+	// rather than through a proxy; a Transport of another type is used
+	// as it is.
 	WebhookClient *http.Client
+	// AllowPrivateWebhooks lets async job webhooks reach loopback,
+	// private, link-local and other non-public addresses. Off, such
+	// webhooks are refused: at submission when the URL holds an IP
+	// address, when dialling when a name resolves to one. Turn it on only
+	// where every API key is trusted with the activator's network.
+	AllowPrivateWebhooks bool
+	// AsyncSweep is how often the activator looks for async jobs that
+	// no runner took before their queue dropped them, to fail them and
+	// call their webhooks; zero means every 5 s.
+	AsyncSweep time.Duration
 }
 
 // Server is one activator.
@@ -110,7 +123,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.metrics = newMetrics(reg)
 	s.gatherer = gath
-	if s.async, err = newAsyncJobs(s, cfg.AsyncTTL, cfg.WebhookClient); err != nil {
+	if s.async, err = newAsyncJobs(s, cfg); err != nil {
 		s.replies.close()
 		s.runners.close()
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -37,6 +38,12 @@ type serveFlags struct {
 
 	// activator only
 	asyncTTL string
+	// webhookAllowPrivate's default is the command's (dev: true) unless
+	// $INFER_WEBHOOK_ALLOW_PRIVATE says otherwise.
+	webhookAllowPrivate bool
+	// envErr is an environment variable that does not parse, reported
+	// when the command runs.
+	envErr error
 
 	// control plane only
 	driver      string
@@ -51,10 +58,29 @@ func (f *serveFlags) register(cmd *cobra.Command, withAddr bool) {
 	if withAddr {
 		cmd.Flags().StringVar(&f.addr, "addr", env("INFER_ADDR", "127.0.0.1:8080"), "HTTP listen address ($INFER_ADDR)")
 		cmd.Flags().StringVar(&f.asyncTTL, "async-ttl", env("INFER_ASYNC_TTL", "24h"), "how long async job records and results are kept ($INFER_ASYNC_TTL)")
+		allow, err := envBool("INFER_WEBHOOK_ALLOW_PRIVATE", f.webhookAllowPrivate)
+		if err != nil {
+			f.envErr = err
+		}
+		cmd.Flags().BoolVar(&f.webhookAllowPrivate, "webhook-allow-private", allow,
+			"let async job webhooks reach loopback, private and link-local addresses, for receivers on this machine or network ($INFER_WEBHOOK_ALLOW_PRIVATE)")
 	}
 	cmd.Flags().StringVar(&f.home, "home", env("INFER_HOME", ".infer"), "state directory: embedded NATS, blobs, weights cache, logs ($INFER_HOME)")
 	cmd.Flags().StringVar(&f.dbURL, "database-url", env("DATABASE_URL", defaultDatabaseURL), "Postgres connection string ($DATABASE_URL)")
 	cmd.Flags().StringVar(&f.nats, "nats", os.Getenv("INFER_NATS_URL"), "NATS server URL; empty embeds one with JetStream under --home ($INFER_NATS_URL)")
+}
+
+// envBool reads a boolean environment variable (true, false, 1, 0, …).
+func envBool(name string, def bool) (bool, error) {
+	v := os.Getenv(name)
+	if v == "" {
+		return def, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return def, fmt.Errorf("$%s is %q; use true or false", name, v)
+	}
+	return b, nil
 }
 
 func activatorCmd() *cobra.Command {
@@ -76,6 +102,9 @@ func activatorCmd() *cobra.Command {
 
 // serve runs the activator and/or the control plane until SIGINT/SIGTERM.
 func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bool) error {
+	if f.envErr != nil {
+		return usageError{f.envErr}
+	}
 	log := newLogger()
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -130,13 +159,14 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 			return usageError{fmt.Errorf("--async-ttl %q is not a positive duration such as 24h", f.asyncTTL)}
 		}
 		srv, err := activator.New(activator.Config{
-			AsyncTTL:   asyncTTL,
-			Registry:   cache,
-			Uploader:   &registry.Uploader{Store: store, Blobs: blobs},
-			NATS:       nc,
-			Logger:     log,
-			Registerer: reg,
-			Gatherer:   reg,
+			AsyncTTL:             asyncTTL,
+			AllowPrivateWebhooks: f.webhookAllowPrivate,
+			Registry:             cache,
+			Uploader:             &registry.Uploader{Store: store, Blobs: blobs},
+			NATS:                 nc,
+			Logger:               log,
+			Registerer:           reg,
+			Gatherer:             reg,
 		})
 		if err != nil {
 			return err

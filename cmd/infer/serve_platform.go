@@ -34,7 +34,8 @@ func platformCommands() []*cobra.Command {
 }
 
 func devCmd() *cobra.Command {
-	var f serveFlags
+	// Local development: webhook receivers run on this machine.
+	f := serveFlags{webhookAllowPrivate: true}
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run the activator, control plane and an embedded NATS in one process",
