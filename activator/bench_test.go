@@ -4,17 +4,22 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infer-run/infer/internal/testenv"
@@ -161,10 +166,13 @@ func BenchmarkAddedLatency(b *testing.B) {
 	// In its own process, as deployed: in this one its decode threads
 	// would hold the Go scheduler's Ps in cgo calls and delay the
 	// activator's and NATS's goroutines.
-	cfg := runner.EngineConfig{Parallel: 16, Context: 512, Contexts: benchContexts}
+	cfg := runner.EngineConfig{Parallel: 16, Context: 512, Contexts: benchContexts, DecodeNice: benchNice()}
 	h.startRunnerProcess("bench", cfg)
 
 	cfg.ModelPath = testenv.ModelPath(b)
+	// The direct engine stands for the runner process: give this one the
+	// spare Ps `infer runner` gives itself.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + cfg.Parallel))
 	e, err := runner.LoadEngine(slog.Default(), cfg, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -174,6 +182,25 @@ func BenchmarkAddedLatency(b *testing.B) {
 	go func() { e.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done; e.Close() }()
 
+	// The runner's usage records split the activator path: queue wait
+	// (stored in JetStream → the runner starts the job) and time to first
+	// token counted from the job being stored.
+	var recMu sync.Mutex
+	var queueWait, runnerTTFT []time.Duration
+	sub, err := h.nc.Subscribe(wire.UsageSubject("bench"), func(m *nats.Msg) {
+		var rec wire.UsageRecord
+		if json.Unmarshal(m.Data, &rec) == nil {
+			recMu.Lock()
+			queueWait = append(queueWait, time.Duration(rec.QueueWaitMS*float64(time.Millisecond)))
+			runnerTTFT = append(runnerTTFT, time.Duration(rec.TTFTMS*float64(time.Millisecond)))
+			recMu.Unlock()
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	for _, n := range []int{1, 16} {
 		b.Run(fmt.Sprintf("streams=%d", n), func(b *testing.B) {
@@ -181,6 +208,9 @@ func BenchmarkAddedLatency(b *testing.B) {
 			ttftDirect(b, e, -1, n, 0)
 			ttftActivator(b, client, url, "bench", -1, n)
 			var direct, spread, via []time.Duration
+			recMu.Lock()
+			queueWait, runnerTTFT = queueWait[:0], runnerTTFT[:0]
+			recMu.Unlock()
 			b.ResetTimer()
 			for round := range b.N {
 				direct = append(direct, ttftDirect(b, e, round, n, 0)...)
@@ -200,6 +230,13 @@ func BenchmarkAddedLatency(b *testing.B) {
 				b.ReportMetric(percentile(spread, 0.5), "direct-spread-p50-ms")
 				b.ReportMetric(percentile(spread, 0.99), "direct-spread-p99-ms")
 			}
+			recMu.Lock()
+			if len(runnerTTFT) > 0 {
+				b.ReportMetric(percentile(queueWait, 0.5), "runner-queue-p50-ms")
+				b.ReportMetric(percentile(runnerTTFT, 0.5), "runner-ttft-p50-ms")
+				b.ReportMetric(percentile(runnerTTFT, 0.99), "runner-ttft-p99-ms")
+			}
+			recMu.Unlock()
 			b.ReportMetric(d50, "direct-p50-ms")
 			b.ReportMetric(d99, "direct-p99-ms")
 			b.ReportMetric(a50, "activator-p50-ms")
@@ -340,6 +377,16 @@ func BenchmarkAccept(b *testing.B) {
 		b.ReportMetric(float64(b.N)/acceptTime.Seconds(), "accepted/s")
 		b.ReportMetric(float64(failedTotal), "failed")
 	})
+}
+
+// benchNice is the decode threads' nice value in BenchmarkAddedLatency:
+// the runner's default, or $INFER_BENCH_DECODE_NICE to compare (0 leaves
+// the decode threads at normal priority).
+func benchNice() int {
+	if v, err := strconv.Atoi(os.Getenv("INFER_BENCH_DECODE_NICE")); err == nil {
+		return v
+	}
+	return runner.DefaultDecodeNice
 }
 
 // benchContexts is the llama context arrangement of BenchmarkAddedLatency's

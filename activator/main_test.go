@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"testing"
 
@@ -42,11 +43,10 @@ type runnerProcessSpec struct {
 	Model      string          `json:"model"`
 	Deployment string          `json:"deployment"`
 	Artifact   runner.Artifact `json:"artifact"`
-	Parallel   int             `json:"parallel"`
-	Context    int             `json:"context"`
-	Contexts   int             `json:"contexts"`
-	Dir        string          `json:"dir"`
-	Verbose    bool            `json:"verbose"`
+	// Engine is the runner's engine configuration (without ModelPath).
+	Engine  runner.EngineConfig `json:"engine"`
+	Dir     string              `json:"dir"`
+	Verbose bool                `json:"verbose"`
 }
 
 // startRunnerProcess runs a runner for a deployment in a child process, as
@@ -59,9 +59,7 @@ func (h *harness) startRunnerProcess(deployment string, engine runner.EngineConf
 		Model:      testenv.ModelPath(h.t),
 		Deployment: deployment,
 		Artifact:   runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size},
-		Parallel:   engine.Parallel,
-		Context:    engine.Context,
-		Contexts:   engine.Contexts,
+		Engine:     engine,
 		Dir:        h.t.TempDir(),
 		Verbose:    testing.Verbose(),
 	})
@@ -127,11 +125,13 @@ func runRunnerProcess(specJSON string) error {
 		Deployment: spec.Deployment,
 		Artifact:   spec.Artifact,
 		Cache:      &runner.Cache{Dir: spec.Dir + "/cache", Blobs: blobs},
-		Engine:     runner.EngineConfig{Parallel: spec.Parallel, Context: spec.Context, Contexts: spec.Contexts},
+		Engine:     spec.Engine,
 	}, nc, log)
 	if err != nil {
 		return err
 	}
+	// As `infer runner` does (cmd/infer/runner.go).
+	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + spec.Engine.Parallel)
 	if err := r.Run(ctx, nil); err != nil && ctx.Err() == nil {
 		return err
 	}

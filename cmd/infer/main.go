@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -63,6 +64,26 @@ func newLogger() *slog.Logger {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
 	return log
+}
+
+// envInt returns an integer environment variable, or def when it is unset
+// or not an integer (commands that read one check it with checkEnvInt).
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return v
+	}
+	return def
+}
+
+// checkEnvInt refuses an environment variable that is set but not an
+// integer, rather than silently using the default.
+func checkEnvInt(name string) error {
+	if v := os.Getenv(name); v != "" {
+		if _, err := strconv.Atoi(v); err != nil {
+			return usageError{fmt.Errorf("$%s=%q: want an integer", name, v)}
+		}
+	}
+	return nil
 }
 
 // env returns an environment variable or a default.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -39,6 +40,12 @@ $INFER_S3_*, or --blob-dir).`,
 			log := newLogger()
 			if cfg.Deployment == "" || cfg.Artifact.SHA256 == "" || cfg.Artifact.ObjectKey == "" {
 				return usageError{errors.New("--deployment, --artifact and --object-key are required")}
+			}
+			if err := checkEnvInt("INFER_DECODE_NICE"); err != nil {
+				return err
+			}
+			if cfg.Engine.DecodeNice < 0 || cfg.Engine.DecodeNice > 19 {
+				return usageError{fmt.Errorf("--decode-nice %d: want 0 to 19", cfg.Engine.DecodeNice)}
 			}
 			if cfg.ID == "" {
 				cfg.ID = wire.NewID(6)
@@ -86,6 +93,12 @@ $INFER_S3_*, or --blob-dir).`,
 				<-sigs
 				cancel()
 			}()
+			// Decode threads spend their time in cgo calls, each holding
+			// one of Go's Ps until the scheduler takes it back; with only
+			// as many Ps as cores, taking jobs and sending tokens waits for
+			// that. Spare Ps let them run at once (on the cores the niced
+			// decode threads yield).
+			runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + cfg.Engine.Parallel)
 			err = r.Run(ctx, drain)
 			if errors.Is(err, context.Canceled) {
 				err = nil
@@ -103,6 +116,7 @@ $INFER_S3_*, or --blob-dir).`,
 	f.IntVar(&cfg.Engine.Context, "context", 0, "tokens per sequence (default: the model's trained length, at most 4096)")
 	f.IntVar(&cfg.Engine.Threads, "threads", 0, "llama.cpp threads (default: measured fastest on this host with one context, cached in --cache-dir; 1 for tiny models spread over several contexts)")
 	f.IntVar(&cfg.Engine.GPULayers, "gpu-layers", 0, "layers to offload to the GPU (GPU builds only)")
+	f.IntVar(&cfg.Engine.DecodeNice, "decode-nice", envInt("INFER_DECODE_NICE", runner.DefaultDecodeNice), "nice value of the decode threads (0–19; 0: the process's priority), so that taking new requests and sending tokens preempt decoding ($INFER_DECODE_NICE)")
 	f.StringVar(&cfg.ChatTemplate, "chat-template", "", "chat template family: chatml, llama3, llama2, gemma, phi3 or plain (default: from the GGUF)")
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "exit after this long without requests (0: leave it to the control plane)")
 	f.StringVar(&natsURL, "nats", env("INFER_NATS_URL", nats.DefaultURL), "NATS server URL ($INFER_NATS_URL)")

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"io"
 	"slices"
 	"testing"
 
@@ -25,6 +26,31 @@ func TestRunnerNATSEnv(t *testing.T) {
 	for _, tt := range tests {
 		if got := runnerNATSEnv(tt.url); !slices.Equal(got, tt.want) {
 			t.Errorf("runnerNATSEnv(%q) = %v, want %v", tt.url, got, tt.want)
+		}
+	}
+}
+
+// TestRunnerDecodeNiceUsage: a nice value out of range, from the flag or
+// the environment, is a usage error before the runner connects anywhere.
+func TestRunnerDecodeNiceUsage(t *testing.T) {
+	required := []string{"runner", "--deployment", "d", "--artifact", "a", "--object-key", "k", "--blob-dir", t.TempDir()}
+	tests := []struct {
+		env  string
+		args []string
+	}{
+		{"", []string{"--decode-nice", "20"}},
+		{"", []string{"--decode-nice", "-1"}},
+		{"ten", nil},
+		{"25", nil},
+	}
+	for _, tt := range tests {
+		t.Setenv("INFER_DECODE_NICE", tt.env)
+		root := newRootCmd()
+		root.SetOut(io.Discard)
+		root.SetErr(io.Discard)
+		root.SetArgs(append(slices.Clone(required), tt.args...))
+		if got := exitCode(root.Execute()); got != exitUsage {
+			t.Errorf("INFER_DECODE_NICE=%q infer runner %v: exit status %d, want %d (usage)", tt.env, tt.args, got, exitUsage)
 		}
 	}
 }
