@@ -207,8 +207,9 @@ type relay struct {
 	key     registry.APIKey // whose limits the request is charged to
 	prices  wire.Prices
 
+	w        *waiter
 	started  bool   // the runner admitted the job
-	runner   string // which runner
+	runner   string // which runner (the waiter's owner)
 	sentText bool   // tokens reached the client
 	gaveUp   bool   // stop waiting: remove the job from the queue (timeout, runner failures or loss)
 	sse      bool   // SSE headers are written: errors now go in-band
@@ -219,6 +220,7 @@ type relay struct {
 }
 
 func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
+	rl.w = w
 	rl.queuedAt = time.Now()
 	rl.enc = newChunkEncoder(rl.kind, rl.id, rl.model, rl.created)
 	wait := time.NewTimer(time.Until(deadline))
@@ -256,6 +258,7 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				// another runner; keep waiting (and keep the stream alive)
 				// for its start event.
 				rl.runner = ""
+				rl.w.disown()
 			}
 			if rl.runner != "" {
 				break // generating
@@ -284,10 +287,17 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 }
 
 // handle processes a batch of events and flushes once.
-func (rl *relay) handle(events [][]byte) (done bool, err error) {
+func (rl *relay) handle(events []reply) (done bool, err error) {
 	res := rl.c.Response()
-	for _, data := range events {
-		ev, derr := wire.DecodeEvent(data)
+	for _, r := range events {
+		if rl.w.superseded(r.runner) {
+			// A second runner got the job (redelivered while the owner
+			// was frozen, say), or a runner given up for dead woke up:
+			// only the owner's answer counts, and the other hears
+			// "superseded" at its next ping.
+			continue
+		}
+		ev, derr := wire.DecodeEvent(r.data)
 		if derr != nil {
 			rl.s.log.Error("bad event from runner", "request", rl.id, "err", derr)
 			continue
@@ -301,6 +311,10 @@ func (rl *relay) handle(events [][]byte) (done bool, err error) {
 				return true, rl.fail(errRunnerLost())
 			}
 			rl.runner = ev.Runner
+			if r.runner != "" {
+				rl.runner = r.runner
+			}
+			rl.w.own(rl.runner)
 			rl.start()
 		case wire.EventDelta:
 			if rl.ttft == 0 {

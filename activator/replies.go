@@ -2,6 +2,7 @@ package activator
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -25,7 +26,7 @@ type replies struct {
 
 func newReplies(nc *nats.Conn, activatorID string) (*replies, error) {
 	r := &replies{prefix: "_INFER.reply." + activatorID + ".", waiters: map[string]*waiter{}}
-	sub, err := nc.Subscribe(r.prefix+"*", r.onMsg)
+	sub, err := nc.Subscribe(r.prefix+">", r.onMsg)
 	if err != nil {
 		return nil, fmt.Errorf("subscribing to replies: %w", err)
 	}
@@ -40,6 +41,8 @@ func (r *replies) close() { r.sub.Unsubscribe() }
 
 // register returns the waiter for a request and the subject runners should
 // reply to. Call it before the job is queued so no event can be missed.
+// Each runner appends its ID as one more token (wire.RunnerReplySubject),
+// so every event says which runner sent it.
 func (r *replies) register(id string) (*waiter, string) {
 	w := &waiter{signal: make(chan struct{}, 1)}
 	r.mu.Lock()
@@ -55,22 +58,28 @@ func (r *replies) unregister(id string) {
 }
 
 func (r *replies) onMsg(m *nats.Msg) {
-	id := strings.TrimPrefix(m.Subject, r.prefix)
+	id, runner, _ := strings.Cut(strings.TrimPrefix(m.Subject, r.prefix), ".")
 	r.mu.Lock()
 	w := r.waiters[id]
 	r.mu.Unlock()
 	if m.Reply != "" && m.Header.Get(wire.PingHeader) != "" {
 		// A runner asks whether this request still has a client.
-		answer := wire.PingAlive
-		if w == nil {
-			answer = wire.PingGone
+		answer := wire.PingGone
+		if w != nil {
+			answer = w.answer(runner)
 		}
 		m.Respond([]byte(answer))
 		return
 	}
 	if w != nil {
-		w.push(m.Data)
+		w.push(runner, m.Data)
 	}
+}
+
+// reply is one event and the runner that sent it.
+type reply struct {
+	runner string
+	data   []byte
 }
 
 // waiter buffers one request's events. The handler drains everything that
@@ -78,14 +87,22 @@ func (r *replies) onMsg(m *nats.Msg) {
 // events become one write and one flush to the client.
 type waiter struct {
 	mu     sync.Mutex
-	events [][]byte
-	spare  [][]byte
+	events []reply
+	spare  []reply
 	signal chan struct{}
+	// owner is the runner whose start event the handler accepted. A job
+	// can reach a second runner (JetStream redelivers it when the first
+	// stops reporting progress, which a frozen runner does too); only the
+	// owner's events count, and the others are told to stop. lost are
+	// former owners given up for dead: should one wake up, it is told to
+	// stop too.
+	owner string
+	lost  []string
 }
 
-func (w *waiter) push(data []byte) {
+func (w *waiter) push(runner string, data []byte) {
 	w.mu.Lock()
-	w.events = append(w.events, data)
+	w.events = append(w.events, reply{runner, data})
 	w.mu.Unlock()
 	select {
 	case w.signal <- struct{}{}:
@@ -93,9 +110,43 @@ func (w *waiter) push(data []byte) {
 	}
 }
 
+// own makes runner the job's owner.
+func (w *waiter) own(runner string) {
+	w.mu.Lock()
+	w.owner = runner
+	w.mu.Unlock()
+}
+
+// disown gives the owner up for dead: the job waits for another runner.
+func (w *waiter) disown() {
+	w.mu.Lock()
+	w.lost = append(w.lost, w.owner)
+	w.owner = ""
+	w.mu.Unlock()
+}
+
+// superseded reports whether runner's events no longer count: another
+// runner owns the job, or runner was given up for dead.
+func (w *waiter) superseded(runner string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if runner == "" {
+		return false // a runner that does not say who it is
+	}
+	return (w.owner != "" && runner != w.owner) || slices.Contains(w.lost, runner)
+}
+
+// answer is the reply to a runner's ping.
+func (w *waiter) answer(runner string) string {
+	if w.superseded(runner) {
+		return wire.PingSuperseded
+	}
+	return wire.PingAlive
+}
+
 // take returns the buffered events. The slice is reused: it is valid until
 // the next call.
-func (w *waiter) take() [][]byte {
+func (w *waiter) take() []reply {
 	w.mu.Lock()
 	evs := w.events
 	w.events = w.spare[:0]

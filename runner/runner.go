@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -325,7 +326,24 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 	r.begin(job.ID, cancel)
 	defer r.end(job.ID)
 
-	sink := newReplySink(r.nc, job.ReplyTo)
+	replyTo := job.ReplyTo
+	if !job.Async {
+		replyTo = wire.RunnerReplySubject(job.ReplyTo, r.cfg.ID)
+	}
+	if redelivered(msg) && !job.Async {
+		// Another runner had it. If that one was only frozen and is
+		// back, or the client is gone, the job is not ours to run. (No
+		// responders is no proof here: right after a NATS reconnect the
+		// activator may not have resubscribed yet. watchClient decides.)
+		if answer := r.ping(ctx, replyTo); answer == wire.PingSuperseded || answer == wire.PingGone {
+			log.Info("skipping redelivered job", "answer", answer)
+			if answer == wire.PingGone {
+				msg.Ack()
+			}
+			return
+		}
+	}
+	sink := newReplySink(r.nc, replyTo)
 	sink.runner = r.cfg.ID
 	sink.async = job.Async
 	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling}
@@ -335,8 +353,9 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 	} else {
 		req.Prompt = job.Prompt
 	}
+	var superseded atomic.Bool
 	if !job.Async {
-		go r.watchClient(jobCtx, job.ReplyTo, cancel, log)
+		go r.watchClient(jobCtx, replyTo, cancel, &superseded, log)
 	}
 	start := time.Now()
 	promptTokens, err := r.engine.Submit(jobCtx, req, sink)
@@ -381,6 +400,10 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		// first, the job runs again elsewhere.
 		r.publishAsync(ctx, job, sink.final())
 	}
+	if superseded.Load() {
+		// The job is another runner's now: it acknowledges and bills it.
+		return
+	}
 	if err := msg.Ack(); err != nil {
 		log.Warn("acknowledging job", "err", err)
 	}
@@ -399,34 +422,62 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 // that hangs up is announced on the cancel subject, but an activator that
 // crashes or restarts announces nothing, and the runner would generate up
 // to max_tokens for nobody while queued jobs wait for the slot. So every
-// ClientCheck the runner asks the job's reply subject (see wire.PingHeader).
-// It gives up on the job after two answers in a row that nobody is there:
-// for a moment after a NATS reconnect the runner may be subscribed again
-// while the activator is not yet. A timeout is not an answer: a busy
-// activator is not a gone one.
-func (r *Runner) watchClient(ctx context.Context, subject string, cancel context.CancelFunc, log *slog.Logger) {
+// ClientCheck the runner pings the job's reply subject (see
+// wire.PingHeader). It gives up on the job after two answers in a row that
+// nobody is there: for a moment after a NATS reconnect the runner may be
+// subscribed again while the activator is not yet. A timeout is not an
+// answer: a busy activator is not a gone one. "Superseded" stops the job
+// at once and sets superseded.
+func (r *Runner) watchClient(ctx context.Context, subject string, cancel context.CancelFunc, superseded *atomic.Bool, log *slog.Logger) {
 	tick := time.NewTicker(r.cfg.ClientCheck)
 	defer tick.Stop()
-	ping := nats.NewMsg(subject)
-	ping.Header.Set(wire.PingHeader, "1")
 	for gone := 0; gone < 2; {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		pctx, done := context.WithTimeout(ctx, r.cfg.ClientCheck)
-		reply, err := r.nc.RequestMsgWithContext(pctx, ping)
-		done()
-		switch {
-		case errors.Is(err, nats.ErrNoResponders), err == nil && string(reply.Data) == wire.PingGone:
+		switch r.ping(ctx, subject) {
+		case wire.PingSuperseded:
+			log.Info("stopping job: another runner owns it now")
+			superseded.Store(true)
+			cancel()
+			return
+		case wire.PingGone, noResponders:
 			gone++
-		case err == nil:
+		case wire.PingAlive:
 			gone = 0
 		}
 	}
 	log.Info("stopping job: nobody waits for it any more (its activator is gone)")
 	cancel()
+}
+
+// noResponders is ping's answer when no activator subscribes to the
+// subject.
+const noResponders = "no responders"
+
+// ping asks a job's reply subject who waits for it: one of the wire.Ping
+// answers, noResponders, or "" for no answer.
+func (r *Runner) ping(ctx context.Context, subject string) string {
+	msg := nats.NewMsg(subject)
+	msg.Header.Set(wire.PingHeader, "1")
+	pctx, cancel := context.WithTimeout(ctx, r.cfg.ClientCheck)
+	defer cancel()
+	reply, err := r.nc.RequestMsgWithContext(pctx, msg)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return noResponders
+	case err != nil:
+		return ""
+	}
+	return string(reply.Data)
+}
+
+// redelivered reports whether JetStream handed msg out before.
+func redelivered(msg jetstream.Msg) bool {
+	md, err := msg.Metadata()
+	return err == nil && md.NumDelivered > 1
 }
 
 // publishAsync stores an async job's last event in the async event stream,

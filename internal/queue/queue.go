@@ -18,8 +18,12 @@ import (
 
 // AckWait is how long a runner may hold a job without reporting progress
 // before JetStream hands it to another runner. Runners report progress
-// every AckWait/3 while generating, so only a dead runner's jobs move.
-const AckWait = 30 * time.Second
+// every AckWait/3 while generating, so only a dead (or frozen) runner's
+// jobs move: a job that had not streamed a token yet then runs elsewhere
+// after at most AckWait. Should the first runner wake up, the activator
+// keeps the runner it accepted and tells the other to stop
+// (wire.PingSuperseded).
+const AckWait = 10 * time.Second
 
 // ErrFull is returned by Publish when the deployment's queue holds its
 // limit of jobs: the caller should answer 429.

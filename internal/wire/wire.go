@@ -72,12 +72,20 @@ func CancelSubject(deployment string) string { return "infer.cancel." + deployme
 // activator holding the request answers PingAlive, or PingGone when it no
 // longer does; NATS itself answers "no responders" when no activator
 // subscribes to the subject any more (it crashed or restarted). Either
-// way the runner stops generating for nobody.
+// way the runner stops generating for nobody. PingSuperseded says another
+// runner owns the job (it was redelivered while this runner was frozen):
+// the runner stops and bills nothing, the owner does.
 const (
-	PingHeader = "Infer-Ping"
-	PingAlive  = "alive"
-	PingGone   = "gone"
+	PingHeader     = "Infer-Ping"
+	PingAlive      = "alive"
+	PingGone       = "gone"
+	PingSuperseded = "superseded"
 )
+
+// RunnerReplySubject is where a runner sends a sync job's events and
+// pings: the job's ReplyTo with the runner's ID as one more token, so the
+// activator knows which runner each event comes from.
+func RunnerReplySubject(replyTo, runnerID string) string { return replyTo + "." + runnerID }
 
 // UsageSubject is the usage stream subject for a deployment.
 func UsageSubject(deployment string) string { return "infer.usage." + deployment }

@@ -1,0 +1,186 @@
+package activator_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/infer-run/infer/internal/wire"
+)
+
+// fakeRunner plays a runner on the reply subject of one job.
+type fakeRunner struct {
+	t       *testing.T
+	nc      *nats.Conn
+	id      string
+	subject string
+}
+
+func (r fakeRunner) send(ev *wire.Event) {
+	r.t.Helper()
+	data, err := wire.AppendEvent(nil, ev)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if err := r.nc.Publish(r.subject, data); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func (r fakeRunner) start() {
+	r.send(&wire.Event{Type: wire.EventStart, Runner: r.id, Usage: &wire.Usage{PromptTokens: 3}})
+}
+func (r fakeRunner) delta(text string) { r.send(&wire.Event{Type: wire.EventDelta, Text: text}) }
+func (r fakeRunner) done() {
+	r.send(&wire.Event{Type: wire.EventDone, FinishReason: "stop", Usage: &wire.Usage{PromptTokens: 3, CompletionTokens: 1}})
+}
+
+// ping asks the activator what the runner would: alive, gone, superseded.
+func (r fakeRunner) ping() string {
+	r.t.Helper()
+	m := nats.NewMsg(r.subject)
+	m.Header.Set(wire.PingHeader, "1")
+	reply, err := r.nc.RequestMsg(m, 5*time.Second)
+	if err != nil {
+		r.t.Fatalf("ping as %s: %v", r.id, err)
+	}
+	return string(reply.Data)
+}
+
+// heartbeat keeps a fake runner alive in the activators' view until the
+// test ends.
+func heartbeat(t *testing.T, nc *nats.Conn, deployment, id string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() {
+		for {
+			hb, _ := json.Marshal(wire.Heartbeat{RunnerID: id, Deployment: deployment, Phase: wire.PhaseReady, Slots: 1, StartedAt: time.Now(), Sent: time.Now()})
+			nc.Publish(wire.HeartbeatSubject(deployment, id), hb)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(300 * time.Millisecond):
+			}
+		}
+	}()
+}
+
+// TestJobOnTwoRunners: when JetStream hands a job to a second runner (the
+// first stopped reporting progress: dead, or only frozen), the client gets
+// one runner's answer, never a mix, and the other runner is told to stop.
+// Two fake runners play the runners' side of the protocol against a real
+// activator and NATS, since making a real runner freeze at exactly the
+// right moment cannot be done reliably.
+func TestJobOnTwoRunners(t *testing.T) {
+	h := newHarness(t)
+	h.deploy("two", map[string]any{"parallel": 1, "queue_timeout": "60s"})
+	js, err := jetstream.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// request starts a streaming completion and returns the job's reply
+	// subject, read from the queue, and the stream's whole body.
+	request := func() (replyTo string, body <-chan string) {
+		t.Helper()
+		out := make(chan string, 1)
+		go func() {
+			resp := h.do(http.MethodPost, "/v1/completions", `{"model":"two","prompt":"Once","max_tokens":5,"stream":true}`)
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			out <- string(b)
+		}()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			stream, err := js.Stream(context.Background(), wire.RequestStream("two"))
+			if err == nil {
+				if m, err := stream.GetLastMsgForSubject(context.Background(), wire.RequestSubject("two")); err == nil {
+					var job wire.Job
+					if err := json.Unmarshal(m.Data, &job); err != nil {
+						t.Fatal(err)
+					}
+					// Take it off the queue, as a runner would.
+					if err := stream.DeleteMsg(context.Background(), m.Sequence); err != nil {
+						t.Fatal(err)
+					}
+					return job.ReplyTo, out
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the job never reached the queue")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	runner := func(replyTo, id string) fakeRunner {
+		return fakeRunner{t: t, nc: h.nc, id: id, subject: wire.RunnerReplySubject(replyTo, id)}
+	}
+	wait := func(body <-chan string) string {
+		t.Helper()
+		select {
+		case b := <-body:
+			return b
+		case <-time.After(30 * time.Second):
+			t.Fatal("the stream did not end")
+			return ""
+		}
+	}
+
+	t.Run("the owner is alive", func(t *testing.T) {
+		replyTo, body := request()
+		a, b := runner(replyTo, "runnerA"), runner(replyTo, "runnerB")
+		heartbeat(t, h.nc, "two", a.id)
+		a.start()
+		// The events of one runner arrive in order; wait until the start
+		// counts before the second runner shows up.
+		deadline := time.Now().Add(10 * time.Second)
+		for a.ping() != wire.PingAlive || b.ping() != wire.PingSuperseded {
+			if time.Now().After(deadline) {
+				t.Fatalf("pings after runnerA's start: A %q, B %q; want alive and superseded", a.ping(), b.ping())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		b.start()
+		b.delta("GHOST")
+		a.delta("real")
+		a.done()
+		got := wait(body)
+		if !strings.Contains(got, `"real"`) || strings.Contains(got, "GHOST") || !strings.Contains(got, "[DONE]") {
+			t.Errorf("stream %q: want runnerA's text only, then [DONE]", got)
+		}
+		if got := b.ping(); got != wire.PingGone {
+			t.Errorf("ping after the request ended: %q, want %q", got, wire.PingGone)
+		}
+	})
+
+	t.Run("the owner is given up for dead", func(t *testing.T) {
+		replyTo, body := request()
+		c, d := runner(replyTo, "runnerC"), runner(replyTo, "runnerD")
+		c.start() // and no heartbeat: the activator gives C up
+		deadline := time.Now().Add(20 * time.Second)
+		for c.ping() != wire.PingSuperseded {
+			if time.Now().After(deadline) {
+				t.Fatal("a runner without heartbeats still owns the job")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if got := d.ping(); got != wire.PingAlive {
+			t.Fatalf("the next runner's ping: %q, want alive", got)
+		}
+		d.start()
+		c.delta("GHOST") // C wakes up
+		d.delta("second")
+		d.done()
+		got := wait(body)
+		if !strings.Contains(got, `"second"`) || strings.Contains(got, "GHOST") || !strings.Contains(got, "[DONE]") {
+			t.Errorf("stream %q: want runnerD's text only, then [DONE]", got)
+		}
+	})
+}
