@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"strings"
@@ -20,39 +19,7 @@ import (
 
 	"github.com/infer-run/infer/activator"
 	"github.com/infer-run/infer/internal/wire"
-	"github.com/infer-run/infer/registry"
 )
-
-// addActivatorConfig runs one more activator, as addActivator does, with
-// cfg; it fills in the registry, the uploader, NATS and a logger if cfg
-// has none.
-func (h *harness) addActivatorConfig(cfg activator.Config) (url string, stop func()) {
-	h.t.Helper()
-	nc, err := nats.Connect(h.nc.ConnectedUrl())
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	cfg.Registry, cfg.Uploader, cfg.NATS = h.store, &registry.Uploader{Store: h.store, Blobs: h.blobs}, nc
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	srv, err := activator.New(cfg)
-	if err != nil {
-		nc.Close()
-		h.t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Handler())
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			hs.Close()
-			srv.Close()
-			nc.Close()
-		})
-	}
-	h.t.Cleanup(stop)
-	return hs.URL, stop
-}
 
 // storedJob reads an async job's record as stored, internal fields
 // included, bypassing GET (which shows an expired job failed whether or

@@ -28,18 +28,13 @@ import (
 // NATS, on its own NATS connection, as another replica behind a load
 // balancer would be. stop shuts it down; it is safe to call twice.
 func (h *harness) addActivator() (url string, stop func()) {
-	return h.addActivatorWith(h.store)
+	return h.addActivatorConfig(activator.Config{AllowPrivateWebhooks: true})
 }
 
 // addActivatorWith is addActivator with reg as the activator's registry
 // (the deployed activator uses a registry.Cache).
 func (h *harness) addActivatorWith(reg activator.Registry) (url string, stop func()) {
-	h.t.Helper()
-	nc, err := nats.Connect(h.nc.ConnectedUrl())
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return h.startActivator(reg, nc)
+	return h.addActivatorConfig(activator.Config{Registry: reg, AllowPrivateWebhooks: true})
 }
 
 // addCrashingActivator is addActivator whose stop is a crash as NATS sees
@@ -47,26 +42,47 @@ func (h *harness) addActivatorWith(reg activator.Registry) (url string, stop fun
 // announce nothing (no cancels) to the runners.
 func (h *harness) addCrashingActivator() (url string, crash func()) {
 	h.t.Helper()
+	nc := h.connect()
+	url, stop := h.startActivator(activator.Config{NATS: nc, AllowPrivateWebhooks: true})
+	return url, func() { nc.Close(); stop() }
+}
+
+// addActivatorConfig is addActivator with cfg, taken as it is: webhooks
+// reach 127.0.0.1, where the tests' receivers listen, only with
+// cfg.AllowPrivateWebhooks. See startActivator for what is filled in.
+func (h *harness) addActivatorConfig(cfg activator.Config) (url string, stop func()) {
+	h.t.Helper()
+	cfg.NATS = h.connect()
+	return h.startActivator(cfg)
+}
+
+// connect opens another NATS connection, closed when the test ends.
+func (h *harness) connect() *nats.Conn {
+	h.t.Helper()
 	nc, err := nats.Connect(h.nc.ConnectedUrl())
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	url, stop := h.startActivator(h.store, nc)
-	return url, func() { nc.Close(); stop() }
+	h.t.Cleanup(nc.Close)
+	return nc
 }
 
-func (h *harness) startActivator(reg activator.Registry, nc *nats.Conn) (url string, stop func()) {
+// startActivator serves an activator with cfg on an httptest server,
+// filling in the harness's registry and uploader and a logger where cfg
+// has none. stop closes it and its NATS connection.
+func (h *harness) startActivator(cfg activator.Config) (url string, stop func()) {
 	h.t.Helper()
-	srv, err := activator.New(activator.Config{
-		Registry: reg,
-		Uploader: &registry.Uploader{Store: h.store, Blobs: h.blobs},
-		NATS:     nc,
-		Logger:   slog.Default(),
-		// The tests' webhook receivers are httptest servers on 127.0.0.1.
-		AllowPrivateWebhooks: true,
-	})
+	if cfg.Registry == nil {
+		cfg.Registry = h.store
+	}
+	if cfg.Uploader == nil {
+		cfg.Uploader = &registry.Uploader{Store: h.store, Blobs: h.blobs}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	srv, err := activator.New(cfg)
 	if err != nil {
-		nc.Close()
 		h.t.Fatal(err)
 	}
 	hs := httptest.NewServer(srv.Handler())
@@ -76,7 +92,7 @@ func (h *harness) startActivator(reg activator.Registry, nc *nats.Conn) (url str
 			hs.CloseClientConnections()
 			hs.Close()
 			srv.Close()
-			nc.Close()
+			cfg.NATS.Close()
 		})
 	}
 	h.t.Cleanup(stop)

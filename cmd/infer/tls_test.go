@@ -179,31 +179,13 @@ func startTLSNATS(t *testing.T, certs testenv.TLSFiles, user, pass string) *serv
 	if err != nil {
 		t.Fatalf("NATS TLS config: %v", err)
 	}
-	ns, err := server.NewServer(&server.Options{
-		Host:       "127.0.0.1",
-		Port:       -1,
-		JetStream:  true,
-		StoreDir:   t.TempDir(),
-		NoLog:      true,
-		NoSigs:     true,
+	return testenv.StartNATS(t, &server.Options{
 		TLS:        true,
 		TLSConfig:  tc,
 		TLSTimeout: 5,
 		Username:   user,
 		Password:   pass,
 	})
-	if err != nil {
-		t.Fatalf("creating NATS server: %v", err)
-	}
-	go ns.Start()
-	t.Cleanup(func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	})
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("NATS server not ready after 10s")
-	}
-	return ns
 }
 
 // natsPlaintextPing speaks the NATS protocol without TLS, as a nats://

@@ -264,14 +264,18 @@ func NATS(t testing.TB) string {
 	if u := os.Getenv("INFER_TEST_NATS_URL"); u != "" {
 		return u
 	}
-	ns, err := server.NewServer(&server.Options{
-		Host:      "127.0.0.1",
-		Port:      -1, // random
-		JetStream: true,
-		StoreDir:  t.TempDir(),
-		NoLog:     true,
-		NoSigs:    true,
-	})
+	return StartNATS(t, &server.Options{}).ClientURL()
+}
+
+// StartNATS starts an embedded NATS server with JetStream and opts (TLS
+// or users, say) for this test, on a random loopback port, with its store
+// in a temporary directory; it shuts down when the test ends.
+func StartNATS(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
+	opts.Host, opts.Port = "127.0.0.1", -1 // a random port
+	opts.JetStream, opts.StoreDir = true, t.TempDir()
+	opts.NoLog, opts.NoSigs = true, true
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatalf("testenv: creating NATS server: %v", err)
 	}
@@ -283,7 +287,7 @@ func NATS(t testing.TB) string {
 	if !ns.ReadyForConnections(10 * time.Second) {
 		t.Fatalf("testenv: NATS server not ready after 10s")
 	}
-	return ns.ClientURL()
+	return ns
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
