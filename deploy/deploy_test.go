@@ -649,11 +649,13 @@ func TestManifestsActivator(t *testing.T) {
 func TestManifestsControlPlane(t *testing.T) {
 	m := loadTyped(t)
 	d := m.deployment(t, "controlplane")
-	if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 {
-		t.Errorf("control plane Deployment: replicas %v, want 1", d.Spec.Replicas)
+	// Several control planes are safe (one holds the lease), and a
+	// standby makes the control plane highly available.
+	if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
+		t.Errorf("control plane Deployment: replicas %v, want at least 2", d.Spec.Replicas)
 	}
-	if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
-		t.Errorf("control plane Deployment strategy %q; want Recreate so two never run at once", d.Spec.Strategy.Type)
+	if d.Spec.Strategy.Type != appsv1.RollingUpdateDeploymentStrategyType {
+		t.Errorf("control plane Deployment strategy %q; want RollingUpdate (the lease keeps one acting)", d.Spec.Strategy.Type)
 	}
 	c := d.Spec.Template.Spec.Containers[0]
 	if v, _ := flagValue(c.Args, "--driver"); v != "kubernetes" {
