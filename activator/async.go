@@ -66,6 +66,8 @@ type asyncRecord struct {
 	// WebhookSent is set once the webhook accepted the result (or was
 	// given up), so a redelivered event does not call it again.
 	WebhookSent bool `json:"webhook_sent,omitempty"`
+	// Runner is the runner that last started the job.
+	Runner string `json:"runner,omitempty"`
 	// Swept is set when the sweeper failed the job; its webhook is then
 	// the sweeper's to call, and a late runner event must not call it too.
 	Swept bool `json:"swept,omitempty"`
@@ -80,20 +82,38 @@ type asyncRecord struct {
 
 func (r *asyncRecord) terminal() bool { return r.Status == asyncSucceeded || r.Status == asyncFailed }
 
-// expired reports whether the job is still queued after its queue dropped
-// it: no runner took it, and none will, so it has failed although no
-// event says so.
-func (r *asyncRecord) expired(now time.Time) bool {
-	return r.Status == asyncQueued && !r.DroppedAt.IsZero() && now.After(r.DroppedAt)
+// settle fails a job that has failed although no event will say so, as
+// the sweeper stores it and GET shows it until then, and returns why
+// (a metrics outcome), or "" if the job is not such a job:
+//   - still queued after its queue dropped it: no runner took it, and none
+//     will;
+//   - running, after its queue dropped it, on a runner that is gone: no
+//     other runner can take it again.
+func (a *asyncJobs) settle(r *asyncRecord, now time.Time) (outcome string) {
+	if r.DroppedAt.IsZero() || !now.After(r.DroppedAt) {
+		return ""
+	}
+	switch {
+	case r.Status == asyncQueued:
+		// (A runner that takes a job past its deadline reports the same
+		// error itself.)
+		r.Status, r.FinishedAt, r.Swept = asyncFailed, r.DroppedAt.Unix(), true
+		r.Error = errStatus(http.StatusGatewayTimeout, "server_error", "queue_timeout",
+			"the job waited in the queue of %s past its deadline without starting", r.Model)
+		return "timeout"
+	case r.Status == asyncRunning && r.Runner != "" && a.runnerGone(r.Runner, now):
+		r.Status, r.FinishedAt, r.Swept = asyncFailed, now.Unix(), true
+		r.Error = errStatus(http.StatusBadGateway, "server_error", "runner_lost",
+			"the runner running the job on %s stopped, and the job's queue dropped it before another runner could take it; submit it again", r.Model)
+		return "runner_lost"
+	}
+	return ""
 }
 
-// expire fails an expired job. (A runner that takes a job past its
-// deadline reports the same error itself.)
-func (r *asyncRecord) expire() {
-	r.Status, r.FinishedAt = asyncFailed, r.DroppedAt.Unix()
-	r.Swept = true
-	r.Error = errStatus(http.StatusGatewayTimeout, "server_error", "queue_timeout",
-		"the job waited in the queue of %s past its deadline without starting", r.Model)
+// runnerGone reports whether this activator has heard no heartbeat from
+// the runner for a while, having listened long enough to know.
+func (a *asyncJobs) runnerGone(runner string, now time.Time) bool {
+	return now.Sub(a.started) > staleAfter && !a.s.runners.alive(runner)
 }
 
 // key is the submitting key, as far as charging the job needs it.
@@ -103,7 +123,7 @@ func (r *asyncRecord) key() registry.APIKey {
 
 // view is what clients see.
 func (r asyncRecord) view() asyncRecord {
-	r.TenantID, r.Kind, r.Deadline, r.DroppedAt, r.WebhookSent, r.Swept = "", "", time.Time{}, time.Time{}, false, false
+	r.TenantID, r.Kind, r.Deadline, r.DroppedAt, r.WebhookSent, r.Swept, r.Runner = "", "", time.Time{}, time.Time{}, false, false, ""
 	r.KeyID, r.KeyTPM, r.KeyBudget, r.Prices = "", 0, nil, wire.Prices{}
 	return r
 }
@@ -117,6 +137,8 @@ type asyncJobs struct {
 	// allowPrivate lets webhooks reach non-public addresses (see
 	// webhook.go).
 	allowPrivate bool
+	// started is when this activator began listening to heartbeats.
+	started time.Time
 	// webhookBackoff is the wait before the first webhook retry; it
 	// doubles up to webhookAttempts tries.
 	webhookBackoff time.Duration
@@ -145,7 +167,7 @@ func newAsyncJobs(s *Server, cfg Config) (*asyncJobs, error) {
 		return nil, err
 	}
 	a := &asyncJobs{
-		s: s, kv: kv, ttl: ttl, webhookBackoff: time.Second,
+		s: s, kv: kv, ttl: ttl, webhookBackoff: time.Second, started: time.Now(),
 		http:         webhookClient(cfg.WebhookClient, cfg.AllowPrivateWebhooks),
 		allowPrivate: cfg.AllowPrivateWebhooks,
 	}
@@ -255,11 +277,9 @@ func (s *Server) getAsync(c echo.Context) error {
 		s.log.Error("reading async job", "request", id, "err", err)
 		return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "could not read the job: %v", err)
 	}
-	if rec.expired(time.Now()) {
-		// No runner took it before its queue dropped it, and the sweeper
-		// has not stored that yet: show what it will store.
-		rec.expire()
-	}
+	// Failed although no event says so, and the sweeper has not stored
+	// that yet: show what it will store.
+	s.async.settle(&rec, time.Now())
 	return c.JSON(http.StatusOK, rec.view())
 }
 
@@ -335,11 +355,17 @@ func (a *asyncJobs) onEvent(msg jetstream.Msg) {
 	switch ev.Type {
 	case wire.EventStart:
 		_, err = a.update(ctx, id, func(r *asyncRecord) bool {
-			if r.Status != asyncQueued {
-				return false
+			switch r.Status {
+			case asyncQueued:
+				r.Status, r.StartedAt, r.Runner = asyncRunning, now.Unix(), ev.Runner
+				return true
+			case asyncRunning:
+				// Redelivered to another runner: watch that one.
+				changed := r.Runner != ev.Runner
+				r.Runner = ev.Runner
+				return changed
 			}
-			r.Status, r.StartedAt = asyncRunning, now.Unix()
-			return true
+			return false
 		})
 	case wire.EventDone, wire.EventError:
 		var rec asyncRecord

@@ -11,9 +11,10 @@ import (
 )
 
 // The sweeper finishes async jobs that no event will ever finish: a job
-// queued for a deployment that got no runner before its queue dropped it.
-// GET already shows such a job failed; the sweeper stores that, so the
-// record stops saying "queued", and calls the job's webhook.
+// queued for a deployment that got no runner before its queue dropped it,
+// or one whose runner died after its queue dropped it (see settle). GET
+// already shows such a job failed; the sweeper stores that, so the record
+// stops saying "queued" or "running", and calls the job's webhook.
 //
 // Every activator sweeps. Each watches the job bucket to know which jobs
 // are queued, without reading the whole bucket every period; the record
@@ -41,16 +42,16 @@ func (a *asyncJobs) sweep(every time.Duration) {
 	}
 }
 
-// sweepWatching keeps the queued jobs, from a watch of the bucket, and
-// expires those past their drop time every period. It returns when the
-// watch ends.
+// sweepWatching keeps the queued and running jobs, from a watch of the
+// bucket, and settles those past their drop time every period. It returns
+// when the watch ends.
 func (a *asyncJobs) sweepWatching(every time.Duration) error {
 	w, err := a.kv.WatchAll(a.ctx)
 	if err != nil {
 		return fmt.Errorf("watching async job records: %w", err)
 	}
 	defer w.Stop()
-	queued := map[string]time.Time{} // job ID → when its queue drops it
+	pending := map[string]time.Time{} // job ID → when its queue drops it
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -66,49 +67,47 @@ func (a *asyncJobs) sweepWatching(every time.Duration) error {
 			}
 			var rec asyncRecord
 			if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &rec) == nil &&
-				rec.Status == asyncQueued && !rec.DroppedAt.IsZero() {
-				queued[e.Key()] = rec.DroppedAt
+				!rec.terminal() && !rec.DroppedAt.IsZero() {
+				pending[e.Key()] = rec.DroppedAt
 			} else {
-				delete(queued, e.Key())
+				delete(pending, e.Key())
 			}
 		case now := <-tick.C:
-			for id, dropped := range queued {
-				if now.After(dropped) && a.expire(id, now) {
-					delete(queued, id)
+			for id, dropped := range pending {
+				if now.After(dropped) && a.settleStored(id, now) {
+					delete(pending, id)
 				}
 			}
 		}
 	}
 }
 
-// expire fails a job that is queued past its drop time, with the error
-// GET shows for it, and calls its webhook. It reports whether the job
-// needs no more sweeping.
-func (a *asyncJobs) expire(id string, now time.Time) bool {
+// settleStored settles a job's stored record (see settle) and calls its
+// webhook. It reports whether the job needs no more sweeping; a job
+// running on a live runner past its drop time is checked again at the
+// next sweep, since that runner may still die.
+func (a *asyncJobs) settleStored(id string, now time.Time) bool {
 	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
 	defer cancel()
-	won := false
+	outcome := ""
 	rec, err := a.update(ctx, id, func(r *asyncRecord) bool {
 		// Decided afresh on every try: after a lost compare-and-swap the
-		// record may be running, finished, or expired by someone else.
-		won = r.expired(now)
-		if won {
-			r.expire()
-		}
-		return won
+		// record may be running, finished, or settled by someone else.
+		outcome = a.settle(r, now)
+		return outcome != ""
 	})
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return true // the record itself expired
 	}
 	if err != nil {
-		a.s.log.Warn("failing an async job its queue dropped; retrying at the next sweep", "request", id, "err", err)
+		a.s.log.Warn("failing an async job nothing will finish; retrying at the next sweep", "request", id, "err", err)
 		return false
 	}
-	if !won {
-		return true
+	if outcome == "" {
+		return rec.terminal()
 	}
-	a.s.metrics.requests.WithLabelValues(rec.Model, "timeout").Inc()
-	a.s.log.Info("async job failed: no runner took it before its queue dropped it", "request", id, "deployment", rec.Model)
+	a.s.metrics.requests.WithLabelValues(rec.Model, outcome).Inc()
+	a.s.log.Info("async job failed", "request", id, "deployment", rec.Model, "reason", outcome, "runner", rec.Runner)
 	if rec.Webhook != "" && !rec.WebhookSent {
 		a.wg.Add(1)
 		go func() {

@@ -280,3 +280,86 @@ func TestAsyncTokensCharged(t *testing.T) {
 		}
 	}
 }
+
+// TestAsyncSweepFailsOrphanedJobs: a job whose runner died while running
+// it, and that no other runner took before its queue dropped it, is
+// failed (runner_lost) and its webhook called, instead of staying
+// "running" until the record expires. A live runner's job past the same
+// time is left alone. Fake runners send the async start events; one of
+// them sends heartbeats.
+func TestAsyncSweepFailsOrphanedJobs(t *testing.T) {
+	h := newHarness(t)
+	url, _ := h.addActivatorConfig(activator.Config{AllowPrivateWebhooks: true, AsyncSweep: 50 * time.Millisecond})
+	h.deploy("orphans", map[string]any{"queue_timeout": "1s"})
+	hook := newWebhook(t, 0)
+	js, err := jetstream.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	heartbeat(t, h.nc, "orphans", "alive-runner")
+
+	submit := func() string {
+		t.Helper()
+		status, _, job := call(t, url, adminKey, http.MethodPost, "/v1/async/completions",
+			`{"model":"orphans","prompt":"hi","webhook":"`+hook.URL+`/done"}`)
+		if status != http.StatusAccepted {
+			t.Fatalf("submit: %d %v", status, job)
+		}
+		return job["id"].(string)
+	}
+	// start plays a runner taking the job: off the queue, then a start
+	// event, as runner.handle sends for an async job.
+	start := func(id, runner string) {
+		t.Helper()
+		stream, err := js.Stream(context.Background(), wire.RequestStream("orphans"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := stream.GetLastMsgForSubject(context.Background(), wire.RequestSubject("orphans"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.DeleteMsg(context.Background(), m.Sequence); err != nil {
+			t.Fatal(err)
+		}
+		data, _ := wire.AppendEvent(nil, &wire.Event{Type: wire.EventStart, Runner: runner, Usage: &wire.Usage{PromptTokens: 1}})
+		if err := h.nc.Publish(wire.AsyncEventSubject(id), data); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for storedJob(t, h.nc, id)["status"] != "running" {
+			if time.Now().After(deadline) {
+				t.Fatalf("job %s never started", id)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	orphan, kept := submit(), ""
+	start(orphan, "dead-runner") // no heartbeat: gone
+	kept = submit()
+	start(kept, "alive-runner")
+
+	select {
+	case <-hook.arrived:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the orphaned job's webhook was never called; record %v", storedJob(t, h.nc, orphan))
+	}
+	// The live runner's job is past its drop time by now too.
+	time.Sleep(time.Second)
+	calls, got := hook.snapshot()
+	if calls != 1 || got[0]["id"] != orphan {
+		t.Fatalf("webhook calls %d %v; want one, for %s", calls, got, orphan)
+	}
+	if e, _ := got[0]["error"].(map[string]any); got[0]["status"] != "failed" || e == nil || e["code"] != "runner_lost" {
+		t.Errorf("webhook body %v; want failed with runner_lost", got[0])
+	}
+	if _, ok := got[0]["runner"]; ok {
+		t.Errorf("webhook body shows the internal runner field: %v", got[0])
+	}
+	if rec := storedJob(t, h.nc, orphan); rec["status"] != "failed" || rec["webhook_sent"] != true {
+		t.Errorf("stored orphaned job %v; want failed, webhook sent", rec)
+	}
+	if rec := storedJob(t, h.nc, kept); rec["status"] != "running" {
+		t.Errorf("the live runner's job %v; want still running", rec)
+	}
+}
