@@ -68,6 +68,10 @@ type asyncRecord struct {
 	WebhookSent bool `json:"webhook_sent,omitempty"`
 	// Runner is the runner that last started the job.
 	Runner string `json:"runner,omitempty"`
+	// WebhookClaimed is when an activator last took on delivering the
+	// webhook of a job the sweeper failed (no event is left to redeliver
+	// should it die).
+	WebhookClaimed time.Time `json:"webhook_claimed,omitzero"`
 	// Swept is set when the sweeper failed the job; its webhook is then
 	// the sweeper's to call, and a late runner event must not call it too.
 	Swept bool `json:"swept,omitempty"`
@@ -97,12 +101,12 @@ func (a *asyncJobs) settle(r *asyncRecord, now time.Time) (outcome string) {
 	case r.Status == asyncQueued:
 		// (A runner that takes a job past its deadline reports the same
 		// error itself.)
-		r.Status, r.FinishedAt, r.Swept = asyncFailed, r.DroppedAt.Unix(), true
+		r.Status, r.FinishedAt, r.Swept, r.WebhookClaimed = asyncFailed, r.DroppedAt.Unix(), true, now
 		r.Error = errStatus(http.StatusGatewayTimeout, "server_error", "queue_timeout",
 			"the job waited in the queue of %s past its deadline without starting", r.Model)
 		return "timeout"
 	case r.Status == asyncRunning && r.Runner != "" && a.runnerGone(r.Runner, now):
-		r.Status, r.FinishedAt, r.Swept = asyncFailed, now.Unix(), true
+		r.Status, r.FinishedAt, r.Swept, r.WebhookClaimed = asyncFailed, now.Unix(), true, now
 		r.Error = errStatus(http.StatusBadGateway, "server_error", "runner_lost",
 			"the runner running the job on %s stopped, and the job's queue dropped it before another runner could take it; submit it again", r.Model)
 		return "runner_lost"
@@ -124,6 +128,7 @@ func (r *asyncRecord) key() registry.APIKey {
 // view is what clients see.
 func (r asyncRecord) view() asyncRecord {
 	r.TenantID, r.Kind, r.Deadline, r.DroppedAt, r.WebhookSent, r.Swept, r.Runner = "", "", time.Time{}, time.Time{}, false, false, ""
+	r.WebhookClaimed = time.Time{}
 	r.KeyID, r.KeyTPM, r.KeyBudget, r.Prices = "", 0, nil, wire.Prices{}
 	return r
 }
@@ -139,6 +144,8 @@ type asyncJobs struct {
 	allowPrivate bool
 	// started is when this activator began listening to heartbeats.
 	started time.Time
+	// webhookClaim is Config.AsyncWebhookClaim.
+	webhookClaim time.Duration
 	// webhookBackoff is the wait before the first webhook retry; it
 	// doubles up to webhookAttempts tries.
 	webhookBackoff time.Duration
@@ -160,6 +167,10 @@ func newAsyncJobs(s *Server, cfg Config) (*asyncJobs, error) {
 	if sweepEvery <= 0 {
 		sweepEvery = defaultAsyncSweep
 	}
+	claim := cfg.AsyncWebhookClaim
+	if claim <= 0 {
+		claim = defaultWebhookClaim
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cons, kv, err := queue.EnsureAsync(ctx, s.js, ttl)
@@ -167,7 +178,7 @@ func newAsyncJobs(s *Server, cfg Config) (*asyncJobs, error) {
 		return nil, err
 	}
 	a := &asyncJobs{
-		s: s, kv: kv, ttl: ttl, webhookBackoff: time.Second, started: time.Now(),
+		s: s, kv: kv, ttl: ttl, webhookBackoff: time.Second, started: time.Now(), webhookClaim: claim,
 		http:         webhookClient(cfg.WebhookClient, cfg.AllowPrivateWebhooks),
 		allowPrivate: cfg.AllowPrivateWebhooks,
 	}

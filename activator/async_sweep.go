@@ -21,6 +21,11 @@ import (
 // is then changed with a compare-and-swap write, so of several activators
 // sweeping the same job only the one whose write wins calls the webhook.
 
+// defaultWebhookClaim is how long a sweeping activator has to deliver a
+// webhook before another takes it over: more than the retries take
+// (webhookAttempts posts of up to 30 s, 15 s of backoff between them).
+const defaultWebhookClaim = 3 * time.Minute
+
 // defaultAsyncSweep is how often expired queued jobs are looked for.
 // Queue timeouts are seconds to hours; a few seconds late is on time.
 const defaultAsyncSweep = 5 * time.Second
@@ -52,6 +57,7 @@ func (a *asyncJobs) sweepWatching(every time.Duration) error {
 	}
 	defer w.Stop()
 	pending := map[string]time.Time{} // job ID → when its queue drops it
+	hooks := map[string]time.Time{}   // job ID → when its webhook was claimed
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -66,16 +72,24 @@ func (a *asyncJobs) sweepWatching(every time.Duration) error {
 				continue // the initial values are all in
 			}
 			var rec asyncRecord
-			if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &rec) == nil &&
-				!rec.terminal() && !rec.DroppedAt.IsZero() {
+			ok = e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &rec) == nil
+			delete(pending, e.Key())
+			delete(hooks, e.Key())
+			switch {
+			case ok && !rec.terminal() && !rec.DroppedAt.IsZero():
 				pending[e.Key()] = rec.DroppedAt
-			} else {
-				delete(pending, e.Key())
+			case ok && rec.Swept && rec.Webhook != "" && !rec.WebhookSent:
+				hooks[e.Key()] = rec.WebhookClaimed
 			}
 		case now := <-tick.C:
 			for id, dropped := range pending {
 				if now.After(dropped) && a.settleStored(id, now) {
 					delete(pending, id)
+				}
+			}
+			for id, claimed := range hooks {
+				if now.Sub(claimed) > a.webhookClaim && a.reclaimWebhook(id, now) {
+					delete(hooks, id)
 				}
 			}
 		}
@@ -115,5 +129,39 @@ func (a *asyncJobs) settleStored(id string, now time.Time) bool {
 			a.deliver(nil, rec)
 		}()
 	}
+	return true
+}
+
+// reclaimWebhook takes over the webhook of a job the sweeper failed when
+// the activator that claimed it has not delivered it in time (it died, or
+// was stopped mid-retries), and delivers it. Delivery is at least once: a
+// claimant that was only slow may deliver too. It reports whether the job
+// needs no more watching.
+func (a *asyncJobs) reclaimWebhook(id string, now time.Time) bool {
+	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+	defer cancel()
+	won := false
+	rec, err := a.update(ctx, id, func(r *asyncRecord) bool {
+		won = r.Swept && r.Webhook != "" && !r.WebhookSent && now.Sub(r.WebhookClaimed) > a.webhookClaim
+		if won {
+			r.WebhookClaimed = now
+		}
+		return won
+	})
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return true
+	case err != nil:
+		a.s.log.Warn("taking over an async job's webhook; retrying at the next sweep", "request", id, "err", err)
+		return false
+	case !won:
+		return rec.WebhookSent
+	}
+	a.s.log.Info("delivering the webhook of a failed async job another activator did not deliver", "request", id)
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.deliver(nil, rec)
+	}()
 	return true
 }

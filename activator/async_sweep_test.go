@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"strings"
@@ -361,5 +362,68 @@ func TestAsyncSweepFailsOrphanedJobs(t *testing.T) {
 	}
 	if rec := storedJob(t, h.nc, kept); rec["status"] != "running" {
 		t.Errorf("the live runner's job %v; want still running", rec)
+	}
+}
+
+// TestAsyncSweepWebhookTakenOver: the activator that failed a job in a
+// sweep stops while its webhook call hangs; no event is left to redeliver,
+// so another activator takes the delivery over once the claim is old.
+func TestAsyncSweepWebhookTakenOver(t *testing.T) {
+	// The harness's own activator does not sweep in this test.
+	h := newHarnessWith(t, activator.Config{AllowPrivateWebhooks: true, AsyncSweep: time.Hour})
+	h.deploy("late", map[string]any{"queue_timeout": "1s"})
+
+	var mu sync.Mutex
+	calls := 0
+	hanging := make(chan struct{})
+	delivered := make(chan map[string]any, 4)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		calls++
+		first := calls == 1
+		mu.Unlock()
+		if first {
+			close(hanging)
+			// Until the caller gives up (the server sees that only once
+			// the body is read).
+			io.Copy(io.Discard, r.Body)
+			<-r.Context().Done()
+			return
+		}
+		var body map[string]any
+		json.NewDecoder(r.Body).Decode(&body)
+		delivered <- body
+	}))
+	t.Cleanup(hook.Close)
+
+	urlA, stopA := h.addActivatorConfig(activator.Config{AllowPrivateWebhooks: true, AsyncSweep: 50 * time.Millisecond, AsyncWebhookClaim: time.Hour})
+	status, _, job := call(t, urlA, adminKey, http.MethodPost, "/v1/async/completions",
+		`{"model":"late","prompt":"hi","webhook":"`+hook.URL+`/done"}`)
+	if status != http.StatusAccepted {
+		t.Fatalf("submit: %d %v", status, job)
+	}
+	id := job["id"].(string)
+	select {
+	case <-hanging:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the sweeping activator never called the webhook")
+	}
+	stopA()
+
+	h.addActivatorConfig(activator.Config{AllowPrivateWebhooks: true, AsyncSweep: 50 * time.Millisecond, AsyncWebhookClaim: 500 * time.Millisecond})
+	select {
+	case body := <-delivered:
+		if body["id"] != id || body["status"] != "failed" {
+			t.Errorf("webhook body %v; want job %s, failed", body, id)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no other activator delivered the webhook; record %v", storedJob(t, h.nc, id))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for storedJob(t, h.nc, id)["webhook_sent"] != true {
+		if time.Now().After(deadline) {
+			t.Fatalf("record %v: webhook not recorded as sent", storedJob(t, h.nc, id))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -68,6 +68,11 @@ type Config struct {
 	// no runner took before their queue dropped them, to fail them and
 	// call their webhooks; zero means every 5 s.
 	AsyncSweep time.Duration
+	// AsyncWebhookClaim is how long the activator that failed a job in a
+	// sweep has to deliver its webhook before another activator takes the
+	// delivery over (it may have died meanwhile); zero means 2 minutes,
+	// longer than a delivery's retries take.
+	AsyncWebhookClaim time.Duration
 }
 
 // Server is one activator.
