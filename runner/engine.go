@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ollama/ollama/llama"
 
@@ -110,6 +111,9 @@ type Engine struct {
 	// the thread counts: "-" to measure only, else the file to record in.
 	measureThreads string
 	wg             sync.WaitGroup
+	// firsts counts submitted sequences that have not sampled their first
+	// token yet; see decoder.run.
+	firsts atomic.Int32
 }
 
 // decoder is one llama context and its decode loop.
@@ -122,6 +126,7 @@ type decoder struct {
 	nCtx     int // tokens per sequence
 	parallel int // sequences in this context
 	nice     int // EngineConfig.DecodeNice
+	firsts   *atomic.Int32 // the engine's
 	queue    chan *sequence
 	load     atomic.Int32 // sequences submitted and not finished
 
@@ -277,6 +282,7 @@ func (e *Engine) loadDecoder(seqs int, progress func(float32)) (*decoder, error)
 		nCtx:     cfg.Context,
 		parallel: seqs,
 		nice:     cfg.DecodeNice,
+		firsts:   &e.firsts,
 		queue:    make(chan *sequence, seqs),
 		pieces:   make([]string, nv),
 		known:    make([]bool, nv),
@@ -365,10 +371,12 @@ func (e *Engine) Submit(ctx context.Context, req Request, sink Sink) (promptToke
 		batchIdx:  -1,
 	}
 	sink.Start(len(tokens))
+	e.firsts.Add(1)
 	select {
 	case d.queue <- s:
 		return len(tokens), nil
 	case <-ctx.Done():
+		e.firsts.Add(-1)
 		d.load.Add(-1)
 		return len(tokens), ctx.Err()
 	}
@@ -524,6 +532,17 @@ func (d *decoder) run(ctx context.Context) error {
 			continue
 		}
 
+		// First tokens first. With several contexts on few cores, a
+		// context that only continues its sequences waits (up to 1 ms)
+		// while another is about to sample a new sequence's first token:
+		// requests arriving in a burst then get their first tokens ~40%
+		// sooner, and throughput is unchanged (performance.md, "The
+		// activator path").
+		if d.firsts.Load() > 0 && !hasNew(slots) {
+			for i := 0; i < 10 && d.firsts.Load() > 0; i++ {
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
 		d.fillBatch(slots)
 		if err := d.lctx.Decode(d.batch); err != nil {
 			// A failed step poisons every sequence in it; fail them
@@ -545,6 +564,17 @@ func (d *decoder) run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// hasNew reports whether a slot holds a sequence that has not sampled its
+// first token.
+func hasNew(slots []slot) bool {
+	for i := range slots {
+		if s := slots[i].seq; s != nil && !s.decoding {
+			return true
+		}
+	}
+	return false
 }
 
 // admit places s in the free slot whose cached tokens share the longest
@@ -627,6 +657,9 @@ func (d *decoder) sample(sl *slot) bool {
 	tok := s.sampler.Sample(d.lctx, s.batchIdx)
 	s.sampler.Accept(tok, true)
 	s.batchIdx = -1
+	if !s.decoding {
+		d.firsts.Add(-1)
+	}
 	s.decoding = true
 	s.last = tok
 	s.generated++
@@ -667,6 +700,9 @@ func (d *decoder) finish(sl *slot, reason string, err error) {
 		sl.cached = sl.cached[:s.nPast]
 	}
 	completion := s.generated
+	if !s.decoding {
+		d.firsts.Add(-1)
+	}
 	if reason == "cancelled" || err != nil {
 		// A sequence cut off mid-prompt leaves cells we cannot vouch
 		// for; drop them.

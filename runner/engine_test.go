@@ -225,3 +225,38 @@ func TestEngineCancelFreesSlot(t *testing.T) {
 		t.Errorf("next request finished with %q", next.reason)
 	}
 }
+
+// TestEngineFirstsSettle: the count of sequences waiting for their first
+// token, which makes other contexts yield, returns to zero however
+// sequences end: finished, cancelled before or after their first token,
+// or refused at submission. A count left above zero would slow every
+// later step by the yield.
+func TestEngineFirstsSettle(t *testing.T) {
+	e := startEngine(t, EngineConfig{ModelPath: testenv.ModelPath(t), Parallel: 4, Contexts: 2, Context: 256})
+	var all []*collect
+	all = append(all, generate(t, e, Request{Prompt: "Once upon a time", MaxTokens: 20, Sampling: greedy()}))
+	all = append(all, generate(t, e, Request{Prompt: "The cat", MaxTokens: 1, Sampling: greedy()}))
+
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel() // before it is even admitted
+	c := newCollect()
+	if _, err := e.Submit(cancelled, Request{Prompt: "A dog", MaxTokens: 20}, c); err == nil {
+		all = append(all, c) // queued before the cancellation was seen
+	}
+	late, cancelLate := context.WithCancel(context.Background())
+	lc := newCollect()
+	if _, err := e.Submit(late, Request{Prompt: "One day", Sampling: greedy()}, lc); err != nil {
+		t.Fatal(err)
+	}
+	all = append(all, lc)
+	if _, err := e.Submit(context.Background(), Request{Prompt: strings.Repeat("Once upon a time ", 200)}, newCollect()); !errors.Is(err, ErrContextLength) {
+		t.Fatalf("long prompt: %v, want ErrContextLength", err)
+	}
+	cancelLate()
+	for _, c := range all {
+		c.wait(t)
+	}
+	if n := e.firsts.Load(); n != 0 {
+		t.Errorf("%d sequences still counted as waiting for a first token", n)
+	}
+}
