@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infer-run/infer/internal/testenv"
@@ -30,15 +29,7 @@ func TestRecordUsageBillsOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	nc, err := nats.Connect(testenv.NATS(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := testenv.JetStream(t)
 
 	done := make(chan error, 1)
 	rctx, stop := context.WithCancel(ctx)

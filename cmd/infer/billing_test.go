@@ -22,17 +22,7 @@ import (
 // body.
 func (p *platform) do(method, path, key, body string) (int, http.Header, []byte) {
 	p.t.Helper()
-	var r io.Reader
-	if body != "" {
-		r = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, p.url+path, r)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+key)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := (&http.Client{Timeout: 120 * time.Second}).Do(req)
+	resp, err := p.request(method, path, key, body)
 	if err != nil {
 		p.t.Fatalf("%s %s: %v", method, path, err)
 	}

@@ -213,15 +213,7 @@ func TestJSONOutput(t *testing.T) {
 
 	// One request, so usage has a record. Records are written after the
 	// response, so poll.
-	resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"Once upon a time","max_tokens":8}`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("completion: %d %s", resp.StatusCode, body)
-	}
+	p.mustPost("completion", "/v1/completions", `{"model":"stories","prompt":"Once upon a time","max_tokens":8}`)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		var usage []map[string]any
@@ -252,7 +244,7 @@ func TestJSONOutput(t *testing.T) {
 	// A refused request exits 3, distinct from failures and usage errors.
 	cmd := exec.Command(p.bin, "rm", "no-such-deployment")
 	cmd.Env = p.env
-	err = cmd.Run()
+	err := cmd.Run()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != exitRefused {
 		t.Errorf("infer rm no-such-deployment: %v, want exit status %d", err, exitRefused)

@@ -195,8 +195,9 @@ func (p *platform) cli(args ...string) (string, error) {
 	return string(out), err
 }
 
-func (p *platform) post(path, key, body string) (*http.Response, error) {
-	req, err := http.NewRequest(http.MethodPost, p.url+path, strings.NewReader(body))
+// request sends a JSON request to the activator with key (none if empty).
+func (p *platform) request(method, path, key, body string) (*http.Response, error) {
+	req, err := http.NewRequest(method, p.url+path, strings.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +205,22 @@ func (p *platform) post(path, key, body string) (*http.Response, error) {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	return (&http.Client{Timeout: 60 * time.Second}).Do(req)
+	return (&http.Client{Timeout: 2 * time.Minute}).Do(req)
+}
+
+func (p *platform) post(path, key, body string) (*http.Response, error) {
+	return p.request(http.MethodPost, path, key, body)
+}
+
+// mustPost posts body with the admin key and fails the test, naming what,
+// unless the answer is 200; it returns the answer's body.
+func (p *platform) mustPost(what, path, body string) []byte {
+	p.t.Helper()
+	status, _, b := p.do(http.MethodPost, path, p.key, body)
+	if status != http.StatusOK {
+		p.t.Fatalf("%s: %d %s", what, status, b)
+	}
+	return b
 }
 
 // runnerPIDs lists the `infer runner` processes serving a deployment of
@@ -370,15 +386,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 
 	// The second request cold-starts again; non-streaming this time.
-	resp, err = p.post("/v1/completions", p.key, `{"model":"stories","prompt":"The little dog","max_tokens":30,"temperature":0}`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("second request: %d %s", resp.StatusCode, body)
-	}
+	body := p.mustPost("second request", "/v1/completions", `{"model":"stories","prompt":"The little dog","max_tokens":30,"temperature":0}`)
 	var completion struct {
 		Object  string `json:"object"`
 		Choices []struct {
@@ -660,13 +668,5 @@ func TestRunnerLostMidGeneration(t *testing.T) {
 	}
 
 	// The deployment serves again from a new runner.
-	r, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"The cat","max_tokens":5}`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(r.Body)
-	r.Body.Close()
-	if r.StatusCode != 200 {
-		t.Fatalf("request after the runner died: %d %s", r.StatusCode, b)
-	}
+	p.mustPost("request after the runner died", "/v1/completions", `{"model":"stories","prompt":"The cat","max_tokens":5}`)
 }

@@ -133,15 +133,7 @@ func TestNATSRestart(t *testing.T) {
 	}
 
 	// Everything reconnected: a new request is served too.
-	resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"After","max_tokens":4}`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("request after the restart: %d %s", resp.StatusCode, b)
-	}
+	p.mustPost("request after the restart", "/v1/completions", `{"model":"stories","prompt":"After","max_tokens":4}`)
 	assertNoSecretsLogged(t, p, natsPassword)
 	// Nor is it on a runner's command line, which every local user can read.
 	for _, pid := range p.runnerPIDs("stories") {
@@ -391,13 +383,5 @@ func TestRunnerSIGTERMDrains(t *testing.T) {
 		return true
 	})
 
-	r, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"The cat","max_tokens":5}`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(r.Body)
-	r.Body.Close()
-	if r.StatusCode != 200 {
-		t.Fatalf("request after the runner drained: %d %s", r.StatusCode, b)
-	}
+	p.mustPost("request after the runner drained", "/v1/completions", `{"model":"stories","prompt":"The cat","max_tokens":5}`)
 }

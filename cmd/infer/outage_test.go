@@ -133,16 +133,6 @@ func decodeAPIError(t *testing.T, resp *http.Response) openAIErrorBody {
 	return e
 }
 
-func (p *platform) send(method, path, body string) (*http.Response, error) {
-	req, err := http.NewRequest(method, p.url+path, strings.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+p.key)
-	req.Header.Set("Content-Type", "application/json")
-	return (&http.Client{Timeout: 2 * time.Minute}).Do(req)
-}
-
 // postgresOutage is how long TestPostgresOutage keeps Postgres away: the
 // 30 s of the reliability issue, longer than pgx's and the cache's retry
 // intervals, so the components see a real outage and not a blip.
@@ -168,15 +158,7 @@ func TestPostgresOutage(t *testing.T) {
 	served := 0
 	serve := func(when string) {
 		t.Helper()
-		resp, err := p.post("/v1/completions", p.key, call)
-		if err != nil {
-			t.Fatalf("%s: %v", when, err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			t.Fatalf("%s: %d %s", when, resp.StatusCode, b)
-		}
+		p.mustPost(when, "/v1/completions", call)
 		served++
 	}
 	serve("warm-up")
@@ -190,7 +172,7 @@ func TestPostgresOutage(t *testing.T) {
 			{http.MethodPost, "/v1/keys", `{"name":"during-outage"}`},
 			{http.MethodGet, "/v1/keys", ``},
 		} {
-			resp, err := p.send(c.method, c.path, c.body)
+			resp, err := p.request(c.method, c.path, p.key, c.body)
 			if err != nil {
 				t.Fatalf("%s %s: %v", c.method, c.path, err)
 			}
@@ -219,7 +201,7 @@ func TestPostgresOutage(t *testing.T) {
 		t.Errorf("%d requests served, %d usage rows (%d distinct); want one each", served, rows, distinct)
 	}
 	// Management works again.
-	resp, err := p.send(http.MethodGet, "/v1/keys", ``)
+	resp, err := p.request(http.MethodGet, "/v1/keys", p.key, ``)
 	if err != nil || resp.StatusCode != 200 {
 		t.Errorf("listing keys after the outage: %v %v", resp, err)
 	}

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -129,15 +128,7 @@ func TestTLSEverywhere(t *testing.T) {
 	if pids := p.runnerPIDs("stories"); len(pids) != 0 {
 		t.Fatalf("runners %v before the first request", pids)
 	}
-	resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"Once upon a time","max_tokens":20,"temperature":0}`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("completion through TLS everywhere: %d %s", resp.StatusCode, body)
-	}
+	body := p.mustPost("completion through TLS everywhere", "/v1/completions", `{"model":"stories","prompt":"Once upon a time","max_tokens":20,"temperature":0}`)
 	var completion struct {
 		Choices []struct {
 			Text string `json:"text"`

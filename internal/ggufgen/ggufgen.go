@@ -284,27 +284,17 @@ type randomF16 struct {
 
 func (r randomF16) WriteTo(w io.Writer) (int64, error) {
 	rng := rand.NewPCG(r.seed, r.seed^0x9e3779b97f4a7c15)
-	buf := make([]byte, chunk)
-	var total int64
-	for left := r.n * 2; left > 0; {
-		m := min(uint64(len(buf)), left)
-		for i := uint64(0); i < m; i += 8 {
+	return writeChunks(w, r.n*2, func(buf []byte) {
+		for i := 0; i < len(buf); i += 8 {
 			v := rng.Uint64()
-			for j := uint64(0); j < 4 && i+2*j < m; j++ {
+			for j := 0; j < 4 && i+2*j < len(buf); j++ {
 				x := uint16(v >> (16 * j))
 				// sign | exponent 6..8 (biased) | random mantissa
 				h := x&0x8000 | uint16(6+x%3)<<10 | x>>5&0x3ff
 				binary.LittleEndian.PutUint16(buf[i+2*j:], h)
 			}
 		}
-		written, err := w.Write(buf[:m])
-		total += int64(written)
-		if err != nil {
-			return total, err
-		}
-		left -= m
-	}
-	return total, nil
+	})
 }
 
 // randomF32 is randomF16's values in single precision.
@@ -315,20 +305,29 @@ type randomF32 struct {
 
 func (r randomF32) WriteTo(w io.Writer) (int64, error) {
 	rng := rand.New(rand.NewPCG(r.seed, r.seed^0x9e3779b97f4a7c15))
-	buf := make([]byte, chunk)
-	var total int64
-	for left := r.n * 4; left > 0; {
-		m := min(uint64(len(buf)), left)
-		for i := uint64(0); i < m; i += 4 {
+	return writeChunks(w, r.n*4, func(buf []byte) {
+		for i := 0; i < len(buf); i += 4 {
 			v := float32(rng.Float64()*2-1) / 128
 			binary.LittleEndian.PutUint32(buf[i:], math.Float32bits(v))
 		}
-		written, err := w.Write(buf[:m])
+	})
+}
+
+// writeChunks writes size bytes to w, filling a reused buffer of at most
+// chunk bytes with fill before each write, so a tensor of any size is
+// generated in constant memory.
+func writeChunks(w io.Writer, size uint64, fill func([]byte)) (int64, error) {
+	buf := make([]byte, min(uint64(chunk), size))
+	var total int64
+	for left := size; left > 0; {
+		b := buf[:min(uint64(len(buf)), left)]
+		fill(b)
+		written, err := w.Write(b)
 		total += int64(written)
 		if err != nil {
 			return total, err
 		}
-		left -= m
+		left -= uint64(len(b))
 	}
 	return total, nil
 }

@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/testenv"
@@ -14,15 +12,7 @@ import (
 
 func TestPublishAndRemove(t *testing.T) {
 	ctx := context.Background()
-	nc, err := nats.Connect(testenv.NATS(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testenv.JetStream(t)
 	s, err := queue.Ensure(ctx, js, "dep", queue.Limits{MaxJobs: 2, MaxAge: time.Minute})
 	if err != nil {
 		t.Fatal(err)
@@ -60,15 +50,7 @@ func TestPublishAndRemove(t *testing.T) {
 
 func TestEnsureAsync(t *testing.T) {
 	ctx := context.Background()
-	nc, err := nats.Connect(testenv.NATS(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testenv.JetStream(t)
 	// Idempotent, and a second call may change the TTL.
 	for _, ttl := range []time.Duration{time.Hour, 2 * time.Hour} {
 		if _, _, err := queue.EnsureAsync(ctx, js, ttl); err != nil {

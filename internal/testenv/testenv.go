@@ -26,6 +26,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infer-run/infer/internal/blob"
 )
@@ -265,6 +267,22 @@ func NATS(t testing.TB) string {
 		return u
 	}
 	return StartNATS(t, &server.Options{}).ClientURL()
+}
+
+// JetStream connects to NATS(t) and returns the connection, closed when
+// the test ends, and its JetStream context.
+func JetStream(t testing.TB) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(NATS(t))
+	if err != nil {
+		t.Fatalf("testenv: connecting to NATS: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("testenv: JetStream: %v", err)
+	}
+	return nc, js
 }
 
 // StartNATS starts an embedded NATS server with JetStream and opts (TLS
