@@ -195,6 +195,16 @@ func (p *platform) cli(args ...string) (string, error) {
 	return string(out), err
 }
 
+// deployStories deploys stories260K as "stories" with the CLI and more
+// flags, failing the test if the CLI does.
+func (p *platform) deployStories(flags ...string) {
+	p.t.Helper()
+	args := append([]string{"deploy", "stories", "--weights", testenv.ModelPath(p.t)}, flags...)
+	if out, err := p.cli(args...); err != nil {
+		p.t.Fatalf("infer deploy: %v\n%s", err, out)
+	}
+}
+
 // request sends a JSON request to the activator with key (none if empty).
 func (p *platform) request(method, path, key, body string) (*http.Response, error) {
 	req, err := http.NewRequest(method, p.url+path, strings.NewReader(body))
@@ -623,9 +633,7 @@ func TestBadInput(t *testing.T) {
 func (p *platform) endlessStream(idleTimeout string) (*bufio.Reader, string) {
 	t := p.t
 	t.Helper()
-	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", idleTimeout); err != nil {
-		t.Fatalf("infer deploy: %v\n%s", err, out)
-	}
+	p.deployStories("--idle-timeout", idleTimeout)
 	resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"Once upon a time","max_tokens":100000,"stream":true}`)
 	if err != nil {
 		t.Fatal(err)

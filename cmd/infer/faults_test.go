@@ -94,9 +94,7 @@ func TestNATSRestart(t *testing.T) {
 		s3 = newCuttableProxy(t, direct)
 		return s3.addr
 	}})
-	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "30s", "--queue-timeout", "3m"); err != nil {
-		t.Fatalf("infer deploy: %v\n%s", err, out)
-	}
+	p.deployStories("--idle-timeout", "30s", "--queue-timeout", "3m")
 
 	s3.Cut()
 	const requests = 4
@@ -229,10 +227,8 @@ func TestOverload(t *testing.T) {
 		queueLimit = 4
 		burst      = 10 * (parallel + queueLimit)
 	)
-	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "60s",
-		"--parallel", strconv.Itoa(parallel), "--queue-limit", strconv.Itoa(queueLimit), "--max-runners", "1"); err != nil {
-		t.Fatalf("infer deploy: %v\n%s", err, out)
-	}
+	p.deployStories("--idle-timeout", "60s",
+		"--parallel", strconv.Itoa(parallel), "--queue-limit", strconv.Itoa(queueLimit), "--max-runners", "1")
 	const call = `{"model":"stories","prompt":"Once upon a time","max_tokens":32}`
 	// Warm up, so the burst meets a running runner and the baseline
 	// memory includes what serving needs.

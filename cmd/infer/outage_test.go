@@ -13,7 +13,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/infer-run/infer/internal/testenv"
 )
 
 // cuttableProxy forwards TCP connections from a fixed local port to a
@@ -151,9 +150,7 @@ func TestPostgresOutage(t *testing.T) {
 		proxy = newCuttableProxy(t, direct)
 		return proxy.addr
 	}})
-	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "5m"); err != nil {
-		t.Fatalf("infer deploy: %v\n%s", err, out)
-	}
+	p.deployStories("--idle-timeout", "5m")
 	const call = `{"model":"stories","prompt":"Once upon a time","max_tokens":8}`
 	served := 0
 	serve := func(when string) {
@@ -224,9 +221,7 @@ func TestObjectStoreDownDuringColdStart(t *testing.T) {
 		return proxy.addr
 	}})
 	const queueTimeout = 15 * time.Second
-	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "5m", "--queue-timeout", queueTimeout.String()); err != nil {
-		t.Fatalf("infer deploy: %v\n%s", err, out)
-	}
+	p.deployStories("--idle-timeout", "5m", "--queue-timeout", queueTimeout.String())
 	proxy.Cut()
 	start := time.Now()
 	resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"Once","max_tokens":4}`)

@@ -13,7 +13,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/infer-run/infer/internal/testenv"
 )
 
 // runnerID reads the --id a runner process was started with.
@@ -47,9 +46,7 @@ func TestRedeliveryAfterRunnerDeath(t *testing.T) {
 		t.Skip("builds the binary and starts MinIO")
 	}
 	p := startPlatform(t)
-	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "60s", "--parallel", "2"); err != nil {
-		t.Fatalf("infer deploy: %v\n%s", err, out)
-	}
+	p.deployStories("--idle-timeout", "60s", "--parallel", "2")
 	warm, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"Once","max_tokens":3}`)
 	if err != nil {
 		t.Fatal(err)

@@ -65,10 +65,8 @@ func TestScaleBurst(t *testing.T) {
 	}
 	p := startPlatform(t)
 	const maxRunners = 3
-	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "3s",
-		"--parallel", "1", "--max-runners", fmt.Sprint(maxRunners)); err != nil {
-		t.Fatalf("infer deploy: %v\n%s", err, out)
-	}
+	p.deployStories("--idle-timeout", "3s",
+		"--parallel", "1", "--max-runners", fmt.Sprint(maxRunners))
 
 	// 0 → 1.
 	if err := p.complete(16); err != nil {
@@ -114,9 +112,7 @@ func TestIdleTimeoutHonoured(t *testing.T) {
 	}
 	p := startPlatform(t)
 	const idle = 4 * time.Second
-	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", idle.String()); err != nil {
-		t.Fatalf("infer deploy: %v\n%s", err, out)
-	}
+	p.deployStories("--idle-timeout", idle.String())
 	if err := p.complete(16); err != nil {
 		t.Fatal(err)
 	}
@@ -138,10 +134,8 @@ func TestKilledRunnerReplaced(t *testing.T) {
 		t.Skip("end-to-end test")
 	}
 	p := startPlatform(t)
-	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t), "--idle-timeout", "30s",
-		"--parallel", "1", "--max-runners", "1"); err != nil {
-		t.Fatalf("infer deploy: %v\n%s", err, out)
-	}
+	p.deployStories("--idle-timeout", "30s",
+		"--parallel", "1", "--max-runners", "1")
 	if err := p.complete(16); err != nil {
 		t.Fatal(err)
 	}

@@ -122,9 +122,7 @@ func TestTLSEverywhere(t *testing.T) {
 		s3:    &s3,
 		env:   []string{"SSL_CERT_FILE=" + certs.CA},
 	})
-	if out, err := p.cli("deploy", "stories", "--weights", testenv.ModelPath(t)); err != nil {
-		t.Fatalf("infer deploy: %v\n%s", err, out)
-	}
+	p.deployStories()
 	if pids := p.runnerPIDs("stories"); len(pids) != 0 {
 		t.Fatalf("runners %v before the first request", pids)
 	}
