@@ -223,7 +223,8 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 	rl.w = w
 	rl.queuedAt = time.Now()
 	rl.enc = newChunkEncoder(rl.kind, rl.id, rl.model, rl.created)
-	wait := time.NewTimer(time.Until(deadline))
+	queueTimeout := time.Until(deadline)
+	wait := time.NewTimer(queueTimeout)
 	defer wait.Stop()
 	tick := time.NewTicker(keepaliveEvery)
 	defer tick.Stop()
@@ -237,7 +238,7 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 			if done || err != nil {
 				return err
 			}
-			if rl.started {
+			if rl.started && rl.runner != "" {
 				wait.Stop()
 			}
 		case <-grace.C:
@@ -259,6 +260,11 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				// for its start event.
 				rl.runner = ""
 				rl.w.disown()
+				// JetStream hands the job on within the ack wait, and
+				// the next runner may need a queue timeout to take it.
+				// Past that nothing will (its deliveries may be spent):
+				// fail rather than hold the client forever.
+				wait.Reset(queue.AckWait + queueTimeout)
 			}
 			if rl.runner != "" {
 				break // generating
@@ -274,11 +280,17 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				rl.comment(rl.s.runners.coldStartPhase(rl.model))
 			}
 		case <-wait.C:
-			if !rl.started {
+			switch {
+			case !rl.started:
 				rl.gaveUp = true
 				rl.s.metrics.requests.WithLabelValues(rl.model, "timeout").Inc()
 				return rl.fail(errStatus(http.StatusGatewayTimeout, "server_error", "queue_timeout",
 					"request waited %s in the queue of %s without starting", time.Since(rl.queuedAt).Round(time.Millisecond), rl.model))
+			case rl.runner == "":
+				// Its runner was lost and no other took the job over.
+				rl.gaveUp = true
+				rl.s.metrics.requests.WithLabelValues(rl.model, "runner_lost").Inc()
+				return rl.fail(errRunnerLost())
 			}
 		case <-ctx.Done():
 			return ctx.Err()

@@ -80,7 +80,7 @@ func heartbeat(t *testing.T, nc *nats.Conn, deployment, id string) {
 // right moment cannot be done reliably.
 func TestJobOnTwoRunners(t *testing.T) {
 	h := newHarness(t)
-	h.deploy("two", map[string]any{"parallel": 1, "queue_timeout": "60s"})
+	h.deploy("two", map[string]any{"parallel": 1, "queue_timeout": "5s"})
 	js, err := jetstream.New(h.nc)
 	if err != nil {
 		t.Fatal(err)
@@ -181,6 +181,19 @@ func TestJobOnTwoRunners(t *testing.T) {
 		got := wait(body)
 		if !strings.Contains(got, `"second"`) || strings.Contains(got, "GHOST") || !strings.Contains(got, "[DONE]") {
 			t.Errorf("stream %q: want runnerD's text only, then [DONE]", got)
+		}
+	})
+
+	// The job left the queue with its lost runner (here: the test took
+	// it), so no other runner ever starts it: the client gets an error
+	// after the ack wait and the queue timeout, never a hang.
+	t.Run("nobody takes over", func(t *testing.T) {
+		replyTo, body := request()
+		e := runner(replyTo, "runnerE")
+		e.start() // and no heartbeat
+		got := wait(body)
+		if !strings.Contains(got, "event: error") || !strings.Contains(got, "runner_lost") {
+			t.Errorf("stream %q: want an error event naming runner_lost", got)
 		}
 	})
 }
