@@ -77,8 +77,11 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		}
 	}()
 	err = rl.run(ctx, w, job.Deadline)
-	if ctx.Err() != nil {
-		// The client went away: stop the job wherever it is.
+	if rl.hungUp {
+		// The client went away before the answer was complete: stop the
+		// job wherever it is. (A client that hangs up once the relay
+		// finished changes nothing: the runner is done with the job, and
+		// the request counted as what it ended as.)
 		s.abandon(dep.Name, id, seq, rl.started)
 		s.metrics.requests.WithLabelValues(dep.Name, "cancelled").Inc()
 		return nil
@@ -210,8 +213,9 @@ type relay struct {
 	w        *waiter
 	started  bool   // the runner admitted the job
 	runner   string // which runner (the waiter's owner)
-	sentText bool   // tokens reached the client
+	sentText bool   // tokens were written to the client (streams only: a body is written at the end)
 	gaveUp   bool   // stop waiting: remove the job from the queue (timeout, runner failures or loss)
+	hungUp   bool   // the client went away before the relay finished
 	sse      bool   // SSE headers are written: errors now go in-band
 	text     []byte
 	enc      chunkEncoder
@@ -257,8 +261,10 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				}
 				// Nothing was sent yet: JetStream redelivers the job to
 				// another runner; keep waiting (and keep the stream alive)
-				// for its start event.
+				// for its start event. A body's text buffered so far is
+				// the lost runner's: the next runner starts over.
 				rl.runner = ""
+				rl.text = rl.text[:0]
 				rl.w.disown()
 				// JetStream hands the job on within the ack wait, and
 				// the next runner may need a queue timeout to take it.
@@ -293,6 +299,7 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				return rl.fail(errRunnerLost())
 			}
 		case <-ctx.Done():
+			rl.hungUp = true
 			return ctx.Err()
 		}
 	}
@@ -322,6 +329,9 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 				rl.gaveUp = true
 				return true, rl.fail(errRunnerLost())
 			}
+			// Nothing reached the client: whatever an earlier runner
+			// produced for the body is dropped, this one starts over.
+			rl.text = rl.text[:0]
 			rl.runner = ev.Runner
 			if r.runner != "" {
 				rl.runner = r.runner
@@ -333,9 +343,9 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 				rl.ttft = time.Since(rl.queuedAt)
 				rl.s.metrics.ttft.WithLabelValues(rl.model).Observe(rl.ttft.Seconds())
 			}
-			rl.sentText = true
 			if rl.stream {
 				res.Write(rl.enc.delta(ev.Text))
+				rl.sentText = true
 			} else {
 				rl.text = append(rl.text, ev.Text...)
 			}

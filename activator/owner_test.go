@@ -3,7 +3,9 @@ package activator_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -72,6 +74,32 @@ func heartbeat(t *testing.T, nc *nats.Conn, deployment, id string) {
 	}()
 }
 
+// takeJob takes the next job off a deployment's queue, as a runner would,
+// waiting for one to be queued.
+func takeJob(t *testing.T, js jetstream.JetStream, deployment string) wire.Job {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		stream, err := js.Stream(context.Background(), wire.RequestStream(deployment))
+		if err == nil {
+			if m, err := stream.GetLastMsgForSubject(context.Background(), wire.RequestSubject(deployment)); err == nil {
+				var job wire.Job
+				if err := json.Unmarshal(m.Data, &job); err != nil {
+					t.Fatal(err)
+				}
+				if err := stream.DeleteMsg(context.Background(), m.Sequence); err != nil {
+					t.Fatal(err)
+				}
+				return job
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the job never reached the queue")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestJobOnTwoRunners: when JetStream hands a job to a second runner (the
 // first stopped reporting progress: dead, or only frozen), the client gets
 // one runner's answer, never a mix, and the other runner is told to stop.
@@ -86,39 +114,21 @@ func TestJobOnTwoRunners(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// request starts a streaming completion and returns the job's reply
-	// subject, read from the queue, and the stream's whole body.
-	request := func() (replyTo string, body <-chan string) {
+	// requestWith starts a completion and returns the job's reply
+	// subject, read from the queue, and the response's status and whole
+	// body.
+	requestWith := func(stream bool) (replyTo string, body <-chan string) {
 		t.Helper()
 		out := make(chan string, 1)
 		go func() {
-			resp := h.do(http.MethodPost, "/v1/completions", `{"model":"two","prompt":"Once","max_tokens":5,"stream":true}`)
+			resp := h.do(http.MethodPost, "/v1/completions", fmt.Sprintf(`{"model":"two","prompt":"Once","max_tokens":5,"stream":%t}`, stream))
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			out <- string(b)
+			out <- fmt.Sprintf("%d %s", resp.StatusCode, b)
 		}()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			stream, err := js.Stream(context.Background(), wire.RequestStream("two"))
-			if err == nil {
-				if m, err := stream.GetLastMsgForSubject(context.Background(), wire.RequestSubject("two")); err == nil {
-					var job wire.Job
-					if err := json.Unmarshal(m.Data, &job); err != nil {
-						t.Fatal(err)
-					}
-					// Take it off the queue, as a runner would.
-					if err := stream.DeleteMsg(context.Background(), m.Sequence); err != nil {
-						t.Fatal(err)
-					}
-					return job.ReplyTo, out
-				}
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("the job never reached the queue")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		return takeJob(t, js, "two").ReplyTo, out
 	}
+	request := func() (string, <-chan string) { return requestWith(true) }
 	runner := func(replyTo, id string) fakeRunner {
 		return fakeRunner{t: t, nc: h.nc, id: id, subject: wire.RunnerReplySubject(replyTo, id)}
 	}
@@ -184,6 +194,35 @@ func TestJobOnTwoRunners(t *testing.T) {
 		}
 	})
 
+	// A body is written only at the end, so a runner lost after some
+	// text lost nothing the client saw: the next runner's answer is the
+	// whole answer, with none of the lost runner's text.
+	t.Run("the owner of a non-streaming request is given up for dead", func(t *testing.T) {
+		replyTo, body := requestWith(false)
+		f, g := runner(replyTo, "runnerF"), runner(replyTo, "runnerG")
+		f.start() // and no heartbeat: the activator gives F up
+		f.delta("LOST")
+		deadline := time.Now().Add(20 * time.Second)
+		for f.ping() != wire.PingSuperseded {
+			select {
+			case got := <-body:
+				t.Fatalf("the request ended with %q instead of waiting for the next runner", got)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("a runner without heartbeats still owns the job")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		g.start()
+		g.delta("second")
+		g.done()
+		got := wait(body)
+		if !strings.HasPrefix(got, "200 ") || !strings.Contains(got, `"text":"second"`) || strings.Contains(got, "LOST") {
+			t.Errorf("response %q: want 200 with runnerG's text only", got)
+		}
+	})
+
 	// The job left the queue with its lost runner (here: the test took
 	// it), so no other runner ever starts it: the client gets an error
 	// after the ack wait and the queue timeout, never a hang.
@@ -196,4 +235,82 @@ func TestJobOnTwoRunners(t *testing.T) {
 			t.Errorf("stream %q: want an error event naming runner_lost", got)
 		}
 	})
+}
+
+// TestHangUpAfterAnswer: a client that goes away once its answer is
+// complete cancels nothing. The runner is done with the job, so no cancel
+// goes out, and the request counts as ok, not also as cancelled. To hang up
+// at exactly that moment, the answer is made larger than the socket
+// buffers and the client never reads it: the activator is stuck writing
+// the finished body when the connection breaks.
+func TestHangUpAfterAnswer(t *testing.T) {
+	h := newHarness(t)
+	h.deploy("late", map[string]any{"parallel": 1})
+	js, err := jetstream.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancels, err := h.nc.SubscribeSync(wire.CancelSubject("late"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	conn, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"model":"late","prompt":"Once","max_tokens":5}`
+	fmt.Fprintf(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", adminKey, len(body), body)
+
+	job := takeJob(t, js, "late")
+	r := fakeRunner{t: t, nc: h.nc, id: "runnerL", subject: wire.RunnerReplySubject(job.ReplyTo, "runnerL")}
+	heartbeat(t, h.nc, "late", r.id)
+	r.start()
+	chunk := strings.Repeat("x", 512<<10)
+	for range 64 { // 32 MiB, far more than loopback socket buffers hold
+		r.delta(chunk)
+	}
+	r.done()
+
+	// The request is answered (counted ok) and its body being written.
+	deadline := time.Now().Add(20 * time.Second)
+	for h.metric(`infer_requests_total{deployment="late",status="ok"}`) != "1" {
+		if time.Now().After(deadline) {
+			t.Fatal("the request was never answered")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	conn.(*net.TCPConn).SetLinger(0) // reset: the stuck write fails at once
+	conn.Close()
+	for r.ping() != wire.PingGone {
+		if time.Now().After(deadline) {
+			t.Fatal("the request's handler did not return after the client left")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	h.nc.Flush()
+	if m, err := cancels.NextMsg(200 * time.Millisecond); err == nil {
+		t.Errorf("cancel published for %q after the request was answered", m.Data)
+	}
+	if got := h.metric(`infer_requests_total{deployment="late",status="cancelled"}`); got != "" {
+		t.Errorf("an answered request also counted as cancelled (%s)", got)
+	}
+}
+
+// metric returns the value of one series on the activator's /metrics
+// page, or "" if it has none.
+func (h *harness) metric(series string) string {
+	h.t.Helper()
+	resp := h.do(http.MethodGet, "/metrics", "")
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
