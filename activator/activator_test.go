@@ -16,11 +16,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/openai/openai-go"
 	"github.com/openai/openai-go/option"
 
 	"github.com/infer-run/infer/activator"
 	"github.com/infer-run/infer/internal/blob"
+	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/testenv"
 	"github.com/infer-run/infer/internal/wire"
 	"github.com/infer-run/infer/registry"
@@ -356,46 +358,153 @@ func TestQueueFullAndTimeout(t *testing.T) {
 	}
 }
 
-// TestDisconnectCancels: a client that goes away frees its runner slot for
-// the next request.
+// TestDisconnectCancels: a client that goes away stops its job, whether
+// it runs (its slot comes free at once) or still waits in the queue (it is
+// removed and never runs). The runner is told to ask its activator whether
+// anyone waits only once an hour, so only the activator's cancel can stop
+// the job in time.
 func TestDisconnectCancels(t *testing.T) {
 	h := newHarness(t)
-	h.deploy("one", map[string]any{"parallel": 1})
-	h.startRunner("one", 1, 2048)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, h.url+"/v1/completions",
-		strings.NewReader(`{"model":"one","prompt":"Once upon a time","max_tokens":100000,"stream":true}`))
-	req.Header.Set("Authorization", "Bearer "+adminKey)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	const ctxLen = 16384 // at this model's speed, a minute or more to fill
+	h.deploy("one", map[string]any{"parallel": 1, "context_length": ctxLen})
+	h.deploy("later", map[string]any{"parallel": 1, "queue_timeout": "1m"})
+	usage := make(chan wire.UsageRecord, 16)
+	for _, dep := range []string{"one", "later"} {
+		if _, err := h.nc.Subscribe(wire.UsageSubject(dep), func(m *nats.Msg) {
+			var rec wire.UsageRecord
+			if err := json.Unmarshal(m.Data, &rec); err == nil {
+				usage <- rec
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	// Read until tokens flow, then hang up mid-generation.
-	br := bufio.NewReader(resp.Body)
-	for {
-		line, err := br.ReadString('\n')
+	startRunner := func(deployment string, ctxLen int) {
+		h.startRunnerWith(runner.Config{Deployment: deployment, ClientCheck: time.Hour,
+			Engine: runner.EngineConfig{Parallel: 1, Context: ctxLen}})
+	}
+	// next runs a short request, which needs the deployment's only slot,
+	// and returns its usage record and those of the requests that ran
+	// before it.
+	next := func(t *testing.T, deployment string) (rec wire.UsageRecord, before []wire.UsageRecord) {
+		t.Helper()
+		r := h.do(http.MethodPost, "/v1/completions", `{"model":"`+deployment+`","prompt":"The cat","max_tokens":5}`)
+		b, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		if r.StatusCode != 200 {
+			t.Fatalf("next request: %d %s", r.StatusCode, b)
+		}
+		var out struct{ ID string }
+		json.Unmarshal(b, &out)
+		for {
+			select {
+			case rec := <-usage:
+				if rec.RequestID == out.ID {
+					return rec, before
+				}
+				before = append(before, rec)
+			case <-time.After(10 * time.Second):
+				t.Fatal("no usage record for the next request")
+			}
+		}
+	}
+
+	t.Run("running", func(t *testing.T) {
+		startRunner("one", ctxLen)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, h.url+"/v1/completions",
+			strings.NewReader(`{"model":"one","prompt":"Once upon a time","max_tokens":100000,"stream":true}`))
+		req.Header.Set("Authorization", "Bearer "+adminKey)
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if strings.Contains(line, `"text"`) {
-			break
+		id := resp.Header.Get("X-Request-Id")
+		// Read until tokens flow, then hang up mid-generation.
+		br := bufio.NewReader(resp.Body)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(line, `"text"`) {
+				break
+			}
 		}
-	}
-	cancel()
-	resp.Body.Close()
+		cancel()
+		resp.Body.Close()
+		hungUp := time.Now()
 
-	// The only slot must come free: the next request completes.
-	start := time.Now()
-	r := h.do(http.MethodPost, "/v1/completions", `{"model":"one","prompt":"The cat","max_tokens":5}`)
-	b, _ := io.ReadAll(r.Body)
-	r.Body.Close()
-	if r.StatusCode != 200 {
-		t.Fatalf("next request: %d %s", r.StatusCode, b)
-	}
-	if time.Since(start) > 20*time.Second {
-		t.Errorf("next request waited %s: the cancelled one held the slot", time.Since(start))
-	}
+		// Uncancelled, the job would generate until the context is full
+		// (ctxLen tokens, over a minute). The cancel stops it at once.
+		select {
+		case rec := <-usage:
+			if rec.RequestID != id || rec.Status != "cancelled" || rec.CompletionTokens > ctxLen/4 {
+				t.Errorf("usage record %s: %s after %d tokens; want %s cancelled after far fewer than %d",
+					rec.RequestID, rec.Status, rec.CompletionTokens, id, ctxLen)
+			}
+			t.Logf("cancelled %s after %s and %d tokens", rec.RequestID, time.Since(hungUp).Round(time.Millisecond), rec.CompletionTokens)
+		case <-time.After(5 * time.Second):
+			t.Fatal("the job still ran 5 s after its client hung up")
+		}
+		// The only slot is free: the next request runs at once.
+		if rec, _ := next(t, "one"); rec.QueueWaitMS > 2000 {
+			t.Errorf("next request waited %.0f ms for the slot", rec.QueueWaitMS)
+		}
+	})
+
+	t.Run("queued", func(t *testing.T) {
+		js, err := jetstream.New(h.nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// No runner yet: the request waits in the queue.
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, h.url+"/v1/completions",
+			strings.NewReader(`{"model":"later","prompt":"Once upon a time","max_tokens":50}`))
+		req.Header.Set("Authorization", "Bearer "+adminKey)
+		hungUp := make(chan error, 1)
+		go func() {
+			_, err := http.DefaultClient.Do(req)
+			hungUp <- err
+		}()
+		var id string
+		deadline := time.Now().Add(10 * time.Second)
+		for id == "" {
+			if stream, err := js.Stream(context.Background(), wire.RequestStream("later")); err == nil {
+				if m, err := stream.GetLastMsgForSubject(context.Background(), wire.RequestSubject("later")); err == nil {
+					var job wire.Job
+					json.Unmarshal(m.Data, &job)
+					id = job.ID
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the request never reached the queue")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		cancel()
+		<-hungUp
+
+		// The job leaves the queue...
+		var depth queue.Depth
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if depth, err = queue.GetDepth(context.Background(), js, "later"); err == nil && depth.Total() == 0 {
+				break
+			}
+		}
+		if err != nil || depth.Total() != 0 {
+			t.Errorf("queue after the client hung up: %+v (%v); want it empty", depth, err)
+		}
+		// ...and never runs: a runner started now serves the next request
+		// and nothing before it.
+		startRunner("later", 512)
+		if _, before := next(t, "later"); len(before) > 0 {
+			t.Errorf("the abandoned request %s ran before the next one: %+v", id, before)
+		}
+	})
 }
 
 // TestUploadRejectsBadWeights: nothing is registered or stored.
