@@ -64,6 +64,7 @@ type Runner struct {
 	coldStart   wire.ColdStart
 	running     map[string]context.CancelFunc // job ID → cancel
 	cancelled   map[string]time.Time          // job IDs cancelled before they ran → until
+	swept       time.Time                     // when expired cancelled IDs were last dropped
 }
 
 // New creates a runner on an open NATS connection.
@@ -304,7 +305,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		enqueued = md.Timestamp
 	}
 	log := r.log.With("request", job.ID)
-	if r.takeCancelled(job.ID) {
+	if r.takeCancelled(job.ID, time.Now()) {
 		log.Info("skipping job cancelled while queued")
 		msg.Ack()
 		return
@@ -564,31 +565,46 @@ func (r *Runner) end(id string) {
 	r.mu.Unlock()
 }
 
+// rememberCancelled is how long a runner remembers a job cancelled before
+// it ran: longer than any job waits in a queue.
+const rememberCancelled = time.Hour
+
+// cancelledSweep is how often at most expired cancelled IDs are dropped.
+// A sweep scans every remembered ID, so sweeping on every cancel would
+// make a mass disconnect quadratic; once per interval costs each cancel
+// O(1) amortized.
+const cancelledSweep = time.Minute
+
 // onCancel stops a running job, or remembers the ID so the job is skipped
 // if this runner takes it from the queue later.
-func (r *Runner) onCancel(m *nats.Msg) {
-	id := string(m.Data)
+func (r *Runner) onCancel(m *nats.Msg) { r.cancel(string(m.Data), time.Now()) }
+
+func (r *Runner) cancel(id string, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if cancel, ok := r.running[id]; ok {
 		cancel()
 		return
 	}
-	now := time.Now()
-	for k, until := range r.cancelled {
-		if now.After(until) {
-			delete(r.cancelled, k)
+	if now.Sub(r.swept) >= cancelledSweep {
+		for k, until := range r.cancelled {
+			if now.After(until) {
+				delete(r.cancelled, k)
+			}
 		}
+		r.swept = now
 	}
-	r.cancelled[id] = now.Add(time.Hour)
+	r.cancelled[id] = now.Add(rememberCancelled)
 }
 
-func (r *Runner) takeCancelled(id string) bool {
+// takeCancelled reports whether job id was cancelled (within
+// rememberCancelled) and forgets it.
+func (r *Runner) takeCancelled(id string, now time.Time) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	_, ok := r.cancelled[id]
+	until, ok := r.cancelled[id]
 	delete(r.cancelled, id)
-	return ok
+	return ok && !now.After(until) // an expired ID may wait for its sweep
 }
 
 func (r *Runner) setPhase(p wire.Phase, detail string) {
