@@ -507,6 +507,37 @@ func TestDisconnectCancels(t *testing.T) {
 	})
 }
 
+// TestQueueRecreated: a deployment's queue that vanished (NATS lost its
+// state) is re-created by the next request with the deployment's limits,
+// its age limit included, not JetStream's defaults.
+func TestQueueRecreated(t *testing.T) {
+	h := newHarness(t)
+	h.deploy("lost", map[string]any{"queue_limit": 3, "queue_timeout": "1s"})
+	js, err := jetstream.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := queue.Delete(ctx, js, "lost"); err != nil {
+		t.Fatal(err)
+	}
+	// No runner: the request is queued, then times out.
+	resp := h.do(http.MethodPost, "/v1/completions", `{"model":"lost","prompt":"Once"}`)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("request to a re-created queue: %d %s; want 504 queue_timeout", resp.StatusCode, b)
+	}
+	stream, err := js.Stream(ctx, wire.RequestStream("lost"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := stream.CachedInfo().Config
+	if cfg.MaxMsgs != 3 || cfg.MaxAge != 2*time.Second {
+		t.Errorf("re-created queue holds %d jobs for %s; want 3 for 2s (the deployment's limit, twice its queue timeout)", cfg.MaxMsgs, cfg.MaxAge)
+	}
+}
+
 // TestUploadRejectsBadWeights: nothing is registered or stored.
 func TestUploadRejectsBadWeights(t *testing.T) {
 	h := newHarness(t)

@@ -206,7 +206,7 @@ func (s *Server) putDeployment(c echo.Context) error {
 	}
 	// The queue exists before the deployment is visible, so the first
 	// request never finds it missing.
-	if _, err := queue.Ensure(ctx, s.js, name, queue.Limits{MaxJobs: d.QueueLimit, MaxAge: 2 * d.QueueTimeout}); err != nil {
+	if _, err := queue.Ensure(ctx, s.js, name, queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout)); err != nil {
 		s.log.Error("creating queue", "deployment", name, "err", err)
 		return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "creating the deployment's queue failed: %v", err)
 	}

@@ -225,7 +225,7 @@ func (s *Server) submitAsync(c echo.Context, kind wire.Kind) error {
 	rec := asyncRecord{
 		ID: job.ID, Object: "async.job", Endpoint: endpoint, Model: dep.Name, Status: asyncQueued,
 		CreatedAt: now.Unix(), ExpiresAt: now.Add(s.async.ttl).Unix(), Webhook: hook,
-		TenantID: job.TenantID, Kind: kind, Deadline: job.Deadline, DroppedAt: now.Add(2 * dep.QueueTimeout),
+		TenantID: job.TenantID, Kind: kind, Deadline: job.Deadline, DroppedAt: now.Add(queue.DeploymentLimits(dep.QueueLimit, dep.QueueTimeout).MaxAge),
 		KeyID: a.key.ID, KeyTPM: a.key.TokensPerMinute, KeyBudget: a.key.BudgetUSD, Prices: job.Prices,
 	}
 	recData, err := json.Marshal(rec)
@@ -239,7 +239,7 @@ func (s *Server) submitAsync(c echo.Context, kind wire.Kind) error {
 		s.log.Error("storing async job", "request", job.ID, "err", err)
 		return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "could not store the job: %v", err)
 	}
-	if _, err := s.enqueue(ctx, dep.Name, dep.QueueLimit, job.ID, data); err != nil {
+	if _, err := s.enqueue(ctx, dep, job.ID, data); err != nil {
 		if derr := s.async.kv.Purge(context.WithoutCancel(ctx), job.ID); derr != nil {
 			s.log.Warn("removing record of unqueued async job", "request", job.ID, "err", derr)
 		}

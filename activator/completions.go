@@ -50,7 +50,7 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		return errStatus(http.StatusInternalServerError, "server_error", "", "encoding job: %v", err)
 	}
 	ctx := c.Request().Context()
-	seq, err := s.enqueue(ctx, dep.Name, dep.QueueLimit, id, data)
+	seq, err := s.enqueue(ctx, dep, id, data)
 	if err != nil {
 		return err
 	}
@@ -172,11 +172,13 @@ func (s *Server) abandon(deployment, id string, seq uint64, started bool) {
 }
 
 // enqueue publishes a job, creating the deployment's queue if it is missing
-// (for example after NATS lost its state).
-func (s *Server) enqueue(ctx context.Context, deployment string, limit int, id string, data []byte) (uint64, error) {
+// (for example after NATS lost its state) with the limits it was deployed
+// with.
+func (s *Server) enqueue(ctx context.Context, dep registry.Deployment, id string, data []byte) (uint64, error) {
+	deployment, limit := dep.Name, dep.QueueLimit
 	seq, err := queue.Publish(ctx, s.js, deployment, id, data)
 	if err != nil && !errors.Is(err, queue.ErrFull) {
-		if _, eerr := queue.Ensure(ctx, s.js, deployment, queue.Limits{MaxJobs: limit}); eerr == nil {
+		if _, eerr := queue.Ensure(ctx, s.js, deployment, queue.DeploymentLimits(dep.QueueLimit, dep.QueueTimeout)); eerr == nil {
 			seq, err = queue.Publish(ctx, s.js, deployment, id, data)
 		}
 	}

@@ -412,7 +412,7 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 	log := cp.log.With("deployment", d.Name)
 	depth, err := queue.GetDepth(ctx, cp.js, d.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-		_, err = queue.Ensure(ctx, cp.js, d.Name, queue.Limits{MaxJobs: d.QueueLimit, MaxAge: 2 * d.QueueTimeout})
+		_, err = queue.Ensure(ctx, cp.js, d.Name, queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout))
 	}
 	if err != nil {
 		log.Error("reading queue depth", "err", err)

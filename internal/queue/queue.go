@@ -39,6 +39,15 @@ type Limits struct {
 	MaxAge time.Duration
 }
 
+// DeploymentLimits are the limits of a deployment's queue, from its queue
+// limit and queue timeout. A job nobody took within twice the queue timeout
+// is dropped: its client has had its 504 by then. Whatever creates a
+// deployment's queue uses these, so a queue re-created (after NATS lost
+// its state, say) keeps the limits it was deployed with.
+func DeploymentLimits(queueLimit int, queueTimeout time.Duration) Limits {
+	return Limits{MaxJobs: queueLimit, MaxAge: 2 * queueTimeout}
+}
+
 // Ensure creates or updates a deployment's request stream and its shared
 // runner consumer. It is idempotent and cheap enough to call on deploy and
 // whenever a stream turns out to be missing.
