@@ -247,37 +247,152 @@ func TestSDKChatAndCompletions(t *testing.T) {
 	}
 }
 
+// TestSDKErrors: every error the API answers reaches the official SDK as
+// its typed *openai.Error, with OpenAI's status, type, code and param.
 func TestSDKErrors(t *testing.T) {
 	h := newHarness(t)
 	h.deploy("stories", map[string]any{"parallel": 1, "context_length": 64})
+	h.deploy("other", map[string]any{})
+	// No runner ever serves these: nothing starts runners in the harness.
+	h.deploy("full", map[string]any{"queue_limit": 1, "queue_timeout": "1m"})
+	h.deploy("slow", map[string]any{"queue_timeout": "1s"})
+	h.deploy("broken", map[string]any{})
 	h.startRunner("stories", 1, 64)
+	// Runners of broken fail to start: their weights are not in the store.
+	h.failToStart("broken", runner.Artifact{SHA256: h.art.SHA256, ObjectKey: "uploads/missing.gguf", Size: h.art.Size})
 	ctx := context.Background()
 	c := h.client()
+	withKey := func(key string) openai.Client {
+		return openai.NewClient(option.WithBaseURL(h.url+"/v1"), option.WithAPIKey(key), option.WithMaxRetries(0))
+	}
+	otherOnly := withKey(h.createKey(`{"name":"other only","deployments":["other"]}`))
+	hi := []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}
+	chat := func(c openai.Client, p openai.ChatCompletionNewParams) func() error {
+		return func() error { _, err := c.Chat.Completions.New(ctx, p); return err }
+	}
+
 	tests := []struct {
-		name   string
-		client openai.Client
-		params openai.ChatCompletionNewParams
-		status int
-		code   string
+		name             string
+		call             func() error
+		status           int
+		typ, code, param string
+		retryAfter       bool
 	}{
-		{"unknown model", c, openai.ChatCompletionNewParams{Model: "nope", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}}, 404, "model_not_found"},
-		{"bad key", openai.NewClient(option.WithBaseURL(h.url+"/v1"), option.WithAPIKey("sk-bad"), option.WithMaxRetries(0)),
-			openai.ChatCompletionNewParams{Model: "stories", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}}, 401, "invalid_api_key"},
-		{"n=2", c, openai.ChatCompletionNewParams{Model: "stories", N: openai.Int(2), Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}}, 400, ""},
-		{"prompt over the context", c, openai.ChatCompletionNewParams{Model: "stories", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(strings.Repeat("Once upon a time ", 50))}}, 400, "context_length_exceeded"},
+		{"n=2", chat(c, openai.ChatCompletionNewParams{Model: "stories", N: openai.Int(2), Messages: hi}),
+			400, "invalid_request_error", "", "n", false},
+		{"zero max_completion_tokens", chat(c, openai.ChatCompletionNewParams{Model: "stories", MaxCompletionTokens: openai.Int(0), Messages: hi}),
+			400, "invalid_request_error", "", "max_completion_tokens", false},
+		{"image content part", chat(c, openai.ChatCompletionNewParams{Model: "stories", Messages: []openai.ChatCompletionMessageParamUnion{
+			openai.UserMessage([]openai.ChatCompletionContentPartUnionParam{
+				openai.TextContentPart("what is this?"),
+				openai.ImageContentPart(openai.ChatCompletionContentPartImageImageURLParam{URL: "https://example.com/cat.png"}),
+			})}}),
+			400, "invalid_request_error", "", "messages[0].content", false},
+		{"chat over the context", chat(c, openai.ChatCompletionNewParams{Model: "stories", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(strings.Repeat("Once upon a time ", 50))}}),
+			400, "invalid_request_error", "context_length_exceeded", "messages", false},
+		{"completion over the context", func() error {
+			_, err := c.Completions.New(ctx, openai.CompletionNewParams{Model: "stories", Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String(strings.Repeat("Once upon a time ", 50))}})
+			return err
+		}, 400, "invalid_request_error", "context_length_exceeded", "prompt", false},
+		{"bad key", chat(withKey("sk-bad"), openai.ChatCompletionNewParams{Model: "stories", Messages: hi}),
+			401, "invalid_request_error", "invalid_api_key", "", false},
+		{"key for other deployments", chat(otherOnly, openai.ChatCompletionNewParams{Model: "stories", Messages: hi}),
+			403, "invalid_request_error", "permission_denied", "model", false},
+		{"unknown model", chat(c, openai.ChatCompletionNewParams{Model: "nope", Messages: hi}),
+			404, "invalid_request_error", "model_not_found", "model", false},
+		// Over the 8 MiB body limit, with more than 8 MiB unread when the
+		// answer goes out: the client must still read the 413, not a reset.
+		{"body too large", chat(c, openai.ChatCompletionNewParams{Model: "stories", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(strings.Repeat("a", 9<<20))}}),
+			413, "invalid_request_error", "request_too_large", "", false},
+		{"body far too large", chat(c, openai.ChatCompletionNewParams{Model: "stories", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(strings.Repeat("a", 20<<20))}}),
+			413, "invalid_request_error", "request_too_large", "", false},
+		{"queue full", func() error {
+			// One request waits in the queue (its limit) while another comes.
+			waitCtx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			go c.Chat.Completions.New(waitCtx, openai.ChatCompletionNewParams{Model: "full", Messages: hi})
+			h.waitQueued("full", 1)
+			return chat(c, openai.ChatCompletionNewParams{Model: "full", Messages: hi})()
+		}, 429, "rate_limit_error", "queue_full", "", true},
+		{"cannot start", chat(c, openai.ChatCompletionNewParams{Model: "broken", Messages: hi}),
+			503, "server_error", "deployment_unavailable", "", false},
+		{"queue timeout", chat(c, openai.ChatCompletionNewParams{Model: "slow", Messages: hi}),
+			504, "server_error", "queue_timeout", "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := tt.client.Chat.Completions.New(ctx, tt.params)
+			err := tt.call()
 			var apiErr *openai.Error
 			if !errors.As(err, &apiErr) {
 				t.Fatalf("got %v, want an *openai.Error", err)
 			}
-			if apiErr.StatusCode != tt.status || (tt.code != "" && apiErr.Code != tt.code) {
-				t.Errorf("got %d %q (%s), want %d %q", apiErr.StatusCode, apiErr.Code, apiErr.Message, tt.status, tt.code)
+			if apiErr.StatusCode != tt.status || apiErr.Type != tt.typ || apiErr.Code != tt.code || apiErr.Param != tt.param || apiErr.Message == "" {
+				t.Errorf("got %d type %q code %q param %q (%s); want %d type %q code %q param %q",
+					apiErr.StatusCode, apiErr.Type, apiErr.Code, apiErr.Param, apiErr.Message, tt.status, tt.typ, tt.code, tt.param)
+			}
+			if got := apiErr.Response.Header.Get("Retry-After"); (got != "") != tt.retryAfter {
+				t.Errorf("Retry-After %q, want one: %v", got, tt.retryAfter)
 			}
 		})
 	}
+}
+
+// createKey creates an API key through the API from a POST /v1/keys body
+// and returns its secret.
+func (h *harness) createKey(body string) string {
+	h.t.Helper()
+	resp := h.do(http.MethodPost, "/v1/keys", body)
+	defer resp.Body.Close()
+	var k struct {
+		Key string `json:"key"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&k); err != nil || resp.StatusCode != http.StatusCreated || k.Key == "" {
+		h.t.Fatalf("creating key %s: %d %v", body, resp.StatusCode, err)
+	}
+	return k.Key
+}
+
+// waitQueued waits until a deployment has n requests queued.
+func (h *harness) waitQueued(deployment string, n int) {
+	h.t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		resp := h.do(http.MethodGet, "/v1/deployments/"+deployment, "")
+		var st struct {
+			Queued int `json:"queued"`
+		}
+		json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if st.Queued == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("%s has %d requests queued, want %d", deployment, st.Queued, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// failToStart runs, one after the other, as many runners for a deployment
+// as it takes the activator to call it unable to start (cannotStartAfter),
+// each failing to fetch art.
+func (h *harness) failToStart(deployment string, art runner.Artifact) {
+	h.t.Helper()
+	for range 3 {
+		r, err := runner.New(runner.Config{
+			ID:         wire.NewID(4),
+			Deployment: deployment,
+			Artifact:   art,
+			Cache:      &runner.Cache{Dir: h.t.TempDir(), Blobs: h.blobs},
+			Engine:     runner.EngineConfig{Parallel: 1},
+		}, h.nc, slog.Default())
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if err := r.Run(context.Background(), nil); err == nil {
+			h.t.Fatal("runner started without its weights")
+		}
+	}
+	h.nc.Flush()
 }
 
 // TestQueueFullAndTimeout: with no runner, a deployment's queue fills to
@@ -302,22 +417,7 @@ func TestQueueFullAndTimeout(t *testing.T) {
 		}()
 	}
 	// Wait until both are queued, then the third is refused.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		resp := h.do(http.MethodGet, "/v1/deployments/idle", "")
-		var st struct {
-			Queued int `json:"queued"`
-		}
-		json.NewDecoder(resp.Body).Decode(&st)
-		resp.Body.Close()
-		if st.Queued == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("requests were not queued (queued=%d)", st.Queued)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	h.waitQueued("idle", 2)
 	resp := h.do(http.MethodPost, "/v1/chat/completions", body)
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -430,22 +530,7 @@ func TestDeploymentCannotStart(t *testing.T) {
 	if err := h.blobs.Delete(context.Background(), h.art.ObjectKey); err != nil {
 		t.Fatal(err)
 	}
-	for range 3 {
-		r, err := runner.New(runner.Config{
-			ID:         wire.NewID(4),
-			Deployment: "broken",
-			Artifact:   runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size},
-			Cache:      &runner.Cache{Dir: t.TempDir(), Blobs: h.blobs},
-			Engine:     runner.EngineConfig{Parallel: 1},
-		}, h.nc, slog.Default())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := r.Run(context.Background(), nil); err == nil {
-			t.Fatal("runner started without its weights")
-		}
-	}
-	h.nc.Flush()
+	h.failToStart("broken", runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size})
 	resp := h.do(http.MethodPost, "/v1/chat/completions", `{"model":"broken","messages":[{"role":"user","content":"hi"}]}`)
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
