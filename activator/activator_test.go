@@ -205,36 +205,21 @@ func TestSDKChatAndCompletions(t *testing.T) {
 		t.Errorf("completion with stop '.': %+v", comp.Choices[0])
 	}
 
-	// A seed reproduces a sampled output.
-	seeded := func() string {
+	// A seed reproduces a sampled output, -1 too (not llama.cpp's "random").
+	seeded := func(seed int64) string {
 		r, err := c.Completions.New(ctx, openai.CompletionNewParams{
 			Model: "stories", Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("The dog")},
-			MaxTokens: openai.Int(30), Temperature: openai.Float(1), Seed: openai.Int(7),
+			MaxTokens: openai.Int(30), Temperature: openai.Float(1), Seed: openai.Int(seed),
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return r.Choices[0].Text
 	}
-	if a, b := seeded(), seeded(); a != b {
-		t.Errorf("seed 7 gave %q then %q", a, b)
-	}
-
-	// JSON mode: the output is constrained to a JSON object.
-	js, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
-		Model:          "stories",
-		Messages:       []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Once upon a time")},
-		MaxTokens:      openai.Int(200),
-		Temperature:    openai.Float(0),
-		ResponseFormat: openai.ChatCompletionNewParamsResponseFormatUnion{OfJSONObject: &openai.ResponseFormatJSONObjectParam{}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if content := strings.TrimSpace(js.Choices[0].Message.Content); !strings.HasPrefix(content, "{") {
-		t.Errorf("JSON mode output does not start an object: %q", content)
-	} else if js.Choices[0].FinishReason == "stop" && !json.Valid([]byte(content)) {
-		t.Errorf("JSON mode finished but output is not valid JSON: %q", content)
+	for _, seed := range []int64{7, -1} {
+		if a, b := seeded(seed), seeded(seed); a != b {
+			t.Errorf("seed %d gave %q then %q", seed, a, b)
+		}
 	}
 
 	// Models lists the deployment.
@@ -244,6 +229,217 @@ func TestSDKChatAndCompletions(t *testing.T) {
 	}
 	if len(models.Data) != 1 || models.Data[0].ID != "stories" {
 		t.Errorf("models %+v", models.Data)
+	}
+}
+
+// TestSDKResponseFormat: response_format constrains the output through a
+// grammar: json_schema output parses and satisfies the schema, JSON mode
+// output is a JSON object, and both differ from the unconstrained text.
+func TestSDKResponseFormat(t *testing.T) {
+	h := newHarness(t)
+	h.deploy("stories", map[string]any{"parallel": 2})
+	h.startRunner("stories", 2, 512)
+	ctx := context.Background()
+	c := h.client()
+	ask := func(rf openai.ChatCompletionNewParamsResponseFormatUnion) *openai.ChatCompletion {
+		t.Helper()
+		r, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
+			Model:          "stories",
+			Messages:       []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Once upon a time")},
+			MaxTokens:      openai.Int(200),
+			Temperature:    openai.Float(0),
+			ResponseFormat: rf,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	plain := ask(openai.ChatCompletionNewParamsResponseFormatUnion{}).Choices[0].Message.Content
+	if strings.HasPrefix(strings.TrimSpace(plain), "{") {
+		t.Fatalf("unconstrained output %q already starts an object: the comparison proves nothing", plain)
+	}
+
+	t.Run("json_schema", func(t *testing.T) {
+		schema := map[string]any{
+			"type": "object",
+			"properties": map[string]any{
+				"ok": map[string]any{"type": "boolean"},
+				"n":  map[string]any{"type": "integer"},
+			},
+			"required":             []string{"ok", "n"},
+			"additionalProperties": false,
+		}
+		r := ask(openai.ChatCompletionNewParamsResponseFormatUnion{OfJSONSchema: &openai.ResponseFormatJSONSchemaParam{
+			JSONSchema: openai.ResponseFormatJSONSchemaJSONSchemaParam{Name: "answer", Schema: schema},
+		}})
+		content := r.Choices[0].Message.Content
+		t.Logf("json_schema output (%s, %d tokens): %q", r.Choices[0].FinishReason, r.Usage.CompletionTokens, content)
+		if r.Choices[0].FinishReason != "stop" {
+			t.Fatalf("finish_reason %q after %d tokens, want stop: the grammar should close the object: %q", r.Choices[0].FinishReason, r.Usage.CompletionTokens, content)
+		}
+		var got map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(content), &got); err != nil {
+			t.Fatalf("output %q is not a JSON object: %v", content, err)
+		}
+		var ok bool
+		var n int64
+		if len(got) != 2 || json.Unmarshal(got["ok"], &ok) != nil || json.Unmarshal(got["n"], &n) != nil {
+			t.Errorf("output %q does not satisfy the schema (exactly a boolean ok and an integer n)", content)
+		}
+	})
+
+	t.Run("json_object", func(t *testing.T) {
+		r := ask(openai.ChatCompletionNewParamsResponseFormatUnion{OfJSONObject: &openai.ResponseFormatJSONObjectParam{}})
+		content := strings.TrimSpace(r.Choices[0].Message.Content)
+		t.Logf("JSON mode output (%s, %d tokens): %q", r.Choices[0].FinishReason, r.Usage.CompletionTokens, content)
+		// Cut off or not, the grammar allows only JSON.
+		if !strings.HasPrefix(content, "{") || !jsonPrefix(content) {
+			t.Errorf("JSON mode output is not (the start of) a JSON object: %q", content)
+		}
+		if r.Choices[0].FinishReason == "stop" {
+			var obj map[string]any
+			if err := json.Unmarshal([]byte(content), &obj); err != nil {
+				t.Errorf("JSON mode finished but the output is not a JSON object: %q: %v", content, err)
+			}
+		}
+	})
+}
+
+// jsonPrefix reports whether s is JSON or the start of it, as output cut
+// off by max_tokens is.
+func jsonPrefix(s string) bool {
+	dec := json.NewDecoder(strings.NewReader(s))
+	for {
+		_, err := dec.Token()
+		if err == io.EOF {
+			return true
+		}
+		if err != nil {
+			return errors.Is(err, io.ErrUnexpectedEOF)
+		}
+	}
+}
+
+func TestJSONPrefix(t *testing.T) {
+	for s, want := range map[string]bool{
+		`{"a": "b`: true, `{"a":1,`: true, `{ "a" : "x"` + "\n\n" + ` , " said the`: true, `{"a":[1,{}]}`: true,
+		`{"a" there`: false, `there was a girl`: false, `{"a":1}}`: false,
+	} {
+		if got := jsonPrefix(s); got != want {
+			t.Errorf("jsonPrefix(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+// TestSDKFields: the request fields the SDK sends besides the basics are
+// accepted and do what they say.
+func TestSDKFields(t *testing.T) {
+	h := newHarness(t)
+	h.deploy("stories", map[string]any{"parallel": 4})
+	h.startRunner("stories", 4, 512)
+	ctx := context.Background()
+	c := h.client()
+	story := []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Once upon a time")}
+	chat := func(p openai.ChatCompletionNewParams) *openai.ChatCompletion {
+		t.Helper()
+		p.Model = "stories"
+		if p.Messages == nil {
+			p.Messages = story
+		}
+		p.Temperature = openai.Float(0)
+		r, err := c.Chat.Completions.New(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+
+	t.Run("max_completion_tokens", func(t *testing.T) {
+		r := chat(openai.ChatCompletionNewParams{MaxCompletionTokens: openai.Int(7)})
+		if r.Usage.CompletionTokens > 7 || (r.Choices[0].FinishReason == "length" && r.Usage.CompletionTokens != 7) {
+			t.Errorf("max_completion_tokens 7: %d tokens, finish %q", r.Usage.CompletionTokens, r.Choices[0].FinishReason)
+		}
+		if want := chat(openai.ChatCompletionNewParams{MaxTokens: openai.Int(7)}).Choices[0].Message.Content; r.Choices[0].Message.Content != want {
+			t.Errorf("max_completion_tokens 7 gave %q, max_tokens 7 %q", r.Choices[0].Message.Content, want)
+		}
+		// It wins over max_tokens, as OpenAI's newer name for it.
+		if r := chat(openai.ChatCompletionNewParams{MaxCompletionTokens: openai.Int(5), MaxTokens: openai.Int(50)}); r.Usage.CompletionTokens > 5 {
+			t.Errorf("max_completion_tokens 5 with max_tokens 50: %d tokens", r.Usage.CompletionTokens)
+		}
+	})
+
+	t.Run("content parts", func(t *testing.T) {
+		parts := chat(openai.ChatCompletionNewParams{MaxTokens: openai.Int(20), Messages: []openai.ChatCompletionMessageParamUnion{
+			openai.SystemMessage([]openai.ChatCompletionContentPartTextParam{{Text: "You tell "}, {Text: "stories."}}),
+			openai.UserMessage([]openai.ChatCompletionContentPartUnionParam{openai.TextContentPart("Once upon"), openai.TextContentPart(" a time")}),
+		}}).Choices[0].Message.Content
+		str := chat(openai.ChatCompletionNewParams{MaxTokens: openai.Int(20), Messages: []openai.ChatCompletionMessageParamUnion{
+			openai.SystemMessage("You tell stories."),
+			openai.UserMessage("Once upon a time"),
+		}}).Choices[0].Message.Content
+		if parts != str || parts == "" {
+			t.Errorf("text parts gave %q, the same text as strings %q", parts, str)
+		}
+	})
+
+	// The penalties sit before greedy selection in llama.cpp's sampler
+	// chain, so they change even temperature-0 output once tokens repeat.
+	t.Run("penalties", func(t *testing.T) {
+		long := func(p openai.ChatCompletionNewParams) string {
+			p.MaxTokens = openai.Int(120)
+			return chat(p).Choices[0].Message.Content
+		}
+		none := long(openai.ChatCompletionNewParams{})
+		for name, p := range map[string]openai.ChatCompletionNewParams{
+			"presence_penalty":  {PresencePenalty: openai.Float(1.5)},
+			"frequency_penalty": {FrequencyPenalty: openai.Float(1.5)},
+		} {
+			if got := long(p); got == none {
+				t.Errorf("%s 1.5 left the output unchanged: %q", name, got)
+			}
+		}
+		if got := long(openai.ChatCompletionNewParams{PresencePenalty: openai.Float(0), FrequencyPenalty: openai.Float(0)}); got != none {
+			t.Errorf("zero penalties changed the output:\n%q\n%q", got, none)
+		}
+	})
+
+	t.Run("user", func(t *testing.T) {
+		if r := chat(openai.ChatCompletionNewParams{MaxTokens: openai.Int(3), User: openai.String("user-1234")}); r.Usage.CompletionTokens == 0 {
+			t.Errorf("with user: %+v", r)
+		}
+	})
+
+	// With include_usage the last chunk has "choices":[] (an empty array,
+	// as OpenAI sends it, which strict clients index into) and usage.
+	for _, tt := range []struct{ path, body string }{
+		{"/v1/chat/completions", `{"model":"stories","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}`},
+		{"/v1/completions", `{"model":"stories","prompt":"hi","max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}`},
+	} {
+		t.Run("usage chunk "+tt.path, func(t *testing.T) {
+			resp := h.do(http.MethodPost, tt.path, tt.body)
+			defer resp.Body.Close()
+			var data []string
+			sc := bufio.NewScanner(resp.Body)
+			for sc.Scan() {
+				if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+					data = append(data, d)
+				}
+			}
+			if len(data) < 3 || data[len(data)-1] != "[DONE]" {
+				t.Fatalf("stream %q: want chunks, a usage chunk and [DONE]", data)
+			}
+			var last map[string]json.RawMessage
+			if err := json.Unmarshal([]byte(data[len(data)-2]), &last); err != nil {
+				t.Fatal(err)
+			}
+			var u struct {
+				CompletionTokens int `json:"completion_tokens"`
+			}
+			if string(last["choices"]) != "[]" || json.Unmarshal(last["usage"], &u) != nil || u.CompletionTokens != 5 {
+				t.Errorf("usage chunk %s: want \"choices\":[] and usage with 5 completion tokens", data[len(data)-2])
+			}
+		})
 	}
 }
 
