@@ -207,36 +207,21 @@ func TestSDKChatAndCompletions(t *testing.T) {
 		t.Errorf("completion with stop '.': %+v", comp.Choices[0])
 	}
 
-	// A seed reproduces a sampled output.
-	seeded := func() string {
+	// A seed reproduces a sampled output, -1 too (not llama.cpp's "random").
+	seeded := func(seed int64) string {
 		r, err := c.Completions.New(ctx, openai.CompletionNewParams{
 			Model: "stories", Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("The dog")},
-			MaxTokens: openai.Int(30), Temperature: openai.Float(1), Seed: openai.Int(7),
+			MaxTokens: openai.Int(30), Temperature: openai.Float(1), Seed: openai.Int(seed),
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return r.Choices[0].Text
 	}
-	if a, b := seeded(), seeded(); a != b {
-		t.Errorf("seed 7 gave %q then %q", a, b)
-	}
-
-	// JSON mode: the output is constrained to a JSON object.
-	js, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
-		Model:          "stories",
-		Messages:       []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Once upon a time")},
-		MaxTokens:      openai.Int(200),
-		Temperature:    openai.Float(0),
-		ResponseFormat: openai.ChatCompletionNewParamsResponseFormatUnion{OfJSONObject: &openai.ResponseFormatJSONObjectParam{}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if content := strings.TrimSpace(js.Choices[0].Message.Content); !strings.HasPrefix(content, "{") {
-		t.Errorf("JSON mode output does not start an object: %q", content)
-	} else if js.Choices[0].FinishReason == "stop" && !json.Valid([]byte(content)) {
-		t.Errorf("JSON mode finished but output is not valid JSON: %q", content)
+	for _, seed := range []int64{7, -1} {
+		if a, b := seeded(seed), seeded(seed); a != b {
+			t.Errorf("seed %d gave %q then %q", seed, a, b)
+		}
 	}
 
 	// Models lists the deployment.
@@ -249,37 +234,363 @@ func TestSDKChatAndCompletions(t *testing.T) {
 	}
 }
 
+// TestSDKResponseFormat: response_format constrains the output through a
+// grammar: json_schema output parses and satisfies the schema, JSON mode
+// output is a JSON object, and both differ from the unconstrained text.
+func TestSDKResponseFormat(t *testing.T) {
+	h := newHarness(t)
+	h.deploy("stories", map[string]any{"parallel": 2})
+	h.startRunner("stories", 2, 512)
+	ctx := context.Background()
+	c := h.client()
+	ask := func(rf openai.ChatCompletionNewParamsResponseFormatUnion) *openai.ChatCompletion {
+		t.Helper()
+		r, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
+			Model:          "stories",
+			Messages:       []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Once upon a time")},
+			MaxTokens:      openai.Int(200),
+			Temperature:    openai.Float(0),
+			ResponseFormat: rf,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	plain := ask(openai.ChatCompletionNewParamsResponseFormatUnion{}).Choices[0].Message.Content
+	if strings.HasPrefix(strings.TrimSpace(plain), "{") {
+		t.Fatalf("unconstrained output %q already starts an object: the comparison proves nothing", plain)
+	}
+
+	t.Run("json_schema", func(t *testing.T) {
+		schema := map[string]any{
+			"type": "object",
+			"properties": map[string]any{
+				"ok": map[string]any{"type": "boolean"},
+				"n":  map[string]any{"type": "integer"},
+			},
+			"required":             []string{"ok", "n"},
+			"additionalProperties": false,
+		}
+		r := ask(openai.ChatCompletionNewParamsResponseFormatUnion{OfJSONSchema: &openai.ResponseFormatJSONSchemaParam{
+			JSONSchema: openai.ResponseFormatJSONSchemaJSONSchemaParam{Name: "answer", Schema: schema},
+		}})
+		content := r.Choices[0].Message.Content
+		t.Logf("json_schema output (%s, %d tokens): %q", r.Choices[0].FinishReason, r.Usage.CompletionTokens, content)
+		if r.Choices[0].FinishReason != "stop" {
+			t.Fatalf("finish_reason %q after %d tokens, want stop: the grammar should close the object: %q", r.Choices[0].FinishReason, r.Usage.CompletionTokens, content)
+		}
+		var got map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(content), &got); err != nil {
+			t.Fatalf("output %q is not a JSON object: %v", content, err)
+		}
+		var ok bool
+		var n int64
+		if len(got) != 2 || json.Unmarshal(got["ok"], &ok) != nil || json.Unmarshal(got["n"], &n) != nil {
+			t.Errorf("output %q does not satisfy the schema (exactly a boolean ok and an integer n)", content)
+		}
+	})
+
+	t.Run("json_object", func(t *testing.T) {
+		r := ask(openai.ChatCompletionNewParamsResponseFormatUnion{OfJSONObject: &openai.ResponseFormatJSONObjectParam{}})
+		content := strings.TrimSpace(r.Choices[0].Message.Content)
+		t.Logf("JSON mode output (%s, %d tokens): %q", r.Choices[0].FinishReason, r.Usage.CompletionTokens, content)
+		// Cut off or not, the grammar allows only JSON.
+		if !strings.HasPrefix(content, "{") || !jsonPrefix(content) {
+			t.Errorf("JSON mode output is not (the start of) a JSON object: %q", content)
+		}
+		if r.Choices[0].FinishReason == "stop" {
+			var obj map[string]any
+			if err := json.Unmarshal([]byte(content), &obj); err != nil {
+				t.Errorf("JSON mode finished but the output is not a JSON object: %q: %v", content, err)
+			}
+		}
+	})
+}
+
+// jsonPrefix reports whether s is JSON or the start of it, as output cut
+// off by max_tokens is.
+func jsonPrefix(s string) bool {
+	dec := json.NewDecoder(strings.NewReader(s))
+	for {
+		_, err := dec.Token()
+		if err == io.EOF {
+			return true
+		}
+		if err != nil {
+			return errors.Is(err, io.ErrUnexpectedEOF)
+		}
+	}
+}
+
+func TestJSONPrefix(t *testing.T) {
+	for s, want := range map[string]bool{
+		`{"a": "b`: true, `{"a":1,`: true, `{ "a" : "x"` + "\n\n" + ` , " said the`: true, `{"a":[1,{}]}`: true,
+		`{"a" there`: false, `there was a girl`: false, `{"a":1}}`: false,
+	} {
+		if got := jsonPrefix(s); got != want {
+			t.Errorf("jsonPrefix(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+// TestSDKFields: the request fields the SDK sends besides the basics are
+// accepted and do what they say.
+func TestSDKFields(t *testing.T) {
+	h := newHarness(t)
+	h.deploy("stories", map[string]any{"parallel": 4})
+	h.startRunner("stories", 4, 512)
+	ctx := context.Background()
+	c := h.client()
+	story := []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Once upon a time")}
+	chat := func(p openai.ChatCompletionNewParams) *openai.ChatCompletion {
+		t.Helper()
+		p.Model = "stories"
+		if p.Messages == nil {
+			p.Messages = story
+		}
+		p.Temperature = openai.Float(0)
+		r, err := c.Chat.Completions.New(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+
+	t.Run("max_completion_tokens", func(t *testing.T) {
+		r := chat(openai.ChatCompletionNewParams{MaxCompletionTokens: openai.Int(7)})
+		if r.Usage.CompletionTokens > 7 || (r.Choices[0].FinishReason == "length" && r.Usage.CompletionTokens != 7) {
+			t.Errorf("max_completion_tokens 7: %d tokens, finish %q", r.Usage.CompletionTokens, r.Choices[0].FinishReason)
+		}
+		if want := chat(openai.ChatCompletionNewParams{MaxTokens: openai.Int(7)}).Choices[0].Message.Content; r.Choices[0].Message.Content != want {
+			t.Errorf("max_completion_tokens 7 gave %q, max_tokens 7 %q", r.Choices[0].Message.Content, want)
+		}
+		// It wins over max_tokens, as OpenAI's newer name for it.
+		if r := chat(openai.ChatCompletionNewParams{MaxCompletionTokens: openai.Int(5), MaxTokens: openai.Int(50)}); r.Usage.CompletionTokens > 5 {
+			t.Errorf("max_completion_tokens 5 with max_tokens 50: %d tokens", r.Usage.CompletionTokens)
+		}
+	})
+
+	t.Run("content parts", func(t *testing.T) {
+		parts := chat(openai.ChatCompletionNewParams{MaxTokens: openai.Int(20), Messages: []openai.ChatCompletionMessageParamUnion{
+			openai.SystemMessage([]openai.ChatCompletionContentPartTextParam{{Text: "You tell "}, {Text: "stories."}}),
+			openai.UserMessage([]openai.ChatCompletionContentPartUnionParam{openai.TextContentPart("Once upon"), openai.TextContentPart(" a time")}),
+		}}).Choices[0].Message.Content
+		str := chat(openai.ChatCompletionNewParams{MaxTokens: openai.Int(20), Messages: []openai.ChatCompletionMessageParamUnion{
+			openai.SystemMessage("You tell stories."),
+			openai.UserMessage("Once upon a time"),
+		}}).Choices[0].Message.Content
+		if parts != str || parts == "" {
+			t.Errorf("text parts gave %q, the same text as strings %q", parts, str)
+		}
+	})
+
+	// The penalties sit before greedy selection in llama.cpp's sampler
+	// chain, so they change even temperature-0 output once tokens repeat.
+	t.Run("penalties", func(t *testing.T) {
+		long := func(p openai.ChatCompletionNewParams) string {
+			p.MaxTokens = openai.Int(120)
+			return chat(p).Choices[0].Message.Content
+		}
+		none := long(openai.ChatCompletionNewParams{})
+		for name, p := range map[string]openai.ChatCompletionNewParams{
+			"presence_penalty":  {PresencePenalty: openai.Float(1.5)},
+			"frequency_penalty": {FrequencyPenalty: openai.Float(1.5)},
+		} {
+			if got := long(p); got == none {
+				t.Errorf("%s 1.5 left the output unchanged: %q", name, got)
+			}
+		}
+		if got := long(openai.ChatCompletionNewParams{PresencePenalty: openai.Float(0), FrequencyPenalty: openai.Float(0)}); got != none {
+			t.Errorf("zero penalties changed the output:\n%q\n%q", got, none)
+		}
+	})
+
+	t.Run("user", func(t *testing.T) {
+		if r := chat(openai.ChatCompletionNewParams{MaxTokens: openai.Int(3), User: openai.String("user-1234")}); r.Usage.CompletionTokens == 0 {
+			t.Errorf("with user: %+v", r)
+		}
+	})
+
+	// With include_usage the last chunk has "choices":[] (an empty array,
+	// as OpenAI sends it, which strict clients index into) and usage.
+	for _, tt := range []struct{ path, body string }{
+		{"/v1/chat/completions", `{"model":"stories","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}`},
+		{"/v1/completions", `{"model":"stories","prompt":"hi","max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}`},
+	} {
+		t.Run("usage chunk "+tt.path, func(t *testing.T) {
+			resp := h.do(http.MethodPost, tt.path, tt.body)
+			defer resp.Body.Close()
+			var data []string
+			sc := bufio.NewScanner(resp.Body)
+			for sc.Scan() {
+				if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+					data = append(data, d)
+				}
+			}
+			if len(data) < 3 || data[len(data)-1] != "[DONE]" {
+				t.Fatalf("stream %q: want chunks, a usage chunk and [DONE]", data)
+			}
+			var last map[string]json.RawMessage
+			if err := json.Unmarshal([]byte(data[len(data)-2]), &last); err != nil {
+				t.Fatal(err)
+			}
+			var u struct {
+				CompletionTokens int `json:"completion_tokens"`
+			}
+			if string(last["choices"]) != "[]" || json.Unmarshal(last["usage"], &u) != nil || u.CompletionTokens != 5 {
+				t.Errorf("usage chunk %s: want \"choices\":[] and usage with 5 completion tokens", data[len(data)-2])
+			}
+		})
+	}
+}
+
+// TestSDKErrors: every error the API answers reaches the official SDK as
+// its typed *openai.Error, with OpenAI's status, type, code and param.
 func TestSDKErrors(t *testing.T) {
 	h := newHarness(t)
 	h.deploy("stories", map[string]any{"parallel": 1, "context_length": 64})
+	h.deploy("other", map[string]any{})
+	// No runner ever serves these: nothing starts runners in the harness.
+	h.deploy("full", map[string]any{"queue_limit": 1, "queue_timeout": "1m"})
+	h.deploy("slow", map[string]any{"queue_timeout": "1s"})
+	h.deploy("broken", map[string]any{})
 	h.startRunner("stories", 1, 64)
+	// Runners of broken fail to start: their weights are not in the store.
+	h.failToStart("broken", runner.Artifact{SHA256: h.art.SHA256, ObjectKey: "uploads/missing.gguf", Size: h.art.Size})
 	ctx := context.Background()
 	c := h.client()
+	withKey := func(key string) openai.Client {
+		return openai.NewClient(option.WithBaseURL(h.url+"/v1"), option.WithAPIKey(key), option.WithMaxRetries(0))
+	}
+	otherOnly := withKey(h.createKey(`{"name":"other only","deployments":["other"]}`))
+	hi := []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}
+	chat := func(c openai.Client, p openai.ChatCompletionNewParams) func() error {
+		return func() error { _, err := c.Chat.Completions.New(ctx, p); return err }
+	}
+
 	tests := []struct {
-		name   string
-		client openai.Client
-		params openai.ChatCompletionNewParams
-		status int
-		code   string
+		name             string
+		call             func() error
+		status           int
+		typ, code, param string
+		retryAfter       bool
 	}{
-		{"unknown model", c, openai.ChatCompletionNewParams{Model: "nope", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}}, 404, "model_not_found"},
-		{"bad key", openai.NewClient(option.WithBaseURL(h.url+"/v1"), option.WithAPIKey("sk-bad"), option.WithMaxRetries(0)),
-			openai.ChatCompletionNewParams{Model: "stories", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}}, 401, "invalid_api_key"},
-		{"n=2", c, openai.ChatCompletionNewParams{Model: "stories", N: openai.Int(2), Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}}, 400, ""},
-		{"prompt over the context", c, openai.ChatCompletionNewParams{Model: "stories", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(strings.Repeat("Once upon a time ", 50))}}, 400, "context_length_exceeded"},
+		{"n=2", chat(c, openai.ChatCompletionNewParams{Model: "stories", N: openai.Int(2), Messages: hi}),
+			400, "invalid_request_error", "", "n", false},
+		{"zero max_completion_tokens", chat(c, openai.ChatCompletionNewParams{Model: "stories", MaxCompletionTokens: openai.Int(0), Messages: hi}),
+			400, "invalid_request_error", "", "max_completion_tokens", false},
+		{"image content part", chat(c, openai.ChatCompletionNewParams{Model: "stories", Messages: []openai.ChatCompletionMessageParamUnion{
+			openai.UserMessage([]openai.ChatCompletionContentPartUnionParam{
+				openai.TextContentPart("what is this?"),
+				openai.ImageContentPart(openai.ChatCompletionContentPartImageImageURLParam{URL: "https://example.com/cat.png"}),
+			})}}),
+			400, "invalid_request_error", "", "messages[0].content", false},
+		{"chat over the context", chat(c, openai.ChatCompletionNewParams{Model: "stories", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(strings.Repeat("Once upon a time ", 50))}}),
+			400, "invalid_request_error", "context_length_exceeded", "messages", false},
+		{"completion over the context", func() error {
+			_, err := c.Completions.New(ctx, openai.CompletionNewParams{Model: "stories", Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String(strings.Repeat("Once upon a time ", 50))}})
+			return err
+		}, 400, "invalid_request_error", "context_length_exceeded", "prompt", false},
+		{"bad key", chat(withKey("sk-bad"), openai.ChatCompletionNewParams{Model: "stories", Messages: hi}),
+			401, "invalid_request_error", "invalid_api_key", "", false},
+		{"key for other deployments", chat(otherOnly, openai.ChatCompletionNewParams{Model: "stories", Messages: hi}),
+			403, "invalid_request_error", "permission_denied", "model", false},
+		{"unknown model", chat(c, openai.ChatCompletionNewParams{Model: "nope", Messages: hi}),
+			404, "invalid_request_error", "model_not_found", "model", false},
+		// Over the 8 MiB body limit, with more than 8 MiB unread when the
+		// answer goes out: the client must still read the 413, not a reset.
+		{"body too large", chat(c, openai.ChatCompletionNewParams{Model: "stories", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(strings.Repeat("a", 9<<20))}}),
+			413, "invalid_request_error", "request_too_large", "", false},
+		{"body far too large", chat(c, openai.ChatCompletionNewParams{Model: "stories", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(strings.Repeat("a", 20<<20))}}),
+			413, "invalid_request_error", "request_too_large", "", false},
+		{"queue full", func() error {
+			// One request waits in the queue (its limit) while another comes.
+			waitCtx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			go c.Chat.Completions.New(waitCtx, openai.ChatCompletionNewParams{Model: "full", Messages: hi})
+			h.waitQueued("full", 1)
+			return chat(c, openai.ChatCompletionNewParams{Model: "full", Messages: hi})()
+		}, 429, "rate_limit_error", "queue_full", "", true},
+		{"cannot start", chat(c, openai.ChatCompletionNewParams{Model: "broken", Messages: hi}),
+			503, "server_error", "deployment_unavailable", "", false},
+		{"queue timeout", chat(c, openai.ChatCompletionNewParams{Model: "slow", Messages: hi}),
+			504, "server_error", "queue_timeout", "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := tt.client.Chat.Completions.New(ctx, tt.params)
+			err := tt.call()
 			var apiErr *openai.Error
 			if !errors.As(err, &apiErr) {
 				t.Fatalf("got %v, want an *openai.Error", err)
 			}
-			if apiErr.StatusCode != tt.status || (tt.code != "" && apiErr.Code != tt.code) {
-				t.Errorf("got %d %q (%s), want %d %q", apiErr.StatusCode, apiErr.Code, apiErr.Message, tt.status, tt.code)
+			if apiErr.StatusCode != tt.status || apiErr.Type != tt.typ || apiErr.Code != tt.code || apiErr.Param != tt.param || apiErr.Message == "" {
+				t.Errorf("got %d type %q code %q param %q (%s); want %d type %q code %q param %q",
+					apiErr.StatusCode, apiErr.Type, apiErr.Code, apiErr.Param, apiErr.Message, tt.status, tt.typ, tt.code, tt.param)
+			}
+			if got := apiErr.Response.Header.Get("Retry-After"); (got != "") != tt.retryAfter {
+				t.Errorf("Retry-After %q, want one: %v", got, tt.retryAfter)
 			}
 		})
 	}
+}
+
+// createKey creates an API key through the API from a POST /v1/keys body
+// and returns its secret.
+func (h *harness) createKey(body string) string {
+	h.t.Helper()
+	resp := h.do(http.MethodPost, "/v1/keys", body)
+	defer resp.Body.Close()
+	var k struct {
+		Key string `json:"key"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&k); err != nil || resp.StatusCode != http.StatusCreated || k.Key == "" {
+		h.t.Fatalf("creating key %s: %d %v", body, resp.StatusCode, err)
+	}
+	return k.Key
+}
+
+// waitQueued waits until a deployment has n requests queued.
+func (h *harness) waitQueued(deployment string, n int) {
+	h.t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		resp := h.do(http.MethodGet, "/v1/deployments/"+deployment, "")
+		var st struct {
+			Queued int `json:"queued"`
+		}
+		json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if st.Queued == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("%s has %d requests queued, want %d", deployment, st.Queued, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// failToStart runs, one after the other, as many runners for a deployment
+// as it takes the activator to call it unable to start (cannotStartAfter),
+// each failing to fetch art.
+func (h *harness) failToStart(deployment string, art runner.Artifact) {
+	h.t.Helper()
+	for range 3 {
+		r, err := runner.New(runner.Config{
+			ID:         wire.NewID(4),
+			Deployment: deployment,
+			Artifact:   art,
+			Cache:      &runner.Cache{Dir: h.t.TempDir(), Blobs: h.blobs},
+			Engine:     runner.EngineConfig{Parallel: 1},
+		}, h.nc, slog.Default())
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if err := r.Run(context.Background(), nil); err == nil {
+			h.t.Fatal("runner started without its weights")
+		}
+	}
+	h.nc.Flush()
 }
 
 // TestQueueFullAndTimeout: with no runner, a deployment's queue fills to
@@ -304,22 +615,7 @@ func TestQueueFullAndTimeout(t *testing.T) {
 		}()
 	}
 	// Wait until both are queued, then the third is refused.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		resp := h.do(http.MethodGet, "/v1/deployments/idle", "")
-		var st struct {
-			Queued int `json:"queued"`
-		}
-		json.NewDecoder(resp.Body).Decode(&st)
-		resp.Body.Close()
-		if st.Queued == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("requests were not queued (queued=%d)", st.Queued)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	h.waitQueued("idle", 2)
 	resp := h.do(http.MethodPost, "/v1/chat/completions", body)
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -570,22 +866,7 @@ func TestDeploymentCannotStart(t *testing.T) {
 	if err := h.blobs.Delete(context.Background(), h.art.ObjectKey); err != nil {
 		t.Fatal(err)
 	}
-	for range 3 {
-		r, err := runner.New(runner.Config{
-			ID:         wire.NewID(4),
-			Deployment: "broken",
-			Artifact:   runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size},
-			Cache:      &runner.Cache{Dir: t.TempDir(), Blobs: h.blobs},
-			Engine:     runner.EngineConfig{Parallel: 1},
-		}, h.nc, slog.Default())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := r.Run(context.Background(), nil); err == nil {
-			t.Fatal("runner started without its weights")
-		}
-	}
-	h.nc.Flush()
+	h.failToStart("broken", runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size})
 	resp := h.do(http.MethodPost, "/v1/chat/completions", `{"model":"broken","messages":[{"role":"user","content":"hi"}]}`)
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()

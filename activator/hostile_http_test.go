@@ -86,3 +86,34 @@ func TestUploadCutOff(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// TestOversizedBodyAnswered: a client that writes its whole body before it
+// reads (as many HTTP libraries do) hears the 413 for a body over the
+// 8 MiB limit, rather than a connection reset because the server closed
+// with megabytes unread.
+func TestOversizedBodyAnswered(t *testing.T) {
+	h := newHarness(t)
+	for _, size := range []int{9 << 20, 24 << 20} {
+		t.Run(fmt.Sprint(size>>20, "MiB"), func(t *testing.T) {
+			conn, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(60 * time.Second))
+			body := `{"model":"m","prompt":"` + strings.Repeat("a", size) + `"}`
+			fmt.Fprintf(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", adminKey, len(body))
+			if _, err := io.WriteString(conn, body); err != nil {
+				t.Fatalf("writing the body: %v", err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatalf("reading the response: %v", err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(b), `"request_too_large"`) {
+				t.Errorf("got %d %s; want 413 request_too_large", resp.StatusCode, b)
+			}
+		})
+	}
+}

@@ -23,33 +23,38 @@ func TestDecodeRequestHostile(t *testing.T) {
 		kind  wire.Kind
 		body  string
 		param string // "" when the problem has no single parameter
+		msg   string // what the message must say, if anything in particular
 	}{
-		{"huge max_tokens", wire.KindChat, chat(`,"max_tokens":9223372036854775807`), "max_tokens"},
-		{"max_tokens overflows int", wire.KindChat, chat(`,"max_tokens":1e30`), "max_tokens"},
-		{"max_tokens over the limit", wire.KindChat, chat(`,"max_tokens":2000000`), "max_tokens"},
-		{"zero max_completion_tokens", wire.KindChat, chat(`,"max_completion_tokens":0`), "max_tokens"},
-		{"negative temperature", wire.KindChat, chat(`,"temperature":-0.5`), "temperature"},
-		{"temperature overflows float64", wire.KindChat, chat(`,"temperature":1e400`), "temperature"},
-		{"NaN temperature as a string", wire.KindChat, chat(`,"temperature":"NaN"`), "temperature"},
-		{"bare NaN", wire.KindChat, chat(`,"temperature":NaN`), ""},
-		{"Infinity top_p", wire.KindChat, chat(`,"top_p":Infinity`), ""},
-		{"negative top_k", wire.KindChat, chat(`,"top_k":-1`), "top_k"},
-		{"deeply nested JSON in an ignored field", wire.KindChat, chat(`,"x":` + strings.Repeat("[", 100000) + strings.Repeat("]", 100000)), ""},
-		{"deeply nested content", wire.KindChat, `{"model":"m","messages":[{"role":"user","content":` + strings.Repeat("[", 20000) + strings.Repeat("]", 20000) + `}]}`, ""},
-		{"invalid UTF-8 in a string", wire.KindCompletion, "{\"model\":\"m\",\"prompt\":\"\xff\xfe\"}", ""},
-		{"truncated UTF-8 sequence", wire.KindChat, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xe2\x82\"}]}", ""},
-		{"two objects", wire.KindCompletion, `{"model":"m","prompt":"a"}{"model":"m","prompt":"b"}`, ""},
-		{"array body", wire.KindCompletion, `[{"model":"m","prompt":"a"}]`, ""},
-		{"empty body", wire.KindCompletion, ``, ""},
-		{"null body", wire.KindCompletion, `null`, "model"},
-		{"model as object", wire.KindCompletion, `{"model":{"$gt":""},"prompt":"a"}`, "model"},
-		{"batched prompts", wire.KindCompletion, `{"model":"m","prompt":["a","b"]}`, ""},
-		{"image content part", wire.KindChat, `{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"file:///etc/passwd"}}]}]}`, ""},
-		{"unknown role", wire.KindChat, `{"model":"m","messages":[{"role":"root","content":"hi"}]}`, "messages[0].role"},
-		{"too many stop sequences", wire.KindChat, chat(`,"stop":["a","b","c","d","e"]`), "stop"},
-		{"stop of the wrong type", wire.KindChat, chat(`,"stop":{"a":1}`), ""},
-		{"unknown response_format", wire.KindChat, chat(`,"response_format":{"type":"xml"}`), "response_format.type"},
-		{"json_schema without schema", wire.KindChat, chat(`,"response_format":{"type":"json_schema"}`), "response_format.json_schema"},
+		{"huge max_tokens", wire.KindChat, chat(`,"max_tokens":9223372036854775807`), "max_tokens", ""},
+		{"max_tokens overflows int", wire.KindChat, chat(`,"max_tokens":1e30`), "max_tokens", ""},
+		{"max_tokens over the limit", wire.KindChat, chat(`,"max_tokens":2000000`), "max_tokens", ""},
+		{"zero max_completion_tokens", wire.KindChat, chat(`,"max_completion_tokens":0`), "max_completion_tokens", ""},
+		{"huge max_completion_tokens", wire.KindChat, chat(`,"max_completion_tokens":2000000`), "max_completion_tokens", ""},
+		{"max_completion_tokens overflows int", wire.KindChat, chat(`,"max_completion_tokens":1e30`), "max_completion_tokens", ""},
+		{"negative temperature", wire.KindChat, chat(`,"temperature":-0.5`), "temperature", ""},
+		{"temperature overflows float64", wire.KindChat, chat(`,"temperature":1e400`), "temperature", ""},
+		{"NaN temperature as a string", wire.KindChat, chat(`,"temperature":"NaN"`), "temperature", ""},
+		{"bare NaN", wire.KindChat, chat(`,"temperature":NaN`), "", ""},
+		{"Infinity top_p", wire.KindChat, chat(`,"top_p":Infinity`), "", ""},
+		{"negative top_k", wire.KindChat, chat(`,"top_k":-1`), "top_k", ""},
+		{"deeply nested JSON in an ignored field", wire.KindChat, chat(`,"x":` + strings.Repeat("[", 100000) + strings.Repeat("]", 100000)), "", ""},
+		{"deeply nested content", wire.KindChat, `{"model":"m","messages":[{"role":"user","content":` + strings.Repeat("[", 20000) + strings.Repeat("]", 20000) + `}]}`, "", ""},
+		{"invalid UTF-8 in a string", wire.KindCompletion, "{\"model\":\"m\",\"prompt\":\"\xff\xfe\"}", "", ""},
+		{"truncated UTF-8 sequence", wire.KindChat, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xe2\x82\"}]}", "", ""},
+		{"two objects", wire.KindCompletion, `{"model":"m","prompt":"a"}{"model":"m","prompt":"b"}`, "", ""},
+		{"array body", wire.KindCompletion, `[{"model":"m","prompt":"a"}]`, "", ""},
+		{"empty body", wire.KindCompletion, ``, "", ""},
+		{"null body", wire.KindCompletion, `null`, "model", ""},
+		{"model as object", wire.KindCompletion, `{"model":{"$gt":""},"prompt":"a"}`, "model", ""},
+		{"batched prompts", wire.KindCompletion, `{"model":"m","prompt":["a","b"]}`, "", ""},
+		{"image content part", wire.KindChat, `{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"file:///etc/passwd"}}]}]}`, "messages[0].content", "only text content parts"},
+		{"image after a text part", wire.KindChat, `{"model":"m","messages":[{"role":"system","content":"x"},{"role":"user","content":[{"type":"text","text":"what is this?"},{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}]}]}`, "messages[1].content", "only text content parts"},
+		{"content of the wrong type", wire.KindChat, `{"model":"m","messages":[{"role":"user","content":42}]}`, "messages[0].content", "string or an array"},
+		{"unknown role", wire.KindChat, `{"model":"m","messages":[{"role":"root","content":"hi"}]}`, "messages[0].role", ""},
+		{"too many stop sequences", wire.KindChat, chat(`,"stop":["a","b","c","d","e"]`), "stop", ""},
+		{"stop of the wrong type", wire.KindChat, chat(`,"stop":{"a":1}`), "", ""},
+		{"unknown response_format", wire.KindChat, chat(`,"response_format":{"type":"xml"}`), "response_format.type", ""},
+		{"json_schema without schema", wire.KindChat, chat(`,"response_format":{"type":"json_schema"}`), "response_format.json_schema", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -62,6 +67,9 @@ func TestDecodeRequestHostile(t *testing.T) {
 			}
 			if tt.param != "" && (e.Param == nil || *e.Param != tt.param) {
 				t.Errorf("param %v, want %s (message %q)", e.Param, tt.param, e.Message)
+			}
+			if !strings.Contains(e.Message, tt.msg) {
+				t.Errorf("message %q does not say %q", e.Message, tt.msg)
 			}
 			if !utf8ValidJSON(t, e) {
 				t.Errorf("error %q does not encode as valid UTF-8 JSON", e.Message)

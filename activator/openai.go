@@ -56,39 +56,39 @@ func fromWire(e *wire.Error) *apiError {
 	return &apiError{Status: status, Type: typ, Param: strp(e.Param), Code: strp(e.Code), Message: e.Message}
 }
 
-// textContent is a message's content: a string, or (as the SDKs send for
-// multi-part messages) an array of parts of which the text ones count.
-type textContent string
+// contentPartsOnlyText is the message of a 400 for a non-text content part.
+const contentPartsOnlyText = "only text content parts are supported"
 
-func (c *textContent) UnmarshalJSON(b []byte) error {
-	if len(b) > 0 && b[0] == '"' {
+// parseContent reads a message's content: a string, or (as the SDKs send
+// for multi-part messages) an array of text parts, which are joined. Other
+// parts (images, audio, files) are refused rather than silently dropped:
+// the model would answer a question it never saw.
+func parseContent(b json.RawMessage) (string, error) {
+	if len(b) == 0 || bytes.Equal(b, []byte("null")) {
+		return "", nil // an assistant turn that only called tools
+	}
+	if b[0] == '"' {
 		var s string
 		if err := json.Unmarshal(b, &s); err != nil {
-			return err
+			return "", err
 		}
-		*c = textContent(s)
-		return nil
-	}
-	if bytes.Equal(b, []byte("null")) {
-		*c = ""
-		return nil
+		return s, nil
 	}
 	var parts []struct {
 		Type string `json:"type"`
 		Text string `json:"text"`
 	}
 	if err := json.Unmarshal(b, &parts); err != nil {
-		return errors.New("content must be a string or an array of content parts")
+		return "", errors.New("content must be a string or an array of content parts")
 	}
 	var sb strings.Builder
-	for _, p := range parts {
+	for j, p := range parts {
 		if p.Type != "text" {
-			return fmt.Errorf("content part type %q is not supported; only text parts are", p.Type)
+			return "", fmt.Errorf("content part %d has type %q: %s", j, p.Type, contentPartsOnlyText)
 		}
 		sb.WriteString(p.Text)
 	}
-	*c = textContent(sb.String())
-	return nil
+	return sb.String(), nil
 }
 
 // stopField is OpenAI's stop: a string or an array of strings.
@@ -143,8 +143,10 @@ func (p *promptField) UnmarshalJSON(b []byte) error {
 type completionRequest struct {
 	Model    string `json:"model"`
 	Messages []struct {
-		Role    string      `json:"role"`
-		Content textContent `json:"content"`
+		Role    string          `json:"role"`
+		Content json.RawMessage `json:"content"`
+		// text is Content as parsed by decodeRequest.
+		text string
 	} `json:"messages"`
 	Prompt              *promptField `json:"prompt"`
 	MaxTokens           *int         `json:"max_tokens"`
@@ -212,6 +214,12 @@ func decodeRequest(body []byte, kind wire.Kind) (*completionRequest, *apiError) 
 			default:
 				return nil, errInvalid(fmt.Sprintf("messages[%d].role", i), "invalid role %q: expected system, developer, user, assistant or tool", m.Role)
 			}
+			text, err := parseContent(m.Content)
+			if err != nil {
+				param := fmt.Sprintf("messages[%d].content", i)
+				return nil, errInvalid(param, "invalid %s: %v", param, err)
+			}
+			req.Messages[i].text = text
 		}
 	case wire.KindCompletion:
 		if req.Prompt == nil {
@@ -221,11 +229,17 @@ func decodeRequest(body []byte, kind wire.Kind) (*completionRequest, *apiError) 
 	if req.N != nil && *req.N != 1 {
 		return nil, errInvalid("n", "only n=1 is supported")
 	}
-	if req.MaxCompletionTokens != nil {
-		req.MaxTokens = req.MaxCompletionTokens
+	for _, f := range []struct {
+		name string
+		v    *int
+	}{{"max_tokens", req.MaxTokens}, {"max_completion_tokens", req.MaxCompletionTokens}} {
+		if f.v != nil && (*f.v < 1 || *f.v > maxTokensLimit) {
+			return nil, errInvalid(f.name, "%s must be between 1 and %d", f.name, maxTokensLimit)
+		}
 	}
-	if req.MaxTokens != nil && (*req.MaxTokens < 1 || *req.MaxTokens > maxTokensLimit) {
-		return nil, errInvalid("max_tokens", "max_tokens must be between 1 and %d", maxTokensLimit)
+	if req.MaxCompletionTokens != nil {
+		// OpenAI's newer name for max_tokens; it wins when both are sent.
+		req.MaxTokens = req.MaxCompletionTokens
 	}
 	checks := []struct {
 		name     string
@@ -277,7 +291,7 @@ func (r *completionRequest) job(kind wire.Kind) wire.Job {
 			if role == "developer" {
 				role = "system" // OpenAI's newer name for the same thing
 			}
-			j.Messages[i] = wire.Message{Role: role, Content: string(m.Content)}
+			j.Messages[i] = wire.Message{Role: role, Content: m.text}
 		}
 	} else {
 		j.Prompt = string(*r.Prompt)

@@ -5,12 +5,15 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
 
-// Cache answers the two questions every inference request asks — which key
-// is this, which deployment is that model — from memory, so the request
+// Cache answers the questions every inference request asks — which key
+// is this, which deployment is that model, which models are there — from
+// memory, so the request
 // path runs no Postgres query. It loads both tables at start and reloads
 // one whenever Postgres notifies a change on ChangesChannel. While the
 // notification connection is down the cache keeps answering from what it
@@ -99,6 +102,26 @@ func (c *Cache) GetDeployment(ctx context.Context, name string) (Deployment, err
 		return Deployment{}, ErrNotFound
 	}
 	return d, nil
+}
+
+// ListDeployments lists a tenant's deployments (every tenant's for "") by
+// name from memory, so GET /v1/models answers through a Postgres outage
+// like the request path does.
+func (c *Cache) ListDeployments(ctx context.Context, tenantID string) ([]Deployment, error) {
+	c.mu.RLock()
+	if !c.loaded {
+		c.mu.RUnlock()
+		return c.Store.ListDeployments(ctx, tenantID)
+	}
+	var deps []Deployment
+	for _, d := range c.deployments {
+		if tenantID == "" || d.TenantID == tenantID {
+			deps = append(deps, d)
+		}
+	}
+	c.mu.RUnlock()
+	slices.SortFunc(deps, func(a, b Deployment) int { return strings.Compare(a.Name, b.Name) })
+	return deps, nil
 }
 
 // CreateLimitedKey writes through, so a key works on this activator as soon

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 )
@@ -66,6 +67,39 @@ func TestCacheFollowsChanges(t *testing.T) {
 		return err == nil
 	})
 
+	// Lists follow too, by tenant and in name order.
+	other, err := s.EnsureTenant(ctx, "globex")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dd := range []struct{ name, tenant string }{{"alpha", tenant.ID}, {"theirs", other.ID}} {
+		d := d
+		d.Name, d.TenantID = dd.name, dd.tenant
+		if _, err := s.PutDeployment(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names := func(tenantID string) []string {
+		deps, err := c.ListDeployments(ctx, tenantID)
+		if err != nil {
+			t.Fatalf("listing deployments: %v", err)
+		}
+		var out []string
+		for _, d := range deps {
+			out = append(out, d.Name)
+		}
+		return out
+	}
+	eventually(t, "new deployments reaching the cached list", func() bool {
+		return slices.Equal(names(tenant.ID), []string{"alpha", "stories"}) && slices.Equal(names(""), []string{"alpha", "stories", "theirs"})
+	})
+	if err := s.DeleteDeployment(ctx, tenant.ID, "alpha"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "deletion reaching the cached list", func() bool {
+		return slices.Equal(names(tenant.ID), []string{"stories"})
+	})
+
 	// A revoked key stops working without a restart.
 	if err := s.RevokeKey(ctx, tenant.ID, key.ID); err != nil {
 		t.Fatal(err)
@@ -83,4 +117,18 @@ func TestCacheFollowsChanges(t *testing.T) {
 		_, err := c.GetDeployment(ctx, "stories")
 		return errors.Is(err, ErrNotFound)
 	})
+
+	// With Postgres gone, deployments are still listed (from memory).
+	d.Name = "survivor"
+	if _, err := c.PutDeployment(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	// (Stop following first: closing the pool waits for the connection
+	// that listens.)
+	cancel()
+	<-done
+	s.Close()
+	if got := names(tenant.ID); !slices.Equal(got, []string{"survivor"}) {
+		t.Errorf("with Postgres closed, tenant lists %q; want [survivor]", got)
+	}
 }

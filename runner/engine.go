@@ -424,7 +424,7 @@ func samplingParams(s wire.Sampling) llama.SamplingParams {
 		p.MinP = *s.MinP
 	}
 	if s.Seed != nil {
-		p.Seed = uint32(*s.Seed)
+		p.Seed = samplerSeed(*s.Seed)
 	}
 	if s.PresencePenalty != nil {
 		p.PenaltyPresent = *s.PresencePenalty
@@ -436,6 +436,27 @@ func samplingParams(s wire.Sampling) llama.SamplingParams {
 		p.PenaltyRepeat = *s.RepeatPenalty
 	}
 	return p
+}
+
+// randomSeed is llama.cpp's LLAMA_DEFAULT_SEED: a sampler given it seeds
+// itself at random.
+const randomSeed = 0xFFFFFFFF
+
+// samplerSeed maps a request's seed, any int64, to llama.cpp's 32-bit
+// seed. Truncating would turn seed -1 into randomSeed (a seed that does
+// not reproduce) and make seeds 2^32 apart collide; instead all 64 bits
+// are mixed (SplitMix64's finalizer) and folded, and randomSeed is
+// avoided, so every seed reproduces.
+func samplerSeed(seed int64) uint32 {
+	z := uint64(seed)
+	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+	z = (z ^ z>>27) * 0x94d049bb133111eb
+	z ^= z >> 31
+	v := uint32(z) ^ uint32(z>>32)
+	if v == randomSeed {
+		v-- // one more collision among 2^64 seeds, instead of randomness
+	}
+	return v
 }
 
 // Run runs every context's decode loop until ctx is done, loading the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -165,15 +166,45 @@ func TestEngineConcurrentMatchesAlone(t *testing.T) {
 	}
 }
 
+// TestEngineSeedReproduces: any seed, -1 and seeds past 32 bits included,
+// gives the same sampled text every time, and seeds 2^32 apart differ.
 func TestEngineSeedReproduces(t *testing.T) {
 	e := loadTestEngine(t, 2, 256)
-	seed := int64(42)
 	temp := float32(1)
-	req := Request{Prompt: "Once upon a time", MaxTokens: 30, Sampling: wire.Sampling{Temperature: &temp, Seed: &seed}}
-	a := generate(t, e, req).wait(t)
-	b := generate(t, e, req).wait(t)
-	if a != b {
-		t.Errorf("same seed, different output:\n%q\n%q", a, b)
+	run := func(seed int64) string {
+		req := Request{Prompt: "Once upon a time", MaxTokens: 30, Sampling: wire.Sampling{Temperature: &temp, Seed: &seed}}
+		return generate(t, e, req).wait(t)
+	}
+	out := map[int64]string{}
+	for _, seed := range []int64{42, -1, 42 + 1<<32, math.MinInt64} {
+		a, b := run(seed), run(seed)
+		if a != b {
+			t.Errorf("seed %d, different output:\n%q\n%q", seed, a, b)
+		}
+		out[seed] = a
+	}
+	if out[42] == out[42+1<<32] {
+		t.Errorf("seeds 42 and 42+2^32 gave the same text %q", out[42])
+	}
+}
+
+func TestSamplerSeed(t *testing.T) {
+	seeds := []int64{0, 1, -1, 42, 42 + 1<<32, 1 << 32, 0xFFFFFFFF, math.MaxInt64, math.MinInt64,
+		1643668601, // mixes to randomSeed
+	}
+	seen := map[uint32]int64{}
+	for _, s := range seeds {
+		v := samplerSeed(s)
+		if v == randomSeed {
+			t.Errorf("seed %d maps to llama.cpp's random seed", s)
+		}
+		if v != samplerSeed(s) {
+			t.Errorf("seed %d maps to two values", s)
+		}
+		if o, ok := seen[v]; ok {
+			t.Errorf("seeds %d and %d both map to %#x", o, s, v)
+		}
+		seen[v] = s
 	}
 }
 

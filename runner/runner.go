@@ -364,7 +364,12 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		werr := &wire.Error{Status: 500, Code: "internal_error", Message: err.Error()}
 		switch {
 		case errors.Is(err, ErrContextLength):
-			werr = &wire.Error{Status: 400, Code: "context_length_exceeded", Param: "messages", Message: err.Error()}
+			// The parameter the client sent the text in.
+			param := "messages"
+			if job.Kind == wire.KindCompletion {
+				param = "prompt"
+			}
+			werr = &wire.Error{Status: 400, Code: "context_length_exceeded", Param: param, Message: err.Error()}
 		case errors.Is(err, ErrBadSchema):
 			werr = &wire.Error{Status: 400, Code: "invalid_schema", Param: "response_format", Message: err.Error()}
 		}
