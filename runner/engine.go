@@ -123,9 +123,9 @@ type decoder struct {
 	lctx     *llama.Context
 	batch    *llama.Batch
 	batchCap int
-	nCtx     int // tokens per sequence
-	parallel int // sequences in this context
-	nice     int // EngineConfig.DecodeNice
+	nCtx     int           // tokens per sequence
+	parallel int           // sequences in this context
+	nice     int           // EngineConfig.DecodeNice
 	firsts   *atomic.Int32 // the engine's
 	queue    chan *sequence
 	load     atomic.Int32 // sequences submitted and not finished

@@ -76,7 +76,18 @@ func Ensure(ctx context.Context, js jetstream.JetStream, deployment string, l Li
 	if err != nil {
 		return nil, fmt.Errorf("creating request stream for %s: %w", deployment, err)
 	}
-	_, err = s.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	if _, err := EnsureConsumer(ctx, s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// EnsureConsumer creates or updates the runners' shared consumer of an
+// existing request stream, leaving the stream's limits as they are: a
+// runner, which does not know the deployment's limits, uses it when only
+// the consumer is missing.
+func EnsureConsumer(ctx context.Context, s jetstream.Stream) (jetstream.Consumer, error) {
+	c, err := s.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       wire.RequestConsumer,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       AckWait,
@@ -84,9 +95,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, deployment string, l Li
 		MaxAckPending: -1,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("creating runner consumer for %s: %w", deployment, err)
+		return nil, fmt.Errorf("creating runner consumer for %s: %w", s.CachedInfo().Config.Name, err)
 	}
-	return s, nil
+	return c, nil
 }
 
 // Delete removes a deployment's queue and whatever it still holds.

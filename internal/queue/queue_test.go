@@ -5,9 +5,9 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/testenv"
+	"github.com/infer-run/infer/internal/wire"
 )
 
 func TestPublishAndRemove(t *testing.T) {
@@ -67,5 +67,33 @@ func TestEnsureAsync(t *testing.T) {
 	}
 	if st.TTL() != 2*time.Hour {
 		t.Errorf("bucket TTL %s, want 2h", st.TTL())
+	}
+}
+
+// A runner that finds only the consumer missing recreates it without
+// touching the stream: the deployment's limits stay.
+func TestEnsureConsumerKeepsLimits(t *testing.T) {
+	ctx := context.Background()
+	_, js := testenv.JetStream(t)
+	s, err := queue.Ensure(ctx, js, "dep", queue.DeploymentLimits(7, 3*time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteConsumer(ctx, wire.RequestConsumer); err != nil {
+		t.Fatal(err)
+	}
+	c, err := queue.EnsureConsumer(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.CachedInfo().Config.AckWait; got != queue.AckWait {
+		t.Errorf("consumer ack wait %s, want %s", got, queue.AckWait)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.MaxMsgs != 7 || info.Config.MaxAge != 6*time.Minute {
+		t.Errorf("stream limits after recreating the consumer: %d jobs, %s; want 7, 6m", info.Config.MaxMsgs, info.Config.MaxAge)
 	}
 }
