@@ -144,17 +144,22 @@ func TestNATSRestart(t *testing.T) {
 // queued reads infer_queue_depth-like numbers from /metrics: the requests
 // of a deployment the activator has put on its queue so far.
 func queued(p *platform, deployment string) int {
+	return int(metric(p, `infer_requests_queued_total{deployment="`+deployment+`"}`))
+}
+
+// metric reads one series (name and labels, as /metrics prints them) from
+// infer dev's /metrics; 0 if it is absent.
+func metric(p *platform, series string) float64 {
 	resp, err := http.Get(p.url + "/metrics")
 	if err != nil {
 		return 0
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	prefix := `infer_requests_queued_total{deployment="` + deployment + `"} `
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, prefix); ok {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
 			f, _ := strconv.ParseFloat(v, 64)
-			return int(f)
+			return f
 		}
 	}
 	return 0
