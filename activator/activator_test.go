@@ -6,12 +6,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -882,5 +884,56 @@ func TestDeploymentCannotStart(t *testing.T) {
 	r.Body.Close()
 	if st.Queued != 0 {
 		t.Errorf("%d requests left in the queue", st.Queued)
+	}
+}
+
+// TestDeploymentWaitsOutStoreOutage: runners that fail to start because
+// the object store is unreachable may succeed later, so however many have
+// failed, a request waits for its whole queue timeout (the control plane
+// keeps retrying) and then gets 504 queue_timeout naming the cause, not
+// the early 503 of TestDeploymentCannotStart.
+func TestDeploymentWaitsOutStoreOutage(t *testing.T) {
+	h := newHarness(t)
+	const queueTimeout = 3 * time.Second
+	h.deploy("storeless", map[string]any{"queue_timeout": queueTimeout.String()})
+	// An S3 endpoint nobody listens on: connection refused.
+	down, err := blob.OpenS3(blob.S3Config{Endpoint: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), AccessKey: "k", SecretKey: "s", Bucket: "infer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	// More failures than the three that make a permanent failure a 503.
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := runner.New(runner.Config{
+				ID:         wire.NewID(4),
+				Deployment: "storeless",
+				Artifact:   runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size},
+				Cache:      &runner.Cache{Dir: t.TempDir(), Blobs: down},
+				Engine:     runner.EngineConfig{Parallel: 1},
+			}, h.nc, slog.Default())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if err := r.Run(context.Background(), nil); !errors.Is(err, blob.ErrUnavailable) {
+				t.Errorf("runner with the object store down: %v; want ErrUnavailable", err)
+			}
+		}()
+	}
+	wg.Wait()
+	h.nc.Flush()
+	start := time.Now()
+	resp := h.do(http.MethodPost, "/v1/chat/completions", `{"model":"storeless","messages":[{"role":"user","content":"hi"}]}`)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	waited := time.Since(start)
+	if resp.StatusCode != http.StatusGatewayTimeout || !strings.Contains(string(b), "queue_timeout") || !strings.Contains(string(b), "object store unavailable") {
+		t.Errorf("got %d %s; want 504 queue_timeout naming the object store", resp.StatusCode, b)
+	}
+	if waited < queueTimeout-100*time.Millisecond || waited > queueTimeout+2*time.Second {
+		t.Errorf("answered after %s; want the queue timeout, %s", waited, queueTimeout)
 	}
 }

@@ -312,8 +312,14 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 			case !rl.started:
 				rl.gaveUp = true
 				rl.s.metrics.requests.WithLabelValues(rl.model, "timeout").Inc()
+				why := ""
+				if f, ok := rl.s.runners.failure(rl.model); ok {
+					// Say what held it up (the object store is down,
+					// say), not only that it waited.
+					why = "; its last runner failed to start: " + f.detail
+				}
 				return rl.fail(errStatus(http.StatusGatewayTimeout, "server_error", "queue_timeout",
-					"request waited %s in the queue of %s without starting", time.Since(rl.queuedAt).Round(time.Millisecond), rl.model))
+					"request waited %s in the queue of %s without starting%s", time.Since(rl.queuedAt).Round(time.Millisecond), rl.model, why))
 			case rl.runner == "":
 				// Its runner was lost and no other took the job over.
 				rl.gaveUp = true

@@ -21,12 +21,17 @@ type runnerView struct {
 
 	mu       sync.Mutex
 	runners  map[string]wire.Heartbeat
-	failures map[string]startFailure // deployment → consecutive failed starts
+	failures map[string]startFailure // deployment → its runners' last failed starts
 }
 
 // startFailure is why a deployment's runners keep failing to start.
 type startFailure struct {
+	// count is the failures in a row that starting again cannot fix
+	// (Heartbeat.Retry unset). One that may pass (the object store is
+	// down) starts the count again: the control plane keeps retrying,
+	// and clients wait for it up to their queue timeout.
 	count  int
+	retry  bool // the last failure may pass
 	detail string
 	at     time.Time
 }
@@ -56,8 +61,11 @@ func (v *runnerView) onHeartbeat(m *nats.Msg) {
 	defer v.mu.Unlock()
 	switch hb.Phase {
 	case wire.PhaseFailed:
-		f := v.failures[hb.Deployment]
-		v.failures[hb.Deployment] = startFailure{count: f.count + 1, detail: hb.Detail, at: time.Now()}
+		f := startFailure{count: v.failures[hb.Deployment].count + 1, detail: hb.Detail, at: time.Now()}
+		if hb.Retry {
+			f.count, f.retry = 0, true
+		}
+		v.failures[hb.Deployment] = f
 		fallthrough
 	case wire.PhaseStopped:
 		delete(v.runners, hb.RunnerID)
@@ -133,8 +141,9 @@ func (v *runnerView) failure(deployment string) (startFailure, bool) {
 	return f, ok
 }
 
-// cannotStartAfter is how many failed starts in a row make the activator
-// stop holding requests and answer 503.
+// cannotStartAfter is how many failed starts in a row, each one that
+// starting again cannot fix, make the activator stop holding requests and
+// answer 503.
 const cannotStartAfter = 3
 
 // alive reports whether a runner has sent a heartbeat recently.

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/infer-run/infer/internal/blob"
 	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/wire"
 )
@@ -59,6 +60,7 @@ type Runner struct {
 	mu          sync.Mutex
 	phase       wire.Phase
 	detail      string
+	retry       bool // with PhaseFailed: the failure may pass (Heartbeat.Retry)
 	inFlight    int
 	lastRequest time.Time
 	coldStart   wire.ColdStart
@@ -103,12 +105,24 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) error {
 	err := r.run(ctx, drain)
 	if err != nil && ctx.Err() == nil {
 		// Say why, so the control plane backs off and waiting clients
-		// learn what is wrong.
+		// learn what is wrong — and whether it may pass, so that they
+		// know to keep waiting.
+		r.mu.Lock()
+		r.retry = retryable(err)
+		r.mu.Unlock()
 		r.setPhase(wire.PhaseFailed, err.Error())
 	} else {
 		r.setPhase(wire.PhaseStopped, "")
 	}
 	return err
+}
+
+// retryable reports whether a failed start may succeed if tried again
+// unchanged: the object store was unreachable or failed on its side. Weights
+// that are missing or do not match their digest, or a model that llama.cpp
+// cannot load, fail the same way every time.
+func retryable(err error) bool {
+	return errors.Is(err, blob.ErrUnavailable)
 }
 
 func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
@@ -654,6 +668,7 @@ func (r *Runner) publishHeartbeat() {
 		PID:         os.Getpid(),
 		Phase:       r.phase,
 		Detail:      r.detail,
+		Retry:       r.retry,
 		Slots:       r.cfg.Engine.Parallel,
 		InFlight:    r.inFlight,
 		LastRequest: r.lastRequest,

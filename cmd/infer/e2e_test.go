@@ -272,6 +272,7 @@ type chunk struct {
 			Role    string `json:"role"`
 			Content string `json:"content"`
 		} `json:"delta"`
+		Text         string  `json:"text"` // completion chunks
 		FinishReason *string `json:"finish_reason"`
 	} `json:"choices"`
 	Usage *struct {
@@ -622,10 +623,6 @@ func TestBadInput(t *testing.T) {
 	resp.Body.Close()
 }
 
-// TestRunnerLostMidGeneration: a runner that stops answering while it
-// streams (frozen with SIGSTOP, then killed) ends its client's stream with
-// an SSE error event instead of a hang, and the deployment keeps serving
-// with a new runner.
 // endlessStream deploys stories260K with the given idle timeout, starts a
 // completion stream that will not end by itself, and returns it once the
 // first token has arrived, with the PID of the one runner generating it;
@@ -634,7 +631,24 @@ func (p *platform) endlessStream(idleTimeout string) (*bufio.Reader, string) {
 	t := p.t
 	t.Helper()
 	p.deployStories("--idle-timeout", idleTimeout)
-	resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"Once upon a time","max_tokens":100000,"stream":true}`)
+	br := p.streamToFirstToken(endlessCall)
+	pids := p.runnerPIDs("stories")
+	if len(pids) != 1 {
+		t.Fatalf("runners %v", pids)
+	}
+	return br, pids[0]
+}
+
+// endlessCall is a completion stream of stories that will not end by
+// itself within any test.
+const endlessCall = `{"model":"stories","prompt":"Once upon a time","max_tokens":100000,"stream":true}`
+
+// streamToFirstToken posts a streaming completion and returns the stream
+// once its first token has arrived; it is closed when the test ends.
+func (p *platform) streamToFirstToken(body string) *bufio.Reader {
+	t := p.t
+	t.Helper()
+	resp, err := p.post("/v1/completions", p.key, body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -646,16 +660,15 @@ func (p *platform) endlessStream(idleTimeout string) (*bufio.Reader, string) {
 			t.Fatalf("stream ended before any token: %v", err)
 		}
 		if strings.Contains(line, `"text":"`) && !strings.Contains(line, `"text":""`) {
-			break
+			return br
 		}
 	}
-	pids := p.runnerPIDs("stories")
-	if len(pids) != 1 {
-		t.Fatalf("runners %v", pids)
-	}
-	return br, pids[0]
 }
 
+// TestRunnerLostMidGeneration: a runner that stops answering while it
+// streams (frozen with SIGSTOP, then killed) ends its client's stream with
+// an SSE error event instead of a hang, and the deployment keeps serving
+// with a new runner. TestRunnerKilledMidGeneration kills one outright.
 func TestRunnerLostMidGeneration(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and starts MinIO")

@@ -52,9 +52,13 @@ $INFER_S3_*, or --blob-dir).`,
 			}
 			var blobs blob.Store
 			if s3, ok := blob.S3ConfigFromEnv(); ok {
-				s, err := blob.NewS3(cmd.Context(), s3)
+				// Not NewS3, which waits up to half a minute for the
+				// store: a store that is down must show as a failed
+				// start the control plane retries with backoff, reported
+				// on NATS, not as a runner silent for 30 s.
+				s, err := blob.OpenS3(s3)
 				if err != nil {
-					return fmt.Errorf("connecting to S3 at %s: %w", s3.Endpoint, err)
+					return fmt.Errorf("S3 at %s: %w", s3.Endpoint, err)
 				}
 				blobs = s
 			} else if blobDir != "" {

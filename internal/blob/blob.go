@@ -13,6 +13,13 @@ import (
 // ErrNotFound is returned (wrapped) when a key does not exist.
 var ErrNotFound = errors.New("blob not found")
 
+// ErrUnavailable is returned (wrapped, with the cause) when the object store
+// could not be reached or answered with a server-side error (connection
+// refused, a timeout, a 5xx, throttling): the same call may succeed later.
+// A missing key (ErrNotFound) or a refused request (bad credentials) is not
+// unavailability: trying again will not help.
+var ErrUnavailable = errors.New("object store unavailable")
+
 // Store is the object store as the rest of infer sees it. Keys are
 // slash-separated relative paths such as "artifacts/0f3a…/model.gguf".
 type Store interface {

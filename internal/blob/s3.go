@@ -2,9 +2,11 @@ package blob
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"os"
 	"strings"
@@ -61,23 +63,10 @@ var _ Store = (*S3)(nil)
 
 // NewS3 connects to the server and creates the bucket if it does not exist.
 func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
-	endpoint, secure := cfg.Endpoint, cfg.Secure
-	if strings.Contains(endpoint, "://") {
-		u, err := url.Parse(endpoint)
-		if err != nil {
-			return nil, fmt.Errorf("parsing S3 endpoint: %w", err)
-		}
-		endpoint, secure = u.Host, u.Scheme == "https"
-	}
-	client, err := minio.New(endpoint, &minio.Options{
-		Creds:  credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
-		Secure: secure,
-		Region: cfg.Region,
-	})
+	s, err := OpenS3(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("creating S3 client: %w", err)
+		return nil, err
 	}
-	s := &S3{client: client, bucket: cfg.Bucket}
 	// An object store that is still starting (compose, a pod restart, a
 	// MinIO initialising its disks) answers errors for a few seconds;
 	// wait for it rather than fail the whole process.
@@ -98,6 +87,30 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 		}
 		wait = min(2*wait, 2*time.Second)
 	}
+}
+
+// OpenS3 returns a client for the bucket without contacting the server:
+// a reader (a runner) learns that the store is down, or the bucket
+// missing, from its first Open, as ErrUnavailable or ErrNotFound, and can
+// report which — rather than wait for the server at start as NewS3 does.
+func OpenS3(cfg S3Config) (*S3, error) {
+	endpoint, secure := cfg.Endpoint, cfg.Secure
+	if strings.Contains(endpoint, "://") {
+		u, err := url.Parse(endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("parsing S3 endpoint: %w", err)
+		}
+		endpoint, secure = u.Host, u.Scheme == "https"
+	}
+	client, err := minio.New(endpoint, &minio.Options{
+		Creds:  credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
+		Secure: secure,
+		Region: cfg.Region,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating S3 client: %w", err)
+	}
+	return &S3{client: client, bucket: cfg.Bucket}, nil
 }
 
 // startupWait is how long NewS3 waits for an object store that is not
@@ -160,7 +173,7 @@ func (s *S3) Open(ctx context.Context, key string) (io.ReadCloser, int64, error)
 		obj.Close()
 		return nil, 0, s3Error("open", key, err)
 	}
-	return obj, info.Size, nil
+	return s3Reader{obj, key}, info.Size, nil
 }
 
 // Stat returns the size of the object at key.
@@ -187,9 +200,46 @@ func (s *S3) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
+// s3Reader marks a download cut short by the server or the network as
+// ErrUnavailable, like a failed Open.
+type s3Reader struct {
+	*minio.Object
+	key string
+}
+
+func (r s3Reader) Read(p []byte) (int, error) {
+	n, err := r.Object.Read(p)
+	if err != nil && err != io.EOF {
+		err = s3Error("read", r.key, err)
+	}
+	return n, err
+}
+
 func s3Error(op, key string, err error) error {
-	if minio.ToErrorResponse(err).Code == minio.NoSuchKey {
+	resp := minio.ToErrorResponse(err)
+	switch {
+	case resp.Code == minio.NoSuchKey || resp.Code == minio.NoSuchBucket:
 		return fmt.Errorf("%s %q: %w", op, key, ErrNotFound)
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		// Our own caller gave up; that says nothing about the store.
+		return fmt.Errorf("%s %q: %w", op, key, err)
+	case unavailable(resp):
+		return fmt.Errorf("%s %q: %w: %w", op, key, ErrUnavailable, err)
 	}
 	return fmt.Errorf("%s %q: %w", op, key, err)
+}
+
+// unavailable reports whether an S3 call failed in a way that may pass:
+// no S3 answer at all (connection refused or reset, a timeout, a dropped
+// download: minio-go has no status code for those), a server error, or
+// throttling. A 4xx answer (access denied, a bad request) will be given
+// again.
+func unavailable(resp minio.ErrorResponse) bool {
+	switch s := resp.StatusCode; {
+	case s == 0, s >= 500:
+		return true
+	case s == http.StatusRequestTimeout, s == http.StatusTooManyRequests:
+		return true
+	}
+	return resp.Code == "SlowDown" || resp.Code == "ServiceUnavailable" || resp.Code == "RequestTimeout"
 }

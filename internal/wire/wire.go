@@ -226,13 +226,20 @@ const (
 // Heartbeat is what a runner publishes on HeartbeatSubject every second and
 // on every phase change.
 type Heartbeat struct {
-	RunnerID    string    `json:"runner_id"`
-	Deployment  string    `json:"deployment"`
-	Artifact    string    `json:"artifact"`
-	Host        string    `json:"host"`
-	PID         int       `json:"pid"`
-	Phase       Phase     `json:"phase"`
-	Detail      string    `json:"detail,omitempty"`
+	RunnerID   string `json:"runner_id"`
+	Deployment string `json:"deployment"`
+	Artifact   string `json:"artifact"`
+	Host       string `json:"host"`
+	PID        int    `json:"pid"`
+	Phase      Phase  `json:"phase"`
+	Detail     string `json:"detail,omitempty"`
+	// Retry, with PhaseFailed, says the failure may pass by itself (the
+	// object store was unreachable): the control plane starts another
+	// runner after its backoff and waiting clients keep waiting, up to
+	// their queue timeout. Without it, starting again fails the same way
+	// (the weights are missing or corrupt, the model does not load), and
+	// after a few such failures the activator answers 503 at once.
+	Retry       bool      `json:"retry,omitempty"`
 	Slots       int       `json:"slots"`
 	InFlight    int       `json:"in_flight"`
 	LastRequest time.Time `json:"last_request,omitzero"`
