@@ -202,7 +202,11 @@ func (s *Server) putDeployment(c echo.Context) error {
 		setIfPresent(&d.Resources.NodeSelector, r.NodeSelector)
 	}
 	if err := d.Validate(); err != nil {
-		return errInvalid("", "%v", err)
+		param := ""
+		if fe := (*registry.FieldError)(nil); errors.As(err, &fe) {
+			param = fe.Field
+		}
+		return errInvalid(param, "%v", err)
 	}
 	// The queue exists before the deployment is visible, so the first
 	// request never finds it missing.

@@ -3,6 +3,7 @@ package activator_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -113,6 +114,39 @@ func TestOversizedBodyAnswered(t *testing.T) {
 			b, _ := io.ReadAll(resp.Body)
 			if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(b), `"request_too_large"`) {
 				t.Errorf("got %d %s; want 413 request_too_large", resp.StatusCode, b)
+			}
+		})
+	}
+}
+
+// TestDeploymentParams: a deployment refused for one field names that
+// field as the error's param, so a client (or the CLI) can point at it.
+func TestDeploymentParams(t *testing.T) {
+	h := newHarness(t)
+	for _, tc := range []struct{ spec, param string }{
+		{`"queue_timeout":"500ms"`, "queue_timeout"},
+		{`"idle_timeout":"90d"`, ""}, // not a duration at all: the body is refused as a whole
+		{`"parallel":0`, "parallel"},
+		{`"min_runners":3,"max_runners":2`, "min_runners"},
+		{`"resources":{"cpu":"four"}`, "resources.cpu"},
+		{`"prices":{"prompt_per_mtok":-1}`, "prices.prompt_per_mtok"},
+	} {
+		t.Run(tc.param, func(t *testing.T) {
+			resp := h.do(http.MethodPut, "/v1/deployments/params", `{"artifact":"`+h.art.SHA256+`",`+tc.spec+`}`)
+			var e struct {
+				Error struct {
+					Type  string
+					Param *string
+				}
+			}
+			err := json.NewDecoder(resp.Body).Decode(&e)
+			resp.Body.Close()
+			param := ""
+			if e.Error.Param != nil {
+				param = *e.Error.Param
+			}
+			if err != nil || resp.StatusCode != 400 || e.Error.Type != "invalid_request_error" || param != tc.param {
+				t.Errorf("PUT {%s}: %d %+v (%v); want 400 invalid_request_error with param %q", tc.spec, resp.StatusCode, e.Error, err, tc.param)
 			}
 		})
 	}

@@ -127,36 +127,50 @@ func ValidName(name string) error {
 	return nil
 }
 
+// FieldError is a deployment that Validate refused, naming the field at
+// fault, so the API can report it as the error's param.
+type FieldError struct {
+	Field string // as in the API, e.g. "queue_timeout" or "resources.cpu"
+	Err   error
+}
+
+func (e *FieldError) Error() string { return e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+func fieldError(field, format string, args ...any) error {
+	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
 // Validate checks that the deployment can be stored and served.
 func (d Deployment) Validate() error {
 	if err := ValidName(d.Name); err != nil {
-		return err
+		return &FieldError{Field: "name", Err: err}
 	}
 	if d.ArtifactSHA256 == "" {
-		return errors.New("artifact is required (the sha256 of uploaded weights)")
+		return fieldError("artifact", "artifact is required (the sha256 of uploaded weights)")
 	}
 	if err := validSHA256(d.ArtifactSHA256); err != nil {
-		return err
+		return &FieldError{Field: "artifact", Err: err}
 	}
 	switch {
 	case d.MinRunners < 0 || d.MinRunners > maxRunnersLimit:
-		return fmt.Errorf("min_runners is %d; it must be between 0 and %d", d.MinRunners, maxRunnersLimit)
+		return fieldError("min_runners", "min_runners is %d; it must be between 0 and %d", d.MinRunners, maxRunnersLimit)
 	case d.MaxRunners < 1 || d.MaxRunners > maxRunnersLimit:
-		return fmt.Errorf("max_runners is %d; it must be between 1 and %d", d.MaxRunners, maxRunnersLimit)
+		return fieldError("max_runners", "max_runners is %d; it must be between 1 and %d", d.MaxRunners, maxRunnersLimit)
 	case d.MinRunners > d.MaxRunners:
-		return fmt.Errorf("min_runners (%d) is more than max_runners (%d)", d.MinRunners, d.MaxRunners)
+		return fieldError("min_runners", "min_runners (%d) is more than max_runners (%d)", d.MinRunners, d.MaxRunners)
 	case d.Parallel < 1 || d.Parallel > maxParallel:
-		return fmt.Errorf("parallel is %d; it must be between 1 and %d", d.Parallel, maxParallel)
+		return fieldError("parallel", "parallel is %d; it must be between 1 and %d", d.Parallel, maxParallel)
 	case d.ContextLength < 0 || d.ContextLength > maxContextLength:
-		return fmt.Errorf("context_length is %d; it must be between 0 (the model's default) and %d", d.ContextLength, maxContextLength)
+		return fieldError("context_length", "context_length is %d; it must be between 0 (the model's default) and %d", d.ContextLength, maxContextLength)
 	case d.IdleTimeout < minTimeout || d.IdleTimeout > maxIdleTimeout:
-		return fmt.Errorf("idle_timeout is %v; it must be between %v and %v", d.IdleTimeout, minTimeout, maxIdleTimeout)
+		return fieldError("idle_timeout", "idle_timeout is %v; it must be between %v and %v", d.IdleTimeout, minTimeout, maxIdleTimeout)
 	case d.QueueLimit < 1 || d.QueueLimit > maxQueueLimit:
-		return fmt.Errorf("queue_limit is %d; it must be between 1 and %d", d.QueueLimit, maxQueueLimit)
+		return fieldError("queue_limit", "queue_limit is %d; it must be between 1 and %d", d.QueueLimit, maxQueueLimit)
 	case d.QueueTimeout < minTimeout || d.QueueTimeout > maxQueueTimeout:
-		return fmt.Errorf("queue_timeout is %v; it must be between %v and %v", d.QueueTimeout, minTimeout, maxQueueTimeout)
+		return fieldError("queue_timeout", "queue_timeout is %v; it must be between %v and %v", d.QueueTimeout, minTimeout, maxQueueTimeout)
 	case d.ChatTemplate != "" && !slices.Contains(chatTemplates, d.ChatTemplate):
-		return fmt.Errorf("chat_template %q is unknown; use one of %v, or leave it empty to detect it from the weights", d.ChatTemplate, chatTemplates)
+		return fieldError("chat_template", "chat_template %q is unknown; use one of %v, or leave it empty to detect it from the weights", d.ChatTemplate, chatTemplates)
 	}
 	if err := d.Prices.validate(); err != nil {
 		return err
@@ -179,7 +193,7 @@ func (p Prices) validate() error {
 	} {
 		// The negated comparison also refuses NaN.
 		if !(f.v >= 0 && f.v <= maxPrice) {
-			return fmt.Errorf("%s is %v; it must be between 0 and %d US dollars", f.name, f.v, maxPrice)
+			return fieldError(f.name, "%s is %v; it must be between 0 and %d US dollars", f.name, f.v, maxPrice)
 		}
 	}
 	return nil
@@ -194,21 +208,21 @@ func (r Resources) validate() error {
 		}
 		v, err := resource.ParseQuantity(q.v)
 		if err != nil {
-			return fmt.Errorf("%s %q is not a quantity such as \"4\", \"500m\" or \"16Gi\"", q.name, q.v)
+			return fieldError(q.name, "%s %q is not a quantity such as \"4\", \"500m\" or \"16Gi\"", q.name, q.v)
 		}
 		if v.Sign() <= 0 {
-			return fmt.Errorf("%s %q must be more than zero", q.name, q.v)
+			return fieldError(q.name, "%s %q must be more than zero", q.name, q.v)
 		}
 	}
 	if r.GPUs < 0 || r.GPUs > maxGPUs {
-		return fmt.Errorf("resources.gpus is %d; it must be between 0 and %d", r.GPUs, maxGPUs)
+		return fieldError("resources.gpus", "resources.gpus is %d; it must be between 0 and %d", r.GPUs, maxGPUs)
 	}
 	for k, v := range r.NodeSelector {
 		if errs := validation.IsQualifiedName(k); len(errs) > 0 {
-			return fmt.Errorf("resources.node_selector key %q: %s", k, strings.Join(errs, "; "))
+			return fieldError("resources.node_selector", "resources.node_selector key %q: %s", k, strings.Join(errs, "; "))
 		}
 		if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
-			return fmt.Errorf("resources.node_selector value %q: %s", v, strings.Join(errs, "; "))
+			return fieldError("resources.node_selector", "resources.node_selector value %q: %s", v, strings.Join(errs, "; "))
 		}
 	}
 	return nil

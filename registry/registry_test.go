@@ -305,27 +305,28 @@ func TestDeploymentValidate(t *testing.T) {
 		name   string
 		change func(*Deployment)
 		want   string
+		field  string // the FieldError's field: the API's param
 	}{
-		{"bad name", func(d *Deployment) { d.Name = "a.b" }, "deployment name"},
-		{"no artifact", func(d *Deployment) { d.ArtifactSHA256 = "" }, "artifact"},
-		{"bad artifact", func(d *Deployment) { d.ArtifactSHA256 = "xyz" }, "hex"},
-		{"negative min", func(d *Deployment) { d.MinRunners = -1 }, "min_runners"},
-		{"zero max", func(d *Deployment) { d.MaxRunners = 0 }, "max_runners"},
-		{"min over max", func(d *Deployment) { d.MinRunners, d.MaxRunners = 3, 2 }, "more than max_runners"},
-		{"zero parallel", func(d *Deployment) { d.Parallel = 0 }, "parallel"},
-		{"negative context", func(d *Deployment) { d.ContextLength = -1 }, "context_length"},
-		{"tiny idle timeout", func(d *Deployment) { d.IdleTimeout = time.Millisecond }, "idle_timeout"},
-		{"zero queue limit", func(d *Deployment) { d.QueueLimit = 0 }, "queue_limit"},
-		{"huge queue timeout", func(d *Deployment) { d.QueueTimeout = 48 * time.Hour }, "queue_timeout"},
-		{"unknown template", func(d *Deployment) { d.ChatTemplate = "jinja" }, "chat_template"},
-		{"negative price", func(d *Deployment) { d.Prices.PromptPerMTok = -1 }, "prices.prompt_per_mtok"},
-		{"NaN price", func(d *Deployment) { d.Prices.RunnerSecond = math.NaN() }, "prices.runner_second"},
-		{"huge price", func(d *Deployment) { d.Prices.CompletionPerMTok = 2e6 }, "prices.completion_per_mtok"},
-		{"bad cpu", func(d *Deployment) { d.Resources.CPU = "four" }, "resources.cpu"},
-		{"zero memory", func(d *Deployment) { d.Resources.Memory = "0Gi" }, "resources.memory"},
-		{"negative gpus", func(d *Deployment) { d.Resources.GPUs = -1 }, "resources.gpus"},
-		{"bad selector key", func(d *Deployment) { d.Resources.NodeSelector = map[string]string{"a b": "x"} }, "node_selector key"},
-		{"bad selector value", func(d *Deployment) { d.Resources.NodeSelector = map[string]string{"zone": "a/b"} }, "node_selector value"},
+		{"bad name", func(d *Deployment) { d.Name = "a.b" }, "deployment name", "name"},
+		{"no artifact", func(d *Deployment) { d.ArtifactSHA256 = "" }, "artifact", "artifact"},
+		{"bad artifact", func(d *Deployment) { d.ArtifactSHA256 = "xyz" }, "hex", "artifact"},
+		{"negative min", func(d *Deployment) { d.MinRunners = -1 }, "min_runners", "min_runners"},
+		{"zero max", func(d *Deployment) { d.MaxRunners = 0 }, "max_runners", "max_runners"},
+		{"min over max", func(d *Deployment) { d.MinRunners, d.MaxRunners = 3, 2 }, "more than max_runners", "min_runners"},
+		{"zero parallel", func(d *Deployment) { d.Parallel = 0 }, "parallel", "parallel"},
+		{"negative context", func(d *Deployment) { d.ContextLength = -1 }, "context_length", "context_length"},
+		{"tiny idle timeout", func(d *Deployment) { d.IdleTimeout = time.Millisecond }, "idle_timeout", "idle_timeout"},
+		{"zero queue limit", func(d *Deployment) { d.QueueLimit = 0 }, "queue_limit", "queue_limit"},
+		{"huge queue timeout", func(d *Deployment) { d.QueueTimeout = 48 * time.Hour }, "queue_timeout", "queue_timeout"},
+		{"unknown template", func(d *Deployment) { d.ChatTemplate = "jinja" }, "chat_template", "chat_template"},
+		{"negative price", func(d *Deployment) { d.Prices.PromptPerMTok = -1 }, "prices.prompt_per_mtok", "prices.prompt_per_mtok"},
+		{"NaN price", func(d *Deployment) { d.Prices.RunnerSecond = math.NaN() }, "prices.runner_second", "prices.runner_second"},
+		{"huge price", func(d *Deployment) { d.Prices.CompletionPerMTok = 2e6 }, "prices.completion_per_mtok", "prices.completion_per_mtok"},
+		{"bad cpu", func(d *Deployment) { d.Resources.CPU = "four" }, "resources.cpu", "resources.cpu"},
+		{"zero memory", func(d *Deployment) { d.Resources.Memory = "0Gi" }, "resources.memory", "resources.memory"},
+		{"negative gpus", func(d *Deployment) { d.Resources.GPUs = -1 }, "resources.gpus", "resources.gpus"},
+		{"bad selector key", func(d *Deployment) { d.Resources.NodeSelector = map[string]string{"a b": "x"} }, "node_selector key", "resources.node_selector"},
+		{"bad selector value", func(d *Deployment) { d.Resources.NodeSelector = map[string]string{"zone": "a/b"} }, "node_selector value", "resources.node_selector"},
 	}
 	for _, tc := range tests {
 		d := valid
@@ -333,6 +334,10 @@ func TestDeploymentValidate(t *testing.T) {
 		err := d.Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: Validate = %v, want an error mentioning %q", tc.name, err, tc.want)
+		}
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != tc.field {
+			t.Errorf("%s: Validate = %#v, want a FieldError for %q", tc.name, err, tc.field)
 		}
 	}
 }
