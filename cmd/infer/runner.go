@@ -54,7 +54,7 @@ $INFER_S3_*, or --blob-dir).`,
 			if s3, ok := blob.S3ConfigFromEnv(); ok {
 				s, err := blob.NewS3(cmd.Context(), s3)
 				if err != nil {
-					return fmt.Errorf("connecting to S3 at %s: %w", s3.Endpoint, err)
+					return fmt.Errorf("connecting to S3 at %s: %w", redactURL(s3.Endpoint), err)
 				}
 				blobs = s
 			} else if blobDir != "" {

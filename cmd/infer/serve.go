@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -134,7 +133,7 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 
 	store, err := registry.Open(ctx, f.dbURL)
 	if err != nil {
-		return fmt.Errorf("opening the registry (Postgres at %s): %w", redact(f.dbURL), err)
+		return fmt.Errorf("opening the registry (Postgres at %s): %w", redactURL(f.dbURL), err)
 	}
 	defer store.Close()
 
@@ -215,7 +214,7 @@ func openBlobs(ctx context.Context, home string) (blob.Store, []string, error) {
 	if cfg, ok := blob.S3ConfigFromEnv(); ok {
 		s, err := blob.NewS3(ctx, cfg)
 		if err != nil {
-			return nil, nil, fmt.Errorf("connecting to S3 at %s: %w", cfg.Endpoint, err)
+			return nil, nil, fmt.Errorf("connecting to S3 at %s: %w", redactURL(cfg.Endpoint), err)
 		}
 		return s, nil, nil
 	}
@@ -268,12 +267,4 @@ func ensureAdminKey(ctx context.Context, store *registry.Store, home string, dev
 	fmt.Fprintf(os.Stderr, "\nCreated an admin API key (shown once, saved to %s):\n\n    %s\n\n", keyFile, secret)
 	log.Info("admin key created", "file", keyFile)
 	return nil
-}
-
-// redact hides a password in a connection string for logs.
-func redact(dsn string) string {
-	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
-		return u.Redacted()
-	}
-	return "(unparsable DATABASE_URL)"
 }

@@ -2,6 +2,7 @@ package blob
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -65,6 +66,12 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 	if strings.Contains(endpoint, "://") {
 		u, err := url.Parse(endpoint)
 		if err != nil {
+			// Not the *url.Error itself: it repeats the URL, which may
+			// hold credentials.
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
 			return nil, fmt.Errorf("parsing S3 endpoint: %w", err)
 		}
 		endpoint, secure = u.Host, u.Scheme == "https"
