@@ -34,6 +34,9 @@ func (s *Server) createKey(c echo.Context) error {
 	if err := c.Bind(&req); err != nil {
 		return errInvalid("", "could not parse the request: %v", err)
 	}
+	if err := registry.ValidKeyName(req.Name); err != nil {
+		return errInvalid("name", "%v", err)
+	}
 	if req.Role == "" {
 		req.Role = registry.RoleUser
 	}
