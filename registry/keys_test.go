@@ -27,7 +27,7 @@ func TestValidKeyName(t *testing.T) {
 		{"a\tb", false},
 		{"\x1b[31mred", false},
 		{"a\x7fb", false},
-		{"a\u0085b", false}, // C1 next line
+		{"a\u0085b", false},          // C1 next line
 		{"evil\u202egpj.exe", false}, // right-to-left override
 		{"a\u200bb", false},          // zero-width space
 		{"a\ufeffb", false},          // byte order mark
