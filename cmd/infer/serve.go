@@ -36,7 +36,8 @@ type serveFlags struct {
 	nats  string
 
 	// activator only
-	asyncTTL string
+	asyncTTL       string
+	maxUploadBytes int64
 	// webhookAllowPrivate's default is the command's (dev: true) unless
 	// $INFER_WEBHOOK_ALLOW_PRIVATE says otherwise.
 	webhookAllowPrivate bool
@@ -61,12 +62,31 @@ func (f *serveFlags) register(cmd *cobra.Command, withAddr bool) {
 		if err != nil {
 			f.envErr = err
 		}
+		maxUpload, err := envInt64("INFER_MAX_UPLOAD_BYTES", activator.DefaultMaxUploadBytes)
+		if err != nil {
+			f.envErr = err
+		}
+		cmd.Flags().Int64Var(&f.maxUploadBytes, "max-upload-bytes", maxUpload,
+			"largest weights upload accepted, in bytes; larger ones get 413 and leave nothing behind ($INFER_MAX_UPLOAD_BYTES)")
 		cmd.Flags().BoolVar(&f.webhookAllowPrivate, "webhook-allow-private", allow,
 			"let async job webhooks reach loopback, private and link-local addresses, for receivers on this machine or network ($INFER_WEBHOOK_ALLOW_PRIVATE)")
 	}
 	cmd.Flags().StringVar(&f.home, "home", env("INFER_HOME", ".infer"), "state directory: embedded NATS, blobs, weights cache, logs ($INFER_HOME)")
 	cmd.Flags().StringVar(&f.dbURL, "database-url", env("DATABASE_URL", defaultDatabaseURL), "Postgres connection string ($DATABASE_URL)")
 	cmd.Flags().StringVar(&f.nats, "nats", os.Getenv("INFER_NATS_URL"), "NATS server URL; empty embeds one with JetStream under --home ($INFER_NATS_URL)")
+}
+
+// envInt64 reads an integer environment variable.
+func envInt64(name string, def int64) (int64, error) {
+	v := os.Getenv(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return def, fmt.Errorf("$%s is %q; use a whole number", name, v)
+	}
+	return n, nil
 }
 
 // envBool reads a boolean environment variable (true, false, 1, 0, …).
@@ -157,8 +177,12 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 		if err != nil || asyncTTL <= 0 {
 			return usageError{fmt.Errorf("--async-ttl %q is not a positive duration such as 24h", f.asyncTTL)}
 		}
+		if f.maxUploadBytes <= 0 {
+			return usageError{fmt.Errorf("--max-upload-bytes %d is not a positive number of bytes", f.maxUploadBytes)}
+		}
 		srv, err := activator.New(activator.Config{
 			AsyncTTL:             asyncTTL,
+			MaxUploadBytes:       f.maxUploadBytes,
 			AllowPrivateWebhooks: f.webhookAllowPrivate,
 			Registry:             cache,
 			Uploader:             &registry.Uploader{Store: store, Blobs: blobs},
