@@ -21,7 +21,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/infer-run/infer/internal/wire"
 	"github.com/infer-run/infer/registry"
@@ -53,8 +52,10 @@ type Config struct {
 	NATS           *nats.Conn
 	Logger         *slog.Logger
 	// Registerer receives the activator's metrics; nil uses a new registry.
+	// The activator does not serve them: its port is public, and the
+	// metrics name every tenant's deployments. Serve the registry on a
+	// listener of its own (infer's --metrics-addr).
 	Registerer prometheus.Registerer
-	Gatherer   prometheus.Gatherer
 	// AsyncTTL is how long async job records and results are kept after
 	// their last change; zero means queue.DefaultAsyncTTL. All activators
 	// of one NATS should agree: the last one to start sets it.
@@ -131,13 +132,11 @@ func New(cfg Config) (*Server, error) {
 		s.replies.close()
 		return nil, err
 	}
-	reg, gath := cfg.Registerer, cfg.Gatherer
+	reg := cfg.Registerer
 	if reg == nil {
-		r := prometheus.NewRegistry()
-		reg, gath = r, r
+		reg = prometheus.NewRegistry()
 	}
 	s.metrics = newMetrics(reg)
-	s.gatherer = gath
 	if s.async, err = newAsyncJobs(s, cfg); err != nil {
 		s.replies.close()
 		s.runners.close()
@@ -196,7 +195,6 @@ func (s *Server) routes() *echo.Echo {
 		}
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 	})
-	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{})))
 	e.GET("/openapi.json", serveOpenAPI(s.openapi))
 
 	v1 := e.Group("/v1")

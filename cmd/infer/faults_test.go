@@ -144,7 +144,7 @@ func TestNATSRestart(t *testing.T) {
 // queued reads infer_queue_depth-like numbers from /metrics: the requests
 // of a deployment the activator has put on its queue so far.
 func queued(p *platform, deployment string) int {
-	resp, err := http.Get(p.url + "/metrics")
+	resp, err := http.Get(p.metrics + "/metrics")
 	if err != nil {
 		return 0
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
@@ -45,12 +47,14 @@ type serveFlags struct {
 	// when the command runs.
 	envErr error
 
+	// metricsAddr is where /metrics is served (all commands).
+	metricsAddr string
+
 	// control plane only
 	driver      string
 	namespace   string
 	runnerImage string
 	kubeconfig  string
-	metricsAddr string
 	leaseGrace  string
 }
 
@@ -71,6 +75,8 @@ func (f *serveFlags) register(cmd *cobra.Command, withAddr bool) {
 		cmd.Flags().BoolVar(&f.webhookAllowPrivate, "webhook-allow-private", allow,
 			"let async job webhooks reach loopback, private and link-local addresses, for receivers on this machine or network ($INFER_WEBHOOK_ALLOW_PRIVATE)")
 	}
+	cmd.Flags().StringVar(&f.metricsAddr, "metrics-addr", env("INFER_METRICS_ADDR", "127.0.0.1:9090"),
+		"where /metrics and /healthz are served, apart from the API: the metrics name every tenant's deployments; empty serves none ($INFER_METRICS_ADDR)")
 	cmd.Flags().StringVar(&f.home, "home", env("INFER_HOME", ".infer"), "state directory: embedded NATS, blobs, weights cache, logs ($INFER_HOME)")
 	cmd.Flags().StringVar(&f.dbURL, "database-url", env("DATABASE_URL", defaultDatabaseURL), "Postgres connection string ($DATABASE_URL)")
 	cmd.Flags().StringVar(&f.nats, "nats", os.Getenv("INFER_NATS_URL"), "NATS server URL; empty embeds one with JetStream under --home ($INFER_NATS_URL)")
@@ -189,7 +195,6 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 			NATS:                 nc,
 			Logger:               log,
 			Registerer:           reg,
-			Gatherer:             reg,
 		})
 		if err != nil {
 			return err
@@ -204,10 +209,15 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 	if withControlPlane {
 		cleanup, err := startControlPlane(ctx, g, f, controlPlaneDeps{
 			home: home, natsURL: natsURL, nc: nc, store: store, blobArgs: blobArgs,
-			metrics: reg, withActivator: withActivator, log: log,
+			metrics: reg, log: log,
 		})
 		defer cleanup()
 		if err != nil {
+			return err
+		}
+	}
+	if f.metricsAddr != "" {
+		if err := serveMetrics(ctx, g, f.metricsAddr, reg); err != nil {
 			return err
 		}
 	}
@@ -226,8 +236,34 @@ type controlPlaneDeps struct {
 	store         *registry.Store
 	blobArgs      []string
 	metrics       *prometheus.Registry
-	withActivator bool
 	log           *slog.Logger
+}
+
+// serveMetrics serves reg's /metrics, and a /healthz for probes, on addr
+// until ctx is done. It is a listener of its own because the API's port is
+// public and the metrics are not for tenants: they name every tenant's
+// deployments. Prometheus scrapes this one (loopback by default; a pod or
+// container address in deploy/).
+func serveMetrics(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening for metrics on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	g.Go(func() error {
+		<-ctx.Done()
+		return srv.Close()
+	})
+	g.Go(func() error {
+		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	return nil
 }
 
 // openBlobs connects to the object store: S3 when INFER_S3_ENDPOINT is set,
