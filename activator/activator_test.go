@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/openai/openai-go"
 	"github.com/openai/openai-go/option"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/infer-run/infer/activator"
 	"github.com/infer-run/infer/internal/blob"
@@ -42,7 +43,12 @@ type harness struct {
 	nc    *nats.Conn
 	store *registry.Store
 	blobs blob.Store
-	art   registry.Artifact
+	// blobDir is where blobs keeps its objects.
+	blobDir string
+	art     registry.Artifact
+	// metrics is the first activator's metrics registry: the API port
+	// serves no /metrics.
+	metrics *prometheus.Registry
 }
 
 func newHarness(t testing.TB) *harness {
@@ -61,7 +67,8 @@ func newHarnessWith(t testing.TB, cfg activator.Config) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(store.Close)
-	if _, err := store.EnsureAdminKey(ctx, "default", adminKey); err != nil {
+	admin, err := store.EnsureAdminKey(ctx, "default", adminKey)
+	if err != nil {
 		t.Fatal(err)
 	}
 	nc, err := nats.Connect(testenv.NATS(t))
@@ -69,7 +76,8 @@ func newHarnessWith(t testing.TB, cfg activator.Config) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	blobs, err := blob.NewDir(t.TempDir())
+	blobDir := t.TempDir()
+	blobs, err := blob.NewDir(blobDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,6 +85,10 @@ func newHarnessWith(t testing.TB, cfg activator.Config) *harness {
 	cfg.Registry, cfg.Uploader, cfg.NATS = store, up, nc
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	metrics := prometheus.NewRegistry()
+	if cfg.Registerer == nil {
+		cfg.Registerer = metrics
 	}
 	srv, err := activator.New(cfg)
 	if err != nil {
@@ -95,7 +107,11 @@ func newHarnessWith(t testing.TB, cfg activator.Config) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &harness{t: t, url: hs.URL, nc: nc, store: store, blobs: blobs, art: art}
+	// As POST /v1/artifacts does: the admin key's tenant uploaded it.
+	if err := store.AddArtifactOwner(ctx, admin.TenantID, art.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	return &harness{t: t, url: hs.URL, nc: nc, store: store, blobs: blobs, blobDir: blobDir, art: art, metrics: metrics}
 }
 
 // deploy creates a deployment through the API.
@@ -137,8 +153,14 @@ func (h *harness) startRunnerWith(cfg runner.Config) {
 
 func (h *harness) do(method, path, body string) *http.Response {
 	h.t.Helper()
+	return h.doAs(adminKey, method, path, body)
+}
+
+// doAs is do with another API key.
+func (h *harness) doAs(key, method, path, body string) *http.Response {
+	h.t.Helper()
 	req, _ := http.NewRequest(method, h.url+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+adminKey)
+	req.Header.Set("Authorization", "Bearer "+key)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
 	if err != nil {

@@ -2,6 +2,7 @@ package activator
 
 import (
 	"errors"
+	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -69,7 +70,16 @@ func (s *Server) uploadArtifact(c echo.Context) error {
 		return err
 	}
 	req := c.Request()
-	a, err := s.uploader.Upload(req.Context(), req.Body, req.ContentLength)
+	if req.ContentLength > s.maxUpload {
+		return s.errUploadTooLarge()
+	}
+	body := &cappedReader{r: req.Body, left: s.maxUpload}
+	a, err := s.uploader.Upload(req.Context(), body, req.ContentLength)
+	if body.exceeded {
+		// Whatever the uploader made of the cut-off body, it stored
+		// nothing and recorded nothing.
+		return s.errUploadTooLarge()
+	}
 	if errors.Is(err, registry.ErrInvalidWeights) || errors.Is(err, registry.ErrIncompleteUpload) {
 		return errInvalid("file", "%v", err)
 	}
@@ -77,8 +87,47 @@ func (s *Server) uploadArtifact(c echo.Context) error {
 		s.log.Error("uploading weights", "err", err)
 		return errStatus(http.StatusServiceUnavailable, "server_error", "upload_failed", "storing the weights failed: %v", err)
 	}
+	// The uploader now has the weights and may deploy them, even if
+	// another tenant uploaded the same bytes first.
+	if err := s.reg.AddArtifactOwner(req.Context(), key.TenantID, a.SHA256); err != nil {
+		return s.registryError("recording the artifact's owner", err)
+	}
 	s.log.Info("artifact stored", "sha256", a.SHA256, "size", a.Size, "arch", a.Architecture)
 	return c.JSON(http.StatusCreated, a)
+}
+
+func (s *Server) errUploadTooLarge() *apiError {
+	e := errStatus(http.StatusRequestEntityTooLarge, "invalid_request_error", "upload_too_large",
+		"the weights are larger than this server accepts (%d bytes)", s.maxUpload)
+	e.Param = strp("file")
+	return e
+}
+
+// errUploadTooLarge ends an upload's body once it passes the limit.
+var errUploadTooLarge = errors.New("upload exceeds the size limit")
+
+// cappedReader reads at most left bytes from r and fails after them if r
+// has more.
+type cappedReader struct {
+	r        io.Reader
+	left     int64
+	exceeded bool
+}
+
+func (c *cappedReader) Read(p []byte) (int, error) {
+	if c.exceeded {
+		return 0, errUploadTooLarge
+	}
+	if int64(len(p)) > c.left+1 {
+		p = p[:c.left+1] // one byte more tells a body at the limit from one above it
+	}
+	n, err := c.r.Read(p)
+	if int64(n) > c.left {
+		c.exceeded = true
+		return int(c.left), errUploadTooLarge
+	}
+	c.left -= int64(n)
+	return n, err
 }
 
 // deploymentSpec is the body of PUT /v1/deployments/{name}. Absent fields
@@ -156,8 +205,8 @@ func (s *Server) putDeployment(c echo.Context) error {
 		return errInvalid("name", "%v", err)
 	}
 	var spec deploymentSpec
-	if err := c.Bind(&spec); err != nil {
-		return errInvalid("", "could not parse the deployment: %v", err)
+	if err := bind(c, &spec, "deployment"); err != nil {
+		return err
 	}
 	ctx := c.Request().Context()
 	d, err := s.reg.GetDeployment(ctx, name)
@@ -174,8 +223,12 @@ func (s *Server) putDeployment(c echo.Context) error {
 	case d.TenantID != key.TenantID:
 		return errStatus(http.StatusConflict, "invalid_request_error", "name_taken", "the name %q is taken", name)
 	}
-	if spec.Artifact != "" {
-		if _, err := s.reg.GetArtifact(ctx, spec.Artifact); errors.Is(err, registry.ErrNotFound) {
+	// Only weights the tenant uploaded itself may be deployed: another
+	// tenant's digest is reported as missing, so digests reveal nothing.
+	// (Keeping the deployment's current weights needs no check.) This
+	// queries Postgres, which management calls may; inference does not.
+	if spec.Artifact != "" && spec.Artifact != d.ArtifactSHA256 {
+		if _, err := s.reg.GetTenantArtifact(ctx, key.TenantID, spec.Artifact); errors.Is(err, registry.ErrNotFound) {
 			return errInvalid("artifact", "no artifact %q: upload the weights first", spec.Artifact)
 		} else if err != nil {
 			return s.registryError("looking up artifact", err)

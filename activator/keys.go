@@ -31,8 +31,11 @@ func (s *Server) createKey(c echo.Context) error {
 		Role string `json:"role"`
 		registry.Limits
 	}
-	if err := c.Bind(&req); err != nil {
-		return errInvalid("", "could not parse the request: %v", err)
+	if err := bind(c, &req, "request"); err != nil {
+		return err
+	}
+	if err := registry.ValidKeyName(req.Name); err != nil {
+		return errInvalid("name", "%v", err)
 	}
 	if req.Role == "" {
 		req.Role = registry.RoleUser

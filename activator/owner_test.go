@@ -7,12 +7,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/infer-run/infer/internal/wire"
 )
@@ -300,14 +302,13 @@ func TestHangUpAfterAnswer(t *testing.T) {
 	}
 }
 
-// metric returns the value of one series on the activator's /metrics
-// page, or "" if it has none.
+// metric returns the value of one series (name and labels, as /metrics
+// prints them) of the harness's activator, or "" if it has none.
 func (h *harness) metric(series string) string {
 	h.t.Helper()
-	resp := h.do(http.MethodGet, "/metrics", "")
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	for line := range strings.Lines(string(b)) {
+	rec := httptest.NewRecorder()
+	promhttp.HandlerFor(h.metrics, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for line := range strings.Lines(rec.Body.String()) {
 		if v, ok := strings.CutPrefix(line, series+" "); ok {
 			return strings.TrimSpace(v)
 		}

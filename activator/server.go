@@ -7,6 +7,7 @@
 package activator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -20,7 +21,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/infer-run/infer/internal/wire"
 	"github.com/infer-run/infer/registry"
@@ -33,7 +33,10 @@ type Registry interface {
 	ListDeployments(ctx context.Context, tenantID string) ([]registry.Deployment, error)
 	PutDeployment(ctx context.Context, d registry.Deployment) (registry.Deployment, error)
 	DeleteDeployment(ctx context.Context, tenantID, name string) error
-	GetArtifact(ctx context.Context, sha string) (registry.Artifact, error)
+	// GetTenantArtifact finds an artifact the tenant uploaded; others'
+	// are ErrNotFound. AddArtifactOwner records an upload by a tenant.
+	GetTenantArtifact(ctx context.Context, tenantID, sha string) (registry.Artifact, error)
+	AddArtifactOwner(ctx context.Context, tenantID, sha string) error
 	ListUsage(ctx context.Context, f registry.UsageFilter) ([]registry.UsageRecord, error)
 	UsageReport(ctx context.Context, f registry.UsageFilter, groupBy string) ([]registry.UsageGroup, error)
 	KeyManager
@@ -43,11 +46,16 @@ type Registry interface {
 type Config struct {
 	Registry Registry
 	Uploader *registry.Uploader
-	NATS     *nats.Conn
-	Logger   *slog.Logger
+	// MaxUploadBytes bounds a weights upload (POST /v1/artifacts); zero
+	// means DefaultMaxUploadBytes.
+	MaxUploadBytes int64
+	NATS           *nats.Conn
+	Logger         *slog.Logger
 	// Registerer receives the activator's metrics; nil uses a new registry.
+	// The activator does not serve them: its port is public, and the
+	// metrics name every tenant's deployments. Serve the registry on a
+	// listener of its own (infer's --metrics-addr).
 	Registerer prometheus.Registerer
-	Gatherer   prometheus.Gatherer
 	// AsyncTTL is how long async job records and results are kept after
 	// their last change; zero means queue.DefaultAsyncTTL. All activators
 	// of one NATS should agree: the last one to start sets it.
@@ -81,17 +89,19 @@ type Server struct {
 	reg      Registry
 	keys     KeyManager
 	uploader *registry.Uploader
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	id       string
-	replies  *replies
-	runners  *runnerView
-	async    *asyncJobs
-	metrics  *metrics
-	limits   *limiter
-	echo     *echo.Echo
-	gatherer prometheus.Gatherer
-	openapi  []byte // the API reference as JSON, for GET /openapi.json
+	// maxUpload bounds a weights upload, in bytes.
+	maxUpload int64
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	id        string
+	replies   *replies
+	runners   *runnerView
+	async     *asyncJobs
+	metrics   *metrics
+	limits    *limiter
+	echo      *echo.Echo
+	gatherer  prometheus.Gatherer
+	openapi   []byte // the API reference as JSON, for GET /openapi.json
 }
 
 // New builds an activator. Close releases its subscriptions.
@@ -105,14 +115,15 @@ func New(cfg Config) (*Server, error) {
 		log = slog.Default()
 	}
 	s := &Server{
-		log:      log.With("component", "activator"),
-		reg:      cfg.Registry,
-		keys:     cfg.Registry,
-		uploader: cfg.Uploader,
-		nc:       cfg.NATS,
-		js:       js,
-		id:       wire.NewID(6),
-		limits:   newLimiter(),
+		log:       log.With("component", "activator"),
+		reg:       cfg.Registry,
+		keys:      cfg.Registry,
+		uploader:  cfg.Uploader,
+		maxUpload: cmp.Or(cfg.MaxUploadBytes, DefaultMaxUploadBytes),
+		nc:        cfg.NATS,
+		js:        js,
+		id:        wire.NewID(6),
+		limits:    newLimiter(),
 	}
 	if s.replies, err = newReplies(cfg.NATS, s.id); err != nil {
 		return nil, err
@@ -121,13 +132,11 @@ func New(cfg Config) (*Server, error) {
 		s.replies.close()
 		return nil, err
 	}
-	reg, gath := cfg.Registerer, cfg.Gatherer
+	reg := cfg.Registerer
 	if reg == nil {
-		r := prometheus.NewRegistry()
-		reg, gath = r, r
+		reg = prometheus.NewRegistry()
 	}
 	s.metrics = newMetrics(reg)
-	s.gatherer = gath
 	if s.async, err = newAsyncJobs(s, cfg); err != nil {
 		s.replies.close()
 		s.runners.close()
@@ -178,6 +187,7 @@ func (s *Server) routes() *echo.Echo {
 	e.HideBanner = true
 	e.HidePort = true
 	e.HTTPErrorHandler = s.errorHandler
+	e.Use(limitBody)
 
 	e.GET("/healthz", func(c echo.Context) error {
 		if s.nc.Status() != nats.CONNECTED {
@@ -185,7 +195,6 @@ func (s *Server) routes() *echo.Echo {
 		}
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 	})
-	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{})))
 	e.GET("/openapi.json", serveOpenAPI(s.openapi))
 
 	v1 := e.Group("/v1")

@@ -9,7 +9,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -989,6 +991,65 @@ func TestOperationsDocumentsEveryFlag(t *testing.T) {
 		for _, m := range envRE.FindAllStringSubmatch(string(data), -1) {
 			if !strings.Contains(doc, "`"+m[1]+"`") {
 				t.Errorf("%s: environment variable %s is not documented in docs/operations.md", filepath.Base(src), m[1])
+			}
+		}
+	}
+}
+
+// TestComposeMetricsNotPublished: the infer services serve /metrics on a
+// port of their own that a Prometheus on the compose network can reach
+// and that is not published, since the metrics name every tenant's
+// deployments.
+func TestComposeMetricsNotPublished(t *testing.T) {
+	p := loadCompose(t, nil)
+	for _, name := range []string{"activator", "controlplane"} {
+		s := service(t, p, name)
+		addr := envValue(s, "INFER_METRICS_ADDR")
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil || (host != "0.0.0.0" && host != "") || port == "8080" {
+			t.Errorf("%s INFER_METRICS_ADDR = %q; want all interfaces on a port apart from the API's", name, addr)
+			continue
+		}
+		for _, pp := range s.Ports {
+			if fmt.Sprint(pp.Target) == port {
+				t.Errorf("%s publishes its metrics port %s: %+v", name, port, pp)
+			}
+		}
+	}
+}
+
+// TestManifestsMetricsPort: activator and control plane pods serve
+// /metrics on a "metrics" container port that their prometheus.io
+// annotations point at, and no Service exposes it.
+func TestManifestsMetricsPort(t *testing.T) {
+	m := loadTyped(t)
+	for _, name := range []string{"activator", "controlplane"} {
+		d := m.deployment(t, name)
+		c := d.Spec.Template.Spec.Containers[0]
+		addr, _ := containerEnv(c, "INFER_METRICS_ADDR")
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil || (host != "0.0.0.0" && host != "") {
+			t.Errorf("%s INFER_METRICS_ADDR = %q; want all interfaces of the pod", name, addr)
+			continue
+		}
+		if got := fmt.Sprint(containerPort(c, intstr.FromString("metrics"))); got != port {
+			t.Errorf("%s: container port \"metrics\" is %s, INFER_METRICS_ADDR port %s", name, got, port)
+		}
+		if port == "8080" {
+			t.Errorf("%s serves metrics on the API port", name)
+		}
+		a := d.Spec.Template.Annotations
+		if a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] != port || a["prometheus.io/path"] != "/metrics" {
+			t.Errorf("%s pod annotations %v do not point Prometheus at port %s /metrics", name, a, port)
+		}
+		for _, s := range m.services {
+			if !labels.SelectorFromSet(s.Spec.Selector).Matches(labels.Set(d.Spec.Template.Labels)) || len(s.Spec.Selector) == 0 {
+				continue
+			}
+			for _, sp := range s.Spec.Ports {
+				if fmt.Sprint(containerPort(c, sp.TargetPort)) == port {
+					t.Errorf("Service %s exposes %s's metrics port: %+v", s.Name, name, sp)
+				}
 			}
 		}
 	}

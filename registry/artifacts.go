@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -96,4 +97,42 @@ func (s *Store) SetArtifactObject(ctx context.Context, sha, old, key string) (Ar
 		return Artifact{}, fmt.Errorf("repairing artifact %s: %w", sha, err)
 	}
 	return a, nil
+}
+
+// AddArtifactOwner records that the tenant uploaded the artifact's bytes,
+// which entitles it to deploy them. Adding an owner twice is a no-op.
+func (s *Store) AddArtifactOwner(ctx context.Context, tenantID, sha string) error {
+	_, err := s.pool.Exec(ctx, `
+		INSERT INTO artifact_owners (tenant_id, sha256) VALUES ($1, $2)
+		ON CONFLICT DO NOTHING`, tenantID, sha)
+	if pgCode(err) == codeForeignKey {
+		return fmt.Errorf("recording owner %s of artifact %s: %w", tenantID, sha, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("recording owner %s of artifact %s: %w", tenantID, sha, err)
+	}
+	return nil
+}
+
+// GetTenantArtifact returns the artifact with this digest if the tenant
+// uploaded it; another tenant's artifact is ErrNotFound, like a missing one,
+// so that digests do not reveal what others uploaded.
+func (s *Store) GetTenantArtifact(ctx context.Context, tenantID, sha string) (Artifact, error) {
+	a, err := scanArtifact(s.pool.QueryRow(ctx, `
+		SELECT `+prefixed("a.", artifactColumns)+` FROM artifacts a
+		JOIN artifact_owners o ON o.sha256 = a.sha256 AND o.tenant_id = $1
+		WHERE a.sha256 = $2`, tenantID, sha))
+	if err != nil {
+		return Artifact{}, notFound(err, "artifact "+sha)
+	}
+	return a, nil
+}
+
+// prefixed qualifies each column of a comma-separated list.
+func prefixed(prefix, columns string) string {
+	cols := strings.Split(columns, ",")
+	for i, c := range cols {
+		cols[i] = prefix + strings.TrimSpace(c)
+	}
+	return strings.Join(cols, ", ")
 }

@@ -24,13 +24,19 @@ type Cache struct {
 	log *slog.Logger
 
 	mu          sync.RWMutex
-	keys        map[[sha256.Size]byte]APIKey
+	keys        map[[sha256.Size]byte]cachedKey
 	deployments map[string]Deployment
 	loaded      bool
 
 	// spend is what each budgeted key has spent, as of spendAt; see Spend.
 	spend   map[string]float64
 	spendAt time.Time
+}
+
+// cachedKey is a key's record with the hash it is stored under.
+type cachedKey struct {
+	APIKey
+	hash [sha256.Size]byte
 }
 
 // SpendRefresh is how often Run reloads what budgeted keys have spent.
@@ -83,10 +89,12 @@ func (c *Cache) AuthenticateKey(ctx context.Context, secret string) (APIKey, err
 	if !loaded {
 		return c.Store.AuthenticateKey(ctx, secret)
 	}
-	if !ok {
+	// The map is keyed by the hash; see hashMatches for why that is no
+	// timing oracle and why the hash is compared once more.
+	if !ok || !hashMatches(k.hash[:], secret) {
 		return APIKey{}, ErrUnauthorized
 	}
-	return k, nil
+	return k.APIKey, nil
 }
 
 // GetDeployment looks a deployment up in memory.
@@ -131,7 +139,8 @@ func (c *Cache) CreateLimitedKey(ctx context.Context, tenantID, name, role strin
 	if err == nil {
 		c.mu.Lock()
 		if c.keys != nil {
-			c.keys[sha256.Sum256([]byte(secret))] = k
+			h := sha256.Sum256([]byte(secret))
+			c.keys[h] = cachedKey{k, h}
 		}
 		c.mu.Unlock()
 	}
@@ -265,8 +274,8 @@ func (c *Cache) reload(ctx context.Context, table string) error {
 	return nil
 }
 
-func (c *Cache) loadKeys(ctx context.Context) (map[[sha256.Size]byte]APIKey, error) {
-	keys := map[[sha256.Size]byte]APIKey{}
+func (c *Cache) loadKeys(ctx context.Context) (map[[sha256.Size]byte]cachedKey, error) {
+	keys := map[[sha256.Size]byte]cachedKey{}
 	rows, err := c.pool.Query(ctx, `SELECT hash, `+keyColumns+` FROM api_keys WHERE revoked_at IS NULL`)
 	if err != nil {
 		return nil, fmt.Errorf("loading keys: %w", err)
@@ -280,7 +289,7 @@ func (c *Cache) loadKeys(ctx context.Context) (map[[sha256.Size]byte]APIKey, err
 		}
 		var h [sha256.Size]byte
 		copy(h[:], hash)
-		keys[h] = k
+		keys[h] = cachedKey{k, h}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("loading keys: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -99,6 +102,48 @@ func hashKey(secret string) []byte {
 	return h[:]
 }
 
+// hashMatches reports, in constant time, whether stored is the hash of
+// secret.
+//
+// Keys are found by their hash (an index lookup in Postgres, a map lookup
+// in the Cache), and such a lookup is not a timing oracle: what it
+// compares, and what its timing could reveal, is SHA-256 of the presented
+// secret, not the secret. Learning that a stored hash shares a prefix with
+// the hash of a guess does not help forge a key — that would take a
+// preimage of SHA-256 — and generated keys hold 256 random bits (admin keys
+// set by operators at least minAdminKeyLen characters), so guessing is no
+// option either. Checking the found record's hash again with
+// subtle.ConstantTimeCompare is defense in depth: acceptance never rests on
+// a comparison that stops at the first differing byte, whatever found the
+// record (a collation, an index, a future lookup by prefix).
+func hashMatches(stored []byte, secret string) bool {
+	want := sha256.Sum256([]byte(secret))
+	return subtle.ConstantTimeCompare(stored, want[:]) == 1
+}
+
+// MaxKeyNameLen bounds an API key's name, in bytes.
+const MaxKeyNameLen = 128
+
+// ValidKeyName checks an API key's name: at most MaxKeyNameLen bytes of
+// UTF-8 without control or formatting characters. The name is shown in
+// `infer keys ls` and logs, where a newline, an escape sequence or a
+// right-to-left override would forge or hide output, and Postgres refuses
+// a NUL outright. Empty is allowed.
+func ValidKeyName(name string) error {
+	if len(name) > MaxKeyNameLen {
+		return fmt.Errorf("key name is %d bytes long; at most %d are allowed", len(name), MaxKeyNameLen)
+	}
+	if !utf8.ValidString(name) {
+		return errors.New("key name is not valid UTF-8")
+	}
+	for i, r := range name {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			return fmt.Errorf("key name has the control or formatting character %U at byte %d", r, i)
+		}
+	}
+	return nil
+}
+
 func displayPrefix(secret string) string {
 	if len(secret) > displayPrefixLen {
 		return secret[:displayPrefixLen]
@@ -158,6 +203,9 @@ func (s *Store) CreateLimitedKey(ctx context.Context, tenantID, name, role strin
 	if err := validRole(role); err != nil {
 		return APIKey{}, "", err
 	}
+	if err := ValidKeyName(name); err != nil {
+		return APIKey{}, "", fmt.Errorf("creating key: %w", err)
+	}
 	if err := l.validate(); err != nil {
 		return APIKey{}, "", fmt.Errorf("creating key: %w", err)
 	}
@@ -215,13 +263,17 @@ func (s *Store) AuthenticateKey(ctx context.Context, secret string) (APIKey, err
 	if secret == "" {
 		return APIKey{}, fmt.Errorf("empty API key: %w", ErrUnauthorized)
 	}
+	var stored []byte
 	k, err := scanKey(s.pool.QueryRow(ctx,
-		`SELECT `+keyColumns+` FROM api_keys WHERE hash = $1 AND revoked_at IS NULL`, hashKey(secret)))
+		`SELECT hash, `+keyColumns+` FROM api_keys WHERE hash = $1 AND revoked_at IS NULL`, hashKey(secret)), &stored)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return APIKey{}, fmt.Errorf("unknown or revoked API key: %w", ErrUnauthorized)
 	}
 	if err != nil {
 		return APIKey{}, fmt.Errorf("authenticating API key: %w", err)
+	}
+	if !hashMatches(stored, secret) {
+		return APIKey{}, fmt.Errorf("unknown or revoked API key: %w", ErrUnauthorized)
 	}
 	return k, nil
 }

@@ -270,6 +270,15 @@ func TestBilling(t *testing.T) {
 		}
 		var job struct{ ID string }
 		json.Unmarshal(body, &job)
+		// The digest of our weights, which the intruder may know (it is
+		// the public file's sha256) but never uploaded.
+		code, _, body = p.do(http.MethodGet, "/v1/deployments/priced", p.key, "")
+		var priced struct {
+			Artifact string `json:"artifact_sha256"`
+		}
+		if json.Unmarshal(body, &priced); code != 200 || priced.Artifact == "" {
+			t.Fatalf("GET /v1/deployments/priced: %d %s", code, body)
+		}
 
 		// What must never appear in a foreign tenant's response.
 		secret := regexp.MustCompile(`priced|other|` + regexp.QuoteMeta(ownKeyID) + `|` + regexp.QuoteMeta(job.ID) + `|only-priced|victim`)
@@ -297,6 +306,13 @@ func TestBilling(t *testing.T) {
 			{"DELETE", "/v1/keys/" + ownKeyID, "", []int{404}},
 			// A key for our deployment, minted by the other tenant.
 			{"POST", "/v1/keys", `{"name":"steal","deployments":["priced"]}`, []int{400}},
+			// A deployment of its own running our weights, by digest.
+			{"PUT", "/v1/deployments/stolen", `{"artifact":"` + priced.Artifact + `"}`, []int{400}},
+			// Uploads are the tenant's own: a broken one is refused.
+			{"POST", "/v1/artifacts", "not a GGUF file", []int{400}},
+			// Every tenant's deployment names are in the metrics, which
+			// the API port does not serve.
+			{"GET", "/metrics", "", []int{404}},
 		}
 		for _, r := range routes {
 			code, _, body := p.do(r.method, r.path, foreign, r.body)
@@ -312,6 +328,16 @@ func TestBilling(t *testing.T) {
 			if code == 200 && secret.Match(body) {
 				t.Errorf("%s %s with another tenant's key leaks data: %s", r.method, r.path, body)
 			}
+		}
+		// The foreign digest was refused as the artifact field, as a
+		// digest nobody uploaded is.
+		code, _, body = p.do(http.MethodPut, "/v1/deployments/stolen", foreign, `{"artifact":"`+priced.Artifact+`"}`)
+		var e struct{ Error struct{ Param *string } }
+		if json.Unmarshal(body, &e); code != 400 || e.Error.Param == nil || *e.Error.Param != "artifact" {
+			t.Errorf("deploying another tenant's artifact: %d %s; want 400 param artifact", code, body)
+		}
+		if code, _, body := p.do(http.MethodGet, "/v1/deployments/stolen", foreign, ""); code != 404 {
+			t.Errorf("the intruder's deployment exists: %d %s", code, body)
 		}
 		// The deployment and our key survived the attempts.
 		if code, _, body := p.do(http.MethodGet, "/v1/deployments/priced", p.key, ""); code != 200 {
@@ -378,10 +404,10 @@ func waitKey(t *testing.T, p *platform, key string) {
 	}
 }
 
-// scrape reads the activator's /metrics into series → value.
+// scrape reads the activator's /metrics (on --metrics-addr) into series → value.
 func scrape(t *testing.T, p *platform) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get(p.url + "/metrics")
+	resp, err := http.Get(p.metrics + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

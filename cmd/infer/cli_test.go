@@ -285,8 +285,9 @@ func TestActivatorOnlyBuild(t *testing.T) {
 
 	// With NATS and Postgres it serves.
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd = exec.CommandContext(ctx, bin, "activator", "--addr", addr)
+	cmd = exec.CommandContext(ctx, bin, "activator", "--addr", addr, "--metrics-addr", metricsAddr)
 	cmd.Env = append(os.Environ(), "INFER_NATS_URL="+testenv.NATS(t), "DATABASE_URL="+testenv.Postgres(t),
 		"INFER_HOME="+t.TempDir(), "INFER_S3_ENDPOINT=")
 	var logs strings.Builder
@@ -310,4 +311,23 @@ func TestActivatorOnlyBuild(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// Its metrics are on --metrics-addr, not on the public port.
+	if code, body := get(t, "http://"+addr+"/metrics"); code != 404 {
+		t.Errorf("GET /metrics on the API port: %d %.200s; want 404", code, body)
+	}
+	if code, body := get(t, "http://"+metricsAddr+"/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") {
+		t.Errorf("GET /metrics on --metrics-addr: %d %.200s", code, body)
+	}
+}
+
+// get fetches a URL and returns its status and body.
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

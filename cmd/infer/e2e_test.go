@@ -37,16 +37,18 @@ func buildInfer(t *testing.T, flags ...string) string {
 // platform is a running `infer dev` against real Postgres, NATS JetStream
 // and MinIO.
 type platform struct {
-	t     *testing.T
-	bin   string
-	url   string
-	home  string
-	key   string
-	dbURL string
-	env   []string
-	log   string // infer dev's stdout and stderr
-	s3    blob.S3Config
-	pid   int
+	t   *testing.T
+	bin string
+	url string
+	// metrics is the base URL of infer dev's --metrics-addr.
+	metrics string
+	home    string
+	key     string
+	dbURL   string
+	env     []string
+	log     string // infer dev's stdout and stderr
+	s3      blob.S3Config
+	pid     int
 	// exited is closed when infer dev has exited, with exitErr.
 	exited  chan struct{}
 	exitErr error
@@ -96,6 +98,8 @@ func startPlatformWith(t *testing.T, o platformOptions) *platform {
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	p.url = "http://" + addr
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	p.metrics = "http://" + metricsAddr
 	devDB, devS3 := p.dbURL, s3.Endpoint
 	if o.dbAddr != nil {
 		u, err := url.Parse(devDB)
@@ -125,7 +129,7 @@ func startPlatformWith(t *testing.T, o platformOptions) *platform {
 	)
 	p.env = append(p.env, o.env...)
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "dev", "--addr", addr)
+	cmd := exec.CommandContext(ctx, bin, "dev", "--addr", addr, "--metrics-addr", metricsAddr)
 	cmd.Env = p.env
 	logFile, err := os.Create(filepath.Join(t.TempDir(), "dev.log"))
 	if err != nil {
@@ -473,7 +477,15 @@ func TestEndToEnd(t *testing.T) {
 	}
 
 	// Metrics moved with the traffic: requests, TTFT and both cold starts.
-	mresp, err := http.Get(p.url + "/metrics")
+	// They name every tenant's deployments, so they are on --metrics-addr,
+	// and the public port has no /metrics.
+	if code, _, body := p.do(http.MethodGet, "/metrics", "", ""); code != 404 || strings.Contains(string(body), "stories") {
+		t.Errorf("GET /metrics on the API port: %d %.300s; want 404", code, body)
+	}
+	if code, _, body := p.do(http.MethodGet, "/metrics", p.key, ""); code != 404 || strings.Contains(string(body), "stories") {
+		t.Errorf("GET /metrics on the API port with the admin key: %d %.300s; want 404", code, body)
+	}
+	mresp, err := http.Get(p.metrics + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

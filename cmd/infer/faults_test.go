@@ -150,7 +150,7 @@ func queued(p *platform, deployment string) int {
 // metric reads one series (name and labels, as /metrics prints them) from
 // infer dev's /metrics; 0 if it is absent.
 func metric(p *platform, series string) float64 {
-	resp, err := http.Get(p.url + "/metrics")
+	resp, err := http.Get(p.metrics + "/metrics")
 	if err != nil {
 		return 0
 	}

@@ -58,7 +58,7 @@ $INFER_S3_*, or --blob-dir).`,
 				// on NATS, not as a runner silent for 30 s.
 				s, err := blob.OpenS3(s3)
 				if err != nil {
-					return fmt.Errorf("S3 at %s: %w", s3.Endpoint, err)
+					return fmt.Errorf("S3 at %s: %w", redactURL(s3.Endpoint), err)
 				}
 				blobs = s
 			} else if blobDir != "" {

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
@@ -37,7 +38,8 @@ type serveFlags struct {
 	nats  string
 
 	// activator only
-	asyncTTL string
+	asyncTTL       string
+	maxUploadBytes int64
 	// webhookAllowPrivate's default is the command's (dev: true) unless
 	// $INFER_WEBHOOK_ALLOW_PRIVATE says otherwise.
 	webhookAllowPrivate bool
@@ -45,12 +47,14 @@ type serveFlags struct {
 	// when the command runs.
 	envErr error
 
+	// metricsAddr is where /metrics is served (all commands).
+	metricsAddr string
+
 	// control plane only
 	driver      string
 	namespace   string
 	runnerImage string
 	kubeconfig  string
-	metricsAddr string
 	leaseGrace  string
 }
 
@@ -62,12 +66,33 @@ func (f *serveFlags) register(cmd *cobra.Command, withAddr bool) {
 		if err != nil {
 			f.envErr = err
 		}
+		maxUpload, err := envInt64("INFER_MAX_UPLOAD_BYTES", activator.DefaultMaxUploadBytes)
+		if err != nil {
+			f.envErr = err
+		}
+		cmd.Flags().Int64Var(&f.maxUploadBytes, "max-upload-bytes", maxUpload,
+			"largest weights upload accepted, in bytes; larger ones get 413 and leave nothing behind ($INFER_MAX_UPLOAD_BYTES)")
 		cmd.Flags().BoolVar(&f.webhookAllowPrivate, "webhook-allow-private", allow,
 			"let async job webhooks reach loopback, private and link-local addresses, for receivers on this machine or network ($INFER_WEBHOOK_ALLOW_PRIVATE)")
 	}
+	cmd.Flags().StringVar(&f.metricsAddr, "metrics-addr", env("INFER_METRICS_ADDR", "127.0.0.1:9090"),
+		"where /metrics and /healthz are served, apart from the API: the metrics name every tenant's deployments; empty serves none ($INFER_METRICS_ADDR)")
 	cmd.Flags().StringVar(&f.home, "home", env("INFER_HOME", ".infer"), "state directory: embedded NATS, blobs, weights cache, logs ($INFER_HOME)")
 	cmd.Flags().StringVar(&f.dbURL, "database-url", env("DATABASE_URL", defaultDatabaseURL), "Postgres connection string ($DATABASE_URL)")
 	cmd.Flags().StringVar(&f.nats, "nats", os.Getenv("INFER_NATS_URL"), "NATS server URL; empty embeds one with JetStream under --home ($INFER_NATS_URL)")
+}
+
+// envInt64 reads an integer environment variable.
+func envInt64(name string, def int64) (int64, error) {
+	v := os.Getenv(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return def, fmt.Errorf("$%s is %q; use a whole number", name, v)
+	}
+	return n, nil
 }
 
 // envBool reads a boolean environment variable (true, false, 1, 0, …).
@@ -134,7 +159,7 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 
 	store, err := registry.Open(ctx, f.dbURL)
 	if err != nil {
-		return fmt.Errorf("opening the registry (Postgres at %s): %w", redact(f.dbURL), err)
+		return fmt.Errorf("opening the registry (Postgres at %s): %w", redactURL(f.dbURL), err)
 	}
 	defer store.Close()
 
@@ -158,15 +183,18 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 		if err != nil || asyncTTL <= 0 {
 			return usageError{fmt.Errorf("--async-ttl %q is not a positive duration such as 24h", f.asyncTTL)}
 		}
+		if f.maxUploadBytes <= 0 {
+			return usageError{fmt.Errorf("--max-upload-bytes %d is not a positive number of bytes", f.maxUploadBytes)}
+		}
 		srv, err := activator.New(activator.Config{
 			AsyncTTL:             asyncTTL,
+			MaxUploadBytes:       f.maxUploadBytes,
 			AllowPrivateWebhooks: f.webhookAllowPrivate,
 			Registry:             cache,
 			Uploader:             &registry.Uploader{Store: store, Blobs: blobs},
 			NATS:                 nc,
 			Logger:               log,
 			Registerer:           reg,
-			Gatherer:             reg,
 		})
 		if err != nil {
 			return err
@@ -181,10 +209,15 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 	if withControlPlane {
 		cleanup, err := startControlPlane(ctx, g, f, controlPlaneDeps{
 			home: home, natsURL: natsURL, nc: nc, store: store, blobArgs: blobArgs,
-			metrics: reg, withActivator: withActivator, log: log,
+			metrics: reg, log: log,
 		})
 		defer cleanup()
 		if err != nil {
+			return err
+		}
+	}
+	if f.metricsAddr != "" {
+		if err := serveMetrics(ctx, g, f.metricsAddr, reg); err != nil {
 			return err
 		}
 	}
@@ -203,8 +236,34 @@ type controlPlaneDeps struct {
 	store         *registry.Store
 	blobArgs      []string
 	metrics       *prometheus.Registry
-	withActivator bool
 	log           *slog.Logger
+}
+
+// serveMetrics serves reg's /metrics, and a /healthz for probes, on addr
+// until ctx is done. It is a listener of its own because the API's port is
+// public and the metrics are not for tenants: they name every tenant's
+// deployments. Prometheus scrapes this one (loopback by default; a pod or
+// container address in deploy/).
+func serveMetrics(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening for metrics on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	g.Go(func() error {
+		<-ctx.Done()
+		return srv.Close()
+	})
+	g.Go(func() error {
+		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	return nil
 }
 
 // openBlobs connects to the object store: S3 when INFER_S3_ENDPOINT is set,
@@ -215,7 +274,7 @@ func openBlobs(ctx context.Context, home string) (blob.Store, []string, error) {
 	if cfg, ok := blob.S3ConfigFromEnv(); ok {
 		s, err := blob.NewS3(ctx, cfg)
 		if err != nil {
-			return nil, nil, fmt.Errorf("connecting to S3 at %s: %w", cfg.Endpoint, err)
+			return nil, nil, fmt.Errorf("connecting to S3 at %s: %w", redactURL(cfg.Endpoint), err)
 		}
 		return s, nil, nil
 	}
@@ -268,12 +327,4 @@ func ensureAdminKey(ctx context.Context, store *registry.Store, home string, dev
 	fmt.Fprintf(os.Stderr, "\nCreated an admin API key (shown once, saved to %s):\n\n    %s\n\n", keyFile, secret)
 	log.Info("admin key created", "file", keyFile)
 	return nil
-}
-
-// redact hides a password in a connection string for logs.
-func redact(dsn string) string {
-	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
-		return u.Redacted()
-	}
-	return "(unparsable DATABASE_URL)"
 }

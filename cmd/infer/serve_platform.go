@@ -12,15 +12,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
@@ -72,7 +69,6 @@ func controlplaneCmd() *cobra.Command {
 	fl.StringVar(&f.driver, "driver", env("INFER_DRIVER", "local"), "where runners run: local (child processes) or kubernetes (pods) ($INFER_DRIVER)")
 	fl.StringVar(&f.namespace, "namespace", env("INFER_NAMESPACE", "infer"), "Kubernetes namespace for runner pods ($INFER_NAMESPACE)")
 	fl.StringVar(&f.runnerImage, "runner-image", os.Getenv("INFER_RUNNER_IMAGE"), "container image of runner pods ($INFER_RUNNER_IMAGE)")
-	fl.StringVar(&f.metricsAddr, "metrics-addr", env("INFER_METRICS_ADDR", "127.0.0.1:9090"), "where /metrics and /healthz are served ($INFER_METRICS_ADDR)")
 	fl.StringVar(&f.leaseGrace, "lease-grace", env("INFER_LEASE_GRACE", "2s"), "how long a control plane that just acquired the leadership lease waits before acting ($INFER_LEASE_GRACE)")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config)")
 	return cmd
@@ -102,7 +98,7 @@ func runnerNATSEnv(natsURL string) []corev1.EnvVar {
 // startControlPlane starts the control plane's goroutines in g. cleanup
 // stops what outlives them (local runner processes).
 func startControlPlane(ctx context.Context, g *errgroup.Group, f serveFlags, d controlPlaneDeps) (cleanup func(), err error) {
-	home, natsURL, nc, store, blobArgs, reg, withActivator, log := d.home, d.natsURL, d.nc, d.store, d.blobArgs, d.metrics, d.withActivator, d.log
+	home, natsURL, nc, store, blobArgs, reg, log := d.home, d.natsURL, d.nc, d.store, d.blobArgs, d.metrics, d.log
 	cleanup = func() {}
 	var driver controlplane.Driver
 	switch f.driver {
@@ -166,28 +162,6 @@ func startControlPlane(ctx context.Context, g *errgroup.Group, f serveFlags, d c
 		return cleanup, err
 	}
 	g.Go(func() error { return cp.Run(ctx) })
-	if !withActivator {
-		// The activator serves /metrics itself; a lone control plane
-		// needs its own listener.
-		l, err := net.Listen("tcp", f.metricsAddr)
-		if err != nil {
-			return cleanup, fmt.Errorf("listening on %s: %w", f.metricsAddr, err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		g.Go(func() error {
-			<-ctx.Done()
-			return srv.Close()
-		})
-		g.Go(func() error {
-			if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-				return err
-			}
-			return nil
-		})
-	}
 	g.Go(func() error { return controlplane.RecordUsage(ctx, nc, store, log) })
 	return cleanup, nil
 }

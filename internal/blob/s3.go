@@ -98,6 +98,12 @@ func OpenS3(cfg S3Config) (*S3, error) {
 	if strings.Contains(endpoint, "://") {
 		u, err := url.Parse(endpoint)
 		if err != nil {
+			// Not the *url.Error itself: it repeats the URL, which may
+			// hold credentials.
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
 			return nil, fmt.Errorf("parsing S3 endpoint: %w", err)
 		}
 		endpoint, secure = u.Host, u.Scheme == "https"

@@ -1,0 +1,64 @@
+package activator
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+)
+
+// DefaultMaxUploadBytes is the default bound of a weights upload: above
+// the largest quantized models people run on one machine, far below what
+// fills an object store by accident.
+const DefaultMaxUploadBytes int64 = 64 << 30
+
+// maxManagementBody bounds the JSON body of every route without a limit of
+// its own (deployments, keys). Such bodies are a few hundred bytes.
+const maxManagementBody = 1 << 20
+
+// ownBodyLimit lists the routes that bound their bodies themselves: the
+// completions (maxBody, with a 413 of their own) and the upload
+// (Server.maxUpload).
+var ownBodyLimit = map[string]bool{
+	"/v1/chat/completions":       true,
+	"/v1/completions":            true,
+	"/v1/async/chat/completions": true,
+	"/v1/async/completions":      true,
+	"/v1/artifacts":              true,
+}
+
+// limitBody caps the body of every route not in ownBodyLimit at
+// maxManagementBody, refusing at once a Content-Length above it, so no
+// handler that binds JSON can be made to buffer an unbounded body.
+func limitBody(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		req := c.Request()
+		if ownBodyLimit[c.Path()] || req.Body == nil || req.Body == http.NoBody {
+			return next(c)
+		}
+		if req.ContentLength > maxManagementBody {
+			return errBodyTooLarge()
+		}
+		req.Body = http.MaxBytesReader(c.Response(), req.Body, maxManagementBody)
+		return next(c)
+	}
+}
+
+func errBodyTooLarge() *apiError {
+	return errStatus(http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large",
+		"request body is larger than %d bytes", maxManagementBody)
+}
+
+// bind decodes a JSON request body into dst: 413 if it is over the limit
+// limitBody set, 400 naming what was parsed if it is not valid.
+func bind(c echo.Context, dst any, what string) error {
+	err := c.Bind(dst)
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return errBodyTooLarge()
+	}
+	if err != nil {
+		return errInvalid("", "could not parse the %s: %v", what, err)
+	}
+	return nil
+}
