@@ -78,7 +78,7 @@ export INFER_API_KEY=$INFER_ADMIN_KEY INFER_LOG_LEVEL=warn
 export DATABASE_URL=${DATABASE_URL:-postgres://root@127.0.0.1:5432/infer_bench?sslmode=disable}
 DEVPORT=$(port)
 export INFER_URL=http://127.0.0.1:$DEVPORT
-"$INFER" dev --addr "127.0.0.1:$DEVPORT" >"$WORK/dev.log" 2>&1 &
+"$INFER" dev --addr "127.0.0.1:$DEVPORT" --metrics-addr "127.0.0.1:$(port)" >"$WORK/dev.log" 2>&1 &
 DEVPID=$!
 PIDS+=("$DEVPID")
 waitfor "$INFER_URL/healthz" 60
@@ -193,7 +193,7 @@ NPORT=$(port) APORT=$(port)
 nats-server -a 127.0.0.1 -p "$NPORT" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
 PIDS+=($!)
 sleep 0.5
-"$ACTIVATOR" activator --nats "nats://127.0.0.1:$NPORT" --addr "127.0.0.1:$APORT" --home "$WORK/ahome" >"$WORK/activator.log" 2>&1 &
+"$ACTIVATOR" activator --nats "nats://127.0.0.1:$NPORT" --addr "127.0.0.1:$APORT" --metrics-addr "127.0.0.1:$(port)" --home "$WORK/ahome" >"$WORK/activator.log" 2>&1 &
 APID=$!
 PIDS+=("$APID")
 waitfor "http://127.0.0.1:$APORT/healthz" 60
