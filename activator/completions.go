@@ -239,6 +239,7 @@ type relay struct {
 	gaveUp   bool   // stop waiting: remove the job from the queue (timeout, runner failures or loss)
 	hungUp   bool   // the client went away before the relay finished
 	sse      bool   // SSE headers are written: errors now go in-band
+	phase    string // the cold-start phase last named in a comment
 	text     []byte
 	enc      chunkEncoder
 	queuedAt time.Time
@@ -256,6 +257,12 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 	defer tick.Stop()
 	grace := time.NewTimer(headerGrace)
 	defer grace.Stop()
+	// A stream waiting for a runner hears each cold-start phase as it
+	// begins; nil (never ready) for bodies and once a runner has it.
+	var phase <-chan struct{}
+	if rl.stream {
+		phase = rl.s.runners.changed(rl.model)
+	}
 
 	for {
 		select {
@@ -266,11 +273,20 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 			}
 			if rl.started && rl.runner != "" {
 				wait.Stop()
+				phase = nil
 			}
 		case <-grace.C:
 			if rl.stream && !rl.sse {
 				rl.beginSSE()
-				rl.comment(rl.s.runners.coldStartPhase(rl.model))
+				rl.phaseComment(true)
+			}
+		case <-phase:
+			phase = nil
+			if rl.runner == "" {
+				phase = rl.s.runners.changed(rl.model)
+				if rl.sse {
+					rl.phaseComment(false)
+				}
 			}
 		case <-tick.C:
 			if rl.runner != "" && !rl.s.runners.alive(rl.runner) {
@@ -288,6 +304,9 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				rl.runner = ""
 				rl.text = rl.text[:0]
 				rl.w.disown()
+				if rl.stream {
+					phase = rl.s.runners.changed(rl.model)
+				}
 				// JetStream hands the job on within the ack wait, and
 				// the next runner may need a queue timeout to take it.
 				// Past that nothing will (its deliveries may be spent):
@@ -305,7 +324,7 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 					"deployment %s cannot start a runner: %s", rl.model, f.detail))
 			}
 			if rl.sse {
-				rl.comment(rl.s.runners.coldStartPhase(rl.model))
+				rl.phaseComment(true)
 			}
 		case <-wait.C:
 			switch {
@@ -436,6 +455,17 @@ func (rl *relay) beginSSE() {
 	rl.c.Response().WriteHeader(http.StatusOK)
 	rl.c.Response().Flush()
 	rl.sse = true
+}
+
+// phaseComment names what the request waits for in an SSE comment: always
+// for a keepalive, else only when it differs from the last one written.
+func (rl *relay) phaseComment(keepalive bool) {
+	p := rl.s.runners.coldStartPhase(rl.model)
+	if !keepalive && p == rl.phase {
+		return
+	}
+	rl.phase = p
+	rl.comment(p)
 }
 
 // comment writes an SSE comment line, which clients ignore and people read.

@@ -22,6 +22,11 @@ type runnerView struct {
 	mu       sync.Mutex
 	runners  map[string]wire.Heartbeat
 	failures map[string]startFailure // deployment → its runners' last failed starts
+	// changes holds, per deployment that a request waits on, a channel
+	// closed at the next change of what its runners are doing, so that
+	// waiting streams name each cold-start phase as it begins instead of
+	// at their next keepalive (a model can load in less than one).
+	changes map[string]chan struct{}
 }
 
 // startFailure is why a deployment's runners keep failing to start.
@@ -41,7 +46,7 @@ type startFailure struct {
 const staleAfter = 5 * time.Second
 
 func newRunnerView(nc *nats.Conn) (*runnerView, error) {
-	v := &runnerView{runners: map[string]wire.Heartbeat{}, failures: map[string]startFailure{}}
+	v := &runnerView{runners: map[string]wire.Heartbeat{}, failures: map[string]startFailure{}, changes: map[string]chan struct{}{}}
 	sub, err := nc.Subscribe(wire.HeartbeatSubjects, v.onHeartbeat)
 	if err != nil {
 		return nil, fmt.Errorf("subscribing to runner heartbeats: %w", err)
@@ -59,6 +64,9 @@ func (v *runnerView) onHeartbeat(m *nats.Msg) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if prev, ok := v.runners[hb.RunnerID]; !ok || prev.Phase != hb.Phase || prev.Detail != hb.Detail {
+		v.notify(hb.Deployment)
+	}
 	switch hb.Phase {
 	case wire.PhaseFailed:
 		f := startFailure{count: v.failures[hb.Deployment].count + 1, detail: hb.Detail, at: time.Now()}
@@ -75,6 +83,27 @@ func (v *runnerView) onHeartbeat(m *nats.Msg) {
 	}
 	hb.Sent = time.Now() // our clock decides staleness
 	v.runners[hb.RunnerID] = hb
+}
+
+// changed returns a channel closed when what the deployment's runners do
+// next changes (a phase or its detail, a runner appearing or failing).
+func (v *runnerView) changed(deployment string) <-chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	ch, ok := v.changes[deployment]
+	if !ok {
+		ch = make(chan struct{})
+		v.changes[deployment] = ch
+	}
+	return ch
+}
+
+// notify wakes whoever waits on changed(deployment). v.mu is held.
+func (v *runnerView) notify(deployment string) {
+	if ch, ok := v.changes[deployment]; ok {
+		close(ch)
+		delete(v.changes, deployment)
+	}
 }
 
 // list returns the live runners of a deployment, oldest first.

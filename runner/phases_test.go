@@ -1,0 +1,134 @@
+package runner
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/infer-run/infer/internal/blob"
+	"github.com/infer-run/infer/internal/testenv"
+	"github.com/infer-run/infer/internal/wire"
+)
+
+// slowStore serves a real store's objects at a bounded rate, as a store
+// across a slow link would.
+type slowStore struct {
+	blob.Store
+	chunk int
+	pause time.Duration
+}
+
+func (s slowStore) Open(ctx context.Context, key string) (io.ReadCloser, int64, error) {
+	rc, n, err := s.Store.Open(ctx, key)
+	if err != nil {
+		return nil, 0, err
+	}
+	return &slowReader{ReadCloser: rc, s: s}, n, nil
+}
+
+type slowReader struct {
+	io.ReadCloser
+	s slowStore
+}
+
+func (r *slowReader) Read(p []byte) (int, error) {
+	time.Sleep(r.s.pause)
+	return r.ReadCloser.Read(p[:min(len(p), r.s.chunk)])
+}
+
+// TestColdStartPhasesPublished: a starting runner reports each phase in
+// its heartbeats as it begins — fetching with the share of the weights
+// downloaded so far, then loading, then ready — which the activator turns
+// into the comments waiting streams see.
+func TestColdStartPhasesPublished(t *testing.T) {
+	model, err := os.ReadFile(testenv.ModelPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(model)
+	dir, err := blob.NewDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := dir.Put(ctx, "uploads/model.gguf", strings.NewReader(string(model)), int64(len(model))); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(testenv.NATS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	deployment, id := "phases-"+wire.NewID(4), wire.NewID(4)
+	beats := make(chan wire.Heartbeat, 1024)
+	sub, err := nc.Subscribe(wire.HeartbeatSubject(deployment, id), func(m *nats.Msg) {
+		var hb wire.Heartbeat
+		if json.Unmarshal(m.Data, &hb) == nil {
+			beats <- hb
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	// ~1.2 MB in 32 KiB reads 50 ms apart: about two seconds of fetching,
+	// so the 250 ms progress reports fall between 0 and 100%.
+	cache := &Cache{Dir: t.TempDir(), Blobs: slowStore{Store: dir, chunk: 32 << 10, pause: 50 * time.Millisecond}}
+	r, err := New(Config{
+		ID: id, Deployment: deployment,
+		Artifact: Artifact{SHA256: hex.EncodeToString(sum[:]), ObjectKey: "uploads/model.gguf", Size: int64(len(model))},
+		Cache:    cache,
+		Engine:   EngineConfig{Parallel: 1, Context: 256},
+	}, nc, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { r.Run(runCtx, nil); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	var seen []string // phase, or phase and detail, each change once
+	deadline := time.After(60 * time.Second)
+	for ready := false; !ready; {
+		select {
+		case hb := <-beats:
+			s := string(hb.Phase)
+			if hb.Detail != "" {
+				s += " " + hb.Detail
+			}
+			if len(seen) == 0 || seen[len(seen)-1] != s {
+				seen = append(seen, s)
+			}
+			ready = hb.Phase == wire.PhaseReady
+			if hb.Phase == wire.PhaseFailed {
+				t.Fatalf("runner failed to start: %s", hb.Detail)
+			}
+		case <-deadline:
+			t.Fatalf("runner not ready within 60 s; phases %q", seen)
+		}
+	}
+	t.Logf("phases: %q", seen)
+	at := func(s string) int {
+		return slices.IndexFunc(seen, func(p string) bool { return strings.HasPrefix(p, s) })
+	}
+	partial := slices.IndexFunc(seen, func(p string) bool {
+		pct, ok := strings.CutPrefix(p, string(wire.PhaseFetching)+" fetching weights ")
+		return ok && pct != "0%" && pct != "100%" && strings.HasSuffix(pct, "%")
+	})
+	full, loading, ready := at(string(wire.PhaseFetching)+" fetching weights 100%"), at(string(wire.PhaseLoading)), at(string(wire.PhaseReady))
+	if partial < 0 || full < partial || loading < full || ready < loading {
+		t.Errorf("phases %q; want fetching with a share between 0 and 100%%, then 100%%, loading, ready", seen)
+	}
+}
