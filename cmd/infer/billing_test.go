@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -314,6 +315,26 @@ func TestBilling(t *testing.T) {
 			// the API port does not serve.
 			{"GET", "/metrics", "", []int{404}},
 		}
+		// Every route of the API is tried: the list is checked against
+		// the API reference the server serves, which the activator's
+		// TestOpenAPIMatchesRoutes keeps equal to its router's routes.
+		for _, route := range apiRoutes(t, p) {
+			if route == "GET /healthz" || route == "GET /openapi.json" {
+				continue // public by design: no tenant data
+			}
+			method, tmpl, _ := strings.Cut(route, " ")
+			// Each {param} matches one path segment.
+			quoted := regexp.QuoteMeta(regexp.MustCompile(`\{[^}]+\}`).ReplaceAllString(tmpl, "\x00"))
+			pattern := regexp.MustCompile("^" + strings.ReplaceAll(quoted, "\x00", "[^/]+") + "$")
+			tried := false
+			for _, r := range routes {
+				path, _, _ := strings.Cut(r.path, "?")
+				tried = tried || (r.method == method && pattern.MatchString(path))
+			}
+			if !tried {
+				t.Errorf("%s is not tried with another tenant's key", route)
+			}
+		}
 		for _, r := range routes {
 			code, _, body := p.do(r.method, r.path, foreign, r.body)
 			ok := false
@@ -428,4 +449,28 @@ func scrape(t *testing.T, p *platform) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// apiRoutes lists "METHOD /path/{param}" for every operation of the API
+// reference the activator serves at /openapi.json.
+func apiRoutes(t *testing.T, p *platform) []string {
+	t.Helper()
+	code, _, body := p.do(http.MethodGet, "/openapi.json", "", "")
+	var doc struct {
+		Paths map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(body, &doc); code != 200 || err != nil || len(doc.Paths) == 0 {
+		t.Fatalf("GET /openapi.json: %d %v %.200s", code, err, body)
+	}
+	var routes []string
+	for path, ops := range doc.Paths {
+		for method := range ops {
+			switch m := strings.ToUpper(method); m {
+			case http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch:
+				routes = append(routes, m+" "+path)
+			}
+		}
+	}
+	slices.Sort(routes)
+	return routes
 }
