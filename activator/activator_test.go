@@ -151,6 +151,21 @@ func (h *harness) startRunnerWith(cfg runner.Config) {
 	h.t.Cleanup(func() { cancel(); <-done })
 }
 
+// upload posts weights to POST /v1/artifacts with key; size is the
+// announced Content-Length, or -1 to send the body chunked.
+func (h *harness) upload(key string, body io.Reader, size int64) *http.Response {
+	h.t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, h.url+"/v1/artifacts", body)
+	req.ContentLength = size
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return resp
+}
+
 func (h *harness) do(method, path, body string) *http.Response {
 	h.t.Helper()
 	return h.doAs(adminKey, method, path, body)
@@ -862,12 +877,7 @@ func TestQueueRecreated(t *testing.T) {
 func TestUploadRejectsBadWeights(t *testing.T) {
 	h := newHarness(t)
 	for _, body := range [][]byte{[]byte("definitely not gguf"), {'G', 'G', 'U', 'F', 3, 0, 0, 0, 0xff}} {
-		req, _ := http.NewRequest(http.MethodPost, h.url+"/v1/artifacts", bytes.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+adminKey)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := h.upload(adminKey, bytes.NewReader(body), int64(len(body)))
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != 400 || !strings.Contains(string(b), `"invalid_request_error"`) {

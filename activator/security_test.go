@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/infer-run/infer/activator"
 	"github.com/infer-run/infer/internal/testenv"
@@ -83,17 +82,7 @@ func TestUploadLimit(t *testing.T) {
 	model[len(model)-1] ^= 0xff
 	h := newHarnessWith(t, activator.Config{MaxUploadBytes: int64(len(model)) - 1})
 	before := h.objects()
-	post := func(body io.Reader, size int64) *http.Response {
-		req, _ := http.NewRequest(http.MethodPost, h.url+"/v1/artifacts", body)
-		req.ContentLength = size
-		req.Header.Set("Authorization", "Bearer "+adminKey)
-		req.Header.Set("Content-Type", "application/octet-stream")
-		resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp
-	}
+	post := func(body io.Reader, size int64) *http.Response { return h.upload(adminKey, body, size) }
 	// With a Content-Length over the limit the server answers before
 	// reading the body (it then closes the connection).
 	wantError(t, "announced too large", post(bytes.NewReader(model), int64(len(model))), 413, "file", "upload_too_large")
@@ -111,12 +100,11 @@ func TestUploadLimit(t *testing.T) {
 	// Exactly at the limit is fine.
 	h2 := newHarnessWith(t, activator.Config{MaxUploadBytes: int64(len(model))})
 	for _, body := range []io.Reader{chunked{bytes.NewReader(model)}, bytes.NewReader(model)} {
-		req, _ := http.NewRequest(http.MethodPost, h2.url+"/v1/artifacts", body)
-		req.Header.Set("Authorization", "Bearer "+adminKey)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
+		size := int64(len(model))
+		if _, ok := body.(chunked); ok {
+			size = -1
 		}
+		resp := h2.upload(adminKey, body, size)
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != 201 {
@@ -246,12 +234,7 @@ func TestForeignArtifact(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	req, _ := http.NewRequest(http.MethodPost, h.url+"/v1/artifacts", f)
-	req.Header.Set("Authorization", "Bearer "+foreign)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := h.upload(foreign, f, -1)
 	var a registry.Artifact
 	json.NewDecoder(resp.Body).Decode(&a)
 	resp.Body.Close()
