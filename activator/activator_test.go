@@ -157,8 +157,14 @@ func (h *harness) upload(key string, body io.Reader, size int64) *http.Response 
 	h.t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, h.url+"/v1/artifacts", body)
 	req.ContentLength = size
-	req.Header.Set("Authorization", "Bearer "+key)
 	req.Header.Set("Content-Type", "application/octet-stream")
+	return h.send(key, req)
+}
+
+// send sends req with key as its bearer token.
+func (h *harness) send(key string, req *http.Request) *http.Response {
+	h.t.Helper()
+	req.Header.Set("Authorization", "Bearer "+key)
 	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
 	if err != nil {
 		h.t.Fatal(err)
@@ -175,13 +181,8 @@ func (h *harness) do(method, path, body string) *http.Response {
 func (h *harness) doAs(key, method, path, body string) *http.Response {
 	h.t.Helper()
 	req, _ := http.NewRequest(method, h.url+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+key)
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return resp
+	return h.send(key, req)
 }
 
 func (h *harness) client() openai.Client {
