@@ -69,6 +69,12 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		return errStatus(http.StatusInternalServerError, "server_error", "", "encoding job: %v", err)
 	}
 	ctx := c.Request().Context()
+	if s.shuttingDown() {
+		// A request on a connection kept alive into the shutdown: it
+		// would be withdrawn at once.
+		s.metrics.requests.WithLabelValues(dep.Name, "shutting_down").Inc()
+		return errShuttingDown(false)
+	}
 	seq, err := s.enqueue(ctx, dep, id, data)
 	if err != nil {
 		return err
@@ -107,6 +113,11 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 	}
 	if rl.gaveUp {
 		s.abandon(dep.Name, id, seq, false)
+	}
+	if rl.shutDown {
+		// Ended by the shutdown: withdraw a job still queued, stop one
+		// that runs, as for a client that hung up.
+		s.abandon(dep.Name, id, seq, rl.runner != "")
 	}
 	return err
 }
@@ -238,6 +249,7 @@ type relay struct {
 	sentText bool   // tokens were written to the client (streams only: a body is written at the end)
 	gaveUp   bool   // stop waiting: remove the job from the queue (timeout, runner failures or loss)
 	hungUp   bool   // the client went away before the relay finished
+	shutDown bool   // the activator's shutdown ended the request: withdraw or stop its job
 	sse      bool   // SSE headers are written: errors now go in-band
 	phase    string // the cold-start phase last named in a comment
 	text     []byte
@@ -263,6 +275,9 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 	if rl.stream {
 		phase = rl.s.runners.changed(rl.model)
 	}
+	// draining becomes nil once seen with the job generating: from then on
+	// only the grace's end (stopping) ends it.
+	draining := rl.s.draining
 
 	for {
 		select {
@@ -304,6 +319,10 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				rl.runner = ""
 				rl.text = rl.text[:0]
 				rl.w.disown()
+				if rl.s.shuttingDown() {
+					// No redelivery is worth waiting for now.
+					return rl.shutdown(false)
+				}
 				if rl.stream {
 					phase = rl.s.runners.changed(rl.model)
 				}
@@ -345,11 +364,28 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				rl.s.metrics.requests.WithLabelValues(rl.model, "runner_lost").Inc()
 				return rl.fail(errRunnerLost())
 			}
+		case <-draining:
+			if rl.runner == "" {
+				// Not started (or its runner was lost): end it now, the
+				// client retries elsewhere rather than wait out the grace.
+				return rl.shutdown(false)
+			}
+			draining = nil // generating: it gets the grace
+		case <-rl.s.stopping:
+			return rl.shutdown(rl.runner != "")
 		case <-ctx.Done():
 			rl.hungUp = true
 			return ctx.Err()
 		}
 	}
+}
+
+// shutdown ends the request because the activator is shutting down;
+// started says whether a runner was generating it.
+func (rl *relay) shutdown(started bool) error {
+	rl.shutDown = true
+	rl.s.metrics.requests.WithLabelValues(rl.model, "shutting_down").Inc()
+	return rl.fail(errShuttingDown(started))
 }
 
 // handle processes a batch of events and flushes once.

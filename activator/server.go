@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -81,7 +82,19 @@ type Config struct {
 	// delivery over (it may have died meanwhile); zero means 2 minutes,
 	// longer than a delivery's retries take.
 	AsyncWebhookClaim time.Duration
+	// ShutdownGrace is how long Serve, once its context is done, lets
+	// requests that are generating finish; zero means
+	// DefaultShutdownGrace. Requests still queued are ended at once (see
+	// Serve), so the grace is spent only on answers under way.
+	ShutdownGrace time.Duration
 }
+
+// DefaultShutdownGrace is Config.ShutdownGrace's default.
+const DefaultShutdownGrace = 30 * time.Second
+
+// closeAfterGrace is how long handlers get, once the grace is over, to
+// write their error events and return before their connections are cut.
+const closeAfterGrace = 5 * time.Second
 
 // Server is one activator.
 type Server struct {
@@ -102,6 +115,14 @@ type Server struct {
 	echo      *echo.Echo
 	gatherer  prometheus.Gatherer
 	openapi   []byte // the API reference as JSON, for GET /openapi.json
+
+	// grace is how long generating requests may finish at shutdown.
+	grace time.Duration
+	// draining is closed when shutdown begins: requests no runner has
+	// admitted end at once with activator_shutting_down. stopping is
+	// closed when the grace is over: those still generating end too.
+	draining, stopping  chan struct{}
+	drainOnce, stopOnce sync.Once
 }
 
 // New builds an activator. Close releases its subscriptions.
@@ -124,6 +145,9 @@ func New(cfg Config) (*Server, error) {
 		js:        js,
 		id:        wire.NewID(6),
 		limits:    newLimiter(),
+		grace:     cmp.Or(cfg.ShutdownGrace, DefaultShutdownGrace),
+		draining:  make(chan struct{}),
+		stopping:  make(chan struct{}),
 	}
 	if s.replies, err = newReplies(cfg.NATS, s.id); err != nil {
 		return nil, err
@@ -155,8 +179,23 @@ func New(cfg Config) (*Server, error) {
 // Handler is the HTTP handler, for tests and embedding.
 func (s *Server) Handler() http.Handler { return s.echo }
 
-// Serve serves HTTP on l until ctx is done, then shuts down gracefully:
-// open streams get shutdownGrace to finish.
+// Serve serves HTTP on l until ctx is done, then shuts down in steps, so
+// that no client is left with a connection cut without a word:
+//
+//  1. It stops accepting connections, and requests no runner has admitted
+//     yet (still queued, or waiting for a redelivery) end at once with
+//     503 activator_shutting_down and Retry-After (an SSE error event
+//     once a stream has begun); their jobs are withdrawn as for a client
+//     that hung up, so nothing runs for them. Another activator can take
+//     the retry at once, where waiting here would only spend the grace.
+//  2. Requests that are generating get the shutdown grace to finish.
+//  3. Those still open when it is over end with activator_shutting_down
+//     (an SSE error event then [DONE] for streams) and their runners are
+//     told to stop; connections still busy closeAfterGrace later (an
+//     upload, say) are closed.
+//
+// Async jobs are not affected: they live on JetStream and any activator
+// reads them.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	srv := &http.Server{Handler: s.echo, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
@@ -167,12 +206,51 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		return err
 	case <-ctx.Done():
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	s.log.Info("activator shutting down: ending queued requests, letting running ones finish", "grace", s.grace)
+	s.drainOnce.Do(func() { close(s.draining) })
+	graceCtx, cancel := context.WithTimeout(context.Background(), s.grace)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
+	err := srv.Shutdown(graceCtx)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("shutting down HTTP: %w", err)
 	}
+	s.log.Warn("shutdown grace over: ending the requests still running", "grace", s.grace)
+	s.stopOnce.Do(func() { close(s.stopping) })
+	// Shutdown again: it returns once the handlers told to stop have
+	// written their last event and their connections went idle.
+	lastCtx, cancelLast := context.WithTimeout(context.Background(), closeAfterGrace)
+	defer cancelLast()
+	if err := srv.Shutdown(lastCtx); err != nil {
+		s.log.Warn("closing the connections still busy after the shutdown grace", "err", err)
+		srv.Close()
+	}
 	return nil
+}
+
+// shuttingDown reports whether shutdown has begun.
+func (s *Server) shuttingDown() bool {
+	select {
+	case <-s.draining:
+		return true
+	default:
+		return false
+	}
+}
+
+// errShuttingDown is what a request this activator ends at shutdown
+// hears; the client should retry, and the load balancer sends the retry to
+// another activator.
+func errShuttingDown(started bool) *apiError {
+	msg := "the activator is shutting down and the request had not started; retry it"
+	if started {
+		msg = "the activator is shutting down and its grace period ended before the answer was complete; retry the request"
+	}
+	e := errStatus(http.StatusServiceUnavailable, "server_error", "activator_shutting_down", "%s", msg)
+	e.RetryAfter = 1
+	return e
 }
 
 // Close releases NATS subscriptions.

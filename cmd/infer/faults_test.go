@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -138,6 +139,133 @@ func TestNATSRestart(t *testing.T) {
 		if b, _ := os.ReadFile(filepath.Join("/proc", pid, "cmdline")); strings.Contains(string(b), natsPassword) {
 			t.Errorf("runner %s has the NATS password on its command line", pid)
 		}
+	}
+}
+
+// TestNATSRestartWarmRunner: a runner that is up and serving when an
+// external NATS server restarts reconnects by itself and serves the
+// requests sent while NATS was down and after it came back: every one is
+// answered 200, by the same runner process (same PID and runner ID, and
+// no other runner ever appears), so it was not replaced. The control plane
+// reconnects too: it records the requests' usage, and a second deployment
+// cold-starts after the restart. JetStream's file store (the test server
+// keeps its store directory across the restart) holds the jobs queued
+// meanwhile. TestNATSRestart covers a runner that cold-starts after the
+// restart.
+func TestNATSRestartWarmRunner(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and starts MinIO")
+	}
+	n := startRestartableNATS(t)
+	p := startPlatformWith(t, platformOptions{nats: n.url()})
+	p.deployStories("--min-runners", "1", "--max-runners", "1", "--idle-timeout", "10m", "--queue-timeout", "3m")
+	p.mustPost("request before the restart", "/v1/completions", `{"model":"stories","prompt":"Before","max_tokens":4}`)
+	pids := p.runnerPIDs("stories")
+	if len(pids) != 1 {
+		t.Fatalf("runners before the restart: %v; want one", pids)
+	}
+	pid, id := pids[0], runnerID(t, pids[0])
+
+	// Any other runner process, however briefly, would mean a replacement.
+	others := make(chan []string, 1)
+	stopWatch := make(chan struct{})
+	go func() {
+		seen := map[string]bool{}
+		for {
+			for _, q := range p.runnerPIDs("stories") {
+				if q != pid {
+					seen[q] = true
+				}
+			}
+			select {
+			case <-stopWatch:
+				var l []string
+				for q := range seen {
+					l = append(l, q)
+				}
+				others <- l
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+
+	const requests = 6
+	var wg sync.WaitGroup
+	results := make([]string, requests)
+	send := func(i int) {
+		defer wg.Done()
+		req, _ := http.NewRequest(http.MethodPost, p.url+"/v1/completions",
+			strings.NewReader(fmt.Sprintf(`{"model":"stories","prompt":"Story %d:","max_tokens":8}`, i)))
+		req.Header.Set("Authorization", "Bearer "+p.key)
+		resp, err := (&http.Client{Timeout: 4 * time.Minute}).Do(req)
+		if err != nil {
+			results[i] = err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		results[i] = strconv.Itoa(resp.StatusCode) + " " + string(b)
+	}
+	n.stop()
+	// Half the requests arrive while NATS is down, half once it is back.
+	for i := range requests / 2 {
+		wg.Add(1)
+		go send(i)
+	}
+	time.Sleep(2 * time.Second)
+	n.start()
+	for i := requests / 2; i < requests; i++ {
+		wg.Add(1)
+		go send(i)
+	}
+	wg.Wait()
+	for i, r := range results {
+		if !strings.HasPrefix(r, "200 ") {
+			t.Errorf("request %d across the NATS restart: %.300s", i, r)
+		}
+	}
+	p.mustPost("request after the restart", "/v1/completions", `{"model":"stories","prompt":"After","max_tokens":4}`)
+	close(stopWatch)
+	if l := <-others; len(l) > 0 {
+		t.Errorf("runner processes %v appeared besides %s across the NATS restart; want the warm runner to reconnect, not be replaced", l, pid)
+	}
+	if now := p.runnerPIDs("stories"); len(now) != 1 || now[0] != pid {
+		t.Errorf("runners after the restart: %v; want the same process %s", now, pid)
+	}
+	if rs := lsRunners(t, p); len(rs) != 1 || rs[0].RunnerID != id {
+		t.Errorf("infer ls after the restart: %+v; want only runner %s", rs, id)
+	}
+	// The control plane's usage recorder reconnected: every request is
+	// recorded, each served by the warm runner.
+	var records []struct {
+		RequestID string `json:"request_id"`
+		RunnerID  string `json:"runner_id"`
+	}
+	waitFor(t, 30*time.Second, "usage of every request recorded", func() bool {
+		out, err := p.cli("usage", "--deployment", "stories", "--json")
+		if err != nil {
+			return false
+		}
+		records = records[:0]
+		if json.Unmarshal([]byte(out), &records) != nil {
+			return false
+		}
+		return len(records) >= requests+2
+	})
+	for _, r := range records {
+		if r.RunnerID != id {
+			t.Errorf("request %s was served by runner %q; want the warm runner %s", r.RequestID, r.RunnerID, id)
+		}
+	}
+
+	// The control plane still scales: a second deployment cold-starts.
+	if out, err := p.cli("deploy", "other", "--weights", testenv.ModelPath(t)); err != nil {
+		t.Fatalf("infer deploy other: %v\n%s", err, out)
+	}
+	p.mustPost("cold start after the restart", "/v1/completions", `{"model":"other","prompt":"Cold","max_tokens":4}`)
+	if len(p.runnerPIDs("other")) != 1 {
+		t.Errorf("runners of other: %v; want the one that cold-started", p.runnerPIDs("other"))
 	}
 }
 

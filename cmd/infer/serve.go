@@ -40,6 +40,7 @@ type serveFlags struct {
 	// activator only
 	asyncTTL       string
 	maxUploadBytes int64
+	shutdownGrace  string
 	// webhookAllowPrivate's default is the command's (dev: true) unless
 	// $INFER_WEBHOOK_ALLOW_PRIVATE says otherwise.
 	webhookAllowPrivate bool
@@ -61,6 +62,8 @@ type serveFlags struct {
 func (f *serveFlags) register(cmd *cobra.Command, withAddr bool) {
 	if withAddr {
 		cmd.Flags().StringVar(&f.addr, "addr", env("INFER_ADDR", "127.0.0.1:8080"), "HTTP listen address ($INFER_ADDR)")
+		cmd.Flags().StringVar(&f.shutdownGrace, "shutdown-grace", env("INFER_SHUTDOWN_GRACE", "30s"),
+			"at SIGTERM, how long requests already generating may finish; queued ones end at once with 503 activator_shutting_down ($INFER_SHUTDOWN_GRACE)")
 		cmd.Flags().StringVar(&f.asyncTTL, "async-ttl", env("INFER_ASYNC_TTL", "24h"), "how long async job records and results are kept ($INFER_ASYNC_TTL)")
 		allow, err := envBool("INFER_WEBHOOK_ALLOW_PRIVATE", f.webhookAllowPrivate)
 		if err != nil {
@@ -183,11 +186,16 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 		if err != nil || asyncTTL <= 0 {
 			return usageError{fmt.Errorf("--async-ttl %q is not a positive duration such as 24h", f.asyncTTL)}
 		}
+		shutdownGrace, err := time.ParseDuration(f.shutdownGrace)
+		if err != nil || shutdownGrace <= 0 {
+			return usageError{fmt.Errorf("--shutdown-grace %q is not a positive duration such as 30s", f.shutdownGrace)}
+		}
 		if f.maxUploadBytes <= 0 {
 			return usageError{fmt.Errorf("--max-upload-bytes %d is not a positive number of bytes", f.maxUploadBytes)}
 		}
 		srv, err := activator.New(activator.Config{
 			AsyncTTL:             asyncTTL,
+			ShutdownGrace:        shutdownGrace,
 			MaxUploadBytes:       f.maxUploadBytes,
 			AllowPrivateWebhooks: f.webhookAllowPrivate,
 			Registry:             cache,
