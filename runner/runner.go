@@ -201,21 +201,14 @@ func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 
 func (r *Runner) consumer(ctx context.Context) (jetstream.Consumer, error) {
 	c, err := r.js.Consumer(ctx, wire.RequestStream(r.cfg.Deployment), wire.RequestConsumer)
-	switch {
-	case errors.Is(err, jetstream.ErrConsumerNotFound):
-		// Only the consumer is gone: recreate it and leave the stream,
-		// whose limits the deployment set, alone.
-		var s jetstream.Stream
-		if s, err = r.js.Stream(ctx, wire.RequestStream(r.cfg.Deployment)); err == nil {
-			c, err = queue.EnsureConsumer(ctx, s)
-		}
-	case errors.Is(err, jetstream.ErrStreamNotFound):
+	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
 		// The queue is normally created at deploy time; a runner started
-		// by hand may come first. The control plane and the activator
-		// set the deployment's limits when they next ensure it.
+		// by hand may come first, or NATS may have lost it. The runner
+		// does not know the deployment's limits, so it creates what is
+		// missing and never changes a stream that exists.
 		var s jetstream.Stream
-		if s, err = queue.Ensure(ctx, r.js, r.cfg.Deployment, queue.Limits{}); err == nil {
-			c, err = s.Consumer(ctx, wire.RequestConsumer)
+		if s, err = queue.Create(ctx, r.js, r.cfg.Deployment); err == nil {
+			c, err = queue.EnsureConsumer(ctx, s)
 		}
 	}
 	if err != nil {

@@ -52,13 +52,40 @@ func DeploymentLimits(queueLimit int, queueTimeout time.Duration) Limits {
 // runner consumer. It is idempotent and cheap enough to call on deploy and
 // whenever a stream turns out to be missing.
 func Ensure(ctx context.Context, js jetstream.JetStream, deployment string, l Limits) (jetstream.Stream, error) {
+	s, err := js.CreateOrUpdateStream(ctx, streamConfig(deployment, l))
+	if err != nil {
+		return nil, fmt.Errorf("creating request stream for %s: %w", deployment, err)
+	}
+	if _, err := EnsureConsumer(ctx, s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Create creates a deployment's request stream with default limits if it
+// does not exist, and never changes one that does: a runner, which does not
+// know the deployment's limits, uses it when the stream is missing, and
+// must not overwrite the limits the control plane may have just set. The
+// deployment's limits arrive with its next deploy.
+func Create(ctx context.Context, js jetstream.JetStream, deployment string) (jetstream.Stream, error) {
+	s, err := js.CreateStream(ctx, streamConfig(deployment, Limits{}))
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		s, err = js.Stream(ctx, wire.RequestStream(deployment))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("creating request stream for %s: %w", deployment, err)
+	}
+	return s, nil
+}
+
+func streamConfig(deployment string, l Limits) jetstream.StreamConfig {
 	if l.MaxJobs <= 0 {
 		l.MaxJobs = 1000
 	}
 	if l.MaxAge <= 0 {
 		l.MaxAge = time.Hour
 	}
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	return jetstream.StreamConfig{
 		Name:        wire.RequestStream(deployment),
 		Description: "queued inference requests for deployment " + deployment,
 		Subjects:    []string{wire.RequestSubject(deployment)},
@@ -72,14 +99,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, deployment string, l Li
 		// The duplicate window catches retried publishes; JetStream
 		// wants it no longer than MaxAge.
 		Duplicates: min(2*time.Minute, l.MaxAge),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("creating request stream for %s: %w", deployment, err)
 	}
-	if _, err := EnsureConsumer(ctx, s); err != nil {
-		return nil, err
-	}
-	return s, nil
 }
 
 // EnsureConsumer creates or updates the runners' shared consumer of an

@@ -97,3 +97,26 @@ func TestEnsureConsumerKeepsLimits(t *testing.T) {
 		t.Errorf("stream limits after recreating the consumer: %d jobs, %s; want 7, 6m", info.Config.MaxMsgs, info.Config.MaxAge)
 	}
 }
+
+// Create makes a missing stream and leaves an existing one as it is.
+func TestCreateLeavesExistingStream(t *testing.T) {
+	ctx := context.Background()
+	_, js := testenv.JetStream(t)
+	if _, err := queue.Ensure(ctx, js, "dep", queue.DeploymentLimits(7, 3*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	s, err := queue.Create(ctx, js, "dep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := s.CachedInfo().Config; cfg.MaxMsgs != 7 || cfg.MaxAge != 6*time.Minute {
+		t.Errorf("existing stream after Create: %d jobs, %s; want 7, 6m", cfg.MaxMsgs, cfg.MaxAge)
+	}
+	s, err = queue.Create(ctx, js, "fresh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := s.CachedInfo().Config; cfg.MaxMsgs != 1000 || cfg.Subjects[0] != wire.RequestSubject("fresh") {
+		t.Errorf("new stream: %+v", cfg)
+	}
+}
