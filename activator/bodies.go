@@ -37,6 +37,7 @@ func limitBody(next echo.HandlerFunc) echo.HandlerFunc {
 			return next(c)
 		}
 		if req.ContentLength > maxManagementBody {
+			drainBody(c) // so a client writing all of it hears the 413
 			return errBodyTooLarge()
 		}
 		req.Body = http.MaxBytesReader(c.Response(), req.Body, maxManagementBody)

@@ -54,6 +54,12 @@ func (s *Server) completions(c echo.Context) error     { return s.complete(c, wi
 // complete is the request path: validate, queue on JetStream, poke the
 // control plane, then relay the runner's events to the client.
 func (s *Server) complete(c echo.Context, kind wire.Kind) error {
+	if s.shuttingDown() {
+		// A request on a connection kept alive into the shutdown: it
+		// would be withdrawn at once, so it is refused before anything
+		// (the key's limits included) is spent on it.
+		return errShuttingDown(false)
+	}
 	a, err := s.accept(c, kind, false)
 	if err != nil {
 		return err
@@ -69,12 +75,6 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		return errStatus(http.StatusInternalServerError, "server_error", "", "encoding job: %v", err)
 	}
 	ctx := c.Request().Context()
-	if s.shuttingDown() {
-		// A request on a connection kept alive into the shutdown: it
-		// would be withdrawn at once.
-		s.metrics.requests.WithLabelValues(dep.Name, "shutting_down").Inc()
-		return errShuttingDown(false)
-	}
 	seq, err := s.enqueue(ctx, dep, id, data)
 	if err != nil {
 		return err
@@ -107,7 +107,10 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		// job wherever it is. (A client that hangs up once the relay
 		// finished changes nothing: the runner is done with the job, and
 		// the request counted as what it ended as.)
-		s.abandon(dep.Name, id, seq, rl.started)
+		// A job waiting for redelivery after its runner was lost is
+		// back in the queue: only one that a runner has is stopped
+		// rather than removed.
+		s.abandon(dep.Name, id, seq, rl.runner != "")
 		s.metrics.requests.WithLabelValues(dep.Name, "cancelled").Inc()
 		return nil
 	}
@@ -269,12 +272,10 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 	defer tick.Stop()
 	grace := time.NewTimer(headerGrace)
 	defer grace.Stop()
-	// A stream waiting for a runner hears each cold-start phase as it
-	// begins; nil (never ready) for bodies and once a runner has it.
+	// Once its SSE has begun, a stream waiting for a runner hears each
+	// cold-start phase as it begins; nil (never ready) before that, for
+	// bodies, and once a runner has the job.
 	var phase <-chan struct{}
-	if rl.stream {
-		phase = rl.s.runners.changed(rl.model)
-	}
 	// draining becomes nil once seen with the job generating: from then on
 	// only the grace's end (stopping) ends it.
 	draining := rl.s.draining
@@ -294,14 +295,15 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 			if rl.stream && !rl.sse {
 				rl.beginSSE()
 				rl.phaseComment(true)
+				if rl.runner == "" {
+					phase = rl.s.runners.changed(rl.model)
+				}
 			}
 		case <-phase:
 			phase = nil
 			if rl.runner == "" {
 				phase = rl.s.runners.changed(rl.model)
-				if rl.sse {
-					rl.phaseComment(false)
-				}
+				rl.phaseComment(false)
 			}
 		case <-tick.C:
 			if rl.runner != "" && !rl.s.runners.alive(rl.runner) {
@@ -323,7 +325,7 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 					// No redelivery is worth waiting for now.
 					return rl.shutdown(false)
 				}
-				if rl.stream {
+				if rl.sse {
 					phase = rl.s.runners.changed(rl.model)
 				}
 				// JetStream hands the job on within the ack wait, and

@@ -27,6 +27,7 @@ type runnerView struct {
 	// waiting streams name each cold-start phase as it begins instead of
 	// at their next keepalive (a model can load in less than one).
 	changes map[string]chan struct{}
+	phases  map[string]string // deployment → its phase as last named to waiters
 }
 
 // startFailure is why a deployment's runners keep failing to start.
@@ -36,7 +37,6 @@ type startFailure struct {
 	// down) starts the count again: the control plane keeps retrying,
 	// and clients wait for it up to their queue timeout.
 	count  int
-	retry  bool // the last failure may pass
 	detail string
 	at     time.Time
 }
@@ -46,7 +46,7 @@ type startFailure struct {
 const staleAfter = 5 * time.Second
 
 func newRunnerView(nc *nats.Conn) (*runnerView, error) {
-	v := &runnerView{runners: map[string]wire.Heartbeat{}, failures: map[string]startFailure{}, changes: map[string]chan struct{}{}}
+	v := &runnerView{runners: map[string]wire.Heartbeat{}, failures: map[string]startFailure{}, changes: map[string]chan struct{}{}, phases: map[string]string{}}
 	sub, err := nc.Subscribe(wire.HeartbeatSubjects, v.onHeartbeat)
 	if err != nil {
 		return nil, fmt.Errorf("subscribing to runner heartbeats: %w", err)
@@ -64,14 +64,26 @@ func (v *runnerView) onHeartbeat(m *nats.Msg) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if prev, ok := v.runners[hb.RunnerID]; !ok || prev.Phase != hb.Phase || prev.Detail != hb.Detail {
-		v.notify(hb.Deployment)
+	v.apply(hb)
+	if _, waiting := v.changes[hb.Deployment]; waiting {
+		// Wake the deployment's waiting streams only when what they
+		// would be told changes, not at every heartbeat or share of
+		// the weights fetched by a runner nobody waits on.
+		if p := v.phaseLocked(hb.Deployment); p != v.phases[hb.Deployment] {
+			v.phases[hb.Deployment] = p
+			close(v.changes[hb.Deployment])
+			delete(v.changes, hb.Deployment)
+		}
 	}
+}
+
+// apply records a heartbeat. v.mu is held.
+func (v *runnerView) apply(hb wire.Heartbeat) {
 	switch hb.Phase {
 	case wire.PhaseFailed:
 		f := startFailure{count: v.failures[hb.Deployment].count + 1, detail: hb.Detail, at: time.Now()}
 		if hb.Retry {
-			f.count, f.retry = 0, true
+			f.count = 0
 		}
 		v.failures[hb.Deployment] = f
 		fallthrough
@@ -85,8 +97,8 @@ func (v *runnerView) onHeartbeat(m *nats.Msg) {
 	v.runners[hb.RunnerID] = hb
 }
 
-// changed returns a channel closed when what the deployment's runners do
-// next changes (a phase or its detail, a runner appearing or failing).
+// changed returns a channel closed when what coldStartPhase says of the
+// deployment next changes.
 func (v *runnerView) changed(deployment string) <-chan struct{} {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -94,22 +106,19 @@ func (v *runnerView) changed(deployment string) <-chan struct{} {
 	if !ok {
 		ch = make(chan struct{})
 		v.changes[deployment] = ch
+		v.phases[deployment] = v.phaseLocked(deployment)
 	}
 	return ch
-}
-
-// notify wakes whoever waits on changed(deployment). v.mu is held.
-func (v *runnerView) notify(deployment string) {
-	if ch, ok := v.changes[deployment]; ok {
-		close(ch)
-		delete(v.changes, deployment)
-	}
 }
 
 // list returns the live runners of a deployment, oldest first.
 func (v *runnerView) list(deployment string) []wire.Heartbeat {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	return v.listLocked(deployment)
+}
+
+func (v *runnerView) listLocked(deployment string) []wire.Heartbeat {
 	var out []wire.Heartbeat
 	for id, hb := range v.runners {
 		if time.Since(hb.Sent) > staleAfter {
@@ -127,9 +136,15 @@ func (v *runnerView) list(deployment string) []wire.Heartbeat {
 // coldStartPhase describes what a waiting request waits for: the progress
 // of the runner furthest along in starting, or that no runner exists yet.
 func (v *runnerView) coldStartPhase(deployment string) string {
-	rs := v.list(deployment)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.phaseLocked(deployment)
+}
+
+func (v *runnerView) phaseLocked(deployment string) string {
+	rs := v.listLocked(deployment)
 	if len(rs) == 0 {
-		if f, ok := v.failure(deployment); ok {
+		if f, ok := v.failureLocked(deployment); ok {
 			return "runner failed (" + f.detail + "); retrying"
 		}
 		return "starting runner"
@@ -162,6 +177,10 @@ func (v *runnerView) coldStartPhase(deployment string) string {
 func (v *runnerView) failure(deployment string) (startFailure, bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	return v.failureLocked(deployment)
+}
+
+func (v *runnerView) failureLocked(deployment string) (startFailure, bool) {
 	f, ok := v.failures[deployment]
 	if ok && time.Since(f.at) > 5*time.Minute {
 		delete(v.failures, deployment)
