@@ -40,6 +40,12 @@ func TestFetchFailureRetryable(t *testing.T) {
 		t.Cleanup(srv.Close)
 		return s3At(t, strings.TrimPrefix(srv.URL, "http://"))
 	}
+	// An https endpoint for a server that answers 503 (once reached).
+	tlsStore := func(start func(http.Handler) *httptest.Server) blob.Store {
+		srv := start(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) }))
+		t.Cleanup(srv.Close)
+		return s3At(t, "https://"+strings.TrimPrefix(strings.TrimPrefix(srv.URL, "https://"), "http://"))
+	}
 	tests := []struct {
 		name  string
 		store blob.Store
@@ -49,6 +55,9 @@ func TestFetchFailureRetryable(t *testing.T) {
 		{"store refuses connections", s3At(t, fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))), "uploads/good.gguf", true},
 		{"store answers 503", answering(http.StatusServiceUnavailable), "uploads/good.gguf", true},
 		{"store answers 403", answering(http.StatusForbidden), "uploads/good.gguf", false},
+		// Misconfigurations fail the same way every time.
+		{"store's certificate untrusted", tlsStore(httptest.NewTLSServer), "uploads/good.gguf", false},
+		{"TLS to a plain HTTP store", tlsStore(httptest.NewServer), "uploads/good.gguf", false},
 		{"weights missing", dir, "uploads/gone.gguf", false},
 		{"weights do not match their digest", dir, "uploads/corrupt.gguf", false},
 	}

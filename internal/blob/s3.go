@@ -2,14 +2,18 @@ package blob
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -229,23 +233,51 @@ func s3Error(op, key string, err error) error {
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		// Our own caller gave up; that says nothing about the store.
 		return fmt.Errorf("%s %q: %w", op, key, err)
-	case unavailable(resp):
+	case unavailable(err, resp):
 		return fmt.Errorf("%s %q: %w: %w", op, key, ErrUnavailable, err)
 	}
 	return fmt.Errorf("%s %q: %w", op, key, err)
 }
 
 // unavailable reports whether an S3 call failed in a way that may pass:
-// no S3 answer at all (connection refused or reset, a timeout, a dropped
-// download: minio-go has no status code for those), a server error, or
+// no S3 answer at all because the store could not be reached (see
+// unreachable; minio-go has no status code for those), a server error, or
 // throttling. A 4xx answer (access denied, a bad request) will be given
 // again.
-func unavailable(resp minio.ErrorResponse) bool {
+func unavailable(err error, resp minio.ErrorResponse) bool {
 	switch s := resp.StatusCode; {
-	case s == 0, s >= 500:
-		return true
-	case s == http.StatusRequestTimeout, s == http.StatusTooManyRequests:
+	case s == 0:
+		return unreachable(err)
+	case s >= 500, s == http.StatusRequestTimeout, s == http.StatusTooManyRequests:
 		return true
 	}
 	return resp.Code == "SlowDown" || resp.Code == "ServiceUnavailable" || resp.Code == "RequestTimeout"
+}
+
+// unreachable reports whether err is the network failing between us and
+// the store: a connection refused, reset or cut midway, a timeout, a name
+// that does not resolve (yet: in compose or Kubernetes the store's name
+// appears when it starts). A TLS failure is not: a certificate this host
+// does not trust, a name it was not issued for, or a store that does not
+// speak TLS fails the same way every time, and waiting hides the mistake.
+func unreachable(err error) bool {
+	var (
+		verify  *tls.CertificateVerificationError
+		record  tls.RecordHeaderError
+		unknown x509.UnknownAuthorityError
+		host    x509.HostnameError
+		invalid x509.CertificateInvalidError
+	)
+	if errors.As(err, &verify) || errors.As(err, &record) || errors.As(err, &unknown) || errors.As(err, &host) || errors.As(err, &invalid) {
+		return false
+	}
+	var (
+		op      *net.OpError
+		dns     *net.DNSError
+		timeout interface{ Timeout() bool }
+	)
+	return errors.As(err, &op) || errors.As(err, &dns) ||
+		(errors.As(err, &timeout) && timeout.Timeout()) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
 }
