@@ -173,6 +173,16 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The metrics listener opens before anything starts, so a taken
+	// address fails the command at once, and it closes last, so a
+	// draining activator can still be watched.
+	if f.metricsAddr != "" {
+		l, err := net.Listen("tcp", f.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("listening for metrics on %s (--metrics-addr): %w", f.metricsAddr, err)
+		}
+		defer serveMetrics(l, reg, log)()
+	}
 
 	g, ctx := errgroup.WithContext(ctx)
 	if withActivator {
@@ -224,11 +234,6 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 			return err
 		}
 	}
-	if f.metricsAddr != "" {
-		if err := serveMetrics(ctx, g, f.metricsAddr, reg); err != nil {
-			return err
-		}
-	}
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
@@ -247,31 +252,22 @@ type controlPlaneDeps struct {
 	log           *slog.Logger
 }
 
-// serveMetrics serves reg's /metrics, and a /healthz for probes, on addr
-// until ctx is done. It is a listener of its own because the API's port is
-// public and the metrics are not for tenants: they name every tenant's
-// deployments. Prometheus scrapes this one (loopback by default; a pod or
-// container address in deploy/).
-func serveMetrics(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listening for metrics on %s: %w", addr, err)
-	}
+// serveMetrics serves reg's /metrics, and a /healthz for probes, on l
+// until the returned func is called. It is a listener of its own because
+// the API's port is public and the metrics are not for tenants: they name
+// every tenant's deployments. Prometheus scrapes this one (loopback by
+// default; a pod or container address in deploy/).
+func serveMetrics(l net.Listener, reg *prometheus.Registry, log *slog.Logger) (stop func()) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	g.Go(func() error {
-		<-ctx.Done()
-		return srv.Close()
-	})
-	g.Go(func() error {
+	go func() {
 		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-			return err
+			log.Error("serving metrics", "addr", l.Addr().String(), "err", err)
 		}
-		return nil
-	})
-	return nil
+	}()
+	return func() { srv.Close() }
 }
 
 // openBlobs connects to the object store: S3 when INFER_S3_ENDPOINT is set,
