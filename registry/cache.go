@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -24,7 +25,7 @@ type Cache struct {
 	log *slog.Logger
 
 	mu          sync.RWMutex
-	keys        map[[sha256.Size]byte]cachedKey
+	keys        keyIndex
 	deployments map[string]Deployment
 	loaded      bool
 
@@ -37,6 +38,27 @@ type Cache struct {
 type cachedKey struct {
 	APIKey
 	hash [sha256.Size]byte
+}
+
+// keyIndex finds keys by the first 8 bytes of their hash: a map lookup on
+// that prefix only narrows the candidates, and a key is accepted only by
+// comparing its whole hash in constant time (see hashMatches), so
+// acceptance never rests on a comparison that stops at the first
+// differing byte.
+type keyIndex map[uint64][]cachedKey
+
+func indexOf(h [sha256.Size]byte) uint64 { return binary.BigEndian.Uint64(h[:8]) }
+
+func (ix keyIndex) add(k cachedKey) { ix[indexOf(k.hash)] = append(ix[indexOf(k.hash)], k) }
+
+// find returns the key whose hash is h.
+func (ix keyIndex) find(h [sha256.Size]byte) (APIKey, bool) {
+	for _, k := range ix[indexOf(h)] {
+		if hashMatches(k.hash[:], h) {
+			return k.APIKey, true
+		}
+	}
+	return APIKey{}, false
 }
 
 // SpendRefresh is how often Run reloads what budgeted keys have spent.
@@ -84,17 +106,15 @@ func NewCache(s *Store, log *slog.Logger) *Cache {
 func (c *Cache) AuthenticateKey(ctx context.Context, secret string) (APIKey, error) {
 	c.mu.RLock()
 	loaded := c.loaded
-	k, ok := c.keys[sha256.Sum256([]byte(secret))]
+	k, ok := c.keys.find(sha256.Sum256([]byte(secret)))
 	c.mu.RUnlock()
 	if !loaded {
 		return c.Store.AuthenticateKey(ctx, secret)
 	}
-	// The map is keyed by the hash; see hashMatches for why that is no
-	// timing oracle and why the hash is compared once more.
-	if !ok || !hashMatches(k.hash[:], secret) {
+	if !ok {
 		return APIKey{}, ErrUnauthorized
 	}
-	return k.APIKey, nil
+	return k, nil
 }
 
 // GetDeployment looks a deployment up in memory.
@@ -139,8 +159,7 @@ func (c *Cache) CreateLimitedKey(ctx context.Context, tenantID, name, role strin
 	if err == nil {
 		c.mu.Lock()
 		if c.keys != nil {
-			h := sha256.Sum256([]byte(secret))
-			c.keys[h] = cachedKey{k, h}
+			c.keys.add(cachedKey{k, sha256.Sum256([]byte(secret))})
 		}
 		c.mu.Unlock()
 	}
@@ -152,10 +171,8 @@ func (c *Cache) RevokeKey(ctx context.Context, tenantID, keyID string) error {
 	err := c.Store.RevokeKey(ctx, tenantID, keyID)
 	if err == nil {
 		c.mu.Lock()
-		for h, k := range c.keys {
-			if k.ID == keyID {
-				delete(c.keys, h)
-			}
+		for i, ks := range c.keys {
+			c.keys[i] = slices.DeleteFunc(ks, func(k cachedKey) bool { return k.ID == keyID })
 		}
 		c.mu.Unlock()
 	}
@@ -274,8 +291,8 @@ func (c *Cache) reload(ctx context.Context, table string) error {
 	return nil
 }
 
-func (c *Cache) loadKeys(ctx context.Context) (map[[sha256.Size]byte]cachedKey, error) {
-	keys := map[[sha256.Size]byte]cachedKey{}
+func (c *Cache) loadKeys(ctx context.Context) (keyIndex, error) {
+	keys := keyIndex{}
 	rows, err := c.pool.Query(ctx, `SELECT hash, `+keyColumns+` FROM api_keys WHERE revoked_at IS NULL`)
 	if err != nil {
 		return nil, fmt.Errorf("loading keys: %w", err)
@@ -289,7 +306,7 @@ func (c *Cache) loadKeys(ctx context.Context) (map[[sha256.Size]byte]cachedKey, 
 		}
 		var h [sha256.Size]byte
 		copy(h[:], hash)
-		keys[h] = cachedKey{k, h}
+		keys.add(cachedKey{k, h})
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("loading keys: %w", err)

@@ -61,51 +61,53 @@ func TestCreateKeyRefusesBadName(t *testing.T) {
 }
 
 func TestHashMatches(t *testing.T) {
-	secret := "sk-infer-0123456789abcdef"
-	h := sha256.Sum256([]byte(secret))
+	h := sha256.Sum256([]byte("sk-infer-0123456789abcdef"))
 	flipped := h
 	flipped[31] ^= 1
 	tests := []struct {
 		name   string
 		stored []byte
-		secret string
 		want   bool
 	}{
-		{"right", h[:], secret, true},
-		{"wrong secret", h[:], secret + "x", false},
-		{"last bit differs", flipped[:], secret, false},
-		{"truncated hash", h[:16], secret, false},
-		{"no hash", nil, secret, false},
-		{"empty secret", h[:], "", false},
+		{"same", h[:], true},
+		{"last bit differs", flipped[:], false},
+		{"truncated hash", h[:16], false},
+		{"no hash", nil, false},
 	}
 	for _, tt := range tests {
-		if got := hashMatches(tt.stored, tt.secret); got != tt.want {
+		if got := hashMatches(tt.stored, h); got != tt.want {
 			t.Errorf("%s: hashMatches = %v, want %v", tt.name, got, tt.want)
 		}
 	}
 }
 
-// TestCacheComparesHash: a wrong key fails in the cache, and so does the
-// right one if the record it finds carries another hash — acceptance rests
-// on the constant-time comparison, not on the map lookup alone.
+// TestCacheComparesHash: the cache's index on a hash's first bytes only
+// narrows the search; a key is accepted by its whole hash. Two keys whose
+// hashes share the indexed prefix each authenticate as themselves, and a
+// secret whose hash shares it with neither is refused.
 func TestCacheComparesHash(t *testing.T) {
 	secret := "sk-infer-0123456789abcdef"
 	h := sha256.Sum256([]byte(secret))
 	c := NewCache(nil, slog.Default())
 	c.loaded = true
-	c.keys = map[[sha256.Size]byte]cachedKey{h: {APIKey{ID: "key_a"}, h}}
+	c.keys = keyIndex{}
+	// A record under another hash with the same first 8 bytes: only a
+	// comparison of whole hashes tells the two apart.
+	twin := h
+	twin[31] ^= 1
+	c.keys.add(cachedKey{APIKey{ID: "key_twin"}, twin})
+	c.keys.add(cachedKey{APIKey{ID: "key_a"}, h})
 	if k, err := c.AuthenticateKey(t.Context(), secret); err != nil || k.ID != "key_a" {
-		t.Fatalf("right key: %+v, %v", k, err)
+		t.Fatalf("right key: %+v, %v; want key_a", k, err)
 	}
 	for _, wrong := range []string{"", "sk-infer-0123456789abcdeF", secret + " "} {
 		if _, err := c.AuthenticateKey(t.Context(), wrong); !errors.Is(err, ErrUnauthorized) {
 			t.Errorf("AuthenticateKey(%q) = %v, want ErrUnauthorized", wrong, err)
 		}
 	}
-	other := h
-	other[0] ^= 0x80
-	c.keys[h] = cachedKey{APIKey{ID: "key_a"}, other}
-	if _, err := c.AuthenticateKey(t.Context(), secret); !errors.Is(err, ErrUnauthorized) {
-		t.Errorf("a record under another hash authenticated: %v", err)
+	c.keys = keyIndex{}
+	c.keys.add(cachedKey{APIKey{ID: "key_twin"}, twin})
+	if k, err := c.AuthenticateKey(t.Context(), secret); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("a key whose hash only shares the indexed prefix authenticated as %+v, %v", k, err)
 	}
 }
