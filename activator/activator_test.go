@@ -151,6 +151,26 @@ func (h *harness) startRunnerWith(cfg runner.Config) {
 	h.t.Cleanup(func() { cancel(); <-done })
 }
 
+// usageRecords subscribes to the usage records runners publish for the
+// deployments until the test ends.
+func (h *harness) usageRecords(deployments ...string) <-chan wire.UsageRecord {
+	h.t.Helper()
+	usage := make(chan wire.UsageRecord, 64)
+	for _, dep := range deployments {
+		sub, err := h.nc.Subscribe(wire.UsageSubject(dep), func(m *nats.Msg) {
+			var rec wire.UsageRecord
+			if json.Unmarshal(m.Data, &rec) == nil {
+				usage <- rec
+			}
+		})
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		h.t.Cleanup(func() { sub.Unsubscribe() })
+	}
+	return usage
+}
+
 // upload posts weights to POST /v1/artifacts with key; size is the
 // announced Content-Length, or -1 to send the body chunked.
 func (h *harness) upload(key string, body io.Reader, size int64) *http.Response {
@@ -704,17 +724,7 @@ func TestDisconnectCancels(t *testing.T) {
 	const ctxLen = 16384 // at this model's speed, a minute or more to fill
 	h.deploy("one", map[string]any{"parallel": 1, "context_length": ctxLen})
 	h.deploy("later", map[string]any{"parallel": 1, "queue_timeout": "1m"})
-	usage := make(chan wire.UsageRecord, 16)
-	for _, dep := range []string{"one", "later"} {
-		if _, err := h.nc.Subscribe(wire.UsageSubject(dep), func(m *nats.Msg) {
-			var rec wire.UsageRecord
-			if err := json.Unmarshal(m.Data, &rec); err == nil {
-				usage <- rec
-			}
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	usage := h.usageRecords("one", "later")
 	startRunner := func(deployment string, ctxLen int) {
 		h.startRunnerWith(runner.Config{Deployment: deployment, ClientCheck: time.Hour,
 			Engine: runner.EngineConfig{Parallel: 1, Context: ctxLen}})

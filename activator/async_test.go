@@ -482,17 +482,7 @@ func TestActivatorGoneStopsItsRunner(t *testing.T) {
 	// A context this long lets the generation run for many seconds; the
 	// job is stopped within a few ClientChecks.
 	h.startRunnerWith(runner.Config{Deployment: "long", Engine: runner.EngineConfig{Parallel: 1, Context: 1 << 14}, ClientCheck: 200 * time.Millisecond})
-	usage := make(chan wire.UsageRecord, 4)
-	sub, err := h.nc.Subscribe(wire.UsageSubject("long"), func(m *nats.Msg) {
-		var rec wire.UsageRecord
-		if json.Unmarshal(m.Data, &rec) == nil {
-			usage <- rec
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	usage := h.usageRecords("long")
 
 	urlA, crashA := h.addCrashingActivator()
 	req, _ := http.NewRequest(http.MethodPost, urlA+"/v1/completions", strings.NewReader(

@@ -12,12 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infer-run/infer/activator"
 	"github.com/infer-run/infer/internal/queue"
-	"github.com/infer-run/infer/internal/wire"
 	"github.com/infer-run/infer/registry"
 	"github.com/infer-run/infer/runner"
 )
@@ -210,17 +208,7 @@ func TestShutdownGrace(t *testing.T) {
 	h := newHarness(t)
 	h.deploy("long", map[string]any{"parallel": 2})
 	h.startRunnerWith(runner.Config{Deployment: "long", Engine: runner.EngineConfig{Parallel: 2, Context: 1 << 14}})
-	usage := make(chan wire.UsageRecord, 8)
-	sub, err := h.nc.Subscribe(wire.UsageSubject("long"), func(m *nats.Msg) {
-		var rec wire.UsageRecord
-		if json.Unmarshal(m.Data, &rec) == nil {
-			usage <- rec
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	usage := h.usageRecords("long")
 
 	const grace = 2 * time.Second
 	a := h.serveActivator(activator.Config{ShutdownGrace: grace})

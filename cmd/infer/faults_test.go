@@ -105,17 +105,7 @@ func TestNATSRestart(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequest(http.MethodPost, p.url+"/v1/completions",
-				strings.NewReader(fmt.Sprintf(`{"model":"stories","prompt":"Story %d:","max_tokens":8}`, i)))
-			req.Header.Set("Authorization", "Bearer "+p.key)
-			resp, err := (&http.Client{Timeout: 4 * time.Minute}).Do(req)
-			if err != nil {
-				results[i] = err.Error()
-				return
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			results[i] = strconv.Itoa(resp.StatusCode) + " " + string(b)
+			results[i] = storyResult(p, i)
 		}()
 	}
 	// Restart NATS while the requests wait for the cold start.
@@ -195,17 +185,7 @@ func TestNATSRestartWarmRunner(t *testing.T) {
 	results := make([]string, requests)
 	send := func(i int) {
 		defer wg.Done()
-		req, _ := http.NewRequest(http.MethodPost, p.url+"/v1/completions",
-			strings.NewReader(fmt.Sprintf(`{"model":"stories","prompt":"Story %d:","max_tokens":8}`, i)))
-		req.Header.Set("Authorization", "Bearer "+p.key)
-		resp, err := (&http.Client{Timeout: 4 * time.Minute}).Do(req)
-		if err != nil {
-			results[i] = err.Error()
-			return
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		results[i] = strconv.Itoa(resp.StatusCode) + " " + string(b)
+		results[i] = storyResult(p, i)
 	}
 	n.stop()
 	// Half the requests arrive while NATS is down, half once it is back.
@@ -550,4 +530,20 @@ func TestRunnerSIGTERMDrains(t *testing.T) {
 	})
 
 	p.mustPost("request after the runner drained", "/v1/completions", `{"model":"stories","prompt":"The cat","max_tokens":5}`)
+}
+
+// storyResult sends story request i with the admin key, waiting as long as
+// a request queued through an outage may, and returns "status body", or
+// the error.
+func storyResult(p *platform, i int) string {
+	req, _ := http.NewRequest(http.MethodPost, p.url+"/v1/completions",
+		strings.NewReader(fmt.Sprintf(`{"model":"stories","prompt":"Story %d:","max_tokens":8}`, i)))
+	req.Header.Set("Authorization", "Bearer "+p.key)
+	resp, err := (&http.Client{Timeout: 4 * time.Minute}).Do(req)
+	if err != nil {
+		return err.Error()
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return strconv.Itoa(resp.StatusCode) + " " + string(b)
 }
