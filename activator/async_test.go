@@ -1,7 +1,6 @@
 package activator_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"io"
@@ -485,24 +484,7 @@ func TestActivatorGoneStopsItsRunner(t *testing.T) {
 	usage := h.usageRecords("long")
 
 	urlA, crashA := h.addCrashingActivator()
-	req, _ := http.NewRequest(http.MethodPost, urlA+"/v1/completions", strings.NewReader(
-		`{"model":"long","prompt":"Once upon a time","max_tokens":1000000,"temperature":1.5,"seed":7,"stream":true}`))
-	req.Header.Set("Authorization", "Bearer "+adminKey)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	br := bufio.NewReader(resp.Body)
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatalf("stream ended before tokens flowed: %v", err)
-		}
-		if strings.Contains(line, `"text":"`) && !strings.Contains(line, `"text":""`) {
-			break
-		}
-	}
+	untilFirstToken(t, openStream(t, urlA, `{"model":"long","prompt":"Once upon a time","max_tokens":1000000,"temperature":1.5,"seed":7,"stream":true}`).Body)
 	crashA()
 	stopped := time.Now()
 

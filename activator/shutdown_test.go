@@ -77,6 +77,22 @@ func openStream(t *testing.T, url, body string) *http.Response {
 	return resp
 }
 
+// untilFirstToken reads a completion stream up to its first chunk with
+// text and returns the reader, positioned after it.
+func untilFirstToken(t *testing.T, stream io.Reader) *bufio.Reader {
+	t.Helper()
+	br := bufio.NewReader(stream)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("stream ended before tokens flowed: %v", err)
+		}
+		if strings.Contains(line, `"text":"`) && !strings.Contains(line, `"text":""`) {
+			return br
+		}
+	}
+}
+
 // streamEnd is how a stream ended.
 type streamEnd struct {
 	rest []byte // what was read after the caller's last line
@@ -214,16 +230,7 @@ func TestShutdownGrace(t *testing.T) {
 	a := h.serveActivator(activator.Config{ShutdownGrace: grace})
 	// Endless: it is running when the grace ends.
 	stream := openStream(t, a.url, `{"model":"long","prompt":"Once upon a time","max_tokens":1000000,"temperature":1.5,"seed":7,"stream":true}`)
-	br := bufio.NewReader(stream.Body)
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatalf("stream ended before tokens flowed: %v", err)
-		}
-		if strings.Contains(line, `"text":"`) && !strings.Contains(line, `"text":""`) {
-			break
-		}
-	}
+	br := untilFirstToken(t, stream.Body)
 	streamDone := readRest(br)
 
 	began := time.Now()

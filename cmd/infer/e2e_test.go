@@ -665,7 +665,14 @@ func (p *platform) streamToFirstToken(body string) *bufio.Reader {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { resp.Body.Close() })
-	br := bufio.NewReader(resp.Body)
+	return untilFirstToken(t, resp.Body)
+}
+
+// untilFirstToken reads a completion stream up to its first chunk with
+// text and returns the reader, positioned after it.
+func untilFirstToken(t *testing.T, stream io.Reader) *bufio.Reader {
+	t.Helper()
+	br := bufio.NewReader(stream)
 	for {
 		line, err := br.ReadString('\n')
 		if err != nil {
