@@ -2,7 +2,9 @@ package activator
 
 import (
 	"errors"
+	"io"
 	"net/http"
+	"time"
 
 	"github.com/labstack/echo/v4"
 )
@@ -37,12 +39,47 @@ func limitBody(next echo.HandlerFunc) echo.HandlerFunc {
 			return next(c)
 		}
 		if req.ContentLength > maxManagementBody {
-			drainBody(c) // so a client writing all of it hears the 413
 			return errBodyTooLarge()
 		}
+		// The error handler drains the body the limit reader wraps: once
+		// over its limit that reader reads nothing more.
+		c.Set(rawBodyKey, req.Body)
 		req.Body = http.MaxBytesReader(c.Response(), req.Body, maxManagementBody)
 		return next(c)
 	}
+}
+
+// rawBodyKey holds, in the echo context, the request body before limitBody
+// wrapped it.
+const rawBodyKey = "infer.rawBody"
+
+// Before an error goes out, what is left of the request body is read and
+// discarded, up to drainLimit bytes or for drainTime. A client that writes
+// its whole body before reading the answer (most HTTP libraries) would
+// otherwise never see a 413, or a 401 for a large prompt: the server
+// closing with data unread makes the kernel reset the connection, and the
+// reset discards the response the client has not read yet. Past the bound
+// the connection is closed anyway.
+const (
+	drainLimit = 64 << 20
+	drainTime  = 10 * time.Second
+)
+
+// drainBody reads what is left of the request body, within the bound. A
+// body already read to its end costs one read.
+func drainBody(c echo.Context) {
+	req := c.Request()
+	var body io.Reader = req.Body
+	if raw, ok := c.Get(rawBodyKey).(io.Reader); ok {
+		body = raw
+	}
+	if body == nil || body == http.NoBody {
+		return
+	}
+	rc := http.NewResponseController(c.Response())
+	rc.SetReadDeadline(time.Now().Add(drainTime))
+	io.CopyN(io.Discard, body, drainLimit)
+	rc.SetReadDeadline(time.Time{})
 }
 
 func errBodyTooLarge() *apiError {

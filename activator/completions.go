@@ -20,25 +20,6 @@ import (
 // than any context window holds.
 const maxBody = 8 << 20
 
-// An oversized body is read and discarded up to drainLimit more bytes or
-// for drainTime before the 413 goes out. A client that writes its whole
-// body before reading the answer (most HTTP libraries) would otherwise
-// never see the 413: the server closing with data unread makes the kernel
-// reset the connection, and the reset discards the response the client
-// has not read yet. Past the bound the connection is closed anyway.
-const (
-	drainLimit = 64 << 20
-	drainTime  = 10 * time.Second
-)
-
-// drainBody reads what is left of the request body, within the bound.
-func drainBody(c echo.Context) {
-	rc := http.NewResponseController(c.Response())
-	rc.SetReadDeadline(time.Now().Add(drainTime))
-	io.CopyN(io.Discard, c.Request().Body, drainLimit)
-	rc.SetReadDeadline(time.Time{})
-}
-
 // keepaliveEvery is how often a waiting stream hears an SSE comment naming
 // what it waits for (proxies keep the connection, people see why).
 const keepaliveEvery = 2 * time.Second
@@ -150,7 +131,6 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 		return accepted{}, errInvalid("", "reading request body: %v", err)
 	}
 	if len(body) > maxBody {
-		drainBody(c)
 		return accepted{}, errStatus(http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large", "request body is larger than %d bytes", maxBody)
 	}
 	req, apiErr := decodeRequest(body, kind)

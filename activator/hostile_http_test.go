@@ -88,23 +88,48 @@ func TestUploadCutOff(t *testing.T) {
 	resp.Body.Close()
 }
 
-// TestOversizedBodyAnswered: a client that writes its whole body before it
-// reads (as many HTTP libraries do) hears the 413 for a body over the
-// 8 MiB limit, rather than a connection reset because the server closed
-// with megabytes unread.
-func TestOversizedBodyAnswered(t *testing.T) {
+// TestErrorBodyAnswered: a client that writes its whole body before it
+// reads (as many HTTP libraries do) hears the error, a 413 for a body over
+// a route's limit or a 401 for a large prompt with a wrong key, rather
+// than a connection reset because the server closed with megabytes unread.
+// The sizes are above what loopback socket buffers absorb.
+func TestErrorBodyAnswered(t *testing.T) {
 	h := newHarness(t)
-	for _, size := range []int{9 << 20, 24 << 20} {
-		t.Run(fmt.Sprint(size>>20, "MiB"), func(t *testing.T) {
+	prompt := func(size int) string { return `{"model":"m","prompt":"` + strings.Repeat("a", size) + `"}` }
+	for _, tc := range []struct {
+		name, method, path, key, body string
+		chunked                       bool
+		status                        int
+		code                          string
+	}{
+		{"completion 9MiB", "POST", "/v1/completions", adminKey, prompt(9 << 20), false, 413, "request_too_large"},
+		{"completion 24MiB", "POST", "/v1/completions", adminKey, prompt(24 << 20), false, 413, "request_too_large"},
+		{"completion chunked 24MiB", "POST", "/v1/completions", adminKey, prompt(24 << 20), true, 413, "request_too_large"},
+		{"wrong key 7MiB", "POST", "/v1/completions", "sk-wrong", prompt(7 << 20), false, 401, "invalid_api_key"},
+		{"deployment 16MiB", "PUT", "/v1/deployments/big", adminKey, prompt(16 << 20), false, 413, "request_too_large"},
+		{"deployment chunked 16MiB", "PUT", "/v1/deployments/big", adminKey, prompt(16 << 20), true, 413, "request_too_large"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			conn, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer conn.Close()
 			conn.SetDeadline(time.Now().Add(60 * time.Second))
-			body := `{"model":"m","prompt":"` + strings.Repeat("a", size) + `"}`
-			fmt.Fprintf(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", adminKey, len(body))
-			if _, err := io.WriteString(conn, body); err != nil {
+			w := bufio.NewWriter(conn)
+			fmt.Fprintf(w, "%s %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\n", tc.method, tc.path, tc.key)
+			if !tc.chunked {
+				fmt.Fprintf(w, "Content-Length: %d\r\n\r\n%s", len(tc.body), tc.body)
+			} else {
+				io.WriteString(w, "Transfer-Encoding: chunked\r\n\r\n")
+				for b := tc.body; len(b) > 0; {
+					n := min(len(b), 64<<10)
+					fmt.Fprintf(w, "%x\r\n%s\r\n", n, b[:n])
+					b = b[n:]
+				}
+				io.WriteString(w, "0\r\n\r\n")
+			}
+			if err := w.Flush(); err != nil {
 				t.Fatalf("writing the body: %v", err)
 			}
 			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
@@ -112,8 +137,8 @@ func TestOversizedBodyAnswered(t *testing.T) {
 				t.Fatalf("reading the response: %v", err)
 			}
 			b, _ := io.ReadAll(resp.Body)
-			if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(b), `"request_too_large"`) {
-				t.Errorf("got %d %s; want 413 request_too_large", resp.StatusCode, b)
+			if resp.StatusCode != tc.status || !strings.Contains(string(b), `"`+tc.code+`"`) {
+				t.Errorf("got %d %s; want %d %s", resp.StatusCode, b, tc.status, tc.code)
 			}
 		})
 	}

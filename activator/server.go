@@ -326,6 +326,7 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 	if ae.Status == http.StatusUnauthorized {
 		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="infer"`)
 	}
+	drainBody(c)
 	if err := c.JSON(ae.Status, map[string]*apiError{"error": ae}); err != nil {
 		s.log.Debug("writing error response", "err", err)
 	}

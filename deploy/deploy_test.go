@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
@@ -594,6 +595,25 @@ func TestManifestsActivator(t *testing.T) {
 		if p.HTTPGet.Path != "/healthz" || containerPort(c, p.HTTPGet.Port) != 8080 {
 			t.Errorf("activator %s probe is %s on port %v, want /healthz on 8080", name, p.HTTPGet.Path, p.HTTPGet.Port.String())
 		}
+	}
+	// SIGTERM closes the listener, so it must wait for endpoints to drop
+	// the pod; then the shutdown grace (30 s unless INFER_SHUTDOWN_GRACE
+	// says otherwise) must fit in what Kubernetes allows before SIGKILL.
+	var preStop int64
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil || c.Lifecycle.PreStop.Sleep.Seconds < 3 {
+		t.Errorf("activator has no preStop sleep of 3 s or more: %+v", c.Lifecycle)
+	} else {
+		preStop = c.Lifecycle.PreStop.Sleep.Seconds
+	}
+	grace := 30 * time.Second
+	if v, ok := containerEnv(c, "INFER_SHUTDOWN_GRACE"); ok {
+		var err error
+		if grace, err = time.ParseDuration(v); err != nil {
+			t.Errorf("INFER_SHUTDOWN_GRACE %q: %v", v, err)
+		}
+	}
+	if tg := d.Spec.Template.Spec.TerminationGracePeriodSeconds; tg == nil || time.Duration(*tg-preStop)*time.Second <= grace {
+		t.Errorf("activator terminationGracePeriodSeconds %v does not cover the %d s preStop and the %s shutdown grace", tg, preStop, grace)
 	}
 	if _, ok := c.Resources.Requests[corev1.ResourceCPU]; !ok {
 		t.Errorf("activator has no CPU request; the HPA's utilization target needs one")
