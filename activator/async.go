@@ -239,7 +239,7 @@ func (s *Server) submitAsync(c echo.Context, kind wire.Kind) error {
 		s.log.Error("storing async job", "request", job.ID, "err", err)
 		return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "could not store the job: %v", err)
 	}
-	if _, err := s.enqueue(ctx, dep, job.ID, data); err != nil {
+	if _, err := s.enqueue(ctx, dep, job.ID, data, job.Deadline); err != nil {
 		if derr := s.async.kv.Purge(context.WithoutCancel(ctx), job.ID); derr != nil {
 			s.log.Warn("removing record of unqueued async job", "request", job.ID, "err", derr)
 		}

@@ -86,7 +86,7 @@ func TestColdStartComments(t *testing.T) {
 	phase(wire.PhaseReady, "")
 	heartbeat(t, h.nc, "cold", "r1")
 	job := takeJob(t, js, "cold")
-	r := fakeRunner{t: t, nc: h.nc, id: "r1", subject: wire.RunnerReplySubject(job.ReplyTo, "r1")}
+	r := &fakeRunner{t: t, nc: h.nc, id: "r1", subject: wire.RunnerReplySubject(job.ReplyTo, "r1")}
 	r.start()
 	r.delta(" upon")
 	r.done()

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/wire"
@@ -56,7 +58,7 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		return errStatus(http.StatusInternalServerError, "server_error", "", "encoding job: %v", err)
 	}
 	ctx := c.Request().Context()
-	seq, err := s.enqueue(ctx, dep, id, data)
+	seq, err := s.enqueue(ctx, dep, id, data, job.Deadline)
 	if err != nil {
 		return err
 	}
@@ -187,13 +189,25 @@ func (s *Server) abandon(deployment, id string, seq uint64, started bool) {
 
 // enqueue publishes a job, creating the deployment's queue if it is missing
 // (for example after NATS lost its state) with the limits it was deployed
-// with.
-func (s *Server) enqueue(ctx context.Context, dep registry.Deployment, id string, data []byte) (uint64, error) {
+// with. While NATS is unreachable it holds the request and tries again once
+// the connection is back, until the job's deadline: the job's ID is its
+// JetStream message ID, so the copy the connection buffered during the
+// outage and the retry are stored once. A job that reaches JetStream only
+// after its deadline is skipped by the runners, so a request answered 503
+// here is never run or billed.
+func (s *Server) enqueue(ctx context.Context, dep registry.Deployment, id string, data []byte, deadline time.Time) (uint64, error) {
 	deployment, limit := dep.Name, dep.QueueLimit
-	seq, err := queue.Publish(ctx, s.js, deployment, id, data)
-	if err != nil && !errors.Is(err, queue.ErrFull) {
-		if _, eerr := queue.Ensure(ctx, s.js, deployment, queue.DeploymentLimits(dep.QueueLimit, dep.QueueTimeout)); eerr == nil {
-			seq, err = queue.Publish(ctx, s.js, deployment, id, data)
+	var seq uint64
+	var err error
+	for {
+		seq, err = queue.Publish(ctx, s.js, deployment, id, data)
+		if err != nil && !errors.Is(err, queue.ErrFull) && s.nc.Status() == nats.CONNECTED {
+			if _, eerr := queue.Ensure(ctx, s.js, deployment, queue.DeploymentLimits(dep.QueueLimit, dep.QueueTimeout)); eerr == nil {
+				seq, err = queue.Publish(ctx, s.js, deployment, id, data)
+			}
+		}
+		if err == nil || !s.retryPublish(ctx, err, deadline) {
+			break
 		}
 	}
 	switch {
@@ -204,12 +218,42 @@ func (s *Server) enqueue(ctx context.Context, dep registry.Deployment, id string
 		return 0, e
 	case err != nil:
 		s.log.Error("queueing request", "deployment", deployment, "err", err)
-		return 0, errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "could not queue the request: %v", err)
+		e := errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "could not queue the request: %v", err)
+		e.RetryAfter = 1
+		return 0, e
 	}
 	// Tell the control plane now rather than at its next tick: a
 	// deployment at zero starts its first runner at once.
 	s.nc.Publish(wire.WorkSubject(deployment), nil)
 	return seq, nil
+}
+
+// retryPublish decides whether a failed publish is tried again, and waits
+// until NATS is connected if it is. JetStream refusing the job (an API
+// error such as a full queue or store) is final; a timeout or a lost
+// connection is not, while the client waits and the job's deadline is
+// ahead. It never republishes while disconnected: each attempt would add
+// another copy to the connection's reconnect buffer.
+func (s *Server) retryPublish(ctx context.Context, err error, deadline time.Time) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) || errors.Is(err, queue.ErrFull) || ctx.Err() != nil {
+		return false
+	}
+	for {
+		if !time.Now().Before(deadline) {
+			return false
+		}
+		if s.nc.Status() == nats.CONNECTED {
+			return true
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return false
+		case <-s.draining:
+			return false
+		}
+	}
 }
 
 // relay writes one request's runner events to its client, as SSE or as one
@@ -235,10 +279,14 @@ type relay struct {
 	shutDown bool   // the activator's shutdown ended the request: withdraw or stop its job
 	sse      bool   // SSE headers are written: errors now go in-band
 	phase    string // the cold-start phase last named in a comment
-	text     []byte
-	enc      chunkEncoder
-	queuedAt time.Time
-	ttft     time.Duration
+	// seqRunner's next event should be numbered nextSeq; a gap means
+	// events were lost.
+	seqRunner string
+	nextSeq   uint32
+	text      []byte
+	enc       chunkEncoder
+	queuedAt  time.Time
+	ttft      time.Duration
 }
 
 func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
@@ -386,6 +434,23 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 			rl.s.log.Error("bad event from runner", "request", rl.id, "err", derr)
 			continue
 		}
+		// Each runner numbers its events for the job from 0.
+		want := uint32(0)
+		if r.runner == rl.seqRunner {
+			want = rl.nextSeq
+		}
+		switch {
+		case ev.Seq < want:
+			continue // a last event repeated until acknowledged
+		case ev.Seq > want:
+			// Events were lost, across a NATS reconnect: the answer
+			// would miss text, or never end.
+			rl.s.log.Warn("events from runner lost", "request", rl.id, "runner", r.runner, "want", want, "got", ev.Seq)
+			rl.gaveUp = true
+			rl.s.metrics.requests.WithLabelValues(rl.model, "output_lost").Inc()
+			return true, rl.fail(errOutputLost())
+		}
+		rl.seqRunner, rl.nextSeq = r.runner, ev.Seq+1
 		switch ev.Type {
 		case wire.EventStart:
 			if rl.sentText {
@@ -506,6 +571,13 @@ func (rl *relay) fail(e *apiError) error {
 	res.Write([]byte("\n\ndata: [DONE]\n\n"))
 	res.Flush()
 	return nil
+}
+
+// errOutputLost is what a client hears when part of its answer was lost on
+// the way from the runner.
+func errOutputLost() *apiError {
+	return errStatus(http.StatusBadGateway, "server_error", "output_lost",
+		"part of the answer was lost between the runner and the activator (a NATS reconnect); retry the request")
 }
 
 // errRunnerLost is what a client hears when its runner died after sending

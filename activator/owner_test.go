@@ -25,10 +25,13 @@ type fakeRunner struct {
 	nc      *nats.Conn
 	id      string
 	subject string
+	seq     uint32 // the next event's number
 }
 
-func (r fakeRunner) send(ev *wire.Event) {
+func (r *fakeRunner) send(ev *wire.Event) {
 	r.t.Helper()
+	ev.Seq = r.seq
+	r.seq++
 	data, err := wire.AppendEvent(nil, ev)
 	if err != nil {
 		r.t.Fatal(err)
@@ -38,16 +41,31 @@ func (r fakeRunner) send(ev *wire.Event) {
 	}
 }
 
-func (r fakeRunner) start() {
+func (r *fakeRunner) start() {
 	r.send(&wire.Event{Type: wire.EventStart, Runner: r.id, Usage: &wire.Usage{PromptTokens: 3}})
 }
-func (r fakeRunner) delta(text string) { r.send(&wire.Event{Type: wire.EventDelta, Text: text}) }
-func (r fakeRunner) done() {
+func (r *fakeRunner) delta(text string) { r.send(&wire.Event{Type: wire.EventDelta, Text: text}) }
+func (r *fakeRunner) done() {
 	r.send(&wire.Event{Type: wire.EventDone, FinishReason: "stop", Usage: &wire.Usage{PromptTokens: 3, CompletionTokens: 1}})
 }
 
+// last sends a job's last event as a runner does: as a request, which the
+// activator must acknowledge.
+func (r *fakeRunner) last(ev *wire.Event) {
+	r.t.Helper()
+	ev.Seq = r.seq
+	r.seq++
+	data, err := wire.AppendEvent(nil, ev)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if _, err := r.nc.Request(r.subject, data, 5*time.Second); err != nil {
+		r.t.Errorf("last event %s #%d not acknowledged: %v", ev.Type, ev.Seq, err)
+	}
+}
+
 // ping asks the activator what the runner would: alive, gone, superseded.
-func (r fakeRunner) ping() string {
+func (r *fakeRunner) ping() string {
 	r.t.Helper()
 	m := nats.NewMsg(r.subject)
 	m.Header.Set(wire.PingHeader, "1")
@@ -102,6 +120,33 @@ func takeJob(t *testing.T, js jetstream.JetStream, deployment string) wire.Job {
 	}
 }
 
+// startRequest starts a completion on a deployment that has no runner
+// and returns the job's reply subject, read from the queue, and the
+// response's status and whole body once it ends.
+func startRequest(t *testing.T, h *harness, js jetstream.JetStream, model string, stream bool) (replyTo string, body <-chan string) {
+	t.Helper()
+	out := make(chan string, 1)
+	go func() {
+		resp := h.do(http.MethodPost, "/v1/completions", fmt.Sprintf(`{"model":%q,"prompt":"Once","max_tokens":5,"stream":%t}`, model, stream))
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		out <- fmt.Sprintf("%d %s", resp.StatusCode, b)
+	}()
+	return takeJob(t, js, model).ReplyTo, out
+}
+
+// waitBody waits for what startRequest returns.
+func waitBody(t *testing.T, body <-chan string) string {
+	t.Helper()
+	select {
+	case b := <-body:
+		return b
+	case <-time.After(30 * time.Second):
+		t.Fatal("the response did not end")
+		return ""
+	}
+}
+
 // TestJobOnTwoRunners: when JetStream hands a job to a second runner (the
 // first stopped reporting progress: dead, or only frozen), the client gets
 // one runner's answer, never a mix, and the other runner is told to stop.
@@ -116,34 +161,12 @@ func TestJobOnTwoRunners(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// requestWith starts a completion and returns the job's reply
-	// subject, read from the queue, and the response's status and whole
-	// body.
-	requestWith := func(stream bool) (replyTo string, body <-chan string) {
-		t.Helper()
-		out := make(chan string, 1)
-		go func() {
-			resp := h.do(http.MethodPost, "/v1/completions", fmt.Sprintf(`{"model":"two","prompt":"Once","max_tokens":5,"stream":%t}`, stream))
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			out <- fmt.Sprintf("%d %s", resp.StatusCode, b)
-		}()
-		return takeJob(t, js, "two").ReplyTo, out
-	}
+	requestWith := func(stream bool) (string, <-chan string) { return startRequest(t, h, js, "two", stream) }
 	request := func() (string, <-chan string) { return requestWith(true) }
-	runner := func(replyTo, id string) fakeRunner {
-		return fakeRunner{t: t, nc: h.nc, id: id, subject: wire.RunnerReplySubject(replyTo, id)}
+	runner := func(replyTo, id string) *fakeRunner {
+		return &fakeRunner{t: t, nc: h.nc, id: id, subject: wire.RunnerReplySubject(replyTo, id)}
 	}
-	wait := func(body <-chan string) string {
-		t.Helper()
-		select {
-		case b := <-body:
-			return b
-		case <-time.After(30 * time.Second):
-			t.Fatal("the stream did not end")
-			return ""
-		}
-	}
+	wait := func(body <-chan string) string { return waitBody(t, body) }
 
 	t.Run("the owner is alive", func(t *testing.T) {
 		replyTo, body := request()
@@ -266,7 +289,7 @@ func TestHangUpAfterAnswer(t *testing.T) {
 	fmt.Fprintf(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", adminKey, len(body), body)
 
 	job := takeJob(t, js, "late")
-	r := fakeRunner{t: t, nc: h.nc, id: "runnerL", subject: wire.RunnerReplySubject(job.ReplyTo, "runnerL")}
+	r := &fakeRunner{t: t, nc: h.nc, id: "runnerL", subject: wire.RunnerReplySubject(job.ReplyTo, "runnerL")}
 	heartbeat(t, h.nc, "late", r.id)
 	r.start()
 	chunk := strings.Repeat("x", 512<<10)
@@ -314,4 +337,92 @@ func (h *harness) metric(series string) string {
 		}
 	}
 	return ""
+}
+
+// TestLostEvents: runners number their events for a job, and the relay
+// ends a request whose events have a gap (NATS drops what a runner
+// publishes while the activator's subscription is reconnecting) with
+// output_lost and stops its job, rather than answer with text missing or
+// wait for a last event that will never come. A runner's last event is
+// acknowledged, with a waiter or without (the request already over), so
+// the runner stops repeating it; a repeated event counts once. Fake
+// runners play the runner's side: a real runner cannot be made to lose
+// one chosen event.
+func TestLostEvents(t *testing.T) {
+	h := newHarness(t)
+	h.deploy("lossy", map[string]any{"parallel": 1, "queue_timeout": "5s"})
+	js, err := jetstream.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancels := make(chan string, 16)
+	sub, err := h.nc.Subscribe(wire.CancelSubject("lossy"), func(m *nats.Msg) { cancels <- string(m.Data) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	for _, tc := range []struct {
+		name   string
+		stream bool
+		run    func(r *fakeRunner)
+		want   []string // in the response, in order
+		absent string
+		lost   bool // the job is stopped
+	}{
+		{"a delta lost, stream", true, func(r *fakeRunner) {
+			r.start()
+			r.delta("one")
+			r.seq++ // "two" never arrives
+			r.delta("three")
+			r.done()
+		}, []string{"200 ", `"one"`, "event: error", `"output_lost"`, "[DONE]"}, "three", true},
+		{"the start lost, body", false, func(r *fakeRunner) {
+			r.seq++
+			r.delta("one")
+			r.done()
+		}, []string{"502 ", `"output_lost"`}, "one", true},
+		{"a repeated event counts once", false, func(r *fakeRunner) {
+			r.start()
+			r.delta("one")
+			r.seq--
+			r.delta("one")
+			r.delta("two")
+			r.last(&wire.Event{Type: wire.EventDone, FinishReason: "stop", Usage: &wire.Usage{PromptTokens: 3, CompletionTokens: 2}})
+			// The request is over: its last event, repeated, is still
+			// acknowledged.
+			r.seq--
+			r.last(&wire.Event{Type: wire.EventDone, FinishReason: "stop", Usage: &wire.Usage{PromptTokens: 3, CompletionTokens: 2}})
+		}, []string{"200 ", `"text":"onetwo"`}, "oneone", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			replyTo, body := startRequest(t, h, js, "lossy", tc.stream)
+			r := &fakeRunner{t: t, nc: h.nc, id: "runnerL", subject: wire.RunnerReplySubject(replyTo, "runnerL")}
+			heartbeat(t, h.nc, "lossy", r.id)
+			id := replyTo[strings.LastIndex(replyTo, ".")+1:] // the request ID ends the subject
+			tc.run(r)
+			got := waitBody(t, body)
+			rest := got
+			for _, w := range tc.want {
+				i := strings.Index(rest, w)
+				if i < 0 {
+					t.Fatalf("response %q: want %q (after the previous part)", got, w)
+				}
+				rest = rest[i+len(w):]
+			}
+			if strings.Contains(got, tc.absent) {
+				t.Errorf("response %q has %q", got, tc.absent)
+			}
+			select {
+			case c := <-cancels:
+				if !tc.lost || c != id {
+					t.Errorf("job %s cancelled; want lost %v for %s", c, tc.lost, id)
+				}
+			case <-time.After(time.Second):
+				if tc.lost {
+					t.Errorf("the job of a request with lost output was not stopped")
+				}
+			}
+		})
+	}
 }

@@ -74,6 +74,12 @@ func (r *replies) onMsg(m *nats.Msg) {
 	if w != nil {
 		w.push(runner, m.Data)
 	}
+	if m.Reply != "" {
+		// A job's last event, which its runner repeats until it hears
+		// this; the relay drops repeats. With no waiter the request is
+		// over (answered, or its client gone) and nobody needs it.
+		m.Respond(nil)
+	}
 }
 
 // reply is one event and the runner that sent it.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/infer-run/infer/internal/natsconn"
 	"github.com/infer-run/infer/internal/wire"
 )
 
@@ -18,6 +19,11 @@ import (
 // (the control plane decides), it is what people are shown.
 type runnerView struct {
 	sub *nats.Subscription
+	// hearing keeps a NATS outage of this activator's own from making
+	// every runner look stale: a relay would take its generating runner
+	// for lost and end the stream, although the runner goes on once the
+	// connection is back.
+	hearing *natsconn.Uptime
 
 	mu       sync.Mutex
 	runners  map[string]wire.Heartbeat
@@ -46,7 +52,7 @@ type startFailure struct {
 const staleAfter = 5 * time.Second
 
 func newRunnerView(nc *nats.Conn) (*runnerView, error) {
-	v := &runnerView{runners: map[string]wire.Heartbeat{}, failures: map[string]startFailure{}, changes: map[string]chan struct{}{}, phases: map[string]string{}}
+	v := &runnerView{runners: map[string]wire.Heartbeat{}, failures: map[string]startFailure{}, changes: map[string]chan struct{}{}, phases: map[string]string{}, hearing: natsconn.NewUptime(nc)}
 	sub, err := nc.Subscribe(wire.HeartbeatSubjects, v.onHeartbeat)
 	if err != nil {
 		return nil, fmt.Errorf("subscribing to runner heartbeats: %w", err)
@@ -120,8 +126,9 @@ func (v *runnerView) list(deployment string) []wire.Heartbeat {
 
 func (v *runnerView) listLocked(deployment string) []wire.Heartbeat {
 	var out []wire.Heartbeat
+	now := time.Now()
 	for id, hb := range v.runners {
-		if time.Since(hb.Sent) > staleAfter {
+		if v.hearing.Silent(hb.Sent, staleAfter, now) {
 			delete(v.runners, id)
 			continue
 		}
@@ -194,10 +201,11 @@ func (v *runnerView) failureLocked(deployment string) (startFailure, bool) {
 // answer 503.
 const cannotStartAfter = 3
 
-// alive reports whether a runner has sent a heartbeat recently.
+// alive reports whether a runner has sent a heartbeat recently, or could
+// not have been heard since it last did.
 func (v *runnerView) alive(id string) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	hb, ok := v.runners[id]
-	return ok && time.Since(hb.Sent) <= staleAfter
+	return ok && !v.hearing.Silent(hb.Sent, staleAfter, time.Now())
 }

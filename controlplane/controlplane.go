@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/infer-run/infer/internal/natsconn"
 	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/wire"
 	"github.com/infer-run/infer/registry"
@@ -61,10 +62,12 @@ type ControlPlane struct {
 
 	pokes   chan string
 	metrics *metrics
-	// listening is when heartbeats started arriving; until a runner's
-	// heartbeat could have been seen, its silence proves nothing (a new
-	// leader adopting another's runners).
-	listening time.Time
+	// hearing is since when heartbeats could have arrived without a
+	// break: from when the control plane subscribed, or its NATS
+	// connection last came back. A runner silent for less than DeadAfter
+	// of that proves nothing: a new leader adopting another's runners has
+	// not heard them yet, and during a NATS outage nobody hears anyone.
+	hearing *natsconn.Uptime
 
 	mu       sync.Mutex
 	beats    map[string]runnerState         // runner ID → last heartbeat
@@ -146,7 +149,7 @@ func (cp *ControlPlane) Run(ctx context.Context) error {
 		return err
 	}
 	defer hbSub.Unsubscribe()
-	cp.listening = time.Now()
+	cp.hearing = natsconn.NewUptime(cp.cfg.NATS)
 	if cp.cfg.Lease != nil {
 		defer cp.cfg.Lease.Release()
 	}
@@ -433,10 +436,10 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 			// goes; a new one takes the queue.
 			log.Info("draining runner on old artifact", "runner", r.ID, "artifact", r.Artifact)
 			cp.cfg.Driver.Stop(ctx, r.ID)
-		case seen && now.Sub(st.seen) > cp.cfg.DeadAfter:
+		case seen && cp.hearing.Silent(st.seen, cp.cfg.DeadAfter, now):
 			log.Warn("runner stopped sending heartbeats; killing it", "runner", r.ID, "last", st.seen)
 			cp.cfg.Driver.Kill(ctx, r.ID)
-		case !seen && now.Sub(r.StartedAt) > cp.cfg.StartTimeout && now.Sub(cp.listening) > cp.cfg.DeadAfter:
+		case !seen && now.Sub(r.StartedAt) > cp.cfg.StartTimeout && cp.hearing.Silent(time.Time{}, cp.cfg.DeadAfter, now):
 			log.Warn("runner never reported; killing it", "runner", r.ID)
 			cp.cfg.Driver.Kill(ctx, r.ID)
 		default:

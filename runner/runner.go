@@ -392,7 +392,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		if job.Async {
 			r.publishAsync(ctx, job, &wire.Event{Type: wire.EventError, Error: werr})
 		} else {
-			sink.send(&wire.Event{Type: wire.EventError, Error: werr})
+			sink.sendLast(&wire.Event{Type: wire.EventError, Error: werr})
 		}
 		msg.Ack()
 		r.recordUsage(job, enqueued, start, sink, wire.Usage{PromptTokens: promptTokens}, "error", "")
@@ -690,8 +690,9 @@ type replySink struct {
 	runner  string
 	nc      *nats.Conn
 	subject string
-	buf     []byte // a delta event being built: tag, then text not yet sent
+	buf     []byte // a delta event being built: header, then text not yet sent
 	sentAt  time.Time
+	seq     uint32 // the next event's sequence number
 
 	first  time.Time
 	reason string
@@ -734,7 +735,7 @@ func (s *replySink) Deliver(text []byte) {
 		return
 	}
 	if len(s.buf) == 0 {
-		s.buf = wire.AppendDelta(s.buf, nil)
+		s.buf = wire.AppendDelta(s.buf, 0, nil) // numbered when sent
 	}
 	s.buf = append(s.buf, text...)
 	if s.first.IsZero() {
@@ -746,7 +747,9 @@ func (s *replySink) Deliver(text []byte) {
 }
 
 func (s *replySink) flush(now time.Time) {
-	if len(s.buf) > 1 {
+	if len(s.buf) > wire.EventHeaderLen {
+		wire.SetSeq(s.buf, s.seq)
+		s.seq++
 		s.nc.Publish(s.subject, s.buf)
 		s.sentAt = now
 	}
@@ -756,19 +759,25 @@ func (s *replySink) flush(now time.Time) {
 func (s *replySink) Finish(reason string, u wire.Usage, err error) {
 	s.flush(time.Now())
 	s.reason, s.usage, s.err = reason, u, err
-	if s.async {
+	var last *wire.Event
+	switch {
+	case s.async:
 		// The runner publishes final() through JetStream, off the decode
 		// loop.
+	case err != nil:
+		last = &wire.Event{Type: wire.EventError, Error: &wire.Error{Status: 500, Code: "internal_error", Message: err.Error()}}
+	case reason != "cancelled":
+		last = &wire.Event{Type: wire.EventDone, FinishReason: reason, Usage: &u}
+	}
+	if last == nil {
 		close(s.done)
 		return
 	}
-	switch {
-	case err != nil:
-		s.send(&wire.Event{Type: wire.EventError, Error: &wire.Error{Status: 500, Code: "internal_error", Message: err.Error()}})
-	case reason != "cancelled":
-		s.send(&wire.Event{Type: wire.EventDone, FinishReason: reason, Usage: &u})
-	}
-	close(s.done)
+	// Off the decode loop: it waits for the activator.
+	go func() {
+		s.sendLast(last)
+		close(s.done)
+	}()
 }
 
 // final is an async job's last event: the whole text, or the error.
@@ -781,8 +790,54 @@ func (s *replySink) final() *wire.Event {
 }
 
 func (s *replySink) send(ev *wire.Event) {
+	ev.Seq = s.seq
+	s.seq++
 	data, err := wire.AppendEvent(nil, ev)
 	if err == nil {
 		s.nc.Publish(s.subject, data)
+	}
+}
+
+// How a job's last event is repeated until the activator acknowledges it.
+const (
+	lastAckWait = 2 * time.Second
+	lastEvery   = 250 * time.Millisecond
+	// lastFor bounds the repeats through a NATS outage.
+	lastFor = time.Minute
+	// lastNoResponders is how many "no responders" in a row mean that the
+	// activator is gone: for a moment after a reconnect it may not have
+	// subscribed again yet.
+	lastNoResponders = 8
+)
+
+// sendLast sends a job's last event (done or error) and repeats it until
+// the activator acknowledges it. Deltas lost across a NATS reconnect show
+// as a gap in the sequence numbers once a later event arrives; a lost last
+// event would leave the client waiting with nothing to arrive after it.
+// The activator drops repeats by their sequence number.
+func (s *replySink) sendLast(ev *wire.Event) {
+	ev.Seq = s.seq
+	s.seq++
+	data, err := wire.AppendEvent(nil, ev)
+	if err != nil {
+		return
+	}
+	noResponders := 0
+	for began := time.Now(); ; {
+		_, err := s.nc.Request(s.subject, data, lastAckWait)
+		switch {
+		case err == nil:
+			return
+		case errors.Is(err, nats.ErrNoResponders):
+			if noResponders++; noResponders >= lastNoResponders {
+				return
+			}
+		default:
+			noResponders = 0
+		}
+		if time.Since(began) > lastFor {
+			return
+		}
+		time.Sleep(lastEvery)
 	}
 }

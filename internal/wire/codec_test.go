@@ -8,10 +8,11 @@ import (
 func TestEventRoundTrip(t *testing.T) {
 	events := []Event{
 		{Type: EventDelta, Text: "Once upon a time"},
+		{Type: EventDelta, Text: "", Seq: 1 << 31},
 		{Type: EventDelta, Text: "quote \" and newline \n and é"},
 		{Type: EventStart, Usage: &Usage{PromptTokens: 5}},
 		{Type: EventPhase, Phase: "fetching weights 40%"},
-		{Type: EventDone, FinishReason: "length", Usage: &Usage{PromptTokens: 5, CompletionTokens: 7}},
+		{Type: EventDone, FinishReason: "length", Usage: &Usage{PromptTokens: 5, CompletionTokens: 7}, Seq: 9},
 		{Type: EventError, Error: &Error{Status: 400, Code: "context_length_exceeded", Param: "messages", Message: "too long"}},
 	}
 	for _, ev := range events {
@@ -27,7 +28,13 @@ func TestEventRoundTrip(t *testing.T) {
 			t.Errorf("round trip: got %+v, want %+v", got, ev)
 		}
 	}
-	for _, bad := range [][]byte{nil, []byte("x"), []byte("j{")} {
+	// A delta numbered once its text is complete.
+	data := AppendDelta(nil, 0, []byte("abc"))
+	SetSeq(data, 42)
+	if got, err := DecodeEvent(data); err != nil || got.Seq != 42 || got.Text != "abc" {
+		t.Errorf("SetSeq(42): decoded %+v, %v", got, err)
+	}
+	for _, bad := range [][]byte{nil, []byte("x"), []byte("d\x00\x00\x00"), []byte("j\x00\x00\x00\x00{"), []byte("x\x00\x00\x00\x00")} {
 		if _, err := DecodeEvent(bad); err == nil {
 			t.Errorf("DecodeEvent(%q) accepted bad input", bad)
 		}

@@ -189,6 +189,9 @@ type Event struct {
 	FinishReason string `json:"finish_reason,omitempty"`
 	Usage        *Usage `json:"usage,omitempty"`
 	Error        *Error `json:"error,omitempty"`
+	// Seq numbers the events one runner sends for one job, from 0; it
+	// travels in the event's header (see AppendEvent).
+	Seq uint32 `json:"-"`
 }
 
 // Usage counts tokens for one request.
