@@ -28,7 +28,8 @@ type fakeRunner struct {
 	seq     uint32 // the next event's number
 }
 
-func (r *fakeRunner) send(ev *wire.Event) {
+// encode numbers the runner's next event.
+func (r *fakeRunner) encode(ev *wire.Event) []byte {
 	r.t.Helper()
 	ev.Seq = r.seq
 	r.seq++
@@ -36,7 +37,12 @@ func (r *fakeRunner) send(ev *wire.Event) {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	if err := r.nc.Publish(r.subject, data); err != nil {
+	return data
+}
+
+func (r *fakeRunner) send(ev *wire.Event) {
+	r.t.Helper()
+	if err := r.nc.Publish(r.subject, r.encode(ev)); err != nil {
 		r.t.Fatal(err)
 	}
 }
@@ -53,13 +59,7 @@ func (r *fakeRunner) done() {
 // activator must acknowledge.
 func (r *fakeRunner) last(ev *wire.Event) {
 	r.t.Helper()
-	ev.Seq = r.seq
-	r.seq++
-	data, err := wire.AppendEvent(nil, ev)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	if _, err := r.nc.Request(r.subject, data, 5*time.Second); err != nil {
+	if _, err := r.nc.Request(r.subject, r.encode(ev), 5*time.Second); err != nil {
 		r.t.Errorf("last event %s #%d not acknowledged: %v", ev.Type, ev.Seq, err)
 	}
 }

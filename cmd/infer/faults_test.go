@@ -582,23 +582,8 @@ func TestNATSRestartWhileGenerating(t *testing.T) {
 	}
 	want := ref.Choices[0].Text
 
-	stop := make(chan struct{})
 	outcomes := make(chan string, 10000)
-	var wg sync.WaitGroup
-	for c := range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				outcomes <- answerOutcome(p, fmt.Sprintf(body, c == 1), want)
-			}
-		}()
-	}
+	stop := clientLoops(2, func(c int) { outcomes <- answerOutcome(p, fmt.Sprintf(body, c == 1), want) })
 	// Each outage catches a generation in flight more often than not;
 	// whether its output is lost depends on which side reconnects first.
 	for range 3 {
@@ -608,8 +593,7 @@ func TestNATSRestartWhileGenerating(t *testing.T) {
 		n.start()
 	}
 	time.Sleep(2 * time.Second)
-	close(stop)
-	wg.Wait()
+	stop()
 	close(outcomes)
 	counts := map[string]int{}
 	for o := range outcomes {
@@ -627,6 +611,29 @@ func TestNATSRestartWhileGenerating(t *testing.T) {
 	if err := json.Unmarshal(p.mustPost("request after the restart", "/v1/completions", fmt.Sprintf(body, false)), &after); err != nil || len(after.Choices) != 1 || after.Choices[0].Text != want {
 		t.Errorf("after the restart: %+v (%v); want the reference text", after, err)
 	}
+}
+
+// clientLoops runs f in clients goroutines, each calling it again and
+// again with its client number, until the returned stop is called; stop
+// waits for the calls in progress.
+func clientLoops(clients int, f func(client int)) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				f(c)
+			}
+		}()
+	}
+	return func() { close(done); wg.Wait() }
 }
 
 // answerOutcome sends one completion and sorts its answer: "ok" (the whole

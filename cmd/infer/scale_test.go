@@ -216,27 +216,14 @@ func TestRedeployWithoutDowntime(t *testing.T) {
 	oldPIDs := p.runnerPIDs("stories")
 	oldSHA := lsRunners(t, p)[0].Artifact
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	var sent, failed atomic.Int32
-	for range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				sent.Add(1)
-				if err := p.complete(64); err != nil {
-					failed.Add(1)
-					t.Errorf("request during the redeploy: %v", err)
-				}
-			}
-		}()
-	}
+	stop := clientLoops(2, func(int) {
+		sent.Add(1)
+		if err := p.complete(64); err != nil {
+			failed.Add(1)
+			t.Errorf("request during the redeploy: %v", err)
+		}
+	})
 	time.Sleep(500 * time.Millisecond)
 	deploy(v2)
 
@@ -255,8 +242,7 @@ func TestRedeployWithoutDowntime(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	time.Sleep(500 * time.Millisecond) // a few requests on the new runners
-	close(stop)
-	wg.Wait()
+	stop()
 	t.Logf("%d requests during the redeploy, %d failed; runners now %+v", sent.Load(), failed.Load(), runners)
 
 	out, err := p.cli("ls")
