@@ -232,28 +232,23 @@ func (s *Server) enqueue(ctx context.Context, dep registry.Deployment, id string
 // until NATS is connected if it is. JetStream refusing the job (an API
 // error such as a full queue or store) is final; a timeout or a lost
 // connection is not, while the client waits and the job's deadline is
-// ahead. It never republishes while disconnected: each attempt would add
-// another copy to the connection's reconnect buffer.
+// ahead.
 func (s *Server) retryPublish(ctx context.Context, err error, deadline time.Time) bool {
 	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) || errors.Is(err, queue.ErrFull) || ctx.Err() != nil {
+	if errors.As(err, &apiErr) || errors.Is(err, queue.ErrFull) {
 		return false
 	}
-	for {
-		if !time.Now().Before(deadline) {
-			return false
-		}
-		if s.nc.Status() == nats.CONNECTED {
-			return true
-		}
+	// A shutdown ends the wait: the request is refused like the queued ones.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
 		select {
-		case <-time.After(100 * time.Millisecond):
-		case <-ctx.Done():
-			return false
 		case <-s.draining:
-			return false
+			cancel()
+		case <-ctx.Done():
 		}
-	}
+	}()
+	return queue.WaitConnected(ctx, s.nc, deadline)
 }
 
 // relay writes one request's runner events to its client, as SSE or as one

@@ -503,30 +503,22 @@ func redelivered(msg jetstream.Msg) bool {
 }
 
 // publishAsync stores an async job's last event in the async event stream,
-// retrying for a while: the job's record depends on it. The message ID makes
-// a retried publish count once.
+// retrying through a NATS outage: the job's record depends on it.
 func (r *Runner) publishAsync(ctx context.Context, job wire.Job, ev *wire.Event) {
 	data, err := wire.AppendEvent(nil, ev)
 	if err != nil {
 		r.log.Error("encoding async result", "request", job.ID, "err", err)
 		return
 	}
-	backoff := 100 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		_, err = r.js.Publish(pctx, job.ReplyTo, data, jetstream.WithMsgID(job.ID+".end"))
-		cancel()
-		if err == nil {
-			return
-		}
-		if attempt == 5 {
-			r.log.Error("publishing async result", "request", job.ID, "err", err)
-			return
-		}
-		time.Sleep(backoff)
-		backoff *= 2
+	if _, err := queue.PublishRetry(context.WithoutCancel(ctx), r.js, job.ReplyTo, job.ID+".end", data, durableRetry); err != nil {
+		r.log.Error("publishing async result", "request", job.ID, "err", err)
 	}
 }
+
+// durableRetry is how long a runner keeps trying to store what must not be
+// lost (usage records, async results) through a NATS outage: well inside
+// the duplicate windows of their streams, so the copies count once.
+const durableRetry = 2 * time.Minute
 
 func (r *Runner) recordUsage(job wire.Job, enqueued, start time.Time, sink *replySink, u wire.Usage, status, reason string) {
 	now := time.Now()
@@ -560,10 +552,9 @@ func (r *Runner) recordUsage(job wire.Job, enqueued, start time.Time, sink *repl
 		r.log.Error("encoding usage record", "err", err)
 		return
 	}
-	// The request ID is the message ID: a redelivered job is billed once.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := r.js.Publish(ctx, wire.UsageSubject(job.Deployment), data, jetstream.WithMsgID(job.ID)); err != nil {
+	// The request ID is the message ID: a redelivered job, or a record
+	// published again through an outage, is billed once.
+	if _, err := queue.PublishRetry(context.Background(), r.js, wire.UsageSubject(job.Deployment), job.ID, data, durableRetry); err != nil {
 		r.log.Error("publishing usage record", "request", job.ID, "err", err)
 	}
 }

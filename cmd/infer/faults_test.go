@@ -19,62 +19,25 @@ import (
 	"github.com/infer-run/infer/internal/testenv"
 )
 
-// restartableNATS is an external NATS server with JetStream on a fixed
-// port and store directory, so a test can stop it and start it again as
-// an operator restarting NATS would. It requires a user and password.
-type restartableNATS struct {
-	t    *testing.T
-	opts natsserver.Options
-	srv  *natsserver.Server
-}
-
+// The test NATS server requires a user and password, as production's
+// should.
 const (
 	natsUser     = "infer"
 	natsPassword = "nats-secret-3f9c1a"
 )
 
-func startRestartableNATS(t *testing.T) *restartableNATS {
+// restartableNATS is an external NATS server with JetStream that a test
+// can stop and start again (testenv.RestartableNATS).
+type restartableNATS struct{ *testenv.RestartableNATS }
+
+func startRestartableNATS(t *testing.T) restartableNATS {
 	t.Helper()
-	n := &restartableNATS{t: t, opts: natsserver.Options{
-		Host:      "127.0.0.1",
-		Port:      testenv.FreePort(t),
-		JetStream: true,
-		StoreDir:  t.TempDir(),
-		Username:  natsUser,
-		Password:  natsPassword,
-		NoLog:     true,
-		NoSigs:    true,
-	}}
-	n.start()
-	t.Cleanup(n.stop)
-	return n
+	return restartableNATS{testenv.StartRestartableNATS(t, natsserver.Options{JetStream: true, Username: natsUser, Password: natsPassword})}
 }
 
 // url carries the credentials, as INFER_NATS_URL does in production.
-func (n *restartableNATS) url() string {
-	return fmt.Sprintf("nats://%s:%s@127.0.0.1:%d", natsUser, natsPassword, n.opts.Port)
-}
-
-func (n *restartableNATS) start() {
-	n.t.Helper()
-	opts := n.opts
-	srv, err := natsserver.NewServer(&opts)
-	if err != nil {
-		n.t.Fatalf("creating NATS server: %v", err)
-	}
-	go srv.Start()
-	if !srv.ReadyForConnections(30 * time.Second) {
-		n.t.Fatal("NATS server not ready after 30s")
-	}
-	n.srv = srv
-}
-
-func (n *restartableNATS) stop() {
-	if n.srv != nil {
-		n.srv.Shutdown()
-		n.srv.WaitForShutdown()
-		n.srv = nil
-	}
+func (n restartableNATS) url() string {
+	return fmt.Sprintf("nats://%s:%s@127.0.0.1:%d", natsUser, natsPassword, n.Port())
 }
 
 // TestNATSRestart: requests queued on a deployment at zero survive a
@@ -110,9 +73,9 @@ func TestNATSRestart(t *testing.T) {
 	}
 	// Restart NATS while the requests wait for the cold start.
 	waitFor(t, 30*time.Second, "requests queued", func() bool { return queued(p, "stories") >= requests })
-	n.stop()
+	n.Stop()
 	time.Sleep(2 * time.Second)
-	n.start()
+	n.Start()
 	s3.Restore()
 	wg.Wait()
 	for i, r := range results {
@@ -189,7 +152,7 @@ func TestNATSRestartWarmRunner(t *testing.T) {
 		results[i] = storyResult(p, i)
 		t.Logf("request %d answered after %s", i, time.Since(t0).Round(time.Millisecond))
 	}
-	n.stop()
+	n.Stop()
 	// Half the requests arrive while NATS is down, half once it is back.
 	// The outage outlasts two JetStream publish timeouts (5 s each): the
 	// activator holds the requests until it can queue them.
@@ -198,7 +161,7 @@ func TestNATSRestartWarmRunner(t *testing.T) {
 		go send(i)
 	}
 	time.Sleep(12 * time.Second)
-	n.start()
+	n.Start()
 	for i := requests / 2; i < requests; i++ {
 		wg.Add(1)
 		go send(i)
@@ -588,9 +551,9 @@ func TestNATSRestartWhileGenerating(t *testing.T) {
 	// whether its output is lost depends on which side reconnects first.
 	for range 3 {
 		time.Sleep(time.Second)
-		n.stop()
+		n.Stop()
 		time.Sleep(2 * time.Second)
-		n.start()
+		n.Start()
 	}
 	time.Sleep(2 * time.Second)
 	stop()

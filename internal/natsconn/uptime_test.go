@@ -1,6 +1,7 @@
 package natsconn
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -15,21 +16,8 @@ import (
 // after the reconnect once it is back, so silence from before the outage
 // does not count.
 func TestUptime(t *testing.T) {
-	opts := server.Options{Host: "127.0.0.1", Port: testenv.FreePort(t), NoLog: true, NoSigs: true}
-	start := func() *server.Server {
-		o := opts
-		ns, err := server.NewServer(&o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go ns.Start()
-		if !ns.ReadyForConnections(10 * time.Second) {
-			t.Fatal("NATS server not ready")
-		}
-		return ns
-	}
-	ns := start()
-	nc, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	ns := testenv.StartRestartableNATS(t, server.Options{})
+	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", ns.Port()), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,8 +34,7 @@ func TestUptime(t *testing.T) {
 		t.Error("20 ms of silence on an unbroken connection is not silence over 10 ms")
 	}
 
-	ns.Shutdown()
-	ns.WaitForShutdown()
+	ns.Stop()
 	for deadline := time.Now().Add(5 * time.Second); nc.Status() == nats.CONNECTED; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the client did not notice the server go")
@@ -62,8 +49,7 @@ func TestUptime(t *testing.T) {
 		t.Errorf("while down, Since is %v, before the outage began at %v", got, down)
 	}
 
-	ns = start()
-	defer ns.Shutdown()
+	ns.Start()
 	for deadline := time.Now().Add(10 * time.Second); nc.Status() != nats.CONNECTED; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the client did not reconnect")
@@ -83,10 +69,8 @@ func TestUptime(t *testing.T) {
 
 	// An outage between two calls is seen by the reconnect count.
 	before := time.Now()
-	ns.Shutdown()
-	ns.WaitForShutdown()
-	ns = start()
-	defer ns.Shutdown()
+	ns.Stop()
+	ns.Start()
 	for deadline := time.Now().Add(10 * time.Second); nc.Stats().Reconnects < 2 || nc.Status() != nats.CONNECTED; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the client did not reconnect a second time")

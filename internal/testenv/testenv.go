@@ -308,6 +308,56 @@ func StartNATS(t testing.TB, opts *server.Options) *server.Server {
 	return ns
 }
 
+// RestartableNATS is an embedded NATS server on a fixed loopback port
+// (and, with JetStream, a fixed store directory), so that a test can stop
+// it and start it again as an operator restarting NATS would. It is
+// started, and stopped when the test ends.
+type RestartableNATS struct {
+	t    testing.TB
+	opts server.Options
+	srv  *server.Server
+}
+
+// StartRestartableNATS starts one with opts, whose host, port and store
+// directory it sets.
+func StartRestartableNATS(t testing.TB, opts server.Options) *RestartableNATS {
+	t.Helper()
+	opts.Host, opts.Port = "127.0.0.1", FreePort(t)
+	opts.StoreDir = t.TempDir()
+	opts.NoLog, opts.NoSigs = true, true
+	n := &RestartableNATS{t: t, opts: opts}
+	n.Start()
+	t.Cleanup(n.Stop)
+	return n
+}
+
+// Port is the server's client port.
+func (n *RestartableNATS) Port() int { return n.opts.Port }
+
+// Start starts the server again after Stop.
+func (n *RestartableNATS) Start() {
+	n.t.Helper()
+	opts := n.opts
+	srv, err := server.NewServer(&opts)
+	if err != nil {
+		n.t.Fatalf("testenv: creating NATS server: %v", err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(30 * time.Second) {
+		n.t.Fatal("testenv: NATS server not ready after 30s")
+	}
+	n.srv = srv
+}
+
+// Stop shuts the server down; clients see it gone.
+func (n *RestartableNATS) Stop() {
+	if n.srv != nil {
+		n.srv.Shutdown()
+		n.srv.WaitForShutdown()
+		n.srv = nil
+	}
+}
+
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 // Another process may take it before the caller binds it, which is rare
 // enough for tests.
