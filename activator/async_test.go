@@ -18,6 +18,7 @@ import (
 	"github.com/openai/openai-go/option"
 
 	"github.com/infer-run/infer/activator"
+	"github.com/infer-run/infer/internal/testenv"
 	"github.com/infer-run/infer/internal/wire"
 	"github.com/infer-run/infer/registry"
 	"github.com/infer-run/infer/runner"
@@ -484,7 +485,7 @@ func TestActivatorGoneStopsItsRunner(t *testing.T) {
 	usage := h.usageRecords("long")
 
 	urlA, crashA := h.addCrashingActivator()
-	untilFirstToken(t, openStream(t, urlA, `{"model":"long","prompt":"Once upon a time","max_tokens":1000000,"temperature":1.5,"seed":7,"stream":true}`).Body)
+	testenv.UntilFirstToken(t, openStream(t, urlA, `{"model":"long","prompt":"Once upon a time","max_tokens":1000000,"temperature":1.5,"seed":7,"stream":true}`).Body)
 	crashA()
 	stopped := time.Now()
 

@@ -127,8 +127,9 @@ func (v *runnerView) list(deployment string) []wire.Heartbeat {
 func (v *runnerView) listLocked(deployment string) []wire.Heartbeat {
 	var out []wire.Heartbeat
 	now := time.Now()
+	since := v.hearing.Since(now)
 	for id, hb := range v.runners {
-		if v.hearing.Silent(hb.Sent, staleAfter, now) {
+		if natsconn.Silent(hb.Sent, since, staleAfter, now) {
 			delete(v.runners, id)
 			continue
 		}
@@ -207,5 +208,6 @@ func (v *runnerView) alive(id string) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	hb, ok := v.runners[id]
-	return ok && !v.hearing.Silent(hb.Sent, staleAfter, time.Now())
+	now := time.Now()
+	return ok && !natsconn.Silent(hb.Sent, v.hearing.Since(now), staleAfter, now)
 }

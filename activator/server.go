@@ -113,7 +113,6 @@ type Server struct {
 	metrics   *metrics
 	limits    *limiter
 	echo      *echo.Echo
-	gatherer  prometheus.Gatherer
 	openapi   []byte // the API reference as JSON, for GET /openapi.json
 
 	// grace is how long generating requests may finish at shutdown.

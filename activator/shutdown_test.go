@@ -16,6 +16,7 @@ import (
 
 	"github.com/infer-run/infer/activator"
 	"github.com/infer-run/infer/internal/queue"
+	"github.com/infer-run/infer/internal/testenv"
 	"github.com/infer-run/infer/registry"
 	"github.com/infer-run/infer/runner"
 )
@@ -75,22 +76,6 @@ func openStream(t *testing.T, url, body string) *http.Response {
 		t.Fatalf("stream: %d %s", resp.StatusCode, b)
 	}
 	return resp
-}
-
-// untilFirstToken reads a completion stream up to its first chunk with
-// text and returns the reader, positioned after it.
-func untilFirstToken(t *testing.T, stream io.Reader) *bufio.Reader {
-	t.Helper()
-	br := bufio.NewReader(stream)
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatalf("stream ended before tokens flowed: %v", err)
-		}
-		if strings.Contains(line, `"text":"`) && !strings.Contains(line, `"text":""`) {
-			return br
-		}
-	}
 }
 
 // streamEnd is how a stream ended.
@@ -230,7 +215,7 @@ func TestShutdownGrace(t *testing.T) {
 	a := h.serveActivator(activator.Config{ShutdownGrace: grace})
 	// Endless: it is running when the grace ends.
 	stream := openStream(t, a.url, `{"model":"long","prompt":"Once upon a time","max_tokens":1000000,"temperature":1.5,"seed":7,"stream":true}`)
-	br := untilFirstToken(t, stream.Body)
+	br := testenv.UntilFirstToken(t, stream.Body)
 	streamDone := readRest(br)
 
 	began := time.Now()

@@ -423,6 +423,8 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 	}
 	now := time.Now()
 
+	heard := cp.hearing.Since(now)
+
 	// Sort runners into those that count and those on their way out.
 	var live []RunnerRef
 	for _, r := range runners {
@@ -436,10 +438,10 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 			// goes; a new one takes the queue.
 			log.Info("draining runner on old artifact", "runner", r.ID, "artifact", r.Artifact)
 			cp.cfg.Driver.Stop(ctx, r.ID)
-		case seen && cp.hearing.Silent(st.seen, cp.cfg.DeadAfter, now):
+		case seen && natsconn.Silent(st.seen, heard, cp.cfg.DeadAfter, now):
 			log.Warn("runner stopped sending heartbeats; killing it", "runner", r.ID, "last", st.seen)
 			cp.cfg.Driver.Kill(ctx, r.ID)
-		case !seen && now.Sub(r.StartedAt) > cp.cfg.StartTimeout && cp.hearing.Silent(time.Time{}, cp.cfg.DeadAfter, now):
+		case !seen && now.Sub(r.StartedAt) > cp.cfg.StartTimeout && natsconn.Silent(time.Time{}, heard, cp.cfg.DeadAfter, now):
 			log.Warn("runner never reported; killing it", "runner", r.ID)
 			cp.cfg.Driver.Kill(ctx, r.ID)
 		default:

@@ -781,12 +781,16 @@ func (s *replySink) final() *wire.Event {
 }
 
 func (s *replySink) send(ev *wire.Event) {
-	ev.Seq = s.seq
-	s.seq++
-	data, err := wire.AppendEvent(nil, ev)
-	if err == nil {
+	if data, err := s.encode(ev); err == nil {
 		s.nc.Publish(s.subject, data)
 	}
+}
+
+// encode numbers ev as the sink's next event.
+func (s *replySink) encode(ev *wire.Event) ([]byte, error) {
+	ev.Seq = s.seq
+	s.seq++
+	return wire.AppendEvent(nil, ev)
 }
 
 // How a job's last event is repeated until the activator acknowledges it.
@@ -807,28 +811,27 @@ const (
 // event would leave the client waiting with nothing to arrive after it.
 // The activator drops repeats by their sequence number.
 func (s *replySink) sendLast(ev *wire.Event) {
-	ev.Seq = s.seq
-	s.seq++
-	data, err := wire.AppendEvent(nil, ev)
+	data, err := s.encode(ev)
 	if err != nil {
 		return
 	}
-	noResponders := 0
-	for began := time.Now(); ; {
+	deadline := time.Now().Add(lastFor)
+	for noResponders := 0; ; {
 		_, err := s.nc.Request(s.subject, data, lastAckWait)
-		switch {
-		case err == nil:
+		if err == nil {
 			return
-		case errors.Is(err, nats.ErrNoResponders):
+		}
+		if errors.Is(err, nats.ErrNoResponders) {
 			if noResponders++; noResponders >= lastNoResponders {
 				return
 			}
-		default:
+			time.Sleep(lastEvery) // it may be subscribing again
+		} else {
 			noResponders = 0
 		}
-		if time.Since(began) > lastFor {
+		// Through an outage, one copy waits in the reconnect buffer.
+		if !queue.WaitConnected(context.Background(), s.nc, deadline) {
 			return
 		}
-		time.Sleep(lastEvery)
 	}
 }

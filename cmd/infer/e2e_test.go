@@ -606,15 +606,9 @@ func TestBadInput(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer resp.Body.Close()
-			var e struct {
-				Error struct {
-					Message string  `json:"message"`
-					Type    string  `json:"type"`
-					Param   *string `json:"param"`
-					Code    *string `json:"code"`
-				} `json:"error"`
-			}
-			if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+			var body apiErr // the CLI's reading of an error
+			e := &body.Body
+			if err := json.NewDecoder(resp.Body).Decode(e); err != nil {
 				t.Fatalf("error body is not JSON: %v", err)
 			}
 			if resp.StatusCode != tt.status || e.Error.Type != tt.errType || e.Error.Message == "" {
@@ -665,23 +659,7 @@ func (p *platform) streamToFirstToken(body string) *bufio.Reader {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { resp.Body.Close() })
-	return untilFirstToken(t, resp.Body)
-}
-
-// untilFirstToken reads a completion stream up to its first chunk with
-// text and returns the reader, positioned after it.
-func untilFirstToken(t *testing.T, stream io.Reader) *bufio.Reader {
-	t.Helper()
-	br := bufio.NewReader(stream)
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatalf("stream ended before any token: %v", err)
-		}
-		if strings.Contains(line, `"text":"`) && !strings.Contains(line, `"text":""`) {
-			return br
-		}
-	}
+	return testenv.UntilFirstToken(t, resp.Body)
 }
 
 // TestRunnerLostMidGeneration: a runner that stops answering while it

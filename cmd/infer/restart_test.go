@@ -130,7 +130,7 @@ func TestActivatorRestart(t *testing.T) {
 	b := p.startActivator("--shutdown-grace", grace.String())
 
 	generating := p.openStreamTo(b.url, `{"model":"stories","prompt":"Once upon a time","max_tokens":1000000,"temperature":1.5,"seed":3,"stream":true}`)
-	br := untilFirstToken(t, generating.Body)
+	br := testenv.UntilFirstToken(t, generating.Body)
 	generatingEnd := readToEnd(br)
 	// Through B as well: a stream queued behind it, and an async job.
 	queuedStream := p.openStreamTo(b.url, `{"model":"stories","prompt":"Queued","max_tokens":8,"stream":true}`)

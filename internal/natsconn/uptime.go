@@ -46,11 +46,11 @@ func (u *Uptime) Since(now time.Time) time.Time {
 }
 
 // Silent reports whether something last heard at last has been silent for
-// longer than d of the connection's current stretch.
-func (u *Uptime) Silent(last time.Time, d time.Duration, now time.Time) bool {
-	from := u.Since(now)
-	if last.After(from) {
-		from = last
+// longer than d of a stretch of hearing that began at since (what
+// Uptime.Since returned): a caller judging many takes Since once.
+func Silent(last, since time.Time, d time.Duration, now time.Time) bool {
+	if last.After(since) {
+		since = last
 	}
-	return now.Sub(from) > d
+	return now.Sub(since) > d
 }

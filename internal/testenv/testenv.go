@@ -6,6 +6,7 @@
 package testenv
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -13,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -406,4 +408,20 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b) // never fails, per crypto/rand
 	return hex.EncodeToString(b)
+}
+
+// UntilFirstToken reads a completion stream up to its first chunk with
+// text and returns the reader, positioned after it.
+func UntilFirstToken(t testing.TB, stream io.Reader) *bufio.Reader {
+	t.Helper()
+	br := bufio.NewReader(stream)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("stream ended before any token: %v", err)
+		}
+		if strings.Contains(line, `"text":"`) && !strings.Contains(line, `"text":""`) {
+			return br
+		}
+	}
 }
