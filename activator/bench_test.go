@@ -167,12 +167,15 @@ func BenchmarkAddedLatency(b *testing.B) {
 	// would hold the Go scheduler's Ps in cgo calls and delay the
 	// activator's and NATS's goroutines.
 	cfg := runner.EngineConfig{Parallel: 16, Context: 512, Contexts: benchContexts, DecodeNice: benchNice()}
-	h.startRunnerProcess("bench", cfg)
+	runnerPID := h.startRunnerProcess("bench", cfg)
 
 	cfg.ModelPath = testenv.ModelPath(b)
-	// The direct engine stands for the runner process: give this one the
-	// spare Ps `infer runner` gives itself.
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + cfg.Parallel))
+	// The direct engine stands for the runner process: it runs with the
+	// spare Ps `infer runner` gives itself, the activator and NATS with
+	// as many as the host has cores, as in their own processes.
+	procs := runtime.GOMAXPROCS(0)
+	defer runtime.GOMAXPROCS(procs)
+	runnerProcs := procs + cfg.Parallel
 	e, err := runner.LoadEngine(slog.Default(), cfg, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -201,6 +204,10 @@ func BenchmarkAddedLatency(b *testing.B) {
 	}
 	defer sub.Unsubscribe()
 
+	// Both engines load their contexts after the first in the background
+	// (Engine.Run): let that finish before measuring.
+	settle(b, os.Getpid(), runnerPID)
+
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	for _, n := range []int{1, 16} {
 		b.Run(fmt.Sprintf("streams=%d", n), func(b *testing.B) {
@@ -208,16 +215,28 @@ func BenchmarkAddedLatency(b *testing.B) {
 			ttftDirect(b, e, -1, n, 0)
 			ttftActivator(b, client, url, "bench", -1, n)
 			var direct, spread, via []time.Duration
+			// CPU time spent in each round's direct requests (this
+			// process) and activator requests (this process: client,
+			// activator, NATS; and the runner process).
+			var directCPU, viaCPU, runnerCPU time.Duration
 			recMu.Lock()
 			queueWait, runnerTTFT = queueWait[:0], runnerTTFT[:0]
 			recMu.Unlock()
 			b.ResetTimer()
+			self := os.Getpid()
 			for round := range b.N {
+				runtime.GOMAXPROCS(runnerProcs)
+				c0 := processCPU(b, self)
 				direct = append(direct, ttftDirect(b, e, round, n, 0)...)
+				directCPU += processCPU(b, self) - c0
 				if n > 1 {
 					spread = append(spread, ttftDirect(b, e, round, n, arrivalSpread)...)
 				}
+				runtime.GOMAXPROCS(procs)
+				c0, r0 := processCPU(b, self), processCPU(b, runnerPID)
 				via = append(via, ttftActivator(b, client, url, "bench", round, n)...)
+				viaCPU += processCPU(b, self) - c0
+				runnerCPU += processCPU(b, runnerPID) - r0
 			}
 			b.StopTimer()
 			d50, d99 := percentile(direct, 0.5), percentile(direct, 0.99)
@@ -237,6 +256,10 @@ func BenchmarkAddedLatency(b *testing.B) {
 				b.ReportMetric(percentile(runnerTTFT, 0.99), "runner-ttft-p99-ms")
 			}
 			recMu.Unlock()
+			perReq := func(d time.Duration) float64 { return d.Seconds() * 1000 / float64(b.N*n) }
+			b.ReportMetric(perReq(directCPU), "direct-cpu-ms/req")
+			b.ReportMetric(perReq(viaCPU), "activator-nats-client-cpu-ms/req")
+			b.ReportMetric(perReq(runnerCPU), "runner-cpu-ms/req")
 			b.ReportMetric(d50, "direct-p50-ms")
 			b.ReportMetric(d99, "direct-p99-ms")
 			b.ReportMetric(a50, "activator-p50-ms")
@@ -244,6 +267,77 @@ func BenchmarkAddedLatency(b *testing.B) {
 			b.ReportMetric(a50-d50, "added-p50-ms")
 			b.ReportMetric(a99-d99, "added-p99-ms")
 		})
+	}
+}
+
+// BenchmarkPathOnly measures time to first token through the activator
+// path (the same requests as BenchmarkAddedLatency's) with a runner that
+// answers each job at once, without a model: the path's own latency,
+// under nothing but its own load. The engine's time comes on top of it,
+// so it bounds from below what BenchmarkAddedLatency can report as added.
+func BenchmarkPathOnly(b *testing.B) {
+	quiet(b)
+	h := newHarness(b)
+	h.deploy("bench", map[string]any{"parallel": 16})
+	url := h.benchActivator()
+	runnerPID := h.startRunnerProcessSpec(runnerProcessSpec{Deployment: "bench", Engine: runner.EngineConfig{Parallel: 16}, Instant: true})
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	for _, n := range []int{1, 16} {
+		b.Run(fmt.Sprintf("streams=%d", n), func(b *testing.B) {
+			ttftActivator(b, client, url, "bench", -1, n)
+			var via []time.Duration
+			var viaCPU, runnerCPU time.Duration
+			self := os.Getpid()
+			b.ResetTimer()
+			for round := range b.N {
+				c0, r0 := processCPU(b, self), processCPU(b, runnerPID)
+				via = append(via, ttftActivator(b, client, url, "bench", round, n)...)
+				viaCPU += processCPU(b, self) - c0
+				runnerCPU += processCPU(b, runnerPID) - r0
+			}
+			b.StopTimer()
+			perReq := func(d time.Duration) float64 { return d.Seconds() * 1000 / float64(b.N*n) }
+			b.ReportMetric(perReq(viaCPU), "activator-nats-client-cpu-ms/req")
+			b.ReportMetric(perReq(runnerCPU), "runner-cpu-ms/req")
+			b.ReportMetric(percentile(via, 0.5), "activator-p50-ms")
+			b.ReportMetric(percentile(via, 0.99), "activator-p99-ms")
+		})
+	}
+}
+
+// processCPU is the CPU time a process has used, all its threads, from
+// /proc (in clock ticks of 10 ms: sum it over many rounds).
+func processCPU(b *testing.B, pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The fields after the command name, which may hold spaces: state is
+	// field 3, utime 14 and stime 15.
+	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	const tick = 10 * time.Millisecond // USER_HZ, 100 on Linux
+	return time.Duration(utime+stime) * tick
+}
+
+// settle waits (at most 20 s) until the processes use less than a tenth of
+// a core over half a second: until the work they started in the background
+// is done.
+func settle(b *testing.B, pids ...int) {
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+		var before time.Duration
+		for _, pid := range pids {
+			before += processCPU(b, pid)
+		}
+		time.Sleep(500 * time.Millisecond)
+		var after time.Duration
+		for _, pid := range pids {
+			after += processCPU(b, pid)
+		}
+		if after-before < 50*time.Millisecond {
+			return
+		}
 	}
 }
 

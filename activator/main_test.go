@@ -12,10 +12,13 @@ import (
 	"runtime"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infer-run/infer/internal/blob"
+	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/testenv"
 	"github.com/infer-run/infer/internal/wire"
 	"github.com/infer-run/infer/runner"
@@ -47,19 +50,29 @@ type runnerProcessSpec struct {
 	Engine  runner.EngineConfig `json:"engine"`
 	Dir     string              `json:"dir"`
 	Verbose bool                `json:"verbose"`
+	// Instant replaces the runner with one that answers each job at once
+	// with one token and no model: the activator path's own cost.
+	Instant bool `json:"instant"`
 }
 
 // startRunnerProcess runs a runner for a deployment in a child process, as
 // in production: its decode threads and Go scheduler are its own, not the
-// activator's. It stops when the test ends.
-func (h *harness) startRunnerProcess(deployment string, engine runner.EngineConfig) {
+// activator's. It stops when the test ends. It returns the process's ID.
+func (h *harness) startRunnerProcess(deployment string, engine runner.EngineConfig) int {
+	return h.startRunnerProcessSpec(runnerProcessSpec{Deployment: deployment, Engine: engine})
+}
+
+// startRunnerProcessSpec starts a runner process for spec.Deployment with
+// spec's settings; the harness fills in the rest.
+func (h *harness) startRunnerProcessSpec(s runnerProcessSpec) int {
 	h.t.Helper()
 	spec, _ := json.Marshal(runnerProcessSpec{
+		Instant:    s.Instant,
 		NATS:       h.nc.ConnectedUrl(),
 		Model:      testenv.ModelPath(h.t),
-		Deployment: deployment,
+		Deployment: s.Deployment,
 		Artifact:   runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size},
-		Engine:     engine,
+		Engine:     s.Engine,
 		Dir:        h.t.TempDir(),
 		Verbose:    testing.Verbose(),
 	})
@@ -83,6 +96,7 @@ func (h *harness) startRunnerProcess(deployment string, engine runner.EngineConf
 		stdin.Close()
 		cmd.Wait()
 	})
+	return cmd.Process.Pid
 }
 
 func runRunnerProcess(specJSON string) error {
@@ -99,6 +113,9 @@ func runRunnerProcess(specJSON string) error {
 		cancel()
 	}()
 
+	if spec.Instant {
+		return runInstantRunner(ctx, spec)
+	}
 	blobs, err := blob.NewDir(spec.Dir + "/blobs")
 	if err != nil {
 		return err
@@ -136,4 +153,65 @@ func runRunnerProcess(specJSON string) error {
 		return err
 	}
 	return nil
+}
+
+// runInstantRunner answers every job of the deployment's queue as a runner
+// does (start, one delta, an acknowledged done, then the job's ack), at
+// once and without a model.
+func runInstantRunner(ctx context.Context, spec runnerProcessSpec) error {
+	nc, err := nats.Connect(spec.NATS)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	stream, err := js.Stream(ctx, wire.RequestStream(spec.Deployment))
+	if err != nil {
+		return fmt.Errorf("opening the request stream: %w", err)
+	}
+	cons, err := queue.EnsureConsumer(ctx, stream)
+	if err != nil {
+		return err
+	}
+	msgs, err := cons.Messages(jetstream.PullMaxMessages(max(1, spec.Engine.Parallel)))
+	if err != nil {
+		return err
+	}
+	go func() { <-ctx.Done(); msgs.Stop() }()
+	id := wire.NewID(4)
+	for {
+		msg, err := msgs.Next()
+		if err != nil {
+			return nil // stopped
+		}
+		go func() {
+			var job wire.Job
+			if err := json.Unmarshal(msg.Data(), &job); err != nil {
+				msg.Term()
+				return
+			}
+			subject := wire.RunnerReplySubject(job.ReplyTo, id)
+			events := []*wire.Event{
+				{Type: wire.EventStart, Runner: id, Usage: &wire.Usage{PromptTokens: 1}},
+				{Type: wire.EventDelta, Text: " Once"},
+				{Type: wire.EventDone, FinishReason: "length", Usage: &wire.Usage{PromptTokens: 1, CompletionTokens: 1}},
+			}
+			for i, ev := range events {
+				ev.Seq = uint32(i)
+				data, err := wire.AppendEvent(nil, ev)
+				if err != nil {
+					panic(err)
+				}
+				if i < len(events)-1 {
+					nc.Publish(subject, data)
+				} else {
+					nc.Request(subject, data, 5*time.Second)
+				}
+			}
+			msg.Ack()
+		}()
+	}
 }
