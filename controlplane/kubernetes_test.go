@@ -9,8 +9,10 @@ package controlplane
 // removes a deleted pod at once whatever the grace period).
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -19,13 +21,17 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	sigsyaml "sigs.k8s.io/yaml"
 )
 
 const testNS = "infer"
@@ -583,5 +589,48 @@ users:
 	}
 	if _, err := NewKubernetesClient(dir + "/missing"); err == nil || !strings.Contains(err.Error(), "loading Kubernetes config from") {
 		t.Errorf("NewKubernetesClient(missing) = %v, want a wrapped error", err)
+	}
+}
+
+// TestRunnerPodNetworkPolicy checks that deploy/kubernetes's NetworkPolicy
+// for runners selects the pods this driver creates and lets nothing in:
+// runners only dial NATS and the object store.
+func TestRunnerPodNetworkPolicy(t *testing.T) {
+	f, err := os.Open("../deploy/kubernetes/40-networkpolicy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var policy *networkingv1.NetworkPolicy
+	r := utilyaml.NewYAMLReader(bufio.NewReader(f))
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p networkingv1.NetworkPolicy
+		if err := sigsyaml.UnmarshalStrict(doc, &p); err != nil {
+			t.Fatal(err)
+		}
+		if p.Name == "infer-runner" {
+			policy = &p
+		}
+	}
+	if policy == nil {
+		t.Fatal("no NetworkPolicy infer-runner in deploy/kubernetes/40-networkpolicy.yaml")
+	}
+	pod := runnerPod(t, policy.Namespace, testSpec(), corev1.PodRunning, time.Now())
+	sel, err := metav1.LabelSelectorAsSelector(&policy.Spec.PodSelector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sel.Matches(labels.Set(pod.Labels)) {
+		t.Errorf("policy selector %v does not select runner pods labelled %v", sel, pod.Labels)
+	}
+	if !slices.Contains(policy.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) || len(policy.Spec.Ingress) != 0 {
+		t.Errorf("policy %+v lets connections in to runners", policy.Spec)
 	}
 }

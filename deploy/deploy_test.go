@@ -27,6 +27,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -403,6 +404,8 @@ type manifests struct {
 	pdbs        []*policyv1.PodDisruptionBudget
 	roles       []*rbacv1.Role
 	bindings    []*rbacv1.RoleBinding
+
+	networkPolicies []*networkingv1.NetworkPolicy
 }
 
 func loadTyped(t *testing.T) manifests {
@@ -435,6 +438,8 @@ func typed(t *testing.T, objs []k8sObject) manifests {
 			m.roles = append(m.roles, v)
 		case *rbacv1.RoleBinding:
 			m.bindings = append(m.bindings, v)
+		case *networkingv1.NetworkPolicy:
+			m.networkPolicies = append(m.networkPolicies, v)
 		default:
 			t.Errorf("%s: unexpected object %T", o.file, o.obj)
 		}
