@@ -275,9 +275,15 @@ type relay struct {
 	sse      bool   // SSE headers are written: errors now go in-band
 	phase    string // the cold-start phase last named in a comment
 	// seqRunner's next event should be numbered nextSeq; a gap means
-	// events were lost.
+	// events were lost. gapSince is when the current gap was found (in
+	// gapRunner's events, from gapFrom on), resentAt when its events were
+	// last asked for again.
 	seqRunner string
 	nextSeq   uint32
+	gapSince  time.Time
+	gapRunner string
+	gapFrom   uint32
+	resentAt  time.Time
 	text      []byte
 	enc       chunkEncoder
 	queuedAt  time.Time
@@ -343,6 +349,7 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				// the lost runner's: the next runner starts over.
 				rl.runner = ""
 				rl.text = rl.text[:0]
+				rl.gapSince = time.Time{} // the next runner starts over
 				rl.w.disown()
 				if rl.s.shuttingDown() {
 					// No redelivery is worth waiting for now.
@@ -356,6 +363,12 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				// Past that nothing will (its deliveries may be spent):
 				// fail rather than hold the client forever.
 				wait.Reset(queue.AckWait + queueTimeout)
+			}
+			if !rl.gapSince.IsZero() && !rl.resend(rl.gapRunner, rl.gapFrom, rl.gapFrom) {
+				// Nothing more may come to ask again on (the last event
+				// was acknowledged before the gap showed), so the tick
+				// asks; the gap could not be filled.
+				return rl.outputLost()
 			}
 			if rl.runner != "" {
 				break // generating
@@ -436,16 +449,18 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 		}
 		switch {
 		case ev.Seq < want:
-			continue // a last event repeated until acknowledged
+			continue // a repeat: of a last event until acknowledged, or resent
 		case ev.Seq > want:
-			// Events were lost, across a NATS reconnect: the answer
-			// would miss text, or never end.
-			rl.s.log.Warn("events from runner lost", "request", rl.id, "runner", r.runner, "want", want, "got", ev.Seq)
-			rl.gaveUp = true
-			rl.s.metrics.requests.WithLabelValues(rl.model, "output_lost").Inc()
-			return true, rl.fail(errOutputLost())
+			// Events were lost, across a NATS reconnect. The runner
+			// keeps what it sent: ask for it again from the first one
+			// missing, and drop what came after, which it resends too.
+			if rl.resend(r.runner, want, ev.Seq) {
+				continue
+			}
+			// It cannot: the answer would miss text, or never end.
+			return true, rl.outputLost()
 		}
-		rl.seqRunner, rl.nextSeq = r.runner, ev.Seq+1
+		rl.seqRunner, rl.nextSeq, rl.gapSince = r.runner, ev.Seq+1, time.Time{}
 		switch ev.Type {
 		case wire.EventStart:
 			if rl.sentText {
@@ -504,6 +519,54 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 		res.Flush()
 	}
 	return false, nil
+}
+
+// How a gap in a runner's events is filled: a resend request at most every
+// resendEvery while events past the gap keep coming (each would ask
+// again), and at every keepalive tick while none do, waiting resendWait
+// for the answer, for at most resendFor.
+const (
+	resendEvery = 500 * time.Millisecond
+	resendWait  = time.Second
+	resendFor   = 15 * time.Second
+)
+
+// resend asks runner to send its events again from from on, having got
+// event got; false when the gap cannot be filled: the runner no longer
+// has the events, does not take resend requests, or the gap has lasted
+// resendFor.
+func (rl *relay) resend(runner string, from, got uint32) bool {
+	now := time.Now()
+	if rl.gapSince.IsZero() {
+		rl.gapSince, rl.gapRunner, rl.gapFrom = now, runner, from
+		rl.s.log.Warn("events from runner lost; asking for them again", "request", rl.id, "runner", runner, "want", from, "got", got)
+	} else if now.Sub(rl.gapSince) > resendFor {
+		rl.s.log.Warn("events from runner lost and not resent in time", "request", rl.id, "runner", runner, "want", from, "waited", now.Sub(rl.gapSince))
+		return false
+	}
+	if now.Sub(rl.resentAt) < resendEvery {
+		return true // asked already; its events are on the way
+	}
+	rl.resentAt = now
+	m, err := rl.s.nc.Request(wire.ResendSubject(runner), wire.AppendResend(nil, rl.id, from), resendWait)
+	switch {
+	case err == nil:
+		return string(m.Data) == wire.ResendOK
+	case errors.Is(err, nats.ErrNoResponders):
+		// The runner's events reach this activator, so its
+		// subscriptions are in place: it takes no resend requests.
+		return false
+	default:
+		return true // no answer yet (NATS is reconnecting): ask again
+	}
+}
+
+// outputLost ends a request whose runner's events were lost for good, and
+// stops its job.
+func (rl *relay) outputLost() error {
+	rl.gaveUp = true
+	rl.s.metrics.requests.WithLabelValues(rl.model, "output_lost").Inc()
+	return rl.fail(errOutputLost())
 }
 
 // start handles the runner admitting the job.

@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,9 +28,15 @@ type fakeRunner struct {
 	id      string
 	subject string
 	seq     uint32 // the next event's number
+
+	mu  sync.Mutex
+	log [][]byte // the events encoded, by number, for resends
+	// ignore is how many resend requests go unanswered before one is
+	// served, as if lost on the way.
+	ignore int
 }
 
-// encode numbers the runner's next event.
+// encode numbers the runner's next event and logs it.
 func (r *fakeRunner) encode(ev *wire.Event) []byte {
 	r.t.Helper()
 	ev.Seq = r.seq
@@ -37,7 +45,43 @@ func (r *fakeRunner) encode(ev *wire.Event) []byte {
 	if err != nil {
 		r.t.Fatal(err)
 	}
+	r.mu.Lock()
+	for len(r.log) < int(ev.Seq) {
+		r.log = append(r.log, nil) // skipped: never sent, not resendable
+	}
+	r.log = append(r.log[:ev.Seq], data)
+	r.mu.Unlock()
 	return data
+}
+
+// lose numbers and logs an event, as a runner that sent it, but does not
+// send it: it is lost on the way.
+func (r *fakeRunner) lose(ev *wire.Event) { r.encode(ev) }
+
+// serveResends answers resend requests as a runner does, from the log.
+func (r *fakeRunner) serveResends() {
+	r.t.Helper()
+	sub, err := r.nc.Subscribe(wire.ResendSubject(r.id), func(m *nats.Msg) {
+		_, from, err := wire.ParseResend(m.Data)
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.ignore > 0 {
+			r.ignore--
+			return
+		}
+		if err != nil || int(from) > len(r.log) || slices.ContainsFunc(r.log[from:], func(ev []byte) bool { return ev == nil }) {
+			m.Respond([]byte(wire.ResendGone))
+			return
+		}
+		for _, ev := range r.log[from:] {
+			r.nc.Publish(r.subject, ev)
+		}
+		m.Respond([]byte(wire.ResendOK))
+	})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() { sub.Unsubscribe() })
 }
 
 func (r *fakeRunner) send(ev *wire.Event) {
@@ -339,11 +383,12 @@ func (h *harness) metric(series string) string {
 	return ""
 }
 
-// TestLostEvents: runners number their events for a job, and the relay
-// ends a request whose events have a gap (NATS drops what a runner
-// publishes while the activator's subscription is reconnecting) with
-// output_lost and stops its job, rather than answer with text missing or
-// wait for a last event that will never come. A runner's last event is
+// TestLostEvents: runners number their events for a job. When they have
+// a gap (NATS drops what a runner publishes while the activator's
+// subscription is reconnecting), the relay asks the runner for them
+// again; a runner that cannot resend them gets its request ended with
+// output_lost and its job stopped, rather than an answer with text
+// missing or a wait for a last event that will never come. A runner's last event is
 // acknowledged, with a waiter or without (the request already over), so
 // the runner stops repeating it; a repeated event counts once. Fake
 // runners play the runner's side: a real runner cannot be made to lose
@@ -363,26 +408,27 @@ func TestLostEvents(t *testing.T) {
 	defer sub.Unsubscribe()
 
 	for _, tc := range []struct {
-		name   string
-		stream bool
-		run    func(r *fakeRunner)
-		want   []string // in the response, in order
-		absent string
-		lost   bool // the job is stopped
+		name    string
+		stream  bool
+		resends bool // the runner takes resend requests
+		run     func(r *fakeRunner)
+		want    []string // in the response, in order
+		absent  string
+		lost    bool // the job is stopped
 	}{
-		{"a delta lost, stream", true, func(r *fakeRunner) {
+		{"a delta lost, stream", true, false, func(r *fakeRunner) {
 			r.start()
 			r.delta("one")
 			r.seq++ // "two" never arrives
 			r.delta("three")
 			r.done()
 		}, []string{"200 ", `"one"`, "event: error", `"output_lost"`, "[DONE]"}, "three", true},
-		{"the start lost, body", false, func(r *fakeRunner) {
+		{"the start lost, body", false, false, func(r *fakeRunner) {
 			r.seq++
 			r.delta("one")
 			r.done()
 		}, []string{"502 ", `"output_lost"`}, "one", true},
-		{"a repeated event counts once", false, func(r *fakeRunner) {
+		{"a repeated event counts once", false, false, func(r *fakeRunner) {
 			r.start()
 			r.delta("one")
 			r.seq--
@@ -394,11 +440,42 @@ func TestLostEvents(t *testing.T) {
 			r.seq--
 			r.last(&wire.Event{Type: wire.EventDone, FinishReason: "stop", Usage: &wire.Usage{PromptTokens: 3, CompletionTokens: 2}})
 		}, []string{"200 ", `"text":"onetwo"`}, "oneone", false},
+		{"a delta lost and resent, stream", true, true, func(r *fakeRunner) {
+			r.start()
+			r.delta("one")
+			r.lose(&wire.Event{Type: wire.EventDelta, Text: "two"})
+			r.delta("three")
+			r.delta("four")
+			r.done()
+		}, []string{"200 ", `"one"`, `"two"`, `"three"`, `"four"`, `"finish_reason":"stop"`, "[DONE]"}, "error", false},
+		{"the start lost and resent, body", false, true, func(r *fakeRunner) {
+			r.lose(&wire.Event{Type: wire.EventStart, Runner: r.id, Usage: &wire.Usage{PromptTokens: 3}})
+			r.delta("one")
+			r.last(&wire.Event{Type: wire.EventDone, FinishReason: "stop", Usage: &wire.Usage{PromptTokens: 3, CompletionTokens: 1}})
+		}, []string{"200 ", `"text":"one"`}, "oneone", false},
+		{"the first resend request lost, after the last event, stream", true, true, func(r *fakeRunner) {
+			r.ignore = 1
+			r.start()
+			r.delta("one")
+			r.lose(&wire.Event{Type: wire.EventDelta, Text: "two"})
+			// Acknowledged at once: nothing more comes to ask again on.
+			r.last(&wire.Event{Type: wire.EventDone, FinishReason: "stop", Usage: &wire.Usage{PromptTokens: 3, CompletionTokens: 2}})
+		}, []string{"200 ", `"one"`, `"two"`, `"finish_reason":"stop"`, "[DONE]"}, "error", false},
+		{"the runner has the events no more, stream", true, true, func(r *fakeRunner) {
+			r.start()
+			r.delta("one")
+			r.seq++ // "two" is not in the runner's log either
+			r.delta("three")
+			r.done()
+		}, []string{"200 ", `"one"`, "event: error", `"output_lost"`, "[DONE]"}, "three", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			replyTo, body := startRequest(t, h, js, "lossy", tc.stream)
 			r := &fakeRunner{t: t, nc: h.nc, id: "runnerL", subject: wire.RunnerReplySubject(replyTo, "runnerL")}
 			heartbeat(t, h.nc, "lossy", r.id)
+			if tc.resends {
+				r.serveResends()
+			}
 			id := replyTo[strings.LastIndex(replyTo, ".")+1:] // the request ID ends the subject
 			tc.run(r)
 			got := waitBody(t, body)

@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -46,11 +47,10 @@ func (r *slowReader) Read(p []byte) (int, error) {
 	return r.ReadCloser.Read(p[:min(len(p), r.s.chunk)])
 }
 
-// TestColdStartPhasesPublished: a starting runner reports each phase in
-// its heartbeats as it begins — fetching with the share of the weights
-// downloaded so far, then loading, then ready — which the activator turns
-// into the comments waiting streams see.
-func TestColdStartPhasesPublished(t *testing.T) {
+// storedModel puts the test model into a new object store, as an upload
+// does, and returns its artifact.
+func storedModel(t *testing.T) (Artifact, *blob.Dir) {
+	t.Helper()
 	model, err := os.ReadFile(testenv.ModelPath(t))
 	if err != nil {
 		t.Fatal(err)
@@ -60,10 +60,32 @@ func TestColdStartPhasesPublished(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	if err := dir.Put(ctx, "uploads/model.gguf", strings.NewReader(string(model)), int64(len(model))); err != nil {
+	const key = "uploads/model.gguf"
+	if err := dir.Put(context.Background(), key, bytes.NewReader(model), int64(len(model))); err != nil {
 		t.Fatal(err)
 	}
+	return Artifact{SHA256: hex.EncodeToString(sum[:]), ObjectKey: key, Size: int64(len(model))}, dir
+}
+
+// runRunner runs a runner until the test ends.
+func runRunner(t *testing.T, cfg Config, nc *nats.Conn) {
+	t.Helper()
+	r, err := New(cfg, nc, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx, nil); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// TestColdStartPhasesPublished: a starting runner reports each phase in
+// its heartbeats as it begins — fetching with the share of the weights
+// downloaded so far, then loading, then ready — which the activator turns
+// into the comments waiting streams see.
+func TestColdStartPhasesPublished(t *testing.T) {
+	art, dir := storedModel(t)
 	nc, err := nats.Connect(testenv.NATS(t))
 	if err != nil {
 		t.Fatal(err)
@@ -85,19 +107,7 @@ func TestColdStartPhasesPublished(t *testing.T) {
 	// ~1.2 MB in 32 KiB reads 50 ms apart: about two seconds of fetching,
 	// so the 250 ms progress reports fall between 0 and 100%.
 	cache := &Cache{Dir: t.TempDir(), Blobs: slowStore{Store: dir, chunk: 32 << 10, pause: 50 * time.Millisecond}}
-	r, err := New(Config{
-		ID: id, Deployment: deployment,
-		Artifact: Artifact{SHA256: hex.EncodeToString(sum[:]), ObjectKey: "uploads/model.gguf", Size: int64(len(model))},
-		Cache:    cache,
-		Engine:   EngineConfig{Parallel: 1, Context: 256},
-	}, nc, slog.Default())
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { r.Run(runCtx, nil); close(done) }()
-	defer func() { cancel(); <-done }()
+	runRunner(t, Config{ID: id, Deployment: deployment, Artifact: art, Cache: cache, Engine: EngineConfig{Parallel: 1, Context: 256}}, nc)
 
 	var seen []string // phase, or phase and detail, each change once
 	deadline := time.After(60 * time.Second)

@@ -67,6 +67,15 @@ type Runner struct {
 	running     map[string]context.CancelFunc // job ID → cancel
 	cancelled   map[string]time.Time          // job IDs cancelled before they ran → until
 	swept       time.Time                     // when expired cancelled IDs were last dropped
+	// sinks are the sync jobs' reply sinks by job ID, for resend requests:
+	// running (zero time), or ended and kept until the time given.
+	sinks      map[string]sinkEntry
+	sinksSwept time.Time
+}
+
+type sinkEntry struct {
+	sink  *replySink
+	until time.Time
 }
 
 // New creates a runner on an open NATS connection.
@@ -92,6 +101,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Runner, error) {
 		phase:     wire.PhaseStarting,
 		running:   map[string]context.CancelFunc{},
 		cancelled: map[string]time.Time{},
+		sinks:     map[string]sinkEntry{},
 	}, nil
 }
 
@@ -181,6 +191,11 @@ func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 		return fmt.Errorf("subscribing to cancellations: %w", err)
 	}
 	defer sub.Unsubscribe()
+	resends, err := r.nc.Subscribe(wire.ResendSubject(r.cfg.ID), r.onResend)
+	if err != nil {
+		return fmt.Errorf("subscribing to resend requests: %w", err)
+	}
+	defer resends.Unsubscribe()
 
 	cons, err := r.consumer(ctx)
 	if err != nil {
@@ -363,6 +378,10 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 	sink := newReplySink(r.nc, replyTo)
 	sink.runner = r.cfg.ID
 	sink.async = job.Async
+	if !job.Async {
+		r.keepSink(job.ID, sink)
+		defer r.dropSink(job.ID, sink)
+	}
 	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling}
 	if job.Kind == wire.KindChat {
 		req.Prompt = RenderChat(r.template, job.Messages)
@@ -587,6 +606,59 @@ const rememberCancelled = time.Hour
 // O(1) amortized.
 const cancelledSweep = time.Minute
 
+// resendKeep is how long a sync job's events can still be resent after
+// the job ended: its last event is acknowledged on arrival, and the
+// activator may find the gap before it only then.
+const resendKeep = 30 * time.Second
+
+func (r *Runner) keepSink(id string, s *replySink) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sinks[id] = sinkEntry{sink: s}
+}
+
+// dropSink starts the ended job's resendKeep (unless the job runs again
+// here, redelivered, with a sink of its own), and drops the sinks whose
+// time is up (at most once per resendKeep, so each job pays O(1)).
+func (r *Runner) dropSink(id string, s *replySink) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.sinks[id]; ok && e.sink == s {
+		e.until = now.Add(resendKeep)
+		r.sinks[id] = e
+	}
+	if now.Sub(r.sinksSwept) < resendKeep {
+		return
+	}
+	r.sinksSwept = now
+	for id, e := range r.sinks {
+		if !e.until.IsZero() && now.After(e.until) {
+			delete(r.sinks, id)
+		}
+	}
+}
+
+// onResend publishes a sync job's events again from the sequence number
+// asked for (see wire.ResendSubject).
+func (r *Runner) onResend(m *nats.Msg) {
+	id, from, err := wire.ParseResend(m.Data)
+	if err != nil {
+		r.log.Warn("bad resend request", "err", err)
+		m.Respond([]byte(wire.ResendGone))
+		return
+	}
+	r.mu.Lock()
+	e, ok := r.sinks[id]
+	r.mu.Unlock()
+	if !ok || (!e.until.IsZero() && time.Now().After(e.until)) || !e.sink.resend(from) {
+		m.Respond([]byte(wire.ResendGone))
+		return
+	}
+	r.log.Info("resent events lost on the way", "request", id, "from", from)
+	m.Respond([]byte(wire.ResendOK))
+}
+
 // onCancel stops a running job, or remembers the ID so the job is skipped
 // if this runner takes it from the queue later.
 func (r *Runner) onCancel(m *nats.Msg) { r.cancel(string(m.Data), time.Now()) }
@@ -691,6 +763,14 @@ type replySink struct {
 	err    error
 	done   chan struct{}
 
+	// log holds every event sent, in order (event i starts at offs[i]), so
+	// that events lost on the way can be sent again (resend, on a NATS
+	// goroutine). mu guards it and seq. Events are sent at most every
+	// coalesce interval, so logging costs no per-token work.
+	mu   sync.Mutex
+	log  []byte
+	offs []int
+
 	// async jobs collect their text and send it once, after Finish.
 	async bool
 	text  []byte
@@ -739,12 +819,40 @@ func (s *replySink) Deliver(text []byte) {
 
 func (s *replySink) flush(now time.Time) {
 	if len(s.buf) > wire.EventHeaderLen {
-		wire.SetSeq(s.buf, s.seq)
-		s.seq++
+		s.record(s.buf)
 		s.nc.Publish(s.subject, s.buf)
 		s.sentAt = now
 	}
 	s.buf = s.buf[:0]
+}
+
+// record numbers an encoded event as the sink's next and logs it.
+func (s *replySink) record(event []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	wire.SetSeq(event, s.seq)
+	s.seq++
+	s.offs = append(s.offs, len(s.log))
+	s.log = append(s.log, event...)
+}
+
+// resend publishes the events from sequence number from on again; false
+// if from is past the last event sent. A last event is published too, as
+// a plain message: its first copy was acknowledged or is still repeated.
+func (s *replySink) resend(from uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if int64(from) > int64(len(s.offs)) {
+		return false
+	}
+	for i := int(from); i < len(s.offs); i++ {
+		end := len(s.log)
+		if i+1 < len(s.offs) {
+			end = s.offs[i+1]
+		}
+		s.nc.Publish(s.subject, s.log[s.offs[i]:end])
+	}
+	return true
 }
 
 func (s *replySink) Finish(reason string, u wire.Usage, err error) {
@@ -786,11 +894,14 @@ func (s *replySink) send(ev *wire.Event) {
 	}
 }
 
-// encode numbers ev as the sink's next event.
+// encode encodes ev as the sink's next event, numbered and logged.
 func (s *replySink) encode(ev *wire.Event) ([]byte, error) {
-	ev.Seq = s.seq
-	s.seq++
-	return wire.AppendEvent(nil, ev)
+	data, err := wire.AppendEvent(nil, ev)
+	if err != nil {
+		return nil, err
+	}
+	s.record(data)
+	return data, nil
 }
 
 // How a job's last event is repeated until the activator acknowledges it.

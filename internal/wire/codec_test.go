@@ -40,3 +40,20 @@ func TestEventRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func TestResendRequest(t *testing.T) {
+	for _, tt := range []struct {
+		id   string
+		from uint32
+	}{{"cmpl-abc", 0}, {"chatcmpl-x1", 7}, {"cmpl-max", 1<<32 - 1}} {
+		id, from, err := ParseResend(AppendResend(nil, tt.id, tt.from))
+		if err != nil || id != tt.id || from != tt.from {
+			t.Errorf("round trip of (%q, %d): (%q, %d, %v)", tt.id, tt.from, id, from, err)
+		}
+	}
+	for _, bad := range []string{"", "cmpl-abc", " 3", "cmpl-abc x", "cmpl-abc -1", "cmpl-abc 4294967296"} {
+		if _, _, err := ParseResend([]byte(bad)); err == nil {
+			t.Errorf("ParseResend(%q) took it", bad)
+		}
+	}
+}

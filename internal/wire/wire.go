@@ -7,6 +7,9 @@ package wire
 
 import (
 	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -86,6 +89,41 @@ const (
 // pings: the job's ReplyTo with the runner's ID as one more token, so the
 // activator knows which runner each event comes from.
 func RunnerReplySubject(replyTo, runnerID string) string { return replyTo + "." + runnerID }
+
+// ResendSubject is where a runner takes requests to send a sync job's
+// events again: core NATS drops what is published while a side
+// reconnects, and the activator, seeing a gap in a job's sequence
+// numbers, asks for the events from the first one missing (a resend
+// request, AppendResend). The runner publishes them again on the job's
+// reply subject, then answers ResendOK, or ResendGone when it no longer
+// has them.
+func ResendSubject(runnerID string) string { return "infer.resend." + runnerID }
+
+const (
+	ResendOK   = "ok"
+	ResendGone = "gone"
+)
+
+// AppendResend appends a resend request: the job's ID and the sequence
+// number to resend from.
+func AppendResend(buf []byte, jobID string, from uint32) []byte {
+	buf = append(buf, jobID...)
+	buf = append(buf, ' ')
+	return strconv.AppendUint(buf, uint64(from), 10)
+}
+
+// ParseResend reads a resend request.
+func ParseResend(data []byte) (jobID string, from uint32, err error) {
+	id, seq, ok := strings.Cut(string(data), " ")
+	if !ok || id == "" {
+		return "", 0, fmt.Errorf("resend request %q: want a job ID and a sequence number", data)
+	}
+	n, err := strconv.ParseUint(seq, 10, 32)
+	if err != nil {
+		return "", 0, fmt.Errorf("resend request %q: %w", data, err)
+	}
+	return id, uint32(n), nil
+}
 
 // UsageSubject is the usage stream subject for a deployment.
 func UsageSubject(deployment string) string { return "infer.usage." + deployment }
