@@ -548,6 +548,7 @@ func (rl *relay) resend(runner string, from, got uint32) bool {
 		return true // asked already; its events are on the way
 	}
 	rl.resentAt = now
+	rl.s.metrics.resends.WithLabelValues(rl.model).Inc()
 	m, err := rl.s.nc.Request(wire.ResendSubject(runner), wire.AppendResend(nil, rl.id, from), resendWait)
 	switch {
 	case err == nil:

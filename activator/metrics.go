@@ -21,6 +21,7 @@ type metrics struct {
 	gen      *prometheus.CounterVec
 	waiting  *prometheus.GaugeVec
 	running  *prometheus.GaugeVec
+	resends  *prometheus.CounterVec
 }
 
 // latencyBuckets span a warm token (milliseconds) to a cold start of a big
@@ -74,7 +75,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "infer_num_requests_running",
 		Help: "Requests this activator relays that a runner is generating.",
 	}, []string{"deployment"})
-	reg.MustRegister(m.requests, m.queued, m.ttft, m.latency, m.tpot, m.queue, m.prompt, m.gen, m.waiting, m.running)
+	m.resends = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "infer_event_resends_total",
+		Help: "Requests to runners to send events again that were lost on the way (a NATS outage).",
+	}, []string{"deployment"})
+	reg.MustRegister(m.requests, m.queued, m.ttft, m.latency, m.tpot, m.queue, m.prompt, m.gen, m.waiting, m.running, m.resends)
 	return m
 }
 

@@ -477,8 +477,14 @@ func TestLostEvents(t *testing.T) {
 				r.serveResends()
 			}
 			id := replyTo[strings.LastIndex(replyTo, ".")+1:] // the request ID ends the subject
+			resends := h.metric(`infer_event_resends_total{deployment="lossy"}`)
 			tc.run(r)
 			got := waitBody(t, body)
+			// Every gap is asked about, whether the runner can answer
+			// or not.
+			if gap := tc.resends || tc.lost; gap && h.metric(`infer_event_resends_total{deployment="lossy"}`) == resends {
+				t.Errorf("no resend request counted for a gap (%s before)", resends)
+			}
 			rest := got
 			for _, w := range tc.want {
 				i := strings.Index(rest, w)

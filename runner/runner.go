@@ -608,7 +608,9 @@ const cancelledSweep = time.Minute
 
 // resendKeep is how long a sync job's events can still be resent after
 // the job ended: its last event is acknowledged on arrival, and the
-// activator may find the gap before it only then.
+// activator may find the gap before it only then. What it keeps is the
+// runner's output of the last resendKeep, bounded by its token rate (a
+// few MB at ~10,000 tokens/s).
 const resendKeep = 30 * time.Second
 
 func (r *Runner) keepSink(id string, s *replySink) {
