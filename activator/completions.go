@@ -274,15 +274,14 @@ type relay struct {
 	shutDown bool   // the activator's shutdown ended the request: withdraw or stop its job
 	sse      bool   // SSE headers are written: errors now go in-band
 	phase    string // the cold-start phase last named in a comment
-	// seqRunner's next event should be numbered nextSeq; a gap means
-	// events were lost. gapSince is when the current gap was found (in
-	// gapRunner's events, from gapFrom on), resentAt when its events were
-	// last asked for again.
+	// seqRunner's next event should be numbered nextSeq (see want); a
+	// gap means events were lost. gapSince is when the current gap was
+	// found, in gapRunner's events; resentAt when events were last asked
+	// for again.
 	seqRunner string
 	nextSeq   uint32
 	gapSince  time.Time
 	gapRunner string
-	gapFrom   uint32
 	resentAt  time.Time
 	text      []byte
 	enc       chunkEncoder
@@ -364,7 +363,7 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				// fail rather than hold the client forever.
 				wait.Reset(queue.AckWait + queueTimeout)
 			}
-			if !rl.gapSince.IsZero() && !rl.resend(rl.gapRunner, rl.gapFrom, rl.gapFrom) {
+			if !rl.gapSince.IsZero() && !rl.resend(rl.gapRunner) {
 				// Nothing more may come to ask again on (the last event
 				// was acknowledged before the gap showed), so the tick
 				// asks; the gap could not be filled.
@@ -442,11 +441,7 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 			rl.s.log.Error("bad event from runner", "request", rl.id, "err", derr)
 			continue
 		}
-		// Each runner numbers its events for the job from 0.
-		want := uint32(0)
-		if r.runner == rl.seqRunner {
-			want = rl.nextSeq
-		}
+		want := rl.want(r.runner)
 		switch {
 		case ev.Seq < want:
 			continue // a repeat: of a last event until acknowledged, or resent
@@ -454,7 +449,10 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 			// Events were lost, across a NATS reconnect. The runner
 			// keeps what it sent: ask for it again from the first one
 			// missing, and drop what came after, which it resends too.
-			if rl.resend(r.runner, want, ev.Seq) {
+			if rl.gapSince.IsZero() {
+				rl.s.log.Warn("events from runner lost; asking for them again", "request", rl.id, "runner", r.runner, "want", want, "got", ev.Seq)
+			}
+			if rl.resend(r.runner) {
 				continue
 			}
 			// It cannot: the answer would miss text, or never end.
@@ -531,15 +529,23 @@ const (
 	resendFor   = 15 * time.Second
 )
 
-// resend asks runner to send its events again from from on, having got
-// event got; false when the gap cannot be filled: the runner no longer
-// has the events, does not take resend requests, or the gap has lasted
-// resendFor.
-func (rl *relay) resend(runner string, from, got uint32) bool {
+// want is the number runner's next event for the job should have: each
+// runner numbers its events for a job from 0.
+func (rl *relay) want(runner string) uint32 {
+	if runner == rl.seqRunner {
+		return rl.nextSeq
+	}
+	return 0
+}
+
+// resend asks runner to send its events again from the first one missing;
+// false when the gap cannot be filled: the runner no longer has the
+// events, does not take resend requests, or the gap has lasted resendFor.
+func (rl *relay) resend(runner string) bool {
 	now := time.Now()
+	from := rl.want(runner)
 	if rl.gapSince.IsZero() {
-		rl.gapSince, rl.gapRunner, rl.gapFrom = now, runner, from
-		rl.s.log.Warn("events from runner lost; asking for them again", "request", rl.id, "runner", runner, "want", from, "got", got)
+		rl.gapSince, rl.gapRunner = now, runner
 	} else if now.Sub(rl.gapSince) > resendFor {
 		rl.s.log.Warn("events from runner lost and not resent in time", "request", rl.id, "runner", runner, "want", from, "waited", now.Sub(rl.gapSince))
 		return false

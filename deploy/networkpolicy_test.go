@@ -9,6 +9,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // ingressAllowed says whether a pod (namespace ns, labels pod) accepts a
@@ -57,7 +58,10 @@ func portMatches(ports []networkingv1.NetworkPolicyPort, port corev1.ContainerPo
 		if p.Protocol != nil && *p.Protocol != corev1.ProtocolTCP {
 			continue
 		}
-		if p.Port == nil || p.Port.StrVal == port.Name && port.Name != "" || p.Port.StrVal == "" && p.Port.IntVal == port.ContainerPort {
+		switch {
+		case p.Port == nil,
+			p.Port.Type == intstr.String && p.Port.StrVal == port.Name,
+			p.Port.Type == intstr.Int && p.Port.IntVal == port.ContainerPort:
 			return true
 		}
 	}

@@ -73,6 +73,8 @@ type Runner struct {
 	sinksSwept time.Time
 }
 
+// sinkEntry is a sync job's reply sink and, once the job ended, until when
+// it can still resend.
 type sinkEntry struct {
 	sink  *replySink
 	until time.Time
@@ -842,17 +844,21 @@ func (s *replySink) record(event []byte) {
 // if from is past the last event sent. A last event is published too, as
 // a plain message: its first copy was acknowledged or is still repeated.
 func (s *replySink) resend(from uint32) bool {
+	// The log only grows, and appending never writes over bytes already
+	// in it: what the slices hold now stays valid without the lock, which
+	// the decode loop needs for its next event.
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if int64(from) > int64(len(s.offs)) {
+	log, offs := s.log, s.offs
+	s.mu.Unlock()
+	if int64(from) > int64(len(offs)) {
 		return false
 	}
-	for i := int(from); i < len(s.offs); i++ {
-		end := len(s.log)
-		if i+1 < len(s.offs) {
-			end = s.offs[i+1]
+	for i := int(from); i < len(offs); i++ {
+		end := len(log)
+		if i+1 < len(offs) {
+			end = offs[i+1]
 		}
-		s.nc.Publish(s.subject, s.log[s.offs[i]:end])
+		s.nc.Publish(s.subject, log[offs[i]:end])
 	}
 	return true
 }
