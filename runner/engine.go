@@ -41,6 +41,10 @@ type EngineConfig struct {
 	// BatchSize is the most tokens one decode step may carry (prompt chunks
 	// of newly admitted sequences plus one token per decoding sequence).
 	BatchSize int
+	// InitialKV is the KV cells each context starts with before it grows
+	// with its sequences (kvpool.go); zero uses kvInitialCells, negative
+	// allocates every sequence's whole context up front.
+	InitialKV int
 	// DecodeNice lowers the scheduling priority of the decode threads
 	// (Linux nice, 1–19; 0 leaves them alone). A busy engine keeps every
 	// core computing; at equal priority the threads that take new jobs and
@@ -123,12 +127,22 @@ type decoder struct {
 	lctx     *llama.Context
 	batch    *llama.Batch
 	batchCap int
-	nCtx     int           // tokens per sequence
-	parallel int           // sequences in this context
-	nice     int           // EngineConfig.DecodeNice
-	firsts   *atomic.Int32 // the engine's
-	queue    chan *sequence
-	load     atomic.Int32 // sequences submitted and not finished
+	threads  int
+	nCtx     int // tokens per sequence
+	// cells is the KV pool of lctx; maxCells what parallel sequences of
+	// nCtx tokens can need. growTo is the pool being built in the
+	// background (0: none), delivered on grown.
+	cells, maxCells int
+	growTo          int
+	grown           chan grownContext
+	stateBuf        []byte        // copySequence's buffer
+	stepCap         int           // tokens a step may take after llama found no room; 0: no limit
+	kvCells         atomic.Int64  // cells, for readers outside the loop
+	parallel        int           // sequences in this context
+	nice            int           // EngineConfig.DecodeNice
+	firsts          *atomic.Int32 // the engine's
+	queue           chan *sequence
+	load            atomic.Int32 // sequences submitted and not finished
 
 	// pieces maps token → text, filled lazily by the decode loop (its only
 	// user) so per-token work does not allocate.
@@ -152,6 +166,7 @@ type sequence struct {
 	last      int // the sampled token to feed next
 	batchIdx  int // where this sequence's logits are in the current batch, or -1
 	generated int
+	before    [2]int // nPast and prefilled before the current step (undoStep)
 }
 
 // slot is one KV cache sequence. It remembers what it holds after its
@@ -261,11 +276,12 @@ func (e *Engine) loadDecoder(seqs int, progress func(float32)) (*decoder, error)
 		e.measureThreads = ""
 	}
 	batchCap := max(cfg.BatchSize, seqs)
-	params := llama.NewContextParams(cfg.Context*seqs, batchCap, seqs, cfg.Threads, false, "")
-	lctx, err := llama.NewContextWithModel(model, params)
+	maxCells := cfg.Context * seqs
+	cells := initialCells(maxCells, cfg.InitialKV)
+	lctx, err := newContext(model, cells, batchCap, seqs, cfg.Threads)
 	if err != nil {
 		llama.FreeModel(model)
-		return nil, fmt.Errorf("creating llama context (%d sequences × %d tokens): %w", seqs, cfg.Context, err)
+		return nil, err
 	}
 	batch, err := llama.NewBatch(batchCap, 1, 0)
 	if err != nil {
@@ -273,20 +289,26 @@ func (e *Engine) loadDecoder(seqs int, progress func(float32)) (*decoder, error)
 		return nil, fmt.Errorf("allocating batch: %w", err)
 	}
 	nv := model.NumVocab()
-	return &decoder{
+	d := &decoder{
 		log:      e.log,
 		model:    model,
 		lctx:     lctx,
 		batch:    batch,
 		batchCap: batchCap,
+		threads:  cfg.Threads,
 		nCtx:     cfg.Context,
+		cells:    cells,
+		maxCells: maxCells,
+		grown:    make(chan grownContext, 1),
 		parallel: seqs,
 		nice:     cfg.DecodeNice,
 		firsts:   &e.firsts,
 		queue:    make(chan *sequence, seqs),
 		pieces:   make([]string, nv),
 		known:    make([]bool, nv),
-	}, nil
+	}
+	d.kvCells.Store(int64(cells))
+	return d, nil
 }
 
 // smallModel is the size below which attention over the shared KV cache,
@@ -315,6 +337,18 @@ func DefaultThreads(params uint64, contexts int) int {
 		return 1
 	}
 	return max(1, runtime.NumCPU()/max(1, contexts))
+}
+
+// KVCells is the KV cache cells the loaded contexts hold now; they grow
+// with the work up to Parallel × Context.
+func (e *Engine) KVCells() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for _, d := range e.decoders {
+		n += int(d.kvCells.Load())
+	}
+	return n
 }
 
 // Info describes the loaded model.
@@ -564,8 +598,26 @@ func (d *decoder) run(ctx context.Context) error {
 				time.Sleep(100 * time.Microsecond)
 			}
 		}
-		d.fillBatch(slots)
-		if err := d.lctx.Decode(d.batch); err != nil {
+		if d.adoptGrown(slots, false) {
+			active = countActive(slots) // a sequence that could not move ended
+		}
+		if !d.fillBatch(slots) {
+			// No free cell for any sequence: wait for the larger pool.
+			if !d.adoptGrown(slots, true) {
+				d.failAll(slots, errors.New("the KV cache is full and could not grow"))
+			}
+			active = countActive(slots)
+			continue
+		}
+		if err := d.lctx.Decode(d.batch); errors.Is(err, llama.ErrKvCacheFull) {
+			// No contiguous run of cells for the step even after
+			// llama.cpp's defragmentation: nothing was decoded. Undo the
+			// step and take smaller ones until the pool has grown.
+			d.undoStep(slots)
+			d.stepCap = max(1, d.batch.NumTokens()/2)
+			d.startGrowth(min(d.maxCells, 2*d.cells))
+			continue
+		} else if err != nil {
 			// A failed step poisons every sequence in it; fail them
 			// rather than retrying forever.
 			d.log.Error("decode failed", "err", err, "tokens", d.batch.NumTokens())
@@ -585,6 +637,16 @@ func (d *decoder) run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+func countActive(slots []slot) int {
+	n := 0
+	for i := range slots {
+		if slots[i].seq != nil {
+			n++
+		}
+	}
+	return n
 }
 
 // hasNew reports whether a slot holds a sequence that has not sampled its
@@ -637,13 +699,33 @@ func commonPrefix(a, b []int) int {
 
 // fillBatch builds one decode step: first one token for every decoding
 // sequence (so generation never stalls behind a long prompt), then prompt
-// chunks for the rest within the batch budget.
-func (d *decoder) fillBatch(slots []slot) {
+// chunks for the rest within the batch budget, all within the KV cells
+// free. It starts growing the pool when the sequences are about to need
+// more, and reports false when no sequence got a cell.
+func (d *decoder) fillBatch(slots []slot) bool {
 	d.batch.Clear()
-	budget := d.batchCap
+	used, soon := kvNeed(slots)
+	if t := growTarget(d.cells, d.maxCells, used+soon); t > 0 {
+		d.startGrowth(t)
+	}
+	free := d.cells - used
+	if free < d.parallel {
+		// Cached prefixes of finished requests give way before a
+		// sequence waits.
+		free += d.dropCached(slots)
+	}
+	for i := range slots {
+		if s := slots[i].seq; s != nil {
+			s.before = [2]int{s.nPast, s.prefilled}
+		}
+	}
+	budget := min(d.batchCap, free)
+	if d.stepCap > 0 {
+		budget, d.stepCap = min(budget, d.stepCap), 0
+	}
 	for i := range slots {
 		s := slots[i].seq
-		if s == nil || !s.decoding {
+		if s == nil || !s.decoding || budget == 0 {
 			continue
 		}
 		d.batch.Add(s.last, nil, s.nPast, true, s.slot)
@@ -669,6 +751,7 @@ func (d *decoder) fillBatch(slots []slot) {
 		s.nPast = s.prefilled
 		budget -= n
 	}
+	return d.batch.NumTokens() > 0
 }
 
 // sample picks the next token for a sequence whose logits are in the batch

@@ -38,6 +38,9 @@ $INFER_S3_*, or --blob-dir).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := newLogger()
+			if err := reexecWithHugePages(); err != nil {
+				log.Warn("running without transparent huge pages", "err", err)
+			}
 			if cfg.Deployment == "" || cfg.Artifact.SHA256 == "" || cfg.Artifact.ObjectKey == "" {
 				return usageError{errors.New("--deployment, --artifact and --object-key are required")}
 			}
