@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -139,6 +140,7 @@ type decoder struct {
 	stepCap         int           // tokens a step may take after llama found no room; 0: no limit
 	kvCells         atomic.Int64  // cells, for readers outside the loop
 	parallel        int           // sequences in this context
+	share           int           // sequences it carries once every context is up
 	nice            int           // EngineConfig.DecodeNice
 	firsts          *atomic.Int32 // the engine's
 	queue           chan *sequence
@@ -230,8 +232,12 @@ func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*En
 		e.pending = append(e.pending, seqs)
 	}
 	// The first context is loaded now, the rest when Run starts, in the
-	// background: a cold start waits for one load only.
-	d, err := e.loadDecoder(e.pending[0], progress)
+	// background: a cold start waits for one load only. Until the others
+	// are up the first takes every sequence (its KV pool is shared by
+	// its sequences and starts small, so the extra slots cost nothing
+	// until used): a burst arriving at zero decodes at once instead of
+	// queueing for contexts still being created.
+	d, err := e.loadDecoder(cfg.Parallel, e.pending[0], progress)
 	if err != nil {
 		return nil, err
 	}
@@ -248,7 +254,9 @@ func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*En
 // that share a model and decode at the same time corrupt each other's
 // output (measured: greedy text differs from a lone run). The weights are
 // memory-mapped, so the copies share the page cache.
-func (e *Engine) loadDecoder(seqs int, progress func(float32)) (*decoder, error) {
+// share is the part of the engine's sequences it is meant to carry once
+// every context is up (pick balances by it); seqs may be more.
+func (e *Engine) loadDecoder(seqs, share int, progress func(float32)) (*decoder, error) {
 	cfg := e.cfg
 	model, err := llama.LoadModelFromFile(cfg.ModelPath, llama.ModelParams{
 		NumGpuLayers: cfg.GPULayers,
@@ -301,6 +309,7 @@ func (e *Engine) loadDecoder(seqs int, progress func(float32)) (*decoder, error)
 		maxCells: maxCells,
 		grown:    make(chan grownContext, 1),
 		parallel: seqs,
+		share:    share,
 		nice:     cfg.DecodeNice,
 		firsts:   &e.firsts,
 		queue:    make(chan *sequence, seqs),
@@ -416,17 +425,32 @@ func (e *Engine) Submit(ctx context.Context, req Request, sink Sink) (promptToke
 	}
 }
 
+// decodersNow is the contexts loaded so far.
+func (e *Engine) decodersNow() []*decoder {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.decoders)
+}
+
 // pick chooses the least loaded ready context and counts the new sequence
 // against it.
 func (e *Engine) pick() *decoder {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	d := e.decoders[0]
-	for _, o := range e.decoders[1:] {
-		// o.load/o.parallel < d.load/d.parallel, without division.
-		if o.load.Load()*int32(d.parallel) < d.load.Load()*int32(o.parallel) {
+	var d *decoder
+	for _, o := range e.decoders {
+		if o.load.Load() >= int32(o.parallel) {
+			continue // full: its queue would hold the sequence
+		}
+		// o.load/o.share < d.load/d.share, without division.
+		if d == nil || o.load.Load()*int32(d.share) < d.load.Load()*int32(o.share) {
 			d = o
 		}
+	}
+	if d == nil {
+		// More submitted than Parallel, against Submit's contract: wait
+		// in the first context's queue.
+		d = e.decoders[0]
 	}
 	d.load.Add(1)
 	return d
@@ -507,7 +531,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			break
 		}
-		d, err := e.loadDecoder(seqs, nil)
+		d, err := e.loadDecoder(seqs, seqs, nil)
 		if err != nil {
 			e.log.Error("loading another context; serving with fewer", "err", err)
 			continue

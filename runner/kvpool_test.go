@@ -1,8 +1,11 @@
 package runner
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/infer-run/infer/internal/testenv"
 )
@@ -105,5 +108,66 @@ func TestContextLayout(t *testing.T) {
 	d := e.decoders[0]
 	if got := contextCells(d.lctx); got != 768 {
 		t.Fatal(fmt.Sprintf("llama_n_ctx of the context read through cContext = %d, want 768", got))
+	}
+}
+
+// TestBurstBeforeOtherContexts: a small model spreads its sequences over
+// several contexts, created after the first in the background. A burst
+// that arrives before they exist is taken by the first context at once,
+// not queued for contexts still loading.
+func TestBurstBeforeOtherContexts(t *testing.T) {
+	e, err := LoadEngine(slog.Default(), EngineConfig{ModelPath: testenv.ModelPath(t), Parallel: 8, Contexts: 4, Context: 256}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := make([]*collect, 8)
+	accepted := make(chan error, 1)
+	go func() {
+		// Before Run: only the first context exists.
+		for i := range cs {
+			cs[i] = newCollect()
+			if _, err := e.Submit(context.Background(), Request{Prompt: "Once upon a time", MaxTokens: 8, Sampling: greedy()}, cs[i]); err != nil {
+				accepted <- err
+				return
+			}
+		}
+		accepted <- nil
+	}()
+	select {
+	case err := <-accepted:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the burst waited for contexts not yet created")
+	}
+	if n := e.decoders[0].load.Load(); n != 8 {
+		t.Errorf("first context carries %d sequences, want all 8", n)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; e.Close() })
+	for _, c := range cs {
+		c.wait(t)
+		if c.err != nil || c.usage.CompletionTokens == 0 {
+			t.Errorf("err %v, usage %+v", c.err, c.usage)
+		}
+	}
+	// Once every context is up, new work spreads by share again.
+	deadline := time.Now().Add(30 * time.Second)
+	for len(e.decodersNow()) < 4 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for range 4 {
+		e.pick()
+	}
+	for i, d := range e.decodersNow() {
+		if got := d.load.Load(); got != 1 {
+			t.Errorf("context %d carries %d of 4 new sequences, want 1", i, got)
+		}
+	}
+	for _, d := range e.decodersNow() {
+		d.load.Store(0) // the picks above submitted nothing
 	}
 }
