@@ -18,6 +18,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/infer-run/infer/internal/hugepages"
 )
 
 // Labels and annotations on runner pods. The managed-by label is how the
@@ -149,7 +151,7 @@ func (d *KubernetesDriver) pod(spec RunnerSpec) (*corev1.Pod, error) {
 		Name:      runnerContainer,
 		Image:     d.Image,
 		Command:   append([]string{}, command...),
-		Env:       d.Env,
+		Env:       runnerPodEnv(d.Env),
 		EnvFrom:   d.EnvFrom,
 		Resources: res,
 		// No ports: a runner listens on none. It talks only to NATS and
@@ -397,3 +399,29 @@ func NewKubernetesClient(kubeconfig string) (kubernetes.Interface, error) {
 }
 
 var _ Driver = (*KubernetesDriver)(nil)
+
+// runnerPodEnv is the runner container's environment: the driver's, with
+// the huge-page tunable added unless it already decides it, so the runner
+// does not start itself a second time to get it (internal/hugepages).
+func runnerPodEnv(env []corev1.EnvVar) []corev1.EnvVar {
+	flat := make([]string, len(env))
+	for i, e := range env {
+		flat[i] = e.Name + "=" + e.Value
+	}
+	withTHP, changed := hugepages.Env(flat)
+	if !changed {
+		return env
+	}
+	out := make([]corev1.EnvVar, 0, len(env)+1)
+	for _, e := range env {
+		if e.Name != "GLIBC_TUNABLES" {
+			out = append(out, e)
+		}
+	}
+	for _, kv := range withTHP {
+		if v, ok := strings.CutPrefix(kv, "GLIBC_TUNABLES="); ok {
+			out = append(out, corev1.EnvVar{Name: "GLIBC_TUNABLES", Value: v})
+		}
+	}
+	return out
+}

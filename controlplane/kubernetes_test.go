@@ -32,6 +32,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	sigsyaml "sigs.k8s.io/yaml"
+
+	"github.com/infer-run/infer/internal/hugepages"
 )
 
 const testNS = "infer"
@@ -191,8 +193,10 @@ func TestKubernetesStartPod(t *testing.T) {
 			}
 			// Connection settings come through the environment: a URL
 			// with a password must not be in the arguments.
-			if !slices.Equal(c.Env, d.Env) || slices.Contains(c.Args, "--nats") {
-				t.Errorf("env %v, args %q: want env %v and no --nats", c.Env, c.Args, d.Env)
+			// Huge pages from the pod's first exec (internal/hugepages).
+			wantEnv := append(slices.Clone(d.Env), corev1.EnvVar{Name: "GLIBC_TUNABLES", Value: hugepages.Tunable})
+			if !slices.Equal(c.Env, wantEnv) || slices.Contains(c.Args, "--nats") {
+				t.Errorf("env %v, args %q: want env %v and no --nats", c.Env, c.Args, wantEnv)
 			}
 			if got := containsSeq(c.Args, []string{"--gpu-layers", "999"}); got != tt.gpuLayers {
 				t.Errorf("args %q: --gpu-layers 999 present = %v, want %v", c.Args, got, tt.gpuLayers)
@@ -241,8 +245,8 @@ func TestKubernetesStartPod(t *testing.T) {
 			if p.Spec.ServiceAccountName != d.ServiceAccount {
 				t.Errorf("service account = %q, want %q", p.Spec.ServiceAccountName, d.ServiceAccount)
 			}
-			if !slices.Equal(c.Env, d.Env) || len(c.EnvFrom) != len(d.EnvFrom) {
-				t.Errorf("env = %v / %v, want %v / %v", c.Env, c.EnvFrom, d.Env, d.EnvFrom)
+			if wantEnv := append(slices.Clone(d.Env), corev1.EnvVar{Name: "GLIBC_TUNABLES", Value: hugepages.Tunable}); !slices.Equal(c.Env, wantEnv) || len(c.EnvFrom) != len(d.EnvFrom) {
+				t.Errorf("env = %v / %v, want %v / %v", c.Env, c.EnvFrom, wantEnv, d.EnvFrom)
 			}
 		})
 	}

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/infer-run/infer/internal/hugepages"
 )
 
 // LocalDriver runs runners as child processes of this one: `infer runner
@@ -43,7 +45,9 @@ type localRunner struct {
 func (d *LocalDriver) Start(ctx context.Context, spec RunnerSpec) error {
 	args := append(append(append([]string{}, d.Command[1:]...), spec.Args()...), d.ExtraArgs...)
 	cmd := exec.Command(d.Command[0], args...)
-	cmd.Env = append(os.Environ(), d.Env...)
+	// Huge pages from the first exec: a runner started without them
+	// starts itself a second time to get them (internal/hugepages).
+	cmd.Env, _ = hugepages.Env(append(os.Environ(), d.Env...))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
 	var logFile io.WriteCloser
 	if d.LogDir != "" {

@@ -50,6 +50,10 @@ type benchRow struct {
 	RequestsPerS float64 `json:"requests_per_s"`
 	WallSeconds  float64 `json:"wall_s"`
 	FirstError   string  `json:"first_error,omitempty"`
+	// Phases is a cold burst's runner start as its first runner reported
+	// it (milliseconds): process (start to fetching), fetch, load (model
+	// and first context), ready (to accepting work), first_token.
+	Phases map[string]float64 `json:"phases_ms,omitempty"`
 }
 
 func benchCmd() *cobra.Command {
@@ -98,11 +102,14 @@ deployment has no runners (infer only) and measures the first request alone.`,
 			ctx := cmd.Context()
 			var rows []benchRow
 			if cold {
+				// A burst at zero: as many requests as the first level's
+				// concurrency, all at once.
 				if err := waitForZero(ctx, model, 10*time.Minute); err != nil {
 					return err
 				}
-				rows = append(rows, b.level(ctx, 1, 1, nil))
-				rows[0].Cold = true
+				row, phases := coldBurst(ctx, model, func() benchRow { return b.level(ctx, conc[0], conc[0], nil) })
+				row.Cold, row.Phases = true, phases
+				rows = append(rows, row)
 			}
 			for _, n := range conc {
 				var bar *progressbar.ProgressBar
@@ -120,12 +127,18 @@ deployment has no runners (infer only) and measures the first request alone.`,
 			for _, r := range rows {
 				c := strconv.Itoa(r.Concurrency)
 				if r.Cold {
-					c = "cold"
+					c = "cold ×" + c
 				}
 				fmt.Fprintf(tw, "%s\t%d\t%d\t%.1fms\t%.1fms\t%.1fms\t%.2fms\t%.0fms\t%.0fms\t%.0fms\t%.0f\t%.1f\t\n", c, r.Requests, r.Errors,
 					r.TTFTp50ms, r.TTFTp90ms, r.TTFTp99ms, r.ITLmeanms, r.E2Ep50ms, r.E2Ep90ms, r.E2Ep99ms, r.TokensPerSec, r.RequestsPerS)
 			}
 			tw.Flush()
+			for _, r := range rows {
+				if len(r.Phases) > 0 {
+					fmt.Printf("cold start phases of the first runner: process %.0fms, fetch %.0fms, load %.0fms, ready %.0fms, first token %.0fms\n",
+						r.Phases["process"], r.Phases["fetch"], r.Phases["load"], r.Phases["ready"], r.Phases["first_token"])
+				}
+			}
 			for _, r := range rows {
 				if r.FirstError != "" {
 					fmt.Fprintf(os.Stderr, "concurrency %d: first error: %s\n", r.Concurrency, r.FirstError)
@@ -142,7 +155,7 @@ deployment has no runners (infer only) and measures the first request alone.`,
 	f.StringVar(&levels, "concurrency", "1,4,16", "comma-separated concurrency levels")
 	f.IntVar(&requests, "requests", 32, "requests per concurrency level")
 	f.IntVar(&maxTokens, "max-tokens", 128, "max_tokens of every request")
-	f.BoolVar(&cold, "cold", false, "first wait for zero runners and measure one cold request (infer endpoints only)")
+	f.BoolVar(&cold, "cold", false, "first wait for zero runners, then send a burst as large as the first --concurrency level at once and report its TTFT and the runner's start phases (infer endpoints only)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	f.DurationVar(&timeout, "timeout", 10*time.Minute, "per-request timeout")
 	return cmd
@@ -314,6 +327,67 @@ func pct(v []float64, p float64) float64 {
 	slices.Sort(s)
 	i := int(float64(len(s))*p/100+0.5) - 1
 	return s[min(max(i, 0), len(s)-1)]
+}
+
+// coldBurst runs burst while watching the deployment's runners, and
+// returns its row with the start phases of the first runner that became
+// ready (nil when none was seen, e.g. the endpoint is not infer).
+func coldBurst(ctx context.Context, model string, burst func() benchRow) (benchRow, map[string]float64) {
+	c, err := newClient()
+	if err != nil {
+		return burst(), nil
+	}
+	watch, stop := context.WithCancel(ctx)
+	seen := make(chan map[string]float64, 1)
+	go func() {
+		var phases map[string]float64
+		defer func() { seen <- phases }()
+		for {
+			var d struct {
+				Runners []struct {
+					StartedAt time.Time `json:"started_at"`
+					ColdStart struct {
+						FetchStarted time.Time `json:"fetch_started"`
+						FetchDone    time.Time `json:"fetch_done"`
+						LoadDone     time.Time `json:"load_done"`
+						Ready        time.Time `json:"ready"`
+						FirstToken   time.Time `json:"first_token"`
+					} `json:"cold_start"`
+				} `json:"runners"`
+			}
+			if err := c.json(watch, http.MethodGet, "/v1/deployments/"+model, nil, &d); err == nil {
+				for _, r := range d.Runners {
+					cs := r.ColdStart
+					if cs.FirstToken.IsZero() || cs.FetchStarted.IsZero() {
+						continue
+					}
+					phases = map[string]float64{
+						"process":     ms(cs.FetchStarted.Sub(r.StartedAt)),
+						"fetch":       ms(cs.FetchDone.Sub(cs.FetchStarted)),
+						"load":        ms(cs.LoadDone.Sub(cs.FetchDone)),
+						"ready":       ms(cs.Ready.Sub(cs.LoadDone)),
+						"first_token": ms(cs.FirstToken.Sub(cs.Ready)),
+					}
+					return
+				}
+			}
+			select {
+			case <-watch.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+	row := burst()
+	// The runner reports its first token in its next heartbeat.
+	select {
+	case p := <-seen:
+		stop()
+		return row, p
+	case <-time.After(3 * time.Second):
+	}
+	stop()
+	return row, <-seen
 }
 
 // waitForZero waits until an infer deployment has no runners.

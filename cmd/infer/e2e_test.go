@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/infer-run/infer/internal/blob"
+	"github.com/infer-run/infer/internal/hugepages"
 	"github.com/infer-run/infer/internal/testenv"
 )
 
@@ -392,8 +393,13 @@ func TestEndToEnd(t *testing.T) {
 	}
 
 	// The runner exits after the idle timeout, not before.
-	if len(p.runnerPIDs("stories")) != 1 {
-		t.Fatalf("want exactly one runner after the first request, have %v", p.runnerPIDs("stories"))
+	pids := p.runnerPIDs("stories")
+	if len(pids) != 1 {
+		t.Fatalf("want exactly one runner after the first request, have %v", pids)
+	}
+	// The local driver starts runners with huge pages (internal/hugepages).
+	if env, _ := os.ReadFile(filepath.Join("/proc", pids[0], "environ")); !bytes.Contains(env, []byte("\x00GLIBC_TUNABLES="+hugepages.Tunable+"\x00")) {
+		t.Errorf("runner %s does not run with %s", pids[0], hugepages.Tunable)
 	}
 	gone := p.waitNoRunners("stories", idle+15*time.Second)
 	if gone < idle-500*time.Millisecond {

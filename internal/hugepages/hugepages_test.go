@@ -1,6 +1,4 @@
-//go:build !activatoronly
-
-package main
+package hugepages
 
 import (
 	"slices"
@@ -21,9 +19,9 @@ func TestHugePagesEnv(t *testing.T) {
 		{[]string{"GLIBC_TUNABLES=glibc.malloc.hugetlb=1"}, []string{"GLIBC_TUNABLES=glibc.malloc.hugetlb=1"}, false},
 		{[]string{"INFER_RUNNER_HUGEPAGES=0"}, []string{"INFER_RUNNER_HUGEPAGES=0"}, false},
 	} {
-		got, changed := hugePagesEnv(c.in)
+		got, changed := Env(c.in)
 		if changed != c.changed || !slices.Equal(got, c.want) {
-			t.Errorf("hugePagesEnv(%q) = %q, %v; want %q, %v", c.in, got, changed, c.want, c.changed)
+			t.Errorf("Env(%q) = %q, %v; want %q, %v", c.in, got, changed, c.want, c.changed)
 		}
 	}
 }
