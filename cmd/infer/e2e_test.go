@@ -127,6 +127,10 @@ func startPlatformWith(t *testing.T, o platformOptions) *platform {
 		"INFER_URL="+p.url,
 		"INFER_API_KEY="+p.key,
 		"INFER_HOME="+p.home,
+		// Tests find a deployment's runners by their command line (as a
+		// person would with ps), which a spare's does not name; the warm
+		// pool has its own test (TestWarmRunner).
+		"INFER_WARM_RUNNERS=0",
 	)
 	p.env = append(p.env, o.env...)
 	ctx, cancel := context.WithCancel(context.Background())

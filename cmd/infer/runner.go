@@ -3,9 +3,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"runtime"
@@ -26,6 +29,7 @@ func runnerCmd() *cobra.Command {
 		natsURL  string
 		cacheDir string
 		blobDir  string
+		standby  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "runner",
@@ -40,6 +44,21 @@ $INFER_S3_*, or --blob-dir).`,
 			log := newLogger()
 			if err := reexecWithHugePages(); err != nil {
 				log.Warn("running without transparent huge pages", "err", err)
+			}
+			if standby {
+				// A spare of the local driver: started ahead, with the
+				// process start and initialisation behind it; its
+				// deployment's arguments come on stdin.
+				args, err := readStandbyArgs(os.Stdin)
+				if err != nil {
+					return err
+				}
+				if args == nil {
+					return nil // the driver shut down before it needed us
+				}
+				if err := cmd.Flags().Parse(args); err != nil {
+					return usageError{err}
+				}
 			}
 			if cfg.Deployment == "" || cfg.Artifact.SHA256 == "" || cfg.Artifact.ObjectKey == "" {
 				return usageError{errors.New("--deployment, --artifact and --object-key are required")}
@@ -129,5 +148,24 @@ $INFER_S3_*, or --blob-dir).`,
 	f.StringVar(&natsURL, "nats", env("INFER_NATS_URL", nats.DefaultURL), "NATS server URL ($INFER_NATS_URL)")
 	f.StringVar(&cacheDir, "cache-dir", env("INFER_CACHE_DIR", ".infer/cache"), "local weights cache ($INFER_CACHE_DIR)")
 	f.StringVar(&blobDir, "blob-dir", "", "object store directory when no S3 server is configured")
+	f.BoolVar(&standby, "standby", false, "wait for the other arguments as one JSON array of strings on stdin (the local driver's spare runners)")
+	f.MarkHidden("standby")
 	return cmd
+}
+
+// readStandbyArgs reads a spare runner's arguments: one line holding a
+// JSON array of strings. End of input before it returns nil.
+func readStandbyArgs(r io.Reader) ([]string, error) {
+	line, err := bufio.NewReader(r).ReadBytes('\n')
+	if len(line) == 0 && errors.Is(err, io.EOF) {
+		return nil, nil
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("reading the runner's arguments: %w", err)
+	}
+	var args []string
+	if err := json.Unmarshal(line, &args); err != nil {
+		return nil, fmt.Errorf("reading the runner's arguments: %w", err)
+	}
+	return args, nil
 }

@@ -57,6 +57,7 @@ type serveFlags struct {
 	runnerImage string
 	kubeconfig  string
 	leaseGrace  string
+	warmRunners int
 }
 
 func (f *serveFlags) register(cmd *cobra.Command, withAddr bool) {
