@@ -5,7 +5,9 @@
 #   2. the whole path (HTTP → activator → JetStream → runner → SSE) with
 #      `infer bench` against a temporary `infer dev`: stories260K at 1/4/16
 #      streams, cold start, and the ~95M-parameter synthetic model
-#      (internal/ggufgen) at 1 and 16 streams
+#      (internal/ggufgen) at 1 and 16 streams; cold starts at zero (one
+#      request and a burst of 16) for stories260K, the ~95M and a ~1.16 GB
+#      synthetic model (LARGE=0 skips it), with the runner's phases
 #   3. Ollama serving the same model to the same client in the same run, when
 #      `ollama` is on PATH (skipped otherwise)
 #   4. a standalone `infer-activator activator` (own NATS server) idle: VmRSS from /proc,
@@ -141,6 +143,29 @@ for _ in $(seq 1 "$REPEAT"); do
 	COLD+=("$("$INFER" bench --model stories-cold --cold --concurrency 1 --requests 1 --max-tokens 16 --json 2>>"$WORK/bench.err" | jq -r '.[0].ttft_p50_ms|round')")
 done
 
+# Cold starts by size (issue 16): one request and a burst of 16 at zero,
+# each deployment at --parallel 16, weights in the host's cache; the large
+# one also from an empty cache. LARGE=0 skips the ~1.16 GB model.
+COLDS=()
+cold_row() { # label model concurrency
+	local j
+	j=$("$INFER" bench --model "$2" --cold --concurrency "$3" --requests "$3" --max-tokens 16 --json 2>>"$WORK/bench.err") || return 0
+	COLDS+=("$(jq -r --arg l "$1" --arg c "$3" '.[0] | "| \($l) | \($c) | \(.ttft_p50_ms|round) | \(.ttft_p99_ms|round) | \(.phases_ms.process // 0|round) | \(.phases_ms.fetch // 0|round) | \(.phases_ms.load // 0|round) | \(.phases_ms.ready // 0|round) | \(.phases_ms.first_token // 0|round) | \(.errors) |"' <<<"$j")")
+}
+"$INFER" deploy medium-cold --weights "$MEDIUM" --parallel 16 --idle-timeout 2s >/dev/null
+bench_json "$INFER_URL/v1" medium-cold 1 1 16 >/dev/null # fetch into the cache, measure threads
+cold_row stories260K stories-cold 1
+cold_row stories260K stories-cold 16
+cold_row ~95M-F16 medium-cold 1
+cold_row ~95M-F16 medium-cold 16
+if [[ "${LARGE:-1}" != 0 ]]; then
+	LARGEM=$($GO run ./scripts/ggufgen -preset large 2>/dev/null)
+	"$INFER" deploy large-cold --weights "$LARGEM" --parallel 16 --idle-timeout 2s >/dev/null
+	cold_row "~1.16GB-F16, empty cache" large-cold 1
+	cold_row ~1.16GB-F16 large-cold 1
+	cold_row ~1.16GB-F16 large-cold 16
+fi
+
 echo "stories260K, $REQUESTS requests per level, $MAX_TOKENS tokens each; synthetic: $(basename "$MEDIUM"), 64 tokens;"
 echo "median of $REPEAT rounds (tokens/s range in brackets); same client, same run"
 echo
@@ -167,6 +192,14 @@ row synthetic/16 infer synthetic-95M 16
 echo
 tps() { cut -d' ' -f1 <<<"${R[$1]:-}" | grep . | median; }
 echo "cold start to first token, infer (ms): ${COLD[*]}"
+if ((${#COLDS[@]})); then
+	echo
+	echo "cold starts at zero, --parallel 16, 16 tokens (phases of the first runner, ms):"
+	echo
+	echo '| model | burst | TTFT p50 ms | TTFT p99 ms | process | fetch | load | ready | first token | errors |'
+	echo '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |'
+	printf '%s\n' "${COLDS[@]}"
+fi
 [[ -n $OLLAMA_URL ]] && echo "cold load to first token, ollama (ms, num_thread 1 and 2 alternating): ${OLLAMA_COLD[*]}"
 if [[ -n $OLLAMA_URL ]]; then
 	best=$(printf '%s\n' "$(tps ollama-t1/16)" "$(tps ollama-t2/16)" | sort -n | tail -1)
@@ -177,7 +210,9 @@ echo "synthetic, 16 streams ÷ 1 stream: $(echo "scale=2; $(tps synthetic/16) / 
 # ---------------------------------------------------------------- idle
 section "idle"
 # Zero runner processes once the deployments' idle timeouts passed.
-for d in synthetic stories-cold; do
+IDLE_DEPS=(synthetic stories-cold medium-cold)
+[[ "${LARGE:-1}" != 0 ]] && IDLE_DEPS+=(large-cold)
+for d in "${IDLE_DEPS[@]}"; do
 	for _ in $(seq 1 120); do
 		[[ $(curl -fsS -H "Authorization: Bearer $INFER_API_KEY" "$INFER_URL/v1/deployments/$d" | jq '.runners|length') == 0 ]] && break
 		sleep 1

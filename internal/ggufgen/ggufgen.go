@@ -46,6 +46,11 @@ var Small = Config{Vocab: 512, Embd: 64, Layers: 2, Heads: 4, KVHeads: 4, FFN: 1
 // bookkeeping, set the speed on a CPU.
 var Medium = Config{Vocab: 32000, Embd: 768, Layers: 10, Heads: 12, KVHeads: 12, FFN: 2048, Context: 2048, Seed: 1, Name: "ggufgen-medium"}
 
+// Large is about 515M parameters, ~1.16 GB in F16 (2048-wide, ten layers,
+// feed-forward 5632): the "~1 GB model" of the cold-start benchmarks,
+// written by the benchmark itself, never committed.
+var Large = Config{Vocab: 32000, Embd: 2048, Layers: 10, Heads: 16, KVHeads: 16, FFN: 5632, Context: 2048, Seed: 1, Name: "ggufgen-large"}
+
 // Parameters is the number of weights the model has.
 func (c Config) Parameters() int64 {
 	e, kv := int64(c.Embd), int64(c.Embd/c.Heads*c.KVHeads)

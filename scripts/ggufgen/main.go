@@ -14,11 +14,19 @@ import (
 
 func main() {
 	dir := flag.String("dir", filepath.Join(os.TempDir(), "infer-bench-models"), "model cache directory")
-	preset := flag.String("preset", "medium", "small or medium")
+	preset := flag.String("preset", "medium", "small, medium or large")
 	flag.Parse()
-	cfg := ggufgen.Medium
-	if *preset == "small" {
+	var cfg ggufgen.Config
+	switch *preset {
+	case "small":
 		cfg = ggufgen.Small
+	case "medium":
+		cfg = ggufgen.Medium
+	case "large":
+		cfg = ggufgen.Large
+	default:
+		fmt.Fprintf(os.Stderr, "ggufgen: unknown preset %q: small, medium or large\n", *preset)
+		os.Exit(2)
 	}
 	path, err := ggufgen.Cached(*dir, cfg)
 	if err != nil {
