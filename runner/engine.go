@@ -856,9 +856,16 @@ func (d *decoder) piece(tok int) string {
 	return d.pieces[tok]
 }
 
-// Close frees the model. Run must have returned.
+// Close frees the contexts and models. Run must have returned.
 func (e *Engine) Close() {
 	for _, d := range e.decoders {
+		if d.growTo != 0 {
+			// A larger context still being built: wait for it and free it.
+			if g := <-d.grown; g.lctx != nil {
+				freeContext(g.lctx)
+			}
+		}
+		freeContext(d.lctx)
 		d.batch.Free()
 		llama.FreeModel(d.model)
 	}
