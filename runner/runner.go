@@ -386,7 +386,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling}
 	if job.Kind == wire.KindChat {
-		req.Prompt = RenderChat(r.template, job.Messages)
+		req.Parts = RenderChat(r.template, job.Messages)
 		req.Stop = append(req.Stop, r.stops...)
 	} else {
 		req.Prompt = job.Prompt
