@@ -78,16 +78,14 @@ func admit(delivered uint64, prev *wire.Hold, holder holderState) admission {
 	if prev == nil {
 		return a
 	}
-	a.alone, a.deaths = prev.Alone, prev.Deaths
-	if holder != holderDead {
-		return a
+	a.deaths = prev.Deaths
+	if holder == holderDead {
+		a.deaths++
+		// Only a death while the job ran alone is the job's doing; one
+		// while it waited for its turn, or ran beside others, may not be.
+		a.refuse = prev.Alone
 	}
-	a.deaths++
-	if prev.Alone {
-		a.refuse = true
-	} else {
-		a.alone = true
-	}
+	a.alone = a.deaths > 0
 	return a
 }
 
@@ -185,7 +183,9 @@ func (r *Runner) admitJob(ctx context.Context, id string, delivered uint64, log 
 	if a.refuse || !a.track {
 		return a, 0
 	}
-	data, err := json.Marshal(wire.Hold{Runner: r.cfg.ID, Alone: a.alone, Deaths: a.deaths})
+	// Alone only once it runs alone (markAlone): a death while it waits
+	// for its turn is not the job's doing.
+	data, err := json.Marshal(wire.Hold{Runner: r.cfg.ID, Deaths: a.deaths})
 	if err != nil {
 		return a, 0
 	}
@@ -203,6 +203,26 @@ func (r *Runner) admitJob(ctx context.Context, id string, delivered uint64, log 
 		return a, 0
 	}
 	return a, rev
+}
+
+// markAlone records that this runner now runs the job alone (see admit);
+// it returns the hold's new revision.
+func (r *Runner) markAlone(id string, a admission, rev uint64) uint64 {
+	if rev == 0 {
+		return 0
+	}
+	data, err := json.Marshal(wire.Hold{Runner: r.cfg.ID, Alone: true, Deaths: a.deaths})
+	if err != nil {
+		return rev
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), holdTimeout)
+	defer cancel()
+	next, err := r.holds.Update(ctx, id, data, rev)
+	if err != nil {
+		r.log.Warn("recording that a job runs alone", "request", id, "err", err)
+		return rev
+	}
+	return next
 }
 
 // releaseHold deletes this runner's hold of a job, unless another runner

@@ -38,6 +38,10 @@ func TestAdmit(t *testing.T) {
 		{"suspect's holder silent: no proof, alone again", 4, alone, holderSilent, admission{track: true, alone: true, deaths: 1}},
 		{"suspect's holder died running it alone: refused", 4, alone, holderDead, admission{track: true, alone: true, refuse: true, deaths: 2}},
 		{"refused on the last delivery too", 5, &wire.Hold{Runner: "r4", Alone: true, Deaths: 2}, holderDead, admission{track: true, alone: true, refuse: true, deaths: 3}},
+		// A suspect whose runner died while it waited for its turn (or
+		// before it could record that it ran alone) is not refused.
+		{"suspect's holder died before it ran alone", 4, &wire.Hold{Runner: "r3", Deaths: 1}, holderDead, admission{track: true, alone: true, deaths: 2}},
+		{"suspect waiting, holder alive", 4, &wire.Hold{Runner: "r3", Deaths: 1}, holderAlive, admission{track: true, alone: true, deaths: 1}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if got := admit(c.delivered, c.prev, c.holder); got != c.want {
@@ -179,8 +183,8 @@ func TestAdmitJobAsksTheHolder(t *testing.T) {
 	}{
 		{"holder alive", wire.Hold{Runner: alive}, admission{track: true}, &wire.Hold{}},
 		{"holder silent", wire.Hold{Runner: silent}, admission{track: true}, &wire.Hold{}},
-		{"holder is this runner", wire.Hold{Runner: r.cfg.ID, Alone: true, Deaths: 1}, admission{track: true, alone: true, deaths: 1}, &wire.Hold{Alone: true, Deaths: 1}},
-		{"holder dead", wire.Hold{Runner: dead}, admission{track: true, alone: true, deaths: 1}, &wire.Hold{Alone: true, Deaths: 1}},
+		{"holder is this runner", wire.Hold{Runner: r.cfg.ID, Alone: true, Deaths: 1}, admission{track: true, alone: true, deaths: 1}, &wire.Hold{Deaths: 1}},
+		{"holder dead", wire.Hold{Runner: dead}, admission{track: true, alone: true, deaths: 1}, &wire.Hold{Deaths: 1}},
 		{"holder dead running it alone", wire.Hold{Runner: dead, Alone: true, Deaths: 1}, admission{track: true, alone: true, refuse: true, deaths: 2}, nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -201,6 +205,16 @@ func TestAdmitJobAsksTheHolder(t *testing.T) {
 				want.Runner = r.cfg.ID
 				if rev == 0 || h == nil || *h != want {
 					t.Errorf("hold %+v (rev %d); want %+v", h, rev, want)
+				}
+				if a.alone {
+					// Recorded as alone once it runs alone.
+					if rev = r.markAlone(id, a, rev); rev == 0 {
+						t.Fatal("markAlone lost the revision")
+					}
+					want.Alone = true
+					if h := hold(id); h == nil || *h != want {
+						t.Errorf("hold once running alone %+v; want %+v", h, want)
+					}
 				}
 				// A release by a runner whose hold was replaced since
 				// leaves the new one alone.

@@ -405,7 +405,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		defer r.dropSink(job.ID, sink)
 	}
 	adm, holdRev := r.admitJob(ctx, job.ID, delivered, log)
-	defer r.releaseHold(job.ID, holdRev)
+	defer func() { r.releaseHold(job.ID, holdRev) }()
 	if adm.refuse {
 		log.Error("refusing a job that stopped the runners holding it", "deaths", adm.deaths, "deliveries", delivered)
 		werr := errCrashedRunner(adm)
@@ -432,6 +432,9 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	defer r.gate.leave(adm.alone)
+	if adm.alone {
+		holdRev = r.markAlone(job.ID, adm, holdRev)
+	}
 
 	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling}
 	if job.Kind == wire.KindChat {

@@ -149,7 +149,7 @@ const (
 // what earlier deliveries came to.
 type Hold struct {
 	Runner string `json:"runner"`
-	// Alone is set when the runner runs the job with no other job beside
+	// Alone is set once the runner runs the job with no other job beside
 	// it, so that its death is the job's doing.
 	Alone bool `json:"alone,omitempty"`
 	// Deaths counts the job's earlier holders known to have died holding
