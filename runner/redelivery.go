@@ -151,8 +151,8 @@ func (r *Runner) onHold(m *nats.Msg) {
 }
 
 // admitJob decides how to take a job and, for a redelivered one, records
-// this runner as its holder; rev is the record's revision (0 if none was
-// written), for releaseHold. The bucket failing costs the job its record,
+// this runner as its holder; rev is the revision of the record to delete
+// when the job ends (releaseHold; 0 if none). The bucket failing costs the job its record,
 // never its run.
 func (r *Runner) admitJob(ctx context.Context, id string, delivered uint64, log *slog.Logger) (a admission, rev uint64) {
 	if delivered <= 1 || r.holds == nil {
@@ -180,7 +180,11 @@ func (r *Runner) admitJob(ctx context.Context, id string, delivered uint64, log 
 	if prev != nil && state == holderDead {
 		log.Warn("the runner that last held this job died holding it", "holder", prev.Runner, "deaths", a.deaths, "alone", prev.Alone)
 	}
-	if a.refuse || !a.track {
+	if a.refuse {
+		// Acknowledged at once: its record goes with it.
+		return a, prevRev
+	}
+	if !a.track {
 		return a, 0
 	}
 	// Alone only once it runs alone (markAlone): a death while it waits

@@ -197,8 +197,12 @@ func TestAdmitJobAsksTheHolder(t *testing.T) {
 			h := hold(id)
 			switch {
 			case c.record == nil:
-				if rev != 0 || h == nil || *h != c.prev {
-					t.Errorf("refused job: rev %d, hold %+v; want the old one %+v", rev, h, c.prev)
+				if rev == 0 || h == nil || *h != c.prev {
+					t.Errorf("refused job: rev %d, hold %+v; want the old one %+v, to release", rev, h, c.prev)
+				}
+				r.releaseHold(id, rev)
+				if h := hold(id); h != nil {
+					t.Errorf("a refused job's hold is still there: %+v", h)
 				}
 			default:
 				want := *c.record

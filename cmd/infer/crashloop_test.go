@@ -164,6 +164,12 @@ func TestJobThatKillsItsRunners(t *testing.T) {
 	var others sync.WaitGroup
 	served := map[string]int{}
 	var servedMu sync.Mutex
+	var stopOnce sync.Once
+	stopOthers := func() {
+		stopOnce.Do(func() { close(stop) })
+		others.Wait()
+	}
+	t.Cleanup(stopOthers) // before the platform stops, should the test end early
 	for _, dep := range []string{"stories", "tales"} {
 		others.Add(1)
 		go func() {
@@ -177,6 +183,7 @@ func TestJobThatKillsItsRunners(t *testing.T) {
 				status, b := p.tryPost("/v1/completions", fmt.Sprintf(`{"model":%q,"prompt":"Once upon a time %d","max_tokens":8}`, dep, i))
 				if status != 200 {
 					t.Errorf("%s request %d beside the poison job: %d %s", dep, i, status, b)
+					time.Sleep(time.Second)
 					continue
 				}
 				servedMu.Lock()
@@ -271,8 +278,7 @@ func TestJobThatKillsItsRunners(t *testing.T) {
 		t.Errorf("the async poison job killed %d runners; want 3", kills)
 	}
 
-	close(stop)
-	others.Wait()
+	stopOthers()
 	t.Logf("requests answered beside the poison jobs: %v", served)
 	for _, dep := range []string{"stories", "tales"} {
 		if served[dep] == 0 {
