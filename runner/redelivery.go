@@ -151,9 +151,9 @@ func (r *Runner) onHold(m *nats.Msg) {
 }
 
 // admitJob decides how to take a job and, for a redelivered one, records
-// this runner as its holder; rev is the revision of the record to delete
-// when the job ends (releaseHold; 0 if none). The bucket failing costs the job its record,
-// never its run.
+// this runner as its holder; rev is the revision of the record to release
+// when the job ends (releaseHold; 0 if none). The bucket failing costs
+// the job its record, never its run.
 func (r *Runner) admitJob(ctx context.Context, id string, delivered uint64, log *slog.Logger) (a admission, rev uint64) {
 	if delivered <= 1 || r.holds == nil {
 		return admit(delivered, nil, holderNone), 0
@@ -173,7 +173,7 @@ func (r *Runner) admitJob(ctx context.Context, id string, delivered uint64, log 
 		log.Warn("reading the hold of a redelivered job", "err", err)
 	}
 	state := holderNone
-	if prev != nil {
+	if prev != nil && prev.Runner != "" {
 		state = r.probeHolder(ctx, prev.Runner, id)
 	}
 	a = admit(delivered, prev, state)
@@ -229,15 +229,26 @@ func (r *Runner) markAlone(id string, a admission, rev uint64) uint64 {
 	return next
 }
 
-// releaseHold deletes this runner's hold of a job, unless another runner
-// recorded its own since.
-func (r *Runner) releaseHold(id string, rev uint64) {
+// releaseHold ends this runner's hold of a job, unless another runner
+// recorded its own since: the record is deleted with an acknowledged job,
+// and kept without a holder, with the deaths counted so far, for a job
+// that will be delivered again (handed back by a runner that stops).
+func (r *Runner) releaseHold(id string, rev uint64, a admission, acked bool) {
 	if rev == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), holdTimeout)
 	defer cancel()
-	if err := r.holds.Delete(ctx, id, jetstream.LastRevision(rev)); err != nil {
+	var err error
+	if acked {
+		err = r.holds.Delete(ctx, id, jetstream.LastRevision(rev))
+	} else {
+		var data []byte
+		if data, err = json.Marshal(wire.Hold{Deaths: a.deaths}); err == nil {
+			_, err = r.holds.Update(ctx, id, data, rev)
+		}
+	}
+	if err != nil {
 		r.log.Debug("releasing the hold of a job", "request", id, "err", err)
 	}
 }

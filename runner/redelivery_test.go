@@ -38,6 +38,10 @@ func TestAdmit(t *testing.T) {
 		{"suspect's holder silent: no proof, alone again", 4, alone, holderSilent, admission{track: true, alone: true, deaths: 1}},
 		{"suspect's holder died running it alone: refused", 4, alone, holderDead, admission{track: true, alone: true, refuse: true, deaths: 2}},
 		{"refused on the last delivery too", 5, &wire.Hold{Runner: "r4", Alone: true, Deaths: 2}, holderDead, admission{track: true, alone: true, refuse: true, deaths: 3}},
+		// A job handed back by a runner that stopped (drained, say)
+		// keeps what earlier deliveries came to.
+		{"handed back, no holder", 3, &wire.Hold{}, holderNone, admission{track: true}},
+		{"suspect handed back", 4, &wire.Hold{Deaths: 1}, holderNone, admission{track: true, alone: true, deaths: 1}},
 		// A suspect whose runner died while it waited for its turn (or
 		// before it could record that it ran alone) is not refused.
 		{"suspect's holder died before it ran alone", 4, &wire.Hold{Runner: "r3", Deaths: 1}, holderDead, admission{track: true, alone: true, deaths: 2}},
@@ -170,9 +174,18 @@ func TestAdmitJobAsksTheHolder(t *testing.T) {
 	if h := hold("cmpl-second"); h == nil || h.Runner != r.cfg.ID || h.Alone {
 		t.Errorf("first redelivery recorded %+v; want this runner, side by side", h)
 	}
-	r.releaseHold("cmpl-second", rev)
+	r.releaseHold("cmpl-second", rev, a, true)
 	if h := hold("cmpl-second"); h != nil {
-		t.Errorf("released hold still there: %+v", h)
+		t.Errorf("released hold of an acknowledged job still there: %+v", h)
+	}
+	// A job handed back keeps its record, without a holder.
+	a, rev = r.admitJob(ctx, "cmpl-back", 2, r.log)
+	r.releaseHold("cmpl-back", rev, admission{track: true, deaths: 1}, false)
+	if h := hold("cmpl-back"); h == nil || *h != (wire.Hold{Deaths: 1}) {
+		t.Errorf("hold of a job handed back: %+v; want no holder, its deaths kept", h)
+	}
+	if a, _ := r.admitJob(ctx, "cmpl-back", 3, r.log); a != (admission{track: true, alone: true, deaths: 1}) {
+		t.Errorf("the job handed back taken again: %+v", a)
 	}
 
 	for _, c := range []struct {
@@ -200,7 +213,7 @@ func TestAdmitJobAsksTheHolder(t *testing.T) {
 				if rev == 0 || h == nil || *h != c.prev {
 					t.Errorf("refused job: rev %d, hold %+v; want the old one %+v, to release", rev, h, c.prev)
 				}
-				r.releaseHold(id, rev)
+				r.releaseHold(id, rev, a, true)
 				if h := hold(id); h != nil {
 					t.Errorf("a refused job's hold is still there: %+v", h)
 				}
@@ -223,7 +236,7 @@ func TestAdmitJobAsksTheHolder(t *testing.T) {
 				// A release by a runner whose hold was replaced since
 				// leaves the new one alone.
 				put(id, wire.Hold{Runner: "next"})
-				r.releaseHold(id, rev)
+				r.releaseHold(id, rev, a, true)
 				if h := hold(id); h == nil || h.Runner != "next" {
 					t.Errorf("a stale release removed the next holder's hold: %+v", h)
 				}

@@ -405,7 +405,8 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		defer r.dropSink(job.ID, sink)
 	}
 	adm, holdRev := r.admitJob(ctx, job.ID, delivered, log)
-	defer func() { r.releaseHold(job.ID, holdRev) }()
+	handedBack := false // left unacknowledged, to be delivered again
+	defer func() { r.releaseHold(job.ID, holdRev, adm, !handedBack) }()
 	if adm.refuse {
 		log.Error("refusing a job that stopped the runners holding it", "deaths", adm.deaths, "deliveries", delivered)
 		werr := errCrashedRunner(adm)
@@ -426,8 +427,11 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		switch {
 		case job.Async:
 			msg.Nak() // this runner is being stopped: another runs it
+			handedBack = true
 		case ctx.Err() == nil:
 			msg.Ack() // its client went away
+		default:
+			handedBack = true // this runner is being stopped
 		}
 		return
 	}
@@ -489,6 +493,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 			// Nobody cancels an async job: this runner is being stopped.
 			// Hand the job back so another runner runs it.
 			msg.Nak()
+			handedBack = true
 			return
 		}
 		// Stored before the job is acknowledged: if this runner dies
@@ -497,6 +502,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	if superseded.Load() {
 		// The job is another runner's now: it acknowledges and bills it.
+		handedBack = true
 		return
 	}
 	if err := msg.Ack(); err != nil {
