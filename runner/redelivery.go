@@ -25,8 +25,8 @@ import (
 // that makes llama.cpp abort kills every runner it reaches, each ack wait
 // apart, and every other request on them, until its queue timeout. So a
 // runner that takes a redelivered job records that it holds it (a hold,
-// wire.Hold) and deletes the record whenever it stops holding it in any
-// way other than dying. The runner of the next delivery asks the holder
+// wire.Hold) and releases the record whenever it stops holding it in any
+// way other than dying (releaseHold). The runner of the next delivery asks the holder
 // left in the record whether it is there: NATS itself answers "no
 // responders" for a runner whose process exited.
 //
@@ -46,7 +46,8 @@ import (
 type holderState int
 
 const (
-	// holderNone: no hold was recorded.
+	// holderNone: no hold was recorded, or its runner handed the job
+	// back.
 	holderNone holderState = iota
 	// holderAlive: it answered (a frozen runner woke up, or it was cut
 	// off from NATS for a while), or it is this runner.
