@@ -70,7 +70,14 @@ var ErrBadSchema = errors.New("invalid JSON schema")
 
 // Request is one generation as the engine sees it.
 type Request struct {
-	Prompt    string
+	// Prompt is a raw prompt (a completion): tokenized whole, with the
+	// special tokens it spells parsed as such. The client writes the whole
+	// prompt, markers included, as with OpenAI's and llama.cpp's raw
+	// completions; there is no template for it to break out of, and a
+	// client that wants <|eot_id|> in its own prompt means the token.
+	Prompt string
+	// Parts, when set, is a rendered chat (see Part) and Prompt is unused.
+	Parts     []Part
 	MaxTokens int // 0: until the context is full
 	Stop      []string
 	Sampling  wire.Sampling
@@ -369,10 +376,47 @@ func (e *Engine) Parallel() int { return e.parallel }
 // Context is the number of tokens each sequence may use.
 func (e *Engine) Context() int { return e.nCtx }
 
-// Tokenize turns text into tokens, adding BOS where the model wants it and
-// parsing special tokens written by chat templates.
+// Tokenize turns a raw prompt into tokens, adding BOS where the model
+// wants it and parsing the special tokens it spells (see Request.Prompt).
 func (e *Engine) Tokenize(text string) ([]int, error) {
 	return e.model.Tokenize(text, true, true)
+}
+
+// TokenizeParts turns a rendered chat into tokens: BOS once where the
+// model wants it, each marker with special tokens parsed, all other text
+// (message content) as text only, so content that spells a control token
+// stays text. Tokenizing the text between markers separately is what
+// llama.cpp does with a whole prompt too, so a chat without forged markers
+// gets the tokens it always did.
+func (e *Engine) TokenizeParts(parts []Part) ([]int, error) {
+	var tokens []int
+	if e.model.AddBOSToken() {
+		// The special tokens of an empty text: BOS first (and an EOS
+		// after it on a model that also ends every text with one, which
+		// a chat prompt must not: the reply continues it).
+		bos, err := e.model.Tokenize("", true, false)
+		if err != nil {
+			return nil, err
+		}
+		tokens = append(tokens, bos[:min(1, len(bos))]...)
+	}
+	for _, p := range parts {
+		t, err := e.model.Tokenize(p.Text, false, p.Marker)
+		if err != nil {
+			return nil, err
+		}
+		tokens = append(tokens, t...)
+	}
+	return tokens, nil
+}
+
+// tokenizePrompt tokenizes a request's prompt: a rendered chat's parts,
+// or a raw prompt.
+func (e *Engine) tokenizePrompt(req Request) ([]int, error) {
+	if req.Parts != nil {
+		return e.TokenizeParts(req.Parts)
+	}
+	return e.Tokenize(req.Prompt)
 }
 
 // Submit tokenizes a request and queues it for the next decode step. It
@@ -380,7 +424,7 @@ func (e *Engine) Tokenize(text string) ([]int, error) {
 // caller must not submit more requests than Parallel at a time; Submit
 // blocks while the queue is full.
 func (e *Engine) Submit(ctx context.Context, req Request, sink Sink) (promptTokens int, err error) {
-	tokens, err := e.Tokenize(req.Prompt)
+	tokens, err := e.tokenizePrompt(req)
 	if err != nil {
 		return 0, fmt.Errorf("tokenizing prompt: %w", err)
 	}

@@ -71,6 +71,11 @@ type Runner struct {
 	// running (zero time), or ended and kept until the time given.
 	sinks      map[string]sinkEntry
 	sinksSwept time.Time
+
+	// holds records which runner holds each redelivered job, and gate
+	// runs a suspect one alone (redelivery.go).
+	holds jetstream.KeyValue
+	gate  gate
 }
 
 // sinkEntry is a sync job's reply sink and, once the job ended, until when
@@ -198,6 +203,11 @@ func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 		return fmt.Errorf("subscribing to resend requests: %w", err)
 	}
 	defer resends.Unsubscribe()
+	holdSub, err := r.nc.Subscribe(wire.HoldSubject(r.cfg.ID), r.onHold)
+	if err != nil {
+		return fmt.Errorf("subscribing to hold questions: %w", err)
+	}
+	defer holdSub.Unsubscribe()
 
 	cons, err := r.consumer(ctx)
 	if err != nil {
@@ -206,6 +216,9 @@ func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 	// Usage records must have somewhere durable to go before the first
 	// request finishes.
 	if _, err := queue.EnsureUsage(ctx, r.js); err != nil {
+		return err
+	}
+	if r.holds, err = queue.EnsureHolds(ctx, r.js); err != nil {
 		return err
 	}
 	r.readyAt = time.Now()
@@ -334,8 +347,9 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	enqueued := time.Now()
+	delivered := uint64(1)
 	if md, err := msg.Metadata(); err == nil {
-		enqueued = md.Timestamp
+		enqueued, delivered = md.Timestamp, md.NumDelivered
 	}
 	log := r.log.With("request", job.ID)
 	if r.takeCancelled(job.ID, time.Now()) {
@@ -348,8 +362,14 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		log.Info("skipping job past its queue deadline")
 		if job.Async {
 			// Nobody waits, but the job's record does.
-			r.publishAsync(ctx, job, &wire.Event{Type: wire.EventError, Error: &wire.Error{Status: 504, Code: "queue_timeout",
-				Message: fmt.Sprintf("the job waited in the queue of %s past its deadline without starting", job.Deployment)}})
+			werr := &wire.Error{Status: 504, Code: "queue_timeout",
+				Message: fmt.Sprintf("the job waited in the queue of %s past its deadline without starting", job.Deployment)}
+			if delivered > 1 {
+				// It did start: the runners it reached stopped first.
+				werr = &wire.Error{Status: 502, Code: "runner_lost", Message: fmt.Sprintf(
+					"the job was handed to a runner of %s %d times and none finished it before its deadline; submit it again", job.Deployment, delivered-1)}
+			}
+			r.publishAsync(ctx, job, &wire.Event{Type: wire.EventError, Error: werr})
 		}
 		msg.Ack()
 		return
@@ -364,7 +384,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 	if !job.Async {
 		replyTo = wire.RunnerReplySubject(job.ReplyTo, r.cfg.ID)
 	}
-	if redelivered(msg) && !job.Async {
+	if delivered > 1 && !job.Async {
 		// Another runner had it. If that one was only frozen and is
 		// back, or the client is gone, the job is not ours to run. (No
 		// responders is no proof here: right after a NATS reconnect the
@@ -384,9 +404,45 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		r.keepSink(job.ID, sink)
 		defer r.dropSink(job.ID, sink)
 	}
+	adm, holdRev := r.admitJob(ctx, job.ID, delivered, log)
+	handedBack := false // left unacknowledged, to be delivered again
+	defer func() { r.releaseHold(job.ID, holdRev, adm, !handedBack) }()
+	if adm.refuse {
+		log.Error("refusing a job that stopped the runners holding it", "deaths", adm.deaths, "deliveries", delivered)
+		werr := errCrashedRunner(adm)
+		if job.Async {
+			r.publishAsync(ctx, job, &wire.Event{Type: wire.EventError, Error: werr})
+		} else {
+			sink.sendLast(&wire.Event{Type: wire.EventError, Error: werr})
+		}
+		msg.Ack()
+		r.recordUsage(job, enqueued, time.Now(), sink, wire.Usage{}, "error", "")
+		return
+	}
+	if adm.alone {
+		log.Warn("running a redelivered job alone: the runner that last held it died", "deaths", adm.deaths)
+	}
+	if err := r.gate.enter(jobCtx, adm.alone, func() { msg.InProgress() }); err != nil {
+		// Stopped while waiting for its turn.
+		switch {
+		case job.Async:
+			msg.Nak() // this runner is being stopped: another runs it
+			handedBack = true
+		case ctx.Err() == nil:
+			msg.Ack() // its client went away
+		default:
+			handedBack = true // this runner is being stopped
+		}
+		return
+	}
+	defer r.gate.leave(adm.alone)
+	if adm.alone {
+		holdRev = r.markAlone(job.ID, adm, holdRev)
+	}
+
 	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling}
 	if job.Kind == wire.KindChat {
-		req.Prompt = RenderChat(r.template, job.Messages)
+		req.Parts = RenderChat(r.template, job.Messages)
 		req.Stop = append(req.Stop, r.stops...)
 	} else {
 		req.Prompt = job.Prompt
@@ -437,6 +493,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 			// Nobody cancels an async job: this runner is being stopped.
 			// Hand the job back so another runner runs it.
 			msg.Nak()
+			handedBack = true
 			return
 		}
 		// Stored before the job is acknowledged: if this runner dies
@@ -445,6 +502,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	if superseded.Load() {
 		// The job is another runner's now: it acknowledges and bills it.
+		handedBack = true
 		return
 	}
 	if err := msg.Ack(); err != nil {
@@ -515,12 +573,6 @@ func (r *Runner) ping(ctx context.Context, subject string) string {
 		return ""
 	}
 	return string(reply.Data)
-}
-
-// redelivered reports whether JetStream handed msg out before.
-func redelivered(msg jetstream.Msg) bool {
-	md, err := msg.Metadata()
-	return err == nil && md.NumDelivered > 1
 }
 
 // publishAsync stores an async job's last event in the async event stream,

@@ -73,16 +73,22 @@ type platformOptions struct {
 	// plain-HTTP MinIO; an s3 with Secure is given to infer as https://.
 	dbURL string
 	s3    *blob.S3Config
+	// localBlobs runs without S3: weights go to INFER_HOME/blobs (and no
+	// MinIO is started).
+	localBlobs bool
 }
 
 func startPlatformWith(t *testing.T, o platformOptions) *platform {
 	t.Helper()
 	bin := buildInfer(t)
-	if o.s3 == nil {
+	if o.s3 == nil && !o.localBlobs {
 		s3 := testenv.MinIO(t)
 		o.s3 = &s3
 	}
-	s3 := *o.s3
+	var s3 blob.S3Config // empty with localBlobs: INFER_S3_ENDPOINT is unset
+	if o.s3 != nil {
+		s3 = *o.s3
+	}
 	if o.nats == "" {
 		o.nats = testenv.NATS(t)
 	}

@@ -125,6 +125,38 @@ func ParseResend(data []byte) (jobID string, from uint32, err error) {
 	return id, uint32(n), nil
 }
 
+// Holds of redelivered jobs. A job whose runner dies is redelivered by
+// JetStream to the next runner; a job that kills every runner it reaches
+// would take them all down in turn, and every other request on them. So a
+// runner that takes a redelivered job records in HoldBucket (key: the job
+// ID) that it holds it, and deletes the record when it stops holding it
+// in any way other than dying. The runner of a later delivery reads what
+// is left and asks the holder, on HoldSubject, whether it is still there:
+// NATS answers "no responders" by itself for a runner whose process has
+// exited, which the runner then counts as a death (Hold.Deaths).
+const HoldBucket = "INFER_HOLDS"
+
+// HoldSubject is where a runner answers whether it holds a job (the
+// request's payload is the job ID): HoldHeld or HoldFree.
+func HoldSubject(runnerID string) string { return "infer.hold." + runnerID }
+
+const (
+	HoldHeld = "held"
+	HoldFree = "free"
+)
+
+// Hold is a HoldBucket record: the runner holding a redelivered job, and
+// what earlier deliveries came to.
+type Hold struct {
+	Runner string `json:"runner"`
+	// Alone is set once the runner runs the job with no other job beside
+	// it, so that its death is the job's doing.
+	Alone bool `json:"alone,omitempty"`
+	// Deaths counts the job's earlier holders known to have died holding
+	// it.
+	Deaths int `json:"deaths,omitempty"`
+}
+
 // UsageSubject is the usage stream subject for a deployment.
 func UsageSubject(deployment string) string { return "infer.usage." + deployment }
 
