@@ -66,7 +66,7 @@ func (d *LocalDriver) Start(ctx context.Context, spec RunnerSpec) error {
 		return fmt.Errorf("starting runner for %s: %w", spec.Deployment, err)
 	}
 	r := &localRunner{
-		ref:  RunnerRef{ID: spec.ID, Deployment: spec.Deployment, Artifact: spec.Artifact, StartedAt: time.Now()},
+		ref:  RunnerRef{ID: spec.ID, DeploymentID: spec.DeploymentID, Deployment: spec.Deployment, Artifact: spec.Artifact, StartedAt: time.Now()},
 		cmd:  cmd,
 		done: make(chan struct{}),
 	}
