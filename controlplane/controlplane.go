@@ -85,6 +85,9 @@ type ControlPlane struct {
 	// coldStarts what is known of each runner's start: see coldstart.go.
 	pokedAt    map[string]time.Time
 	coldStarts map[string]*coldStart
+	// sweptQueues is when orphan queues were last looked for (only the
+	// reconcile loop touches it).
+	sweptQueues time.Time
 }
 
 // failure counts a deployment's consecutive runner failures, so a model
@@ -304,6 +307,11 @@ func (cp *ControlPlane) reconcileAll(ctx context.Context) {
 	}
 	cp.forgetGone(runners)
 	cp.countPhases(deps, runners)
+	live := make(map[string]bool, len(deps))
+	for _, d := range deps {
+		live[d.ID] = true
+	}
+	cp.sweepQueues(ctx, live, runners, time.Now())
 }
 
 // countPhases sets the runners gauge from the driver's list and the
