@@ -855,7 +855,7 @@ func TestDisconnectCancels(t *testing.T) {
 		// The job leaves the queue...
 		var depth queue.Depth
 		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			if depth, err = queue.GetDepth(context.Background(), js, "later"); err == nil && depth.Total() == 0 {
+			if depth, err = queue.GetDepth(context.Background(), js, h.depID("later")); err == nil && depth.Total() == 0 {
 				break
 			}
 		}
@@ -882,7 +882,7 @@ func TestQueueRecreated(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := queue.Delete(ctx, js, "lost"); err != nil {
+	if err := queue.Delete(ctx, js, h.depID("lost")); err != nil {
 		t.Fatal(err)
 	}
 	// No runner: the request is queued, then times out.
