@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/infer-run/infer/internal/wire"
 )
 
 // TestUsageFollowsDeploymentID: two tenants deploy the same name, and one
@@ -95,5 +97,21 @@ func TestUsageFollowsDeploymentID(t *testing.T) {
 		if tenant != want {
 			t.Errorf("%s stored for tenant %q, want %q", id, tenant, want)
 		}
+	}
+}
+
+// TestNewDeploymentID: IDs are fresh and usable as NATS subject tokens and
+// stream-name suffixes, which is what queues and subjects are keyed by.
+func TestNewDeploymentID(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		id := NewDeploymentID()
+		if !wire.ValidKey(id) || !strings.HasPrefix(id, "dep_") {
+			t.Fatalf("NewDeploymentID() = %q, not a valid key", id)
+		}
+		if seen[id] {
+			t.Fatalf("NewDeploymentID() repeated %q", id)
+		}
+		seen[id] = true
 	}
 }
