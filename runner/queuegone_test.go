@@ -50,7 +50,9 @@ func (l logLines) Handle(ctx context.Context, r slog.Record) error {
 func (l logLines) WithAttrs(as []slog.Attr) slog.Handler {
 	return logLines{l.next.WithAttrs(as), l.mu, l.recs}
 }
-func (l logLines) WithGroup(g string) slog.Handler { return logLines{l.next.WithGroup(g), l.mu, l.recs} }
+func (l logLines) WithGroup(g string) slog.Handler {
+	return logLines{l.next.WithGroup(g), l.mu, l.recs}
+}
 
 // TestQueueDeletedStopsRunner: when a deployment is deleted (its queue
 // with it) while its runner runs a job, the runner finishes the job, then
