@@ -46,6 +46,8 @@ type harness struct {
 	// blobDir is where blobs keeps its objects.
 	blobDir string
 	art     registry.Artifact
+	// tenant is the admin key's tenant, which deploy deploys for.
+	tenant string
 	// metrics is the first activator's metrics registry: the API port
 	// serves no /metrics.
 	metrics *prometheus.Registry
@@ -111,7 +113,7 @@ func newHarnessWith(t testing.TB, cfg activator.Config) *harness {
 	if err := store.AddArtifactOwner(ctx, admin.TenantID, art.SHA256); err != nil {
 		t.Fatal(err)
 	}
-	return &harness{t: t, url: hs.URL, nc: nc, store: store, blobs: blobs, blobDir: blobDir, art: art, metrics: metrics}
+	return &harness{t: t, url: hs.URL, nc: nc, store: store, blobs: blobs, blobDir: blobDir, art: art, tenant: admin.TenantID, metrics: metrics}
 }
 
 // deploy creates a deployment through the API.
@@ -127,6 +129,17 @@ func (h *harness) deploy(name string, spec map[string]any) {
 	resp.Body.Close()
 }
 
+// depID is the ID of the harness tenant's deployment called name: the key
+// of its queue, subjects and runners.
+func (h *harness) depID(name string) string {
+	h.t.Helper()
+	d, err := h.store.GetDeployment(context.Background(), h.tenant, name)
+	if err != nil {
+		h.t.Fatalf("deployment %s: %v", name, err)
+	}
+	return d.ID
+}
+
 // startRunner runs a runner for a deployment in this process until the
 // test ends.
 func (h *harness) startRunner(deployment string, parallel, ctxLen int) {
@@ -135,10 +148,14 @@ func (h *harness) startRunner(deployment string, parallel, ctxLen int) {
 }
 
 // startRunnerWith is startRunner with more of the runner's configuration;
-// it fills in the ID, the artifact and the cache.
+// it fills in the ID, the deployment's ID if unset, the artifact and the
+// cache.
 func (h *harness) startRunnerWith(cfg runner.Config) {
 	h.t.Helper()
 	cfg.ID = wire.NewID(4)
+	if cfg.DeploymentID == "" {
+		cfg.DeploymentID = h.depID(cfg.Deployment)
+	}
 	cfg.Artifact = runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size}
 	cfg.Cache = &runner.Cache{Dir: h.t.TempDir(), Blobs: h.blobs}
 	r, err := runner.New(cfg, h.nc, slog.Default())
@@ -157,7 +174,7 @@ func (h *harness) usageRecords(deployments ...string) <-chan wire.UsageRecord {
 	h.t.Helper()
 	usage := make(chan wire.UsageRecord, 64)
 	for _, dep := range deployments {
-		sub, err := h.nc.Subscribe(wire.UsageSubject(dep), func(m *nats.Msg) {
+		sub, err := h.nc.Subscribe(wire.UsageSubject(h.depID(dep)), func(m *nats.Msg) {
 			var rec wire.UsageRecord
 			if json.Unmarshal(m.Data, &rec) == nil {
 				usage <- rec
@@ -637,11 +654,12 @@ func (h *harness) failToStart(deployment string, art runner.Artifact) {
 	h.t.Helper()
 	for range 3 {
 		r, err := runner.New(runner.Config{
-			ID:         wire.NewID(4),
-			Deployment: deployment,
-			Artifact:   art,
-			Cache:      &runner.Cache{Dir: h.t.TempDir(), Blobs: h.blobs},
-			Engine:     runner.EngineConfig{Parallel: 1},
+			ID:           wire.NewID(4),
+			DeploymentID: h.depID(deployment),
+			Deployment:   deployment,
+			Artifact:     art,
+			Cache:        &runner.Cache{Dir: h.t.TempDir(), Blobs: h.blobs},
+			Engine:       runner.EngineConfig{Parallel: 1},
 		}, h.nc, slog.Default())
 		if err != nil {
 			h.t.Fatal(err)
@@ -819,8 +837,8 @@ func TestDisconnectCancels(t *testing.T) {
 		var id string
 		deadline := time.Now().Add(10 * time.Second)
 		for id == "" {
-			if stream, err := js.Stream(context.Background(), wire.RequestStream("later")); err == nil {
-				if m, err := stream.GetLastMsgForSubject(context.Background(), wire.RequestSubject("later")); err == nil {
+			if stream, err := js.Stream(context.Background(), wire.RequestStream(h.depID("later"))); err == nil {
+				if m, err := stream.GetLastMsgForSubject(context.Background(), wire.RequestSubject(h.depID("later"))); err == nil {
 					var job wire.Job
 					json.Unmarshal(m.Data, &job)
 					id = job.ID
@@ -837,7 +855,7 @@ func TestDisconnectCancels(t *testing.T) {
 		// The job leaves the queue...
 		var depth queue.Depth
 		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			if depth, err = queue.GetDepth(context.Background(), js, "later"); err == nil && depth.Total() == 0 {
+			if depth, err = queue.GetDepth(context.Background(), js, h.depID("later")); err == nil && depth.Total() == 0 {
 				break
 			}
 		}
@@ -864,7 +882,7 @@ func TestQueueRecreated(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := queue.Delete(ctx, js, "lost"); err != nil {
+	if err := queue.Delete(ctx, js, h.depID("lost")); err != nil {
 		t.Fatal(err)
 	}
 	// No runner: the request is queued, then times out.
@@ -874,7 +892,7 @@ func TestQueueRecreated(t *testing.T) {
 	if resp.StatusCode != http.StatusGatewayTimeout {
 		t.Fatalf("request to a re-created queue: %d %s; want 504 queue_timeout", resp.StatusCode, b)
 	}
-	stream, err := js.Stream(ctx, wire.RequestStream("lost"))
+	stream, err := js.Stream(ctx, wire.RequestStream(h.depID("lost")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -951,11 +969,12 @@ func TestDeploymentWaitsOutStoreOutage(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			r, err := runner.New(runner.Config{
-				ID:         wire.NewID(4),
-				Deployment: "storeless",
-				Artifact:   runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size},
-				Cache:      &runner.Cache{Dir: t.TempDir(), Blobs: down},
-				Engine:     runner.EngineConfig{Parallel: 1},
+				ID:           wire.NewID(4),
+				DeploymentID: h.depID("storeless"),
+				Deployment:   "storeless",
+				Artifact:     runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size},
+				Cache:        &runner.Cache{Dir: t.TempDir(), Blobs: down},
+				Engine:       runner.EngineConfig{Parallel: 1},
 			}, h.nc, slog.Default())
 			if err != nil {
 				t.Error(err)

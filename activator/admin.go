@@ -209,10 +209,11 @@ func (s *Server) putDeployment(c echo.Context) error {
 		return err
 	}
 	ctx := c.Request().Context()
-	d, err := s.reg.GetDeployment(ctx, name)
+	d, err := s.reg.GetDeployment(ctx, key.TenantID, name)
 	switch {
 	case errors.Is(err, registry.ErrNotFound):
 		d = registry.DefaultDeployment()
+		d.ID = registry.NewDeploymentID()
 		d.Name = name
 		d.TenantID = key.TenantID
 		if spec.Artifact == "" {
@@ -220,8 +221,6 @@ func (s *Server) putDeployment(c echo.Context) error {
 		}
 	case err != nil:
 		return s.registryError("looking up deployment", err)
-	case d.TenantID != key.TenantID:
-		return errStatus(http.StatusConflict, "invalid_request_error", "name_taken", "the name %q is taken", name)
 	}
 	// Only weights the tenant uploaded itself may be deployed: another
 	// tenant's digest is reported as missing, so digests reveal nothing.
@@ -263,16 +262,22 @@ func (s *Server) putDeployment(c echo.Context) error {
 	}
 	// The queue exists before the deployment is visible, so the first
 	// request never finds it missing.
-	if _, err := queue.Ensure(ctx, s.js, name, queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout)); err != nil {
+	// It is the deployment's ID's: a new deployment's ID is chosen here.
+	if _, err := queue.Ensure(ctx, s.js, d.ID, queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout)); err != nil {
 		s.log.Error("creating queue", "deployment", name, "err", err)
 		return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "creating the deployment's queue failed: %v", err)
 	}
+	queueID := d.ID
 	d, err = s.reg.PutDeployment(ctx, d)
-	if errors.Is(err, registry.ErrConflict) {
-		return errStatus(http.StatusConflict, "invalid_request_error", "name_taken", "the name %q is taken", name)
-	}
 	if err != nil {
 		return s.registryError("saving deployment", err)
+	}
+	if d.ID != queueID {
+		// A concurrent PUT created the deployment first, under its own
+		// ID: the queue made for this one serves nobody.
+		if err := queue.Delete(ctx, s.js, queueID); err != nil {
+			s.log.Warn("deleting unused queue", "deployment", name, "err", err)
+		}
 	}
 	s.log.Info("deployment saved", "deployment", name, "artifact", d.ArtifactSHA256)
 	return c.JSON(http.StatusOK, s.deploymentView(c, d))
@@ -287,11 +292,11 @@ type deploymentStatus struct {
 }
 
 func (s *Server) deploymentView(c echo.Context, d registry.Deployment) deploymentStatus {
-	st := deploymentStatus{Deployment: d, Runners: s.runners.list(d.Name)}
+	st := deploymentStatus{Deployment: d, Runners: s.runners.list(d.ID)}
 	if st.Runners == nil {
 		st.Runners = []wire.Heartbeat{}
 	}
-	if depth, err := queue.GetDepth(c.Request().Context(), s.js, d.Name); err == nil {
+	if depth, err := queue.GetDepth(c.Request().Context(), s.js, d.ID); err == nil {
 		st.Queued, st.InFlight = depth.Queued, depth.InFlight
 	}
 	return st
@@ -335,13 +340,17 @@ func (s *Server) deleteDeployment(c echo.Context) error {
 	}
 	ctx := c.Request().Context()
 	name := c.Param("name")
-	if _, err := s.deployment(ctx, key, name); err != nil {
+	d, err := s.deployment(ctx, key, name)
+	if err != nil {
 		return err
 	}
 	if err := s.reg.DeleteDeployment(ctx, key.TenantID, name); err != nil {
 		return s.registryError("deleting deployment", err)
 	}
-	if err := queue.Delete(ctx, s.js, name); err != nil {
+	// Its runners see the queue go and stop (finishing what they run);
+	// the control plane stops any it still has at its next tick. A new
+	// deployment of the same name gets a new ID, so a new queue.
+	if err := queue.Delete(ctx, s.js, d.ID); err != nil {
 		s.log.Warn("deleting queue", "deployment", name, "err", err)
 	}
 	return c.JSON(http.StatusOK, map[string]any{"id": name, "object": "deployment", "deleted": true})

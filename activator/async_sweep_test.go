@@ -297,7 +297,7 @@ func TestAsyncSweepFailsOrphanedJobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	heartbeat(t, h.nc, "orphans", "alive-runner")
+	heartbeat(t, h.nc, h.depID("orphans"), "alive-runner")
 
 	submit := func() string {
 		t.Helper()
@@ -312,11 +312,11 @@ func TestAsyncSweepFailsOrphanedJobs(t *testing.T) {
 	// event, as runner.handle sends for an async job.
 	start := func(id, runner string) {
 		t.Helper()
-		stream, err := js.Stream(context.Background(), wire.RequestStream("orphans"))
+		stream, err := js.Stream(context.Background(), wire.RequestStream(h.depID("orphans")))
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, err := stream.GetLastMsgForSubject(context.Background(), wire.RequestSubject("orphans"))
+		m, err := stream.GetLastMsgForSubject(context.Background(), wire.RequestSubject(h.depID("orphans")))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -190,7 +190,7 @@ func BenchmarkAddedLatency(b *testing.B) {
 	// token counted from the job being stored.
 	var recMu sync.Mutex
 	var queueWait, runnerTTFT []time.Duration
-	sub, err := h.nc.Subscribe(wire.UsageSubject("bench"), func(m *nats.Msg) {
+	sub, err := h.nc.Subscribe(wire.UsageSubject(h.depID("bench")), func(m *nats.Msg) {
 		var rec wire.UsageRecord
 		if json.Unmarshal(m.Data, &rec) == nil {
 			recMu.Lock()
@@ -359,7 +359,7 @@ func BenchmarkAccept(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	stream, err := js.Stream(context.Background(), wire.RequestStream("burst"))
+	stream, err := js.Stream(context.Background(), wire.RequestStream(h.depID("burst")))
 	if err != nil {
 		b.Fatal(err)
 	}

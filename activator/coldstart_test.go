@@ -69,8 +69,8 @@ func TestColdStartComments(t *testing.T) {
 	started := time.Now()
 	phase := func(p wire.Phase, detail string) {
 		t.Helper()
-		hb, _ := json.Marshal(wire.Heartbeat{RunnerID: "r1", Deployment: "cold", Phase: p, Detail: detail, Slots: 1, StartedAt: started, Sent: time.Now()})
-		if err := h.nc.Publish(wire.HeartbeatSubject("cold", "r1"), hb); err != nil {
+		hb, _ := json.Marshal(wire.Heartbeat{RunnerID: "r1", Deployment: "cold", DeploymentID: h.depID("cold"), Phase: p, Detail: detail, Slots: 1, StartedAt: started, Sent: time.Now()})
+		if err := h.nc.Publish(wire.HeartbeatSubject(h.depID("cold"), "r1"), hb); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -84,8 +84,8 @@ func TestColdStartComments(t *testing.T) {
 	expect(": loading model")
 
 	phase(wire.PhaseReady, "")
-	heartbeat(t, h.nc, "cold", "r1")
-	job := takeJob(t, js, "cold")
+	heartbeat(t, h.nc, h.depID("cold"), "r1")
+	job := takeJob(t, js, h.depID("cold"))
 	r := &fakeRunner{t: t, nc: h.nc, id: "r1", subject: wire.RunnerReplySubject(job.ReplyTo, "r1")}
 	r.start()
 	r.delta(" upon")

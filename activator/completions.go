@@ -72,6 +72,7 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		kind:    kind,
 		id:      id,
 		model:   dep.Name,
+		depID:   dep.ID,
 		stream:  req.Stream,
 		usage:   req.StreamOptions != nil && req.StreamOptions.IncludeUsage,
 		created: time.Now().Unix(),
@@ -93,17 +94,17 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		// A job waiting for redelivery after its runner was lost is
 		// back in the queue: only one that a runner has is stopped
 		// rather than removed.
-		s.abandon(dep.Name, id, seq, rl.runner != "")
+		s.abandon(dep.ID, id, seq, rl.runner != "")
 		s.metrics.requests.WithLabelValues(dep.Name, "cancelled").Inc()
 		return nil
 	}
 	if rl.gaveUp {
-		s.abandon(dep.Name, id, seq, false)
+		s.abandon(dep.ID, id, seq, false)
 	}
 	if rl.shutDown {
 		// Ended by the shutdown: withdraw a job still queued, stop one
 		// that runs, as for a client that hung up.
-		s.abandon(dep.Name, id, seq, rl.runner != "")
+		s.abandon(dep.ID, id, seq, rl.runner != "")
 	}
 	return err
 }
@@ -165,6 +166,7 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 	job := req.job(kind)
 	job.ID = prefix + wire.NewID(12)
 	job.Deployment = dep.Name
+	job.DeploymentID = dep.ID
 	job.TenantID = key.TenantID
 	job.KeyID = key.ID
 	job.Deadline = time.Now().Add(dep.QueueTimeout)
@@ -174,7 +176,7 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 
 // abandon stops a job nobody waits for: runners drop it (or stop it if it
 // runs) on the cancel message, and a job still queued is removed so it no
-// longer counts against the queue limit.
+// longer counts against the queue limit. deployment is the deployment's ID.
 func (s *Server) abandon(deployment, id string, seq uint64, started bool) {
 	s.nc.Publish(wire.CancelSubject(deployment), []byte(id))
 	if started {
@@ -196,14 +198,15 @@ func (s *Server) abandon(deployment, id string, seq uint64, started bool) {
 // after its deadline is skipped by the runners, so a request answered 503
 // here is never run or billed.
 func (s *Server) enqueue(ctx context.Context, dep registry.Deployment, id string, data []byte, deadline time.Time) (uint64, error) {
+	// The queue is the deployment's ID's, not its name's: a name is reused.
 	deployment, limit := dep.Name, dep.QueueLimit
 	var seq uint64
 	var err error
 	for {
-		seq, err = queue.Publish(ctx, s.js, deployment, id, data)
+		seq, err = queue.Publish(ctx, s.js, dep.ID, id, data)
 		if err != nil && !errors.Is(err, queue.ErrFull) && s.nc.Status() == nats.CONNECTED {
-			if _, eerr := queue.Ensure(ctx, s.js, deployment, queue.DeploymentLimits(dep.QueueLimit, dep.QueueTimeout)); eerr == nil {
-				seq, err = queue.Publish(ctx, s.js, deployment, id, data)
+			if _, eerr := queue.Ensure(ctx, s.js, dep.ID, queue.DeploymentLimits(dep.QueueLimit, dep.QueueTimeout)); eerr == nil {
+				seq, err = queue.Publish(ctx, s.js, dep.ID, id, data)
 			}
 		}
 		if err == nil || !s.retryPublish(ctx, err, deadline) {
@@ -224,7 +227,7 @@ func (s *Server) enqueue(ctx context.Context, dep registry.Deployment, id string
 	}
 	// Tell the control plane now rather than at its next tick: a
 	// deployment at zero starts its first runner at once.
-	s.nc.Publish(wire.WorkSubject(deployment), nil)
+	s.nc.Publish(wire.WorkSubject(dep.ID), nil)
 	return seq, nil
 }
 
@@ -259,6 +262,7 @@ type relay struct {
 	kind    wire.Kind
 	id      string
 	model   string
+	depID   string // the deployment's key: its runners are known by it
 	stream  bool
 	usage   bool
 	created int64
@@ -324,13 +328,13 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				rl.beginSSE()
 				rl.phaseComment(true)
 				if rl.runner == "" {
-					phase = rl.s.runners.changed(rl.model)
+					phase = rl.s.runners.changed(rl.depID)
 				}
 			}
 		case <-phase:
 			phase = nil
 			if rl.runner == "" {
-				phase = rl.s.runners.changed(rl.model)
+				phase = rl.s.runners.changed(rl.depID)
 				rl.phaseComment(false)
 			}
 		case <-tick.C:
@@ -355,7 +359,7 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 					return rl.shutdown(false)
 				}
 				if rl.sse {
-					phase = rl.s.runners.changed(rl.model)
+					phase = rl.s.runners.changed(rl.depID)
 				}
 				// JetStream hands the job on within the ack wait, and
 				// the next runner may need a queue timeout to take it.
@@ -372,7 +376,7 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 			if rl.runner != "" {
 				break // generating
 			}
-			if f, ok := rl.s.runners.failure(rl.model); ok && f.count >= cannotStartAfter {
+			if f, ok := rl.s.runners.failure(rl.depID); ok && f.count >= cannotStartAfter {
 				// Holding the request longer only hides the problem.
 				rl.gaveUp = true // not started: remove it from the queue
 				rl.s.metrics.requests.WithLabelValues(rl.model, "cannot_start").Inc()
@@ -388,7 +392,7 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				rl.gaveUp = true
 				rl.s.metrics.requests.WithLabelValues(rl.model, "timeout").Inc()
 				why := ""
-				if f, ok := rl.s.runners.failure(rl.model); ok {
+				if f, ok := rl.s.runners.failure(rl.depID); ok {
 					// Say what held it up (the object store is down,
 					// say), not only that it waited.
 					why = "; its last runner failed to start: " + f.detail
@@ -608,7 +612,7 @@ func (rl *relay) beginSSE() {
 // phaseComment names what the request waits for in an SSE comment: always
 // for a keepalive, else only when it differs from the last one written.
 func (rl *relay) phaseComment(keepalive bool) {
-	p := rl.s.runners.coldStartPhase(rl.model)
+	p := rl.s.runners.coldStartPhase(rl.depID)
 	if !keepalive && p == rl.phase {
 		return
 	}

@@ -52,8 +52,8 @@ func (s *Server) createKey(c echo.Context) error {
 	// A key restricted to a misspelt deployment could call nothing, and
 	// nobody would find out until a client failed; refuse it now.
 	for _, name := range req.Deployments {
-		d, err := s.reg.GetDeployment(c.Request().Context(), name)
-		if errors.Is(err, registry.ErrNotFound) || (err == nil && d.TenantID != key.TenantID) {
+		_, err := s.reg.GetDeployment(c.Request().Context(), key.TenantID, name)
+		if errors.Is(err, registry.ErrNotFound) {
 			return errInvalid("deployments", "no deployment %q: deploy it first, then create keys for it", name)
 		}
 		if err != nil {

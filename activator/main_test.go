@@ -42,10 +42,11 @@ func TestMain(m *testing.M) {
 // runnerProcessSpec is what a runner process is told through the
 // environment.
 type runnerProcessSpec struct {
-	NATS       string          `json:"nats"`
-	Model      string          `json:"model"`
-	Deployment string          `json:"deployment"`
-	Artifact   runner.Artifact `json:"artifact"`
+	NATS         string          `json:"nats"`
+	Model        string          `json:"model"`
+	Deployment   string          `json:"deployment"`
+	DeploymentID string          `json:"deployment_id"`
+	Artifact     runner.Artifact `json:"artifact"`
 	// Engine is the runner's engine configuration (without ModelPath).
 	Engine  runner.EngineConfig `json:"engine"`
 	Dir     string              `json:"dir"`
@@ -67,14 +68,15 @@ func (h *harness) startRunnerProcess(deployment string, engine runner.EngineConf
 func (h *harness) startRunnerProcessSpec(s runnerProcessSpec) int {
 	h.t.Helper()
 	spec, _ := json.Marshal(runnerProcessSpec{
-		Instant:    s.Instant,
-		NATS:       h.nc.ConnectedUrl(),
-		Model:      testenv.ModelPath(h.t),
-		Deployment: s.Deployment,
-		Artifact:   runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size},
-		Engine:     s.Engine,
-		Dir:        h.t.TempDir(),
-		Verbose:    testing.Verbose(),
+		Instant:      s.Instant,
+		NATS:         h.nc.ConnectedUrl(),
+		Model:        testenv.ModelPath(h.t),
+		Deployment:   s.Deployment,
+		DeploymentID: h.depID(s.Deployment),
+		Artifact:     runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size},
+		Engine:       s.Engine,
+		Dir:          h.t.TempDir(),
+		Verbose:      testing.Verbose(),
 	})
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), runnerProcessEnv+"="+string(spec))
@@ -138,11 +140,12 @@ func runRunnerProcess(specJSON string) error {
 		log = slog.Default()
 	}
 	r, err := runner.New(runner.Config{
-		ID:         wire.NewID(4),
-		Deployment: spec.Deployment,
-		Artifact:   spec.Artifact,
-		Cache:      &runner.Cache{Dir: spec.Dir + "/cache", Blobs: blobs},
-		Engine:     spec.Engine,
+		ID:           wire.NewID(4),
+		DeploymentID: spec.DeploymentID,
+		Deployment:   spec.Deployment,
+		Artifact:     spec.Artifact,
+		Cache:        &runner.Cache{Dir: spec.Dir + "/cache", Blobs: blobs},
+		Engine:       spec.Engine,
 	}, nc, log)
 	if err != nil {
 		return err
@@ -168,7 +171,7 @@ func runInstantRunner(ctx context.Context, spec runnerProcessSpec) error {
 	if err != nil {
 		return err
 	}
-	stream, err := js.Stream(ctx, wire.RequestStream(spec.Deployment))
+	stream, err := js.Stream(ctx, wire.RequestStream(spec.DeploymentID))
 	if err != nil {
 		return fmt.Errorf("opening the request stream: %w", err)
 	}

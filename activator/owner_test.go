@@ -127,7 +127,7 @@ func heartbeat(t *testing.T, nc *nats.Conn, deployment, id string) {
 	t.Cleanup(cancel)
 	go func() {
 		for {
-			hb, _ := json.Marshal(wire.Heartbeat{RunnerID: id, Deployment: deployment, Phase: wire.PhaseReady, Slots: 1, StartedAt: time.Now(), Sent: time.Now()})
+			hb, _ := json.Marshal(wire.Heartbeat{RunnerID: id, Deployment: deployment, DeploymentID: deployment, Phase: wire.PhaseReady, Slots: 1, StartedAt: time.Now(), Sent: time.Now()})
 			nc.Publish(wire.HeartbeatSubject(deployment, id), hb)
 			select {
 			case <-ctx.Done():
@@ -176,7 +176,7 @@ func startRequest(t *testing.T, h *harness, js jetstream.JetStream, model string
 		resp.Body.Close()
 		out <- fmt.Sprintf("%d %s", resp.StatusCode, b)
 	}()
-	return takeJob(t, js, model).ReplyTo, out
+	return takeJob(t, js, h.depID(model)).ReplyTo, out
 }
 
 // waitBody waits for what startRequest returns.
@@ -215,7 +215,7 @@ func TestJobOnTwoRunners(t *testing.T) {
 	t.Run("the owner is alive", func(t *testing.T) {
 		replyTo, body := request()
 		a, b := runner(replyTo, "runnerA"), runner(replyTo, "runnerB")
-		heartbeat(t, h.nc, "two", a.id)
+		heartbeat(t, h.nc, h.depID("two"), a.id)
 		a.start()
 		// The events of one runner arrive in order; wait until the start
 		// counts before the second runner shows up.
@@ -319,7 +319,7 @@ func TestHangUpAfterAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cancels, err := h.nc.SubscribeSync(wire.CancelSubject("late"))
+	cancels, err := h.nc.SubscribeSync(wire.CancelSubject(h.depID("late")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,9 +332,9 @@ func TestHangUpAfterAnswer(t *testing.T) {
 	body := `{"model":"late","prompt":"Once","max_tokens":5}`
 	fmt.Fprintf(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", adminKey, len(body), body)
 
-	job := takeJob(t, js, "late")
+	job := takeJob(t, js, h.depID("late"))
 	r := &fakeRunner{t: t, nc: h.nc, id: "runnerL", subject: wire.RunnerReplySubject(job.ReplyTo, "runnerL")}
-	heartbeat(t, h.nc, "late", r.id)
+	heartbeat(t, h.nc, h.depID("late"), r.id)
 	r.start()
 	chunk := strings.Repeat("x", 512<<10)
 	for range 64 { // 32 MiB, far more than loopback socket buffers hold
@@ -401,7 +401,7 @@ func TestLostEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	cancels := make(chan string, 16)
-	sub, err := h.nc.Subscribe(wire.CancelSubject("lossy"), func(m *nats.Msg) { cancels <- string(m.Data) })
+	sub, err := h.nc.Subscribe(wire.CancelSubject(h.depID("lossy")), func(m *nats.Msg) { cancels <- string(m.Data) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -472,7 +472,7 @@ func TestLostEvents(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			replyTo, body := startRequest(t, h, js, "lossy", tc.stream)
 			r := &fakeRunner{t: t, nc: h.nc, id: "runnerL", subject: wire.RunnerReplySubject(replyTo, "runnerL")}
-			heartbeat(t, h.nc, "lossy", r.id)
+			heartbeat(t, h.nc, h.depID("lossy"), r.id)
 			if tc.resends {
 				r.serveResends()
 			}

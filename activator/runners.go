@@ -71,14 +71,14 @@ func (v *runnerView) onHeartbeat(m *nats.Msg) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.apply(hb)
-	if _, waiting := v.changes[hb.Deployment]; waiting {
+	if _, waiting := v.changes[hb.DeploymentID]; waiting {
 		// Wake the deployment's waiting streams only when what they
 		// would be told changes, not at every heartbeat or share of
 		// the weights fetched by a runner nobody waits on.
-		if p := v.phaseLocked(hb.Deployment); p != v.phases[hb.Deployment] {
-			v.phases[hb.Deployment] = p
-			close(v.changes[hb.Deployment])
-			delete(v.changes, hb.Deployment)
+		if p := v.phaseLocked(hb.DeploymentID); p != v.phases[hb.DeploymentID] {
+			v.phases[hb.DeploymentID] = p
+			close(v.changes[hb.DeploymentID])
+			delete(v.changes, hb.DeploymentID)
 		}
 	}
 }
@@ -87,17 +87,17 @@ func (v *runnerView) onHeartbeat(m *nats.Msg) {
 func (v *runnerView) apply(hb wire.Heartbeat) {
 	switch hb.Phase {
 	case wire.PhaseFailed:
-		f := startFailure{count: v.failures[hb.Deployment].count + 1, detail: hb.Detail, at: time.Now()}
+		f := startFailure{count: v.failures[hb.DeploymentID].count + 1, detail: hb.Detail, at: time.Now()}
 		if hb.Retry {
 			f.count = 0
 		}
-		v.failures[hb.Deployment] = f
+		v.failures[hb.DeploymentID] = f
 		fallthrough
 	case wire.PhaseStopped:
 		delete(v.runners, hb.RunnerID)
 		return
 	case wire.PhaseReady:
-		delete(v.failures, hb.Deployment)
+		delete(v.failures, hb.DeploymentID)
 	}
 	hb.Sent = time.Now() // our clock decides staleness
 	v.runners[hb.RunnerID] = hb
@@ -133,7 +133,7 @@ func (v *runnerView) listLocked(deployment string) []wire.Heartbeat {
 			delete(v.runners, id)
 			continue
 		}
-		if hb.Deployment == deployment {
+		if hb.DeploymentID == deployment {
 			out = append(out, hb)
 		}
 	}

@@ -30,7 +30,7 @@ import (
 // Registry is what the activator needs from the records store.
 type Registry interface {
 	AuthenticateKey(ctx context.Context, secret string) (registry.APIKey, error)
-	GetDeployment(ctx context.Context, name string) (registry.Deployment, error)
+	GetDeployment(ctx context.Context, tenantID, name string) (registry.Deployment, error)
 	ListDeployments(ctx context.Context, tenantID string) ([]registry.Deployment, error)
 	PutDeployment(ctx context.Context, d registry.Deployment) (registry.Deployment, error)
 	DeleteDeployment(ctx context.Context, tenantID, name string) error
@@ -358,11 +358,12 @@ func requireAdmin(key registry.APIKey) error {
 	return nil
 }
 
-// deployment resolves a model name for a key. Another tenant's deployment
-// is reported as missing, not forbidden, so names do not leak.
+// deployment resolves a model name within the key's tenant: names are per
+// tenant, so another tenant's deployment of that name is no different from
+// a free name.
 func (s *Server) deployment(ctx context.Context, key registry.APIKey, name string) (registry.Deployment, error) {
-	d, err := s.reg.GetDeployment(ctx, name)
-	if errors.Is(err, registry.ErrNotFound) || (err == nil && d.TenantID != key.TenantID) {
+	d, err := s.reg.GetDeployment(ctx, key.TenantID, name)
+	if errors.Is(err, registry.ErrNotFound) {
 		return registry.Deployment{}, &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Param: strp("model"), Code: strp("model_not_found"),
 			Message: fmt.Sprintf("the model %q does not exist or you do not have access to it", name)}
 	}

@@ -188,7 +188,7 @@ func TestShutdownEndsQueuedRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		d, err := queue.GetDepth(context.Background(), js, "cold")
+		d, err := queue.GetDepth(context.Background(), js, h.depID("cold"))
 		if err != nil {
 			t.Fatal(err)
 		}

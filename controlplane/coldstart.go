@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/infer-run/infer/internal/wire"
+	"github.com/infer-run/infer/registry"
 )
 
 // Cold starts are explained by phase, so a slow one can be blamed on the
@@ -36,13 +37,14 @@ type coldStart struct {
 // have gone to another runner).
 const firstTokenWait = 10 * time.Second
 
-// noteStart records a runner start; called with cp.mu held.
-func (cp *ControlPlane) noteStart(id, deployment string, called time.Time, queued bool) {
-	cs := &coldStart{deployment: deployment, called: called, decision: -1, demand: queued}
-	if t, ok := cp.pokedAt[deployment]; ok {
+// noteStart records a runner start of deployment d; called with cp.mu
+// held. Pokes are by deployment ID, metrics by name.
+func (cp *ControlPlane) noteStart(id string, d registry.Deployment, called time.Time, queued bool) {
+	cs := &coldStart{deployment: d.Name, called: called, decision: -1, demand: queued}
+	if t, ok := cp.pokedAt[d.ID]; ok {
 		cs.decision = max(0, called.Sub(t))
 		cs.demand = true
-		delete(cp.pokedAt, deployment)
+		delete(cp.pokedAt, d.ID)
 	}
 	cp.coldStarts[id] = cs
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/infer-run/infer/internal/wire"
+	"github.com/infer-run/infer/registry"
 )
 
 func TestColdStartPhases(t *testing.T) {
@@ -62,14 +63,14 @@ func TestColdStartPhases(t *testing.T) {
 			if tt.poked {
 				cp.pokedAt["d"] = t0
 			}
-			cp.noteStart("r1", "d", at(5), tt.queued)
+			cp.noteStart("r1", registry.Deployment{ID: "d", Name: "d"}, at(5), tt.queued)
 			now := at(100)
 			got := map[string]float64{}
 			for i, cs := range tt.beats {
 				if i == len(tt.beats)-1 {
 					now = now.Add(tt.waitFor)
 				}
-				phases := cp.observeColdStart(wire.Heartbeat{RunnerID: "r1", Deployment: "d", Phase: wire.PhaseReady, ColdStart: cs}, now)
+				phases := cp.observeColdStart(wire.Heartbeat{RunnerID: "r1", Deployment: "d", DeploymentID: "d", Phase: wire.PhaseReady, ColdStart: cs}, now)
 				for p, d := range phases {
 					got[p] = d.Seconds()
 				}

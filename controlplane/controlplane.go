@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -72,9 +71,12 @@ type ControlPlane struct {
 	mu       sync.Mutex
 	beats    map[string]runnerState         // runner ID → last heartbeat
 	readyAt  map[string]time.Time           // runner ID → when it was first seen ready
-	failures map[string]failure             // deployment → runners failing to start
+	failures map[string]failure             // deployment ID → runners failing to start
 	started  map[string]time.Time           // runner ID → when the control plane started it
-	deps     map[string]registry.Deployment // as of the last tick, for pokes
+	deps     map[string]registry.Deployment // by ID, as of the last tick, for pokes and billing
+	// deleted are deployments deleted while they still had runners, by
+	// ID, until those are gone: see runnerEnded.
+	deleted map[string]registry.Deployment
 	// leading is what lead last returned (always true without a lease):
 	// only the leader bills runner lifetimes (a standby's prices may be
 	// stale or unknown) and answers pokes.
@@ -83,6 +85,9 @@ type ControlPlane struct {
 	// coldStarts what is known of each runner's start: see coldstart.go.
 	pokedAt    map[string]time.Time
 	coldStarts map[string]*coldStart
+	// sweptQueues is when orphan queues were last looked for (only the
+	// reconcile loop touches it).
+	sweptQueues time.Time
 }
 
 // failure counts a deployment's consecutive runner failures, so a model
@@ -154,7 +159,7 @@ func (cp *ControlPlane) Run(ctx context.Context) error {
 		defer cp.cfg.Lease.Release()
 	}
 	pokeSub, err := cp.cfg.NATS.Subscribe(wire.WorkSubjects, func(m *nats.Msg) {
-		name := strings.TrimPrefix(m.Subject, "infer.work.")
+		name := wire.WorkDeployment(m.Subject) // the deployment's ID
 		cp.mu.Lock()
 		if _, ok := cp.pokedAt[name]; !ok {
 			cp.pokedAt[name] = time.Now()
@@ -217,8 +222,8 @@ func (cp *ControlPlane) onHeartbeat(m *nats.Msg) {
 	case wire.PhaseFailed:
 		cp.metrics.failures.WithLabelValues(hb.Deployment).Inc()
 		delete(cp.started, hb.RunnerID)
-		f := cp.failures[hb.Deployment]
-		cp.failures[hb.Deployment] = failure{count: f.count + 1, last: now}
+		f := cp.failures[hb.DeploymentID]
+		cp.failures[hb.DeploymentID] = failure{count: f.count + 1, last: now}
 		cp.log.Warn("runner failed", "deployment", hb.Deployment, "runner", hb.RunnerID, "err", hb.Detail,
 			"failures", f.count+1, "retry_in", backoff(f.count+1))
 		fallthrough
@@ -228,7 +233,7 @@ func (cp *ControlPlane) onHeartbeat(m *nats.Msg) {
 		delete(cp.readyAt, hb.RunnerID)
 		return
 	case wire.PhaseReady:
-		delete(cp.failures, hb.Deployment)
+		delete(cp.failures, hb.DeploymentID)
 		if t, ok := cp.started[hb.RunnerID]; ok {
 			cp.metrics.coldStart.WithLabelValues(hb.Deployment).Observe(now.Sub(t).Seconds())
 			delete(cp.started, hb.RunnerID)
@@ -243,7 +248,7 @@ func (cp *ControlPlane) onHeartbeat(m *nats.Msg) {
 }
 
 // snapshot reads the deployments and the driver's runners, grouped by
-// deployment.
+// deployment ID.
 func (cp *ControlPlane) snapshot(ctx context.Context) ([]registry.Deployment, []RunnerRef, map[string][]RunnerRef, bool) {
 	deps, err := cp.cfg.Registry.ListDeployments(ctx, "")
 	if err != nil {
@@ -257,7 +262,7 @@ func (cp *ControlPlane) snapshot(ctx context.Context) ([]registry.Deployment, []
 	}
 	byDep := map[string][]RunnerRef{}
 	for _, r := range runners {
-		byDep[r.Deployment] = append(byDep[r.Deployment], r)
+		byDep[r.DeploymentID] = append(byDep[r.DeploymentID], r)
 	}
 	return deps, runners, byDep, true
 }
@@ -269,26 +274,44 @@ func (cp *ControlPlane) reconcileAll(ctx context.Context) {
 	}
 	known := make(map[string]registry.Deployment, len(deps))
 	for _, d := range deps {
-		known[d.Name] = d
-		cp.reconcile(ctx, d, byDep[d.Name])
+		known[d.ID] = d
+		cp.reconcile(ctx, d, byDep[d.ID])
 	}
 	cp.mu.Lock()
-	cp.deps = known
+	// A deleted deployment is remembered while it has runners, so that
+	// their lifetimes are billed to it (its tenant, at its price) and
+	// never to a later deployment of the same name.
+	deleted := map[string]registry.Deployment{}
+	for _, m := range []map[string]registry.Deployment{cp.deps, cp.deleted} {
+		for id, d := range m {
+			if _, ok := known[id]; !ok && len(byDep[id]) > 0 {
+				deleted[id] = d
+			}
+		}
+	}
+	cp.deps, cp.deleted = known, deleted
 	cp.mu.Unlock()
-	// Runners of deleted deployments drain and go.
-	for name, rs := range byDep {
-		if _, ok := known[name]; ok {
+	// Runners of deleted deployments drain and go (they stop by
+	// themselves too once their queue is deleted). So do runners that
+	// serve no deployment ID: started before queues were keyed by ID.
+	for id, rs := range byDep {
+		if _, ok := known[id]; ok {
 			continue
 		}
 		for _, r := range rs {
 			if !r.Stopping {
-				cp.log.Info("stopping runner of a deleted deployment", "deployment", name, "runner", r.ID)
+				cp.log.Info("stopping runner of a deleted deployment", "deployment", r.Deployment, "deployment_id", id, "runner", r.ID)
 				cp.cfg.Driver.Stop(ctx, r.ID)
 			}
 		}
 	}
 	cp.forgetGone(runners)
 	cp.countPhases(deps, runners)
+	live := make(map[string]bool, len(deps))
+	for _, d := range deps {
+		live[d.ID] = true
+	}
+	cp.sweepQueues(ctx, live, runners, time.Now())
 }
 
 // countPhases sets the runners gauge from the driver's list and the
@@ -339,7 +362,8 @@ func (cp *ControlPlane) forgetGone(runners []RunnerRef) {
 	}
 }
 
-// scaleFromZero reconciles a poked deployment at once if it has no runner.
+// scaleFromZero reconciles a poked deployment (by ID) at once if it has no
+// runner.
 // A deployment that has one is left to the next tick: pokes arrive with
 // every request, and the request path must not cost a Postgres query each.
 func (cp *ControlPlane) scaleFromZero(ctx context.Context, name string) {
@@ -356,7 +380,7 @@ func (cp *ControlPlane) scaleFromZero(ctx context.Context, name string) {
 	}
 	var mine []RunnerRef
 	for _, r := range runners {
-		if r.Deployment == name {
+		if r.DeploymentID == name {
 			mine = append(mine, r)
 			if !r.Stopping {
 				// Not a cold start: the work waits for a warm runner.
@@ -378,7 +402,7 @@ func (cp *ControlPlane) scaleFromZero(ctx context.Context, name string) {
 			return
 		}
 		for _, x := range deps {
-			if x.Name == name {
+			if x.ID == name {
 				d, ok = x, true
 			}
 		}
@@ -412,10 +436,10 @@ func Desired(d registry.Deployment, work int) int {
 }
 
 func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, runners []RunnerRef) {
-	log := cp.log.With("deployment", d.Name)
-	depth, err := queue.GetDepth(ctx, cp.js, d.Name)
+	log := cp.log.With("deployment", d.Name, "deployment_id", d.ID)
+	depth, err := queue.GetDepth(ctx, cp.js, d.ID)
 	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-		_, err = queue.Ensure(ctx, cp.js, d.Name, queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout))
+		_, err = queue.Ensure(ctx, cp.js, d.ID, queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout))
 	}
 	if err != nil {
 		log.Error("reading queue depth", "err", err)
@@ -451,7 +475,7 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 
 	want := Desired(d, depth.Total())
 	cp.mu.Lock()
-	f := cp.failures[d.Name]
+	f := cp.failures[d.ID]
 	cp.mu.Unlock()
 	switch {
 	case len(live) < want && now.Before(f.last.Add(backoff(f.count))):
@@ -468,6 +492,7 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 		for i := len(live); i < want; i++ {
 			spec := RunnerSpec{
 				ID:           wire.NewID(6),
+				DeploymentID: d.ID,
 				Deployment:   d.Name,
 				Artifact:     a.SHA256,
 				ObjectKey:    a.ObjectKey,
@@ -480,7 +505,7 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 			log.Info("starting runner", "runner", spec.ID, "queued", depth.Queued, "in_flight", depth.InFlight, "runners", len(live), "want", want)
 			cp.mu.Lock()
 			cp.started[spec.ID] = time.Now()
-			cp.noteStart(spec.ID, d.Name, cp.started[spec.ID], depth.Total() > 0)
+			cp.noteStart(spec.ID, d, cp.started[spec.ID], depth.Total() > 0)
 			cp.mu.Unlock()
 			if err := cp.cfg.Driver.Start(ctx, spec); err != nil {
 				log.Error("starting runner", "err", err)

@@ -10,7 +10,11 @@ import (
 
 // RunnerSpec is what a driver needs to start one runner.
 type RunnerSpec struct {
-	ID           string
+	ID string
+	// DeploymentID is the deployment's key: its queue and subjects. A
+	// name is reused after a deployment is deleted; an ID never is.
+	DeploymentID string
+	// Deployment is the deployment's name, for logs, pod names and labels.
 	Deployment   string
 	Artifact     string // sha256
 	ObjectKey    string
@@ -31,6 +35,7 @@ type Resources = registry.Resources
 // their own connection settings (NATS, object store, cache).
 func (s RunnerSpec) Args() []string {
 	args := []string{
+		"--deployment-id", s.DeploymentID,
 		"--deployment", s.Deployment,
 		"--id", s.ID,
 		"--artifact", s.Artifact,
@@ -49,10 +54,13 @@ func (s RunnerSpec) Args() []string {
 
 // RunnerRef is a runner as its driver knows it: it exists until it exits.
 type RunnerRef struct {
-	ID         string
-	Deployment string
-	Artifact   string
-	StartedAt  time.Time
+	ID string
+	// DeploymentID is the deployment it serves (empty for a runner started
+	// before queues were keyed by ID: it serves no deployment now).
+	DeploymentID string
+	Deployment   string
+	Artifact     string
+	StartedAt    time.Time
 	// Stopping is set once Stop was called.
 	Stopping bool
 }

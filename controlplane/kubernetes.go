@@ -29,7 +29,10 @@ const (
 	LabelName       = "app.kubernetes.io/name"
 	LabelManagedBy  = "app.kubernetes.io/managed-by"
 	LabelDeployment = "infer.run/deployment"
-	LabelRunnerID   = "infer.run/runner-id"
+	// LabelDeploymentID is the deployment's ID, which the control plane
+	// tracks runners by (a name may be reused; see wire.RequestStream).
+	LabelDeploymentID = "infer.run/deployment-id"
+	LabelRunnerID     = "infer.run/runner-id"
 	// AnnotationArtifact holds the sha256 of the weights (64 characters:
 	// too long for a label value).
 	AnnotationArtifact = "infer.run/artifact"
@@ -129,7 +132,7 @@ func (d *KubernetesDriver) pod(spec RunnerSpec) (*corev1.Pod, error) {
 	if d.Image == "" {
 		return nil, errors.New("no runner image configured")
 	}
-	for label, v := range map[string]string{LabelDeployment: spec.Deployment, LabelRunnerID: spec.ID} {
+	for label, v := range map[string]string{LabelDeployment: spec.Deployment, LabelDeploymentID: spec.DeploymentID, LabelRunnerID: spec.ID} {
 		if v == "" {
 			return nil, fmt.Errorf("%s is empty", label)
 		}
@@ -187,10 +190,11 @@ func (d *KubernetesDriver) pod(spec RunnerSpec) (*corev1.Pod, error) {
 			Name:      PodName(spec.Deployment, spec.ID),
 			Namespace: d.namespace(),
 			Labels: map[string]string{
-				LabelName:       runnerAppName,
-				LabelManagedBy:  managedBy,
-				LabelDeployment: spec.Deployment,
-				LabelRunnerID:   spec.ID,
+				LabelName:         runnerAppName,
+				LabelManagedBy:    managedBy,
+				LabelDeployment:   spec.Deployment,
+				LabelDeploymentID: spec.DeploymentID,
+				LabelRunnerID:     spec.ID,
 			},
 			Annotations: map[string]string{AnnotationArtifact: spec.Artifact},
 		},
@@ -335,11 +339,12 @@ func (d *KubernetesDriver) Runners(ctx context.Context) ([]RunnerRef, error) {
 			continue
 		}
 		out = append(out, RunnerRef{
-			ID:         p.Labels[LabelRunnerID],
-			Deployment: p.Labels[LabelDeployment],
-			Artifact:   p.Annotations[AnnotationArtifact],
-			StartedAt:  p.CreationTimestamp.Time,
-			Stopping:   p.DeletionTimestamp != nil,
+			ID:           p.Labels[LabelRunnerID],
+			DeploymentID: p.Labels[LabelDeploymentID],
+			Deployment:   p.Labels[LabelDeployment],
+			Artifact:     p.Annotations[AnnotationArtifact],
+			StartedAt:    p.CreationTimestamp.Time,
+			Stopping:     p.DeletionTimestamp != nil,
 		})
 	}
 	return out, nil

@@ -41,6 +41,7 @@ const testNS = "infer"
 func testSpec() RunnerSpec {
 	return RunnerSpec{
 		ID:           "a1b2c3d4e5f6",
+		DeploymentID: "dep_7xq2llama",
 		Deployment:   "llama_small",
 		Artifact:     strings.Repeat("ab", 32),
 		ObjectKey:    "weights/abab.gguf",
@@ -179,6 +180,7 @@ func TestKubernetesStartPod(t *testing.T) {
 			}
 			for _, want := range [][]string{
 				{"--deployment", "llama_small"},
+				{"--deployment-id", "dep_7xq2llama"},
 				{"--id", "a1b2c3d4e5f6"},
 				{"--artifact", spec.Artifact},
 				{"--object-key", "weights/abab.gguf"},
@@ -347,7 +349,7 @@ func TestKubernetesRunners(t *testing.T) {
 	t0 := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 	spec := func(dep, id string) RunnerSpec {
 		s := testSpec()
-		s.Deployment, s.ID, s.Artifact = dep, id, "sha-"+id
+		s.Deployment, s.DeploymentID, s.ID, s.Artifact = dep, "dep_"+dep, id, "sha-"+id
 		return s
 	}
 	running := runnerPod(t, testNS, spec("llama", "r1"), corev1.PodRunning, t0)
@@ -373,15 +375,15 @@ func TestKubernetesRunners(t *testing.T) {
 	}
 	slices.SortFunc(refs, func(a, b RunnerRef) int { return strings.Compare(a.ID, b.ID) })
 	want := []RunnerRef{
-		{ID: "r1", Deployment: "llama", Artifact: "sha-r1", StartedAt: t0},
-		{ID: "r2", Deployment: "qwen_small", Artifact: "sha-r2", StartedAt: t0.Add(time.Minute)},
-		{ID: "r3", Deployment: "llama", Artifact: "sha-r3", StartedAt: t0.Add(2 * time.Minute), Stopping: true},
+		{ID: "r1", DeploymentID: "dep_llama", Deployment: "llama", Artifact: "sha-r1", StartedAt: t0},
+		{ID: "r2", DeploymentID: "dep_qwen_small", Deployment: "qwen_small", Artifact: "sha-r2", StartedAt: t0.Add(time.Minute)},
+		{ID: "r3", DeploymentID: "dep_llama", Deployment: "llama", Artifact: "sha-r3", StartedAt: t0.Add(2 * time.Minute), Stopping: true},
 	}
 	if len(refs) != len(want) {
 		t.Fatalf("Runners = %+v, want %+v", refs, want)
 	}
 	for i := range want {
-		if refs[i].ID != want[i].ID || refs[i].Deployment != want[i].Deployment || refs[i].Artifact != want[i].Artifact ||
+		if refs[i].ID != want[i].ID || refs[i].Deployment != want[i].Deployment || refs[i].DeploymentID != want[i].DeploymentID || refs[i].Artifact != want[i].Artifact ||
 			!refs[i].StartedAt.Equal(want[i].StartedAt) || refs[i].Stopping != want[i].Stopping {
 			t.Errorf("Runners[%d] = %+v, want %+v", i, refs[i], want[i])
 		}

@@ -50,7 +50,7 @@ func (v clusterView) Start(_ context.Context, s RunnerSpec) error {
 	defer v.c.mu.Unlock()
 	v.act()
 	v.c.starts[s.Deployment]++
-	v.c.runners[s.ID] = RunnerRef{ID: s.ID, Deployment: s.Deployment, Artifact: s.Artifact, StartedAt: time.Now()}
+	v.c.runners[s.ID] = RunnerRef{ID: s.ID, DeploymentID: s.DeploymentID, Deployment: s.Deployment, Artifact: s.Artifact, StartedAt: time.Now()}
 	return nil
 }
 
@@ -110,8 +110,8 @@ func TestLeaderFailover(t *testing.T) {
 	ctx := t.Context()
 
 	deps := []registry.Deployment{
-		{Name: "warm", ArtifactSHA256: "aaaa", MinRunners: 2, MaxRunners: 3, Parallel: 1, IdleTimeout: time.Hour},
-		{Name: "cold", ArtifactSHA256: "bbbb", MinRunners: 1, MaxRunners: 1, Parallel: 1, IdleTimeout: time.Hour},
+		{ID: "dep_warm", Name: "warm", ArtifactSHA256: "aaaa", MinRunners: 2, MaxRunners: 3, Parallel: 1, IdleTimeout: time.Hour},
+		{ID: "dep_cold", Name: "cold", ArtifactSHA256: "bbbb", MinRunners: 1, MaxRunners: 1, Parallel: 1, IdleTimeout: time.Hour},
 	}
 	c := &cluster{runners: map[string]RunnerRef{}, starts: map[string]int{}}
 	// A key of this test's own: tests of other packages share the server.

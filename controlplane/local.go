@@ -109,7 +109,7 @@ func (d *LocalDriver) Start(ctx context.Context, spec RunnerSpec) error {
 		return fmt.Errorf("starting runner for %s: %w", spec.Deployment, err)
 	}
 	r := &localRunner{
-		ref:  RunnerRef{ID: spec.ID, Deployment: spec.Deployment, Artifact: spec.Artifact, StartedAt: time.Now()},
+		ref:  RunnerRef{ID: spec.ID, DeploymentID: spec.DeploymentID, Deployment: spec.Deployment, Artifact: spec.Artifact, StartedAt: time.Now()},
 		cmd:  cmd,
 		done: make(chan struct{}),
 	}
@@ -233,7 +233,7 @@ func (d *LocalDriver) assign(r *localRunner, spec RunnerSpec, args []string) err
 		return errors.New("the spare exited")
 	default:
 	}
-	r.ref = RunnerRef{ID: spec.ID, Deployment: spec.Deployment, Artifact: spec.Artifact, StartedAt: time.Now()}
+	r.ref = RunnerRef{ID: spec.ID, DeploymentID: spec.DeploymentID, Deployment: spec.Deployment, Artifact: spec.Artifact, StartedAt: time.Now()}
 	if d.running == nil {
 		d.running = map[string]*localRunner{}
 	}

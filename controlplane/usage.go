@@ -88,6 +88,7 @@ func toRegistry(r wire.UsageRecord) registry.UsageRecord {
 	return registry.UsageRecord{
 		RequestID:        r.RequestID,
 		Deployment:       r.Deployment,
+		DeploymentID:     r.DeploymentID,
 		TenantID:         r.TenantID,
 		KeyID:            r.KeyID,
 		RunnerID:         r.RunnerID,
@@ -118,6 +119,8 @@ func recordRunner(ctx context.Context, msg jetstream.Msg, w UsageWriter, log *sl
 	_, err := w.RecordRunnerUsage(ctx, registry.RunnerUsage{
 		RunnerID:       rec.RunnerID,
 		Deployment:     rec.Deployment,
+		DeploymentID:   rec.DeploymentID,
+		TenantID:       rec.TenantID,
 		StartedAt:      rec.StartedAt,
 		EndedAt:        rec.EndedAt,
 		PricePerSecond: rec.PricePerSecond,

@@ -45,7 +45,7 @@ func (s *Store) RecordRunnerUsage(ctx context.Context, r RunnerUsage) (bool, err
 			round(extract(epoch FROM $6::timestamptz - $5::timestamptz), 3),
 			round(extract(epoch FROM $6::timestamptz - $5::timestamptz), 3) * $7::float8::numeric
 		FROM (SELECT 1) AS one
-		LEFT JOIN deployments d ON d.name = $2
+		LEFT JOIN LATERAL (`+deploymentOfRecord+`) d ON true
 		ON CONFLICT (runner_id) DO NOTHING`,
 		r.RunnerID, r.Deployment, r.DeploymentID, r.TenantID, r.StartedAt, r.EndedAt, r.PricePerSecond)
 	if err != nil {

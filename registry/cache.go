@@ -26,13 +26,16 @@ type Cache struct {
 
 	mu          sync.RWMutex
 	keys        keyIndex
-	deployments map[string]Deployment
+	deployments map[tenantName]Deployment
 	loaded      bool
 
 	// spend is what each budgeted key has spent, as of spendAt; see Spend.
 	spend   map[string]float64
 	spendAt time.Time
 }
+
+// tenantName keys deployments: a name is unique only within its tenant.
+type tenantName struct{ tenant, name string }
 
 // cachedKey is a key's record with the hash it is stored under.
 type cachedKey struct {
@@ -117,14 +120,14 @@ func (c *Cache) AuthenticateKey(ctx context.Context, secret string) (APIKey, err
 	return k, nil
 }
 
-// GetDeployment looks a deployment up in memory.
-func (c *Cache) GetDeployment(ctx context.Context, name string) (Deployment, error) {
+// GetDeployment looks the tenant's deployment up in memory.
+func (c *Cache) GetDeployment(ctx context.Context, tenantID, name string) (Deployment, error) {
 	c.mu.RLock()
 	loaded := c.loaded
-	d, ok := c.deployments[name]
+	d, ok := c.deployments[tenantName{tenantID, name}]
 	c.mu.RUnlock()
 	if !loaded {
-		return c.Store.GetDeployment(ctx, name)
+		return c.Store.GetDeployment(ctx, tenantID, name)
 	}
 	if !ok {
 		return Deployment{}, ErrNotFound
@@ -186,7 +189,7 @@ func (c *Cache) PutDeployment(ctx context.Context, d Deployment) (Deployment, er
 	if err == nil {
 		c.mu.Lock()
 		if c.deployments != nil {
-			c.deployments[d.Name] = d
+			c.deployments[tenantName{d.TenantID, d.Name}] = d
 		}
 		c.mu.Unlock()
 	}
@@ -198,7 +201,7 @@ func (c *Cache) DeleteDeployment(ctx context.Context, tenantID, name string) err
 	err := c.Store.DeleteDeployment(ctx, tenantID, name)
 	if err == nil {
 		c.mu.Lock()
-		delete(c.deployments, name)
+		delete(c.deployments, tenantName{tenantID, name})
 		c.mu.Unlock()
 	}
 	return err
@@ -279,9 +282,9 @@ func (c *Cache) reload(ctx context.Context, table string) error {
 		if err != nil {
 			return fmt.Errorf("loading deployments: %w", err)
 		}
-		m := make(map[string]Deployment, len(deps))
+		m := make(map[tenantName]Deployment, len(deps))
 		for _, d := range deps {
-			m[d.Name] = d
+			m[tenantName{d.TenantID, d.Name}] = d
 		}
 		c.mu.Lock()
 		c.deployments = m

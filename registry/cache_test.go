@@ -63,7 +63,7 @@ func TestCacheFollowsChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "deployment appearing in the cache", func() bool {
-		_, err := c.GetDeployment(ctx, "stories")
+		_, err := c.GetDeployment(ctx, tenant.ID, "stories")
 		return err == nil
 	})
 
@@ -114,7 +114,7 @@ func TestCacheFollowsChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "deletion reaching the cache", func() bool {
-		_, err := c.GetDeployment(ctx, "stories")
+		_, err := c.GetDeployment(ctx, tenant.ID, "stories")
 		return errors.Is(err, ErrNotFound)
 	})
 

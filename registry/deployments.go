@@ -102,9 +102,10 @@ const (
 )
 
 // ValidName checks a deployment name: 1 to 63 lowercase letters, digits,
-// '-' and '_', starting and ending with a letter or digit. Names become NATS
-// subject tokens and JetStream stream names, which rules out dots,
-// wildcards and spaces.
+// '-' and '_', starting and ending with a letter or digit. Names are the
+// OpenAI "model" field and appear in pod names and labels, log file names
+// and metrics labels, which rules out dots, wildcards and spaces. (Queues
+// and subjects use the deployment's ID, not its name.)
 func ValidName(name string) error {
 	if name == "" {
 		return errors.New("deployment name is empty")
@@ -233,6 +234,11 @@ const deploymentColumns = `id, tenant_id, name, artifact_sha256, min_runners, ma
 	price_prompt_per_mtok, price_completion_per_mtok, price_runner_second,
 	cpu, memory, gpus, node_selector, created_at, updated_at`
 
+// NewDeploymentID returns a fresh deployment ID: "dep_" and 26 lower-case
+// base32 characters (128 random bits), never reused, and safe as a NATS
+// subject token and stream-name suffix (see wire.ValidKey).
+func NewDeploymentID() string { return newID("dep") }
+
 func scanDeployment(row pgx.Row) (Deployment, error) {
 	var (
 		d               Deployment
@@ -249,8 +255,11 @@ func scanDeployment(row pgx.Row) (Deployment, error) {
 }
 
 // PutDeployment creates the deployment d.Name for d.TenantID or replaces its
-// settings. A name held by another tenant is ErrConflict; an artifact that
-// was never uploaded is ErrNotFound. ID and timestamps are assigned here.
+// settings. Names are per tenant: another tenant's deployment of the same
+// name is neither touched nor revealed. An artifact that was never uploaded
+// is ErrNotFound. A replaced deployment keeps its ID; a created one gets
+// d.ID if set (from NewDeploymentID: its queue may be made first), else a
+// new one. Timestamps are assigned here.
 func (s *Store) PutDeployment(ctx context.Context, d Deployment) (Deployment, error) {
 	if err := d.Validate(); err != nil {
 		return Deployment{}, fmt.Errorf("invalid deployment: %w", err)
@@ -262,15 +271,17 @@ func (s *Store) PutDeployment(ctx context.Context, d Deployment) (Deployment, er
 	if nodeSelector == nil {
 		nodeSelector = map[string]string{} // the column is NOT NULL
 	}
-	// The WHERE on the update leaves another tenant's row untouched and
-	// returns nothing, which is how a taken name shows.
+	id := d.ID
+	if id == "" {
+		id = NewDeploymentID()
+	}
 	stored, err := scanDeployment(s.pool.QueryRow(ctx, `
 		INSERT INTO deployments (id, tenant_id, name, artifact_sha256, min_runners, max_runners, parallel,
 			context_length, idle_timeout_ms, queue_limit, queue_timeout_ms, chat_template,
 			price_prompt_per_mtok, price_completion_per_mtok, price_runner_second,
 			cpu, memory, gpus, node_selector)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
-		ON CONFLICT (name) DO UPDATE SET
+		ON CONFLICT (tenant_id, name) DO UPDATE SET
 			artifact_sha256 = excluded.artifact_sha256,
 			min_runners = excluded.min_runners,
 			max_runners = excluded.max_runners,
@@ -288,15 +299,12 @@ func (s *Store) PutDeployment(ctx context.Context, d Deployment) (Deployment, er
 			gpus = excluded.gpus,
 			node_selector = excluded.node_selector,
 			updated_at = now()
-		WHERE deployments.tenant_id = excluded.tenant_id
 		RETURNING `+deploymentColumns,
-		newID("dep"), d.TenantID, d.Name, d.ArtifactSHA256, d.MinRunners, d.MaxRunners, d.Parallel,
+		id, d.TenantID, d.Name, d.ArtifactSHA256, d.MinRunners, d.MaxRunners, d.Parallel,
 		d.ContextLength, d.IdleTimeout.Milliseconds(), d.QueueLimit, d.QueueTimeout.Milliseconds(), d.ChatTemplate,
 		d.Prices.PromptPerMTok, d.Prices.CompletionPerMTok, d.Prices.RunnerSecond,
 		d.Resources.CPU, d.Resources.Memory, d.Resources.GPUs, nodeSelector))
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return Deployment{}, fmt.Errorf("deployment name %q belongs to another tenant: %w", d.Name, ErrConflict)
 	case pgCode(err) == codeForeignKey:
 		// Either the artifact or the tenant is missing; the artifact is
 		// the one a user can get wrong.
@@ -307,10 +315,11 @@ func (s *Store) PutDeployment(ctx context.Context, d Deployment) (Deployment, er
 	return stored, nil
 }
 
-// GetDeployment returns the deployment called name, whichever tenant owns
-// it; callers acting for a tenant must compare TenantID.
-func (s *Store) GetDeployment(ctx context.Context, name string) (Deployment, error) {
-	d, err := scanDeployment(s.pool.QueryRow(ctx, `SELECT `+deploymentColumns+` FROM deployments WHERE name = $1`, name))
+// GetDeployment returns the tenant's deployment called name. Another
+// tenant's deployment of that name is ErrNotFound, like a free name.
+func (s *Store) GetDeployment(ctx context.Context, tenantID, name string) (Deployment, error) {
+	d, err := scanDeployment(s.pool.QueryRow(ctx, `SELECT `+deploymentColumns+` FROM deployments
+		WHERE tenant_id = $1 AND name = $2`, tenantID, name))
 	if err != nil {
 		return Deployment{}, notFound(err, "deployment "+name)
 	}

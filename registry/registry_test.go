@@ -378,15 +378,30 @@ func TestDeployments(t *testing.T) {
 		t.Errorf("update not applied: %+v", updated)
 	}
 
-	stolen := d
-	stolen.TenantID = other.ID
-	stolen.ArtifactSHA256 = art1.SHA256
-	if _, err := s.PutDeployment(ctx, stolen); !errors.Is(err, ErrConflict) {
-		t.Errorf("PutDeployment of another tenant's name = %v, want ErrConflict", err)
+	// Names are per tenant: another tenant's "stories" is its own
+	// deployment, with its own ID, and leaves acme's as it was.
+	theirs := d
+	theirs.TenantID = other.ID
+	theirs.ArtifactSHA256 = art1.SHA256
+	theirsStored, err := s.PutDeployment(ctx, theirs)
+	if err != nil {
+		t.Fatalf("PutDeployment of a name another tenant has: %v", err)
 	}
-	got, err := s.GetDeployment(ctx, "stories")
-	if err != nil || got.TenantID != acme.ID || got.ArtifactSHA256 != art2.SHA256 {
-		t.Errorf("after the conflict: %+v, %v", got, err)
+	if theirsStored.ID == created.ID || theirsStored.TenantID != other.ID {
+		t.Errorf("another tenant's deployment of the same name: %+v, acme's ID %s", theirsStored, created.ID)
+	}
+	got, err := s.GetDeployment(ctx, acme.ID, "stories")
+	if err != nil || got.ID != created.ID || got.ArtifactSHA256 != art2.SHA256 {
+		t.Errorf("acme's deployment after another tenant's put: %+v, %v", got, err)
+	}
+	if got, err := s.GetDeployment(ctx, other.ID, "stories"); err != nil || got.ID != theirsStored.ID {
+		t.Errorf("the other tenant's deployment: %+v, %v", got, err)
+	}
+	if _, err := s.GetDeployment(ctx, "tnt_none", "stories"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetDeployment for a tenant without it = %v, want ErrNotFound", err)
+	}
+	if err := s.DeleteDeployment(ctx, other.ID, "stories"); err != nil {
+		t.Fatal(err)
 	}
 
 	missing := d
@@ -423,21 +438,24 @@ func TestDeployments(t *testing.T) {
 	}
 
 	if err := s.DeleteDeployment(ctx, other.ID, "stories"); !errors.Is(err, ErrNotFound) {
-		t.Errorf("deleting another tenant's deployment = %v, want ErrNotFound", err)
+		t.Errorf("deleting a deployment only another tenant has = %v, want ErrNotFound", err)
 	}
 	if err := s.DeleteDeployment(ctx, acme.ID, "stories"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.GetDeployment(ctx, "stories"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.GetDeployment(ctx, acme.ID, "stories"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("GetDeployment after delete = %v, want ErrNotFound", err)
 	}
 	if err := s.DeleteDeployment(ctx, acme.ID, "stories"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("deleting twice = %v, want ErrNotFound", err)
 	}
-	// The name is free again, for anyone.
-	stolen.Name = "stories"
-	if _, err := s.PutDeployment(ctx, stolen); err != nil {
-		t.Errorf("reusing a deleted name: %v", err)
+	// The name is free again, and a new deployment of it gets a new ID.
+	again, err := s.PutDeployment(ctx, d)
+	if err != nil {
+		t.Fatalf("reusing a deleted name: %v", err)
+	}
+	if again.ID == created.ID {
+		t.Errorf("a recreated deployment reuses ID %s", again.ID)
 	}
 }
 

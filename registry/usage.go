@@ -60,8 +60,8 @@ type DeploymentUsage struct {
 // RecordUsage stores r unless a record with its request ID exists, and
 // reports whether it was inserted. Usage arrives at least once from
 // JetStream, so a redelivered record must not count twice. A missing
-// deployment ID or tenant is filled in from the deployment of that name,
-// if it still exists; a missing CreatedAt becomes now.
+// tenant is filled in from the deployment the record names (see
+// deploymentOfRecord); a missing CreatedAt becomes now.
 func (s *Store) RecordUsage(ctx context.Context, r UsageRecord) (bool, error) {
 	if r.RequestID == "" {
 		return false, errors.New("usage record has no request ID")
@@ -81,7 +81,7 @@ func (s *Store) RecordUsage(ctx context.Context, r UsageRecord) (bool, error) {
 			$16::float8::numeric, $17::float8::numeric,
 			($6::int * $16::float8::numeric + $7::int * $17::float8::numeric) / 1000000
 		FROM (SELECT 1) AS one
-		LEFT JOIN deployments d ON d.name = $2
+		LEFT JOIN LATERAL (`+deploymentOfRecord+`) d ON true
 		ON CONFLICT (request_id) DO NOTHING`,
 		r.RequestID, r.Deployment, r.DeploymentID, r.TenantID, r.KeyID, r.PromptTokens,
 		r.CompletionTokens, r.QueueWaitMS, r.TTFTMS, r.DurationMS, r.ColdStart, r.Status, r.FinishReason,
@@ -91,6 +91,21 @@ func (s *Store) RecordUsage(ctx context.Context, r UsageRecord) (bool, error) {
 	}
 	return tag.RowsAffected() == 1, nil
 }
+
+// deploymentOfRecord finds the deployment a usage record ($2 name, $3 ID,
+// $4 tenant) belongs to, to fill in what the record lacks: by ID when it
+// has one, which is every record written since names became per tenant.
+// A record from before carries only a name, which then still belonged to
+// one deployment; it is attributed by name only when exactly one
+// deployment (of the record's tenant, when it names one) has that name,
+// never to whichever tenant holds the name now among several.
+const deploymentOfRecord = `
+	SELECT id, tenant_id FROM deployments
+	WHERE CASE WHEN $3::text <> '' THEN id = $3::text
+		ELSE name = $2::text AND ($4::text = '' OR tenant_id = $4::text)
+			AND (SELECT count(*) FROM deployments x WHERE x.name = $2::text
+				AND ($4::text = '' OR x.tenant_id = $4::text)) = 1
+	END`
 
 // usageWhere is the WHERE clause for a UsageFilter; its arguments are
 // usageArgs(f).

@@ -107,7 +107,7 @@ func TestColdStartPhasesPublished(t *testing.T) {
 	// ~1.2 MB in 32 KiB reads 50 ms apart: about two seconds of fetching,
 	// so the 250 ms progress reports fall between 0 and 100%.
 	cache := &Cache{Dir: t.TempDir(), Blobs: slowStore{Store: dir, chunk: 32 << 10, pause: 50 * time.Millisecond}}
-	runRunner(t, Config{ID: id, Deployment: deployment, Artifact: art, Cache: cache, Engine: EngineConfig{Parallel: 1, Context: 256}}, nc)
+	runRunner(t, Config{ID: id, DeploymentID: deployment, Deployment: deployment, Artifact: art, Cache: cache, Engine: EngineConfig{Parallel: 1, Context: 256}}, nc)
 
 	var seen []string // phase, or phase and detail, each change once
 	deadline := time.After(60 * time.Second)

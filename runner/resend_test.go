@@ -57,7 +57,7 @@ func TestResend(t *testing.T) {
 	}
 	defer sub.Unsubscribe()
 
-	runRunner(t, Config{ID: id, Deployment: deployment, Artifact: art, Cache: &Cache{Dir: t.TempDir(), Blobs: store}, Engine: EngineConfig{Parallel: 1, Context: 256}}, nc)
+	runRunner(t, Config{ID: id, DeploymentID: deployment, Deployment: deployment, Artifact: art, Cache: &Cache{Dir: t.TempDir(), Blobs: store}, Engine: EngineConfig{Parallel: 1, Context: 256}}, nc)
 
 	zero := float32(0)
 	job := wire.Job{ID: "cmpl-" + wire.NewID(6), Deployment: deployment, Kind: wire.KindCompletion, Prompt: "Once upon a time",

@@ -27,11 +27,14 @@ import (
 
 // Config is everything one runner needs.
 type Config struct {
-	ID         string
-	Deployment string
-	Artifact   Artifact
-	Cache      *Cache
-	Engine     EngineConfig
+	ID string
+	// DeploymentID is the deployment's key: its queue and subjects (see
+	// wire.RequestStream). Deployment is its name, for logs and records.
+	DeploymentID string
+	Deployment   string
+	Artifact     Artifact
+	Cache        *Cache
+	Engine       EngineConfig
 	// ChatTemplate overrides the template family detected from the GGUF.
 	ChatTemplate string
 	// IdleTimeout makes the runner exit by itself after this long without
@@ -87,6 +90,9 @@ type sinkEntry struct {
 
 // New creates a runner on an open NATS connection.
 func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Runner, error) {
+	if !wire.ValidKey(cfg.DeploymentID) {
+		return nil, fmt.Errorf("deployment ID %q: want 1 to 64 of a-z, 0-9, '_' and '-'", cfg.DeploymentID)
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("opening JetStream: %w", err)
@@ -100,7 +106,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Runner, error) {
 	host, _ := os.Hostname()
 	return &Runner{
 		cfg:       cfg,
-		log:       log.With("runner", cfg.ID, "deployment", cfg.Deployment),
+		log:       log.With("runner", cfg.ID, "deployment", cfg.Deployment, "deployment_id", cfg.DeploymentID),
 		nc:        nc,
 		js:        js,
 		host:      host,
@@ -193,7 +199,7 @@ func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 		eng.Close()
 	}()
 
-	sub, err := r.nc.Subscribe(wire.CancelSubject(r.cfg.Deployment), r.onCancel)
+	sub, err := r.nc.Subscribe(wire.CancelSubject(r.cfg.DeploymentID), r.onCancel)
 	if err != nil {
 		return fmt.Errorf("subscribing to cancellations: %w", err)
 	}
@@ -230,14 +236,14 @@ func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 }
 
 func (r *Runner) consumer(ctx context.Context) (jetstream.Consumer, error) {
-	c, err := r.js.Consumer(ctx, wire.RequestStream(r.cfg.Deployment), wire.RequestConsumer)
+	c, err := r.js.Consumer(ctx, wire.RequestStream(r.cfg.DeploymentID), wire.RequestConsumer)
 	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
 		// The queue is normally created at deploy time; a runner started
 		// by hand may come first, or NATS may have lost it. The runner
 		// does not know the deployment's limits, so it creates what is
 		// missing and never changes a stream that exists.
 		var s jetstream.Stream
-		if s, err = queue.Create(ctx, r.js, r.cfg.Deployment); err == nil {
+		if s, err = queue.Create(ctx, r.js, r.cfg.DeploymentID); err == nil {
 			c, err = queue.EnsureConsumer(ctx, s)
 		}
 	}
@@ -253,6 +259,7 @@ func (r *Runner) serve(ctx context.Context, drain <-chan struct{}, cons jetstrea
 	slots := make(chan struct{}, r.engine.Parallel())
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	var fails fetchFailures
 	for {
 		// Wait for one free slot, then take every other free one.
 		select {
@@ -291,10 +298,8 @@ func (r *Runner) serve(ctx context.Context, drain <-chan struct{}, cons jetstrea
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			r.log.Warn("fetching jobs", "err", err)
-			select {
-			case <-time.After(200 * time.Millisecond):
-			case <-ctx.Done():
+			if r.fetchFailed(ctx, &fails, err) {
+				return r.queueGone(&wg)
 			}
 			continue
 		}
@@ -313,7 +318,11 @@ func (r *Runner) serve(ctx context.Context, drain <-chan struct{}, cons jetstrea
 			<-slots
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-			r.log.Warn("job batch ended with an error", "err", err)
+			if r.fetchFailed(ctx, &fails, err) {
+				return r.queueGone(&wg)
+			}
+		} else {
+			fails = fetchFailures{}
 		}
 	}
 }
@@ -598,6 +607,7 @@ func (r *Runner) recordUsage(job wire.Job, enqueued, start time.Time, sink *repl
 	rec := wire.UsageRecord{
 		RequestID:        job.ID,
 		Deployment:       job.Deployment,
+		DeploymentID:     r.cfg.DeploymentID,
 		TenantID:         job.TenantID,
 		KeyID:            job.KeyID,
 		RunnerID:         r.cfg.ID,
@@ -627,7 +637,7 @@ func (r *Runner) recordUsage(job wire.Job, enqueued, start time.Time, sink *repl
 	}
 	// The request ID is the message ID: a redelivered job, or a record
 	// published again through an outage, is billed once.
-	if _, err := queue.PublishRetry(context.Background(), r.js, wire.UsageSubject(job.Deployment), job.ID, data, durableRetry); err != nil {
+	if _, err := queue.PublishRetry(context.Background(), r.js, wire.UsageSubject(r.cfg.DeploymentID), job.ID, data, durableRetry); err != nil {
 		r.log.Error("publishing usage record", "request", job.ID, "err", err)
 	}
 }
@@ -773,27 +783,28 @@ func (r *Runner) heartbeats(ctx context.Context) {
 func (r *Runner) publishHeartbeat() {
 	r.mu.Lock()
 	hb := wire.Heartbeat{
-		RunnerID:    r.cfg.ID,
-		Deployment:  r.cfg.Deployment,
-		Artifact:    r.cfg.Artifact.SHA256,
-		Host:        r.host,
-		PID:         os.Getpid(),
-		Phase:       r.phase,
-		Detail:      r.detail,
-		Retry:       r.retry,
-		Slots:       r.cfg.Engine.Parallel,
-		InFlight:    r.inFlight,
-		LastRequest: r.lastRequest,
-		StartedAt:   r.started,
-		Sent:        time.Now(),
-		ColdStart:   r.coldStart,
+		RunnerID:     r.cfg.ID,
+		Deployment:   r.cfg.Deployment,
+		DeploymentID: r.cfg.DeploymentID,
+		Artifact:     r.cfg.Artifact.SHA256,
+		Host:         r.host,
+		PID:          os.Getpid(),
+		Phase:        r.phase,
+		Detail:       r.detail,
+		Retry:        r.retry,
+		Slots:        r.cfg.Engine.Parallel,
+		InFlight:     r.inFlight,
+		LastRequest:  r.lastRequest,
+		StartedAt:    r.started,
+		Sent:         time.Now(),
+		ColdStart:    r.coldStart,
 	}
 	r.mu.Unlock()
 	data, err := json.Marshal(hb)
 	if err != nil {
 		return
 	}
-	if err := r.nc.Publish(wire.HeartbeatSubject(r.cfg.Deployment, r.cfg.ID), data); err != nil {
+	if err := r.nc.Publish(wire.HeartbeatSubject(r.cfg.DeploymentID, r.cfg.ID), data); err != nil {
 		r.log.Debug("publishing heartbeat", "err", err)
 	}
 	if hb.Phase == wire.PhaseStopped || hb.Phase == wire.PhaseFailed {

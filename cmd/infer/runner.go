@@ -60,8 +60,11 @@ $INFER_S3_*, or --blob-dir).`,
 					return usageError{err}
 				}
 			}
-			if cfg.Deployment == "" || cfg.Artifact.SHA256 == "" || cfg.Artifact.ObjectKey == "" {
-				return usageError{errors.New("--deployment, --artifact and --object-key are required")}
+			if cfg.DeploymentID == "" || cfg.Deployment == "" || cfg.Artifact.SHA256 == "" || cfg.Artifact.ObjectKey == "" {
+				return usageError{errors.New("--deployment-id, --deployment, --artifact and --object-key are required")}
+			}
+			if !wire.ValidKey(cfg.DeploymentID) {
+				return usageError{fmt.Errorf("--deployment-id %q: want a deployment ID (a-z, 0-9, '_' and '-')", cfg.DeploymentID)}
 			}
 			if err := checkEnvInt("INFER_DECODE_NICE"); err != nil {
 				return err
@@ -133,7 +136,8 @@ $INFER_S3_*, or --blob-dir).`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Deployment, "deployment", "", "deployment to serve")
+	f.StringVar(&cfg.DeploymentID, "deployment-id", "", "ID of the deployment to serve (its queue)")
+	f.StringVar(&cfg.Deployment, "deployment", "", "name of the deployment to serve (for logs and usage records)")
 	f.StringVar(&cfg.ID, "id", "", "runner ID (default: random)")
 	f.StringVar(&cfg.Artifact.SHA256, "artifact", "", "sha256 of the weights")
 	f.StringVar(&cfg.Artifact.ObjectKey, "object-key", "", "object store key of the weights")

@@ -33,7 +33,7 @@ func TestRunnerNATSEnv(t *testing.T) {
 // TestRunnerDecodeNiceUsage: a nice value out of range, from the flag or
 // the environment, is a usage error before the runner connects anywhere.
 func TestRunnerDecodeNiceUsage(t *testing.T) {
-	required := []string{"runner", "--deployment", "d", "--artifact", "a", "--object-key", "k", "--blob-dir", t.TempDir()}
+	required := []string{"runner", "--deployment-id", "dep_d", "--deployment", "d", "--artifact", "a", "--object-key", "k", "--blob-dir", t.TempDir()}
 	tests := []struct {
 		env  string
 		args []string

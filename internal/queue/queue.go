@@ -129,6 +129,28 @@ func Delete(ctx context.Context, js jetstream.JetStream, deployment string) erro
 	return nil
 }
 
+// Existing is a deployment's request stream as found in JetStream.
+type Existing struct {
+	Deployment string // the key the stream is named by (a deployment ID)
+	Created    time.Time
+}
+
+// List returns every deployment request stream JetStream has.
+func List(ctx context.Context, js jetstream.JetStream) ([]Existing, error) {
+	prefix := wire.RequestStream("")
+	l := js.ListStreams(ctx, jetstream.WithStreamListSubject(wire.RequestSubject(">")))
+	var out []Existing
+	for info := range l.Info() {
+		if name, ok := strings.CutPrefix(info.Config.Name, prefix); ok {
+			out = append(out, Existing{Deployment: name, Created: info.Created})
+		}
+	}
+	if err := l.Err(); err != nil {
+		return nil, fmt.Errorf("listing request streams: %w", err)
+	}
+	return out, nil
+}
+
 // Publish queues a job and returns its stream sequence. The job ID is the
 // message ID, so a retried publish is stored once.
 func Publish(ctx context.Context, js jetstream.JetStream, deployment, jobID string, data []byte) (uint64, error) {

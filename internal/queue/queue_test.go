@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -118,5 +119,35 @@ func TestCreateLeavesExistingStream(t *testing.T) {
 	}
 	if cfg := s.CachedInfo().Config; cfg.MaxMsgs != 1000 || cfg.Subjects[0] != wire.RequestSubject("fresh") {
 		t.Errorf("new stream: %+v", cfg)
+	}
+}
+
+// List finds the deployments' request streams, and no other stream.
+func TestList(t *testing.T) {
+	ctx := context.Background()
+	_, js := testenv.JetStream(t)
+	before := time.Now().Add(-time.Second)
+	for _, key := range []string{"dep_one", "dep_two"} {
+		if _, err := queue.Ensure(ctx, js, key, queue.Limits{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := queue.EnsureUsage(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	got, err := queue.List(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, q := range got {
+		keys = append(keys, q.Deployment)
+		if q.Created.Before(before) {
+			t.Errorf("%s created %v, before the test", q.Deployment, q.Created)
+		}
+	}
+	slices.Sort(keys)
+	if !slices.Equal(keys, []string{"dep_one", "dep_two"}) {
+		t.Errorf("List = %v, want dep_one, dep_two", keys)
 	}
 }

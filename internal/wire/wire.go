@@ -13,8 +13,14 @@ import (
 	"time"
 )
 
-// Subjects and streams. Deployment names are validated by the registry to
-// [a-z0-9_-], so they are safe as subject tokens and stream-name suffixes.
+// Subjects and streams are keyed by a deployment's ID, never by its name.
+// A name is only unique within its tenant and is reused when a deployment
+// is deleted and created again (by the same tenant or another one); the ID
+// is assigned once and never reused, so a runner of a deleted deployment
+// can never take the jobs, heartbeats or usage of a later one with the same
+// name. IDs are "dep_" and lower-case base32 ([a-z2-7]), safe as subject
+// tokens and stream-name suffixes (ValidKey checks a key from outside).
+// Names still travel in jobs, heartbeats and records, for logs and display.
 const (
 	// RequestConsumer is the durable pull consumer all runners of a
 	// deployment share; JetStream hands each job to exactly one of them.
@@ -53,22 +59,43 @@ func AsyncEventSubject(jobID string) string { return "infer.async.events." + job
 // AsyncSubjects lists the subjects of AsyncStream.
 func AsyncSubjects() []string { return []string{asyncSubjects} }
 
-// RequestStream is the JetStream stream that queues one deployment's jobs.
-func RequestStream(deployment string) string { return "INFER_REQ_" + deployment }
+// ValidKey reports whether a deployment key (its ID) is safe as a NATS
+// subject token and a stream-name suffix: non-empty, at most 64 bytes, and
+// only [a-z0-9_-]. The registry's IDs always are; a runner checks the key
+// it was started with, so a mistyped flag cannot subscribe to a wildcard.
+func ValidKey(key string) bool {
+	if key == "" || len(key) > 64 {
+		return false
+	}
+	for _, c := range []byte(key) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// RequestStream is the JetStream stream that queues one deployment's jobs,
+// by the deployment's ID.
+func RequestStream(deploymentID string) string { return "INFER_REQ_" + deploymentID }
 
 // RequestSubject is the subject jobs for a deployment are published on.
-func RequestSubject(deployment string) string { return "infer.req." + deployment }
+func RequestSubject(deploymentID string) string { return "infer.req." + deploymentID }
 
-// WorkSubject is where the activator pokes the control plane.
-func WorkSubject(deployment string) string { return "infer.work." + deployment }
+// WorkSubject is where the activator pokes the control plane; the last
+// token is the deployment's ID.
+func WorkSubject(deploymentID string) string { return "infer.work." + deploymentID }
+
+// WorkDeployment is the deployment ID a WorkSubject names.
+func WorkDeployment(subject string) string { return strings.TrimPrefix(subject, "infer.work.") }
 
 // HeartbeatSubject is where a runner reports its state.
-func HeartbeatSubject(deployment, runnerID string) string {
-	return "infer.runner." + deployment + "." + runnerID
+func HeartbeatSubject(deploymentID, runnerID string) string {
+	return "infer.runner." + deploymentID + "." + runnerID
 }
 
 // CancelSubject is where the activator announces that a client went away.
-func CancelSubject(deployment string) string { return "infer.cancel." + deployment }
+func CancelSubject(deploymentID string) string { return "infer.cancel." + deploymentID }
 
 // A runner asks the reply subject of each job it streams whether anyone
 // still waits, by sending a core NATS request with PingHeader set. The
@@ -157,8 +184,8 @@ type Hold struct {
 	Deaths int `json:"deaths,omitempty"`
 }
 
-// UsageSubject is the usage stream subject for a deployment.
-func UsageSubject(deployment string) string { return "infer.usage." + deployment }
+// UsageSubject is the usage stream subject for a deployment, by its ID.
+func UsageSubject(deploymentID string) string { return "infer.usage." + deploymentID }
 
 // UsageSubjects lists the subjects of UsageStream.
 func UsageSubjects() []string { return []string{usageSubjects} }
@@ -196,14 +223,17 @@ type Sampling struct {
 
 // Job is one queued inference request.
 type Job struct {
-	ID         string    `json:"id"`
-	Deployment string    `json:"deployment"`
-	Kind       Kind      `json:"kind"`
-	Prompt     string    `json:"prompt,omitempty"`
-	Messages   []Message `json:"messages,omitempty"`
-	MaxTokens  int       `json:"max_tokens,omitempty"`
-	Stop       []string  `json:"stop,omitempty"`
-	Sampling   Sampling  `json:"sampling"`
+	ID string `json:"id"`
+	// Deployment is the deployment's name (for messages and records);
+	// DeploymentID is its key (see RequestStream).
+	Deployment   string    `json:"deployment"`
+	DeploymentID string    `json:"deployment_id,omitempty"`
+	Kind         Kind      `json:"kind"`
+	Prompt       string    `json:"prompt,omitempty"`
+	Messages     []Message `json:"messages,omitempty"`
+	MaxTokens    int       `json:"max_tokens,omitempty"`
+	Stop         []string  `json:"stop,omitempty"`
+	Sampling     Sampling  `json:"sampling"`
 	// ReplyTo is the core NATS subject the runner streams Events to.
 	ReplyTo string `json:"reply_to"`
 	// Deadline is when the job stops being worth starting (queue timeout).
@@ -299,13 +329,16 @@ const (
 // Heartbeat is what a runner publishes on HeartbeatSubject every second and
 // on every phase change.
 type Heartbeat struct {
-	RunnerID   string `json:"runner_id"`
-	Deployment string `json:"deployment"`
-	Artifact   string `json:"artifact"`
-	Host       string `json:"host"`
-	PID        int    `json:"pid"`
-	Phase      Phase  `json:"phase"`
-	Detail     string `json:"detail,omitempty"`
+	RunnerID string `json:"runner_id"`
+	// Deployment is the deployment's name, for display; DeploymentID is
+	// the key everything is tracked by (the subject's token).
+	Deployment   string `json:"deployment"`
+	DeploymentID string `json:"deployment_id"`
+	Artifact     string `json:"artifact"`
+	Host         string `json:"host"`
+	PID          int    `json:"pid"`
+	Phase        Phase  `json:"phase"`
+	Detail       string `json:"detail,omitempty"`
 	// Retry, with PhaseFailed, says the failure may pass by itself (the
 	// object store was unreachable): the control plane starts another
 	// runner after its backoff and waiting clients keep waiting, up to
@@ -342,8 +375,11 @@ type ColdStart struct {
 // with the request ID as the JetStream message ID, so a redelivered request
 // is recorded once.
 type UsageRecord struct {
-	RequestID        string    `json:"request_id"`
+	RequestID string `json:"request_id"`
+	// Deployment is the name (for display), DeploymentID the deployment
+	// the request ran on: the record is billed by it, never by the name.
 	Deployment       string    `json:"deployment"`
+	DeploymentID     string    `json:"deployment_id,omitempty"`
 	TenantID         string    `json:"tenant_id,omitempty"`
 	KeyID            string    `json:"key_id,omitempty"`
 	RunnerID         string    `json:"runner_id"`
@@ -363,15 +399,20 @@ type UsageRecord struct {
 // RunnerUsageSubject is where the control plane publishes a runner's
 // lifetime when it ends, on the usage stream. It has one token more than
 // UsageSubject, so the two never collide.
-func RunnerUsageSubject(deployment string) string { return "infer.usage.runner." + deployment }
+func RunnerUsageSubject(deploymentID string) string { return "infer.usage.runner." + deploymentID }
 
 // RunnerUsageRecord is one runner's lifetime, published with the runner ID
-// as the message ID (and stored idempotently by it).
+// as the message ID (and stored idempotently by it). It names the
+// deployment the runner served by ID and tenant, as the control plane knew
+// them when it started the runner: a name may since belong to another
+// deployment (or tenant), which must not pay for this runner.
 type RunnerUsageRecord struct {
-	RunnerID   string    `json:"runner_id"`
-	Deployment string    `json:"deployment"`
-	StartedAt  time.Time `json:"started_at"`
-	EndedAt    time.Time `json:"ended_at"`
+	RunnerID     string    `json:"runner_id"`
+	Deployment   string    `json:"deployment"`
+	DeploymentID string    `json:"deployment_id,omitempty"`
+	TenantID     string    `json:"tenant_id,omitempty"`
+	StartedAt    time.Time `json:"started_at"`
+	EndedAt      time.Time `json:"ended_at"`
 	// PricePerSecond is the deployment's runner-second price when the
 	// runner ended.
 	PricePerSecond float64 `json:"price_runner_second"`
