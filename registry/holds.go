@@ -39,11 +39,11 @@ func (s *Store) HoldBudget(ctx context.Context, keyID, requestID string, usd flo
 	return h, nil
 }
 
-// SettleBudget sets a request's hold to what the request really cost,
-// until its usage record is stored or expires. A hold already ended is
-// left ended.
-func (s *Store) SettleBudget(ctx context.Context, requestID string, usd float64, expires time.Time) error {
-	_, err := s.pool.Exec(ctx, `UPDATE budget_holds SET usd = $2::float8::numeric, expires_at = $3 WHERE request_id = $1`,
+// SettleBudget sets a request's hold to what the request really cost (nil:
+// keep what it holds), until its usage record is stored or expires. A hold
+// already ended is left ended.
+func (s *Store) SettleBudget(ctx context.Context, requestID string, usd *float64, expires time.Time) error {
+	_, err := s.pool.Exec(ctx, `UPDATE budget_holds SET usd = coalesce($2::float8::numeric, usd), expires_at = $3 WHERE request_id = $1`,
 		requestID, usd, expires)
 	if err != nil {
 		return fmt.Errorf("settling budget hold of request %s: %w", requestID, err)

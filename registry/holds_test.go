@@ -64,7 +64,7 @@ func TestHoldBudgetConcurrent(t *testing.T) {
 		t.Fatalf("got %+v, want refused at $0.002 spent and $0.006 held", h)
 	}
 	// Settling to the real cost frees the rest at once.
-	if err := s.SettleBudget(ctx, held[1], 0.001, later); err != nil {
+	if err := s.SettleBudget(ctx, held[1], ptr(0.001), later); err != nil {
 		t.Fatal(err)
 	}
 	if h, _ := s.HoldBudget(ctx, key.ID, "after-settle", 0.003, later); !h.Held {
@@ -74,7 +74,7 @@ func TestHoldBudgetConcurrent(t *testing.T) {
 	if err := s.ReleaseBudget(ctx, "after-settle"); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SettleBudget(ctx, held[2], 0.003, time.Now().Add(-time.Second)); err != nil {
+	if err := s.SettleBudget(ctx, held[2], nil, time.Now().Add(-time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	h, err = s.HoldBudget(ctx, key.ID, "last", 0.007, later)
@@ -86,3 +86,5 @@ func TestHoldBudgetConcurrent(t *testing.T) {
 		t.Fatalf("got %+v, want held with only $0.001 held before", h)
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

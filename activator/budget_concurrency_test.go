@@ -1,0 +1,100 @@
+package activator_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/infer-run/infer/registry"
+)
+
+// TestBudgetHoldsUnderConcurrency: ten requests at once, on two
+// activators, on a key whose budget fits two and a half of them. Before
+// budgets were held, every one was admitted (spend was only checked
+// against what had finished) and the key spent four times its budget;
+// now each request holds its maximum cost before it is queued, so what is
+// spent stays within the budget plus one request's maximum cost.
+func TestBudgetHoldsUnderConcurrency(t *testing.T) {
+	h := newHarness(t)
+	// Only completion tokens are priced, so a request's maximum cost
+	// (max_tokens of them) is close to what it costs: 16 tokens at
+	// $1000 per million, $0.016.
+	const maxTokens, price = 16, 1000.0
+	const maxCost = maxTokens * price / 1e6
+	const budget = 2.5 * maxCost
+	h.deploy("budget", map[string]any{"parallel": 4, "context_length": 512,
+		"prices": map[string]any{"completion_per_mtok": price}})
+	h.startRunner("budget", 4, 512)
+	// Usage records are stored as the control plane stores them, which
+	// ends their holds and counts them as spend.
+	usage := h.usageRecords("budget")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for {
+			select {
+			case rec := <-usage:
+				h.store.RecordUsage(ctx, registry.UsageRecord{RequestID: rec.RequestID, Deployment: rec.Deployment, KeyID: rec.KeyID,
+					TenantID: rec.TenantID, PromptTokens: rec.PromptTokens, CompletionTokens: rec.CompletionTokens, Status: rec.Status,
+					PromptPricePerMTok: rec.Prices.PromptPerMTok, CompletionPricePerMTok: rec.Prices.CompletionPerMTok})
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	key := h.createKey(fmt.Sprintf(`{"name":"small-budget","budget_usd":%v}`, budget))
+	second, _ := h.addActivator()
+
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	codes := map[int]int{}
+	var spent float64
+	for i := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			url := h.url
+			if i%2 == 1 {
+				url = second
+			}
+			body := fmt.Sprintf(`{"model":"budget","prompt":"Once upon a time %d","max_tokens":%d,"temperature":0}`, i, maxTokens)
+			req, _ := http.NewRequest(http.MethodPost, url+"/v1/completions", strings.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			resp := h.send(key, req)
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			codes[resp.StatusCode]++
+			switch resp.StatusCode {
+			case http.StatusOK:
+				var r struct {
+					Usage struct {
+						CompletionTokens int `json:"completion_tokens"`
+					} `json:"usage"`
+				}
+				json.Unmarshal(b, &r)
+				spent += float64(r.Usage.CompletionTokens) * price / 1e6
+			case http.StatusTooManyRequests:
+				if !strings.Contains(string(b), `"insufficient_quota"`) || !strings.Contains(string(b), "held by requests in flight") {
+					t.Errorf("refused request: %s", b)
+				}
+			default:
+				t.Errorf("request %d: %d %s", i, resp.StatusCode, b)
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("answers by status: %v; spent $%.3f of a $%.3f budget (a request may cost $%.3f)", codes, spent, budget, maxCost)
+	if codes[http.StatusOK] == 0 {
+		t.Error("no request was admitted")
+	}
+	if spent > budget+maxCost {
+		t.Errorf("spent $%.3f on a $%.3f budget: more than one request's maximum cost ($%.3f) over", spent, budget, maxCost)
+	}
+}
