@@ -98,3 +98,55 @@ func TestBudgetHoldsUnderConcurrency(t *testing.T) {
 		t.Errorf("spent $%.3f on a $%.3f budget: more than one request's maximum cost ($%.3f) over", spent, budget, maxCost)
 	}
 }
+
+// TestBudgetHoldReleased: a request that never reached a runner gives its
+// hold back: refused by a full queue, or timed out in it. Sync and async
+// jobs hold alike.
+func TestBudgetHoldReleased(t *testing.T) {
+	h := newHarness(t)
+	const maxCost = 16 * 1000.0 / 1e6 // max_tokens 16 at $1000 per million
+	h.deploy("held", map[string]any{"queue_limit": 1, "queue_timeout": "2s", "context_length": 512,
+		"prices": map[string]any{"completion_per_mtok": 1000}})
+	key := h.createKey(fmt.Sprintf(`{"name":"holds","budget_usd":%v}`, 2.5*maxCost))
+	post := func(path string) (int, string) {
+		req, _ := http.NewRequest(http.MethodPost, h.url+path, strings.NewReader(`{"model":"held","prompt":"Once","max_tokens":16}`))
+		req.Header.Set("Content-Type", "application/json")
+		resp := h.send(key, req)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+	first := make(chan int, 1)
+	go func() { code, _ := post("/v1/completions"); first <- code }()
+	h.waitQueued("held", 1)
+	// The queue is full: each of these holds, is refused, and gives the
+	// hold back, or the third would find the budget held.
+	for i := range 3 {
+		if code, body := post("/v1/completions"); code != 429 || !strings.Contains(body, `"queue_full"`) {
+			t.Fatalf("request %d into a full queue: %d %s", i, code, body)
+		}
+	}
+	if code := <-first; code != 504 {
+		t.Fatalf("queued request: %d, want 504", code)
+	}
+	// The timed-out request gave its hold back too: two async jobs fit
+	// (one queued, one refused by the full queue), the third is refused.
+	if code, body := post("/v1/async/completions"); code != 202 {
+		t.Fatalf("async job after the timeout: %d %s", code, body)
+	}
+	if code, body := post("/v1/async/completions"); code != 429 || !strings.Contains(body, `"queue_full"`) {
+		t.Fatalf("async job into a full queue: %d %s", code, body)
+	}
+	if code, body := post("/v1/async/completions"); code != 429 || !strings.Contains(body, `"queue_full"`) {
+		t.Fatalf("second async job into a full queue: %d %s", code, body)
+	}
+	// With room in the queue, a queued async job keeps its hold: the
+	// budget fits it and one more, not a third.
+	h.do(http.MethodPut, "/v1/deployments/held", `{"queue_limit":10}`).Body.Close()
+	if code, body := post("/v1/async/completions"); code != 202 {
+		t.Fatalf("second async job: %d %s", code, body)
+	}
+	if code, body := post("/v1/async/completions"); code != 429 || !strings.Contains(body, `"insufficient_quota"`) {
+		t.Fatalf("third async job: %d %s", code, body)
+	}
+}
