@@ -9,7 +9,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/infer-run/infer/activator"
 	"github.com/infer-run/infer/registry"
 )
 
@@ -148,5 +150,60 @@ func TestBudgetHoldReleased(t *testing.T) {
 	}
 	if code, body := post("/v1/async/completions"); code != 429 || !strings.Contains(body, `"insufficient_quota"`) {
 		t.Fatalf("third async job: %d %s", code, body)
+	}
+}
+
+// TestAsyncBudgetHoldReleasedBySweep: an async job no runner took is
+// failed by the sweep (queue_timeout), and its hold is given back then,
+// not an hour later.
+func TestAsyncBudgetHoldReleasedBySweep(t *testing.T) {
+	h := newHarnessWith(t, activator.Config{AsyncSweep: 100 * time.Millisecond, AllowPrivateWebhooks: true})
+	const maxCost = 16 * 1000.0 / 1e6
+	h.deploy("swept", map[string]any{"queue_timeout": "1s", "context_length": 512,
+		"prices": map[string]any{"completion_per_mtok": 1000}})
+	key := h.createKey(fmt.Sprintf(`{"name":"swept","budget_usd":%v}`, 1.5*maxCost))
+	submit := func() (int, string) {
+		req, _ := http.NewRequest(http.MethodPost, h.url+"/v1/async/completions", strings.NewReader(`{"model":"swept","prompt":"Once","max_tokens":16}`))
+		req.Header.Set("Content-Type", "application/json")
+		resp := h.send(key, req)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+	code, body := submit()
+	if code != 202 {
+		t.Fatalf("first job: %d %s", code, body)
+	}
+	var job struct {
+		ID string `json:"id"`
+	}
+	json.Unmarshal([]byte(body), &job)
+	if code, body := submit(); code != 429 || !strings.Contains(body, `"insufficient_quota"`) {
+		t.Fatalf("second job while the first holds the budget: %d %s", code, body)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		resp := h.doAs(key, http.MethodGet, "/v1/async/"+job.ID, "")
+		var st struct {
+			Status string `json:"status"`
+		}
+		json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if st.Status == "failed" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job still %q", st.Status)
+		}
+	}
+	// GET shows the job failed before the sweep stores it; the hold goes
+	// when the sweep does.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		code, body := submit()
+		if code == 202 {
+			break
+		}
+		if code != 429 || time.Now().After(deadline) {
+			t.Fatalf("job after the first was swept: %d %s", code, body)
+		}
 	}
 }
