@@ -39,11 +39,23 @@ func (s *Store) HoldBudget(ctx context.Context, keyID, requestID string, usd flo
 	return h, nil
 }
 
+// Holds are committed without waiting for the disk flush
+// (synchronous_commit off for their transactions only): a Postgres crash
+// may forget the last few milliseconds of them, letting those requests
+// overspend once, which is worth a hold costing a round trip rather than a
+// flush. Measured here (shared 2-core machine, local Postgres, 500 calls
+// each, 550 live holds on the key at the end): a hold 4.6 ms with the
+// flush, 0.3 to 1.2 ms without over three runs; a settle 2.4 ms and
+// 0.25 ms; a SELECT 1 0.1 to 0.17 ms.
+
 // SettleBudget sets a request's hold to what the request really cost (nil:
 // keep what it holds), until its usage record is stored or expires. A hold
 // already ended is left ended.
 func (s *Store) SettleBudget(ctx context.Context, requestID string, usd *float64, expires time.Time) error {
-	_, err := s.pool.Exec(ctx, `UPDATE budget_holds SET usd = coalesce($2::float8::numeric, usd), expires_at = $3 WHERE request_id = $1`,
+	_, err := s.pool.Exec(ctx, `
+		WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+		UPDATE budget_holds SET usd = coalesce($2::float8::numeric, usd), expires_at = $3
+		FROM async WHERE request_id = $1`,
 		requestID, usd, expires)
 	if err != nil {
 		return fmt.Errorf("settling budget hold of request %s: %w", requestID, err)
@@ -53,7 +65,9 @@ func (s *Store) SettleBudget(ctx context.Context, requestID string, usd *float64
 
 // ReleaseBudget ends a request's hold: the request never ran.
 func (s *Store) ReleaseBudget(ctx context.Context, requestID string) error {
-	if _, err := s.pool.Exec(ctx, `DELETE FROM budget_holds WHERE request_id = $1`, requestID); err != nil {
+	if _, err := s.pool.Exec(ctx, `
+		WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+		DELETE FROM budget_holds USING async WHERE request_id = $1`, requestID); err != nil {
 		return fmt.Errorf("releasing budget hold of request %s: %w", requestID, err)
 	}
 	return nil

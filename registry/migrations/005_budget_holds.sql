@@ -56,6 +56,12 @@ DECLARE
     s numeric;
     h numeric;
 BEGIN
+    -- A hold is worth a disk flush only as much as the request it guards:
+    -- losing the last few milliseconds of holds in a Postgres crash lets
+    -- those requests overspend, once. Not waiting for the flush makes a
+    -- hold about a round trip (measured in holds.go: 4.6 ms with the flush,
+    -- 0.3 to 1.2 ms without).
+    PERFORM set_config('synchronous_commit', 'off', true);
     INSERT INTO key_spend (key_id) VALUES (p_key) ON CONFLICT DO NOTHING;
     SELECT k.spent_usd INTO s FROM key_spend k WHERE k.key_id = p_key FOR UPDATE;
     SELECT a.budget_usd INTO b FROM api_keys a WHERE a.id = p_key;
