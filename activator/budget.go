@@ -138,7 +138,8 @@ func (s *Server) endHold(id string, budgeted bool, usage *wire.Usage, prices wir
 // end settles the hold: to the request's real cost when it finished
 // (usage non-nil), dropped when no runner ever had it, and otherwise kept
 // at its maximum until the runner's usage record ends it (a runner may
-// have billed part of the work) or holdIngest passes.
+// have billed part of the work, or the prompt of one it refused, such as
+// context_length_exceeded) or holdIngest passes.
 func (b *budgetHold) end(usage *wire.Usage, prices wire.Prices, ran bool) {
 	if b == nil {
 		return
@@ -168,5 +169,5 @@ func (rl *relay) billed() (*wire.Usage, wire.Prices, bool) {
 	if rl == nil {
 		return nil, wire.Prices{}, false
 	}
-	return rl.done, rl.prices, rl.started || rl.runner != ""
+	return rl.done, rl.prices, rl.started || rl.runner != "" || rl.failed
 }

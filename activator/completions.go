@@ -284,8 +284,10 @@ type relay struct {
 	shutDown bool   // the activator's shutdown ended the request: withdraw or stop its job
 	sse      bool   // SSE headers are written: errors now go in-band
 	phase    string // the cold-start phase last named in a comment
-	// done is what the finished request used (nil until it finished).
-	done *wire.Usage
+	// done is what the finished request used (nil until it finished);
+	// failed says a runner answered with an error (it may bill the prompt).
+	done   *wire.Usage
+	failed bool
 	// seqRunner's next event should be numbered nextSeq (see want); a
 	// gap means events were lost. gapSince is when the current gap was
 	// found, in gapRunner's events; resentAt when events were last asked
@@ -518,6 +520,7 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 			}
 			return true, rl.c.JSONBlob(http.StatusOK, rl.enc.body(string(rl.text), ev.FinishReason, u))
 		case wire.EventError:
+			rl.failed = true
 			rl.s.metrics.requests.WithLabelValues(rl.model, "error").Inc()
 			we := ev.Error
 			if we == nil {
