@@ -172,6 +172,13 @@ func checkModel(arch string, m *headerMeta) error {
 		return invalidf("the model uses %s of its %s experts per token (%s); it must use at least one and at most all", numStr(used), numStr(experts), key("expert_used_count"))
 	}
 
+	if arch == "wavtokenizer-dec" {
+		// A vocoder: its embeddings are features_length wide, not
+		// embedding_length (llama-model.cpp), and its layers are not
+		// blk.N. Every other architecture builds the tensors checked
+		// below with the shapes checkShapes expects.
+		return nil
+	}
 	return checkShapes(m, embd, hasEmbd, blocks, hasBlocks)
 }
 
