@@ -179,13 +179,16 @@ func checkModel(arch string, m *headerMeta) error {
 		// below with the shapes checkShapes expects.
 		return nil
 	}
-	return checkShapes(m, embd, hasEmbd, blocks, hasBlocks)
+	// deci (Nemotron-NAS) may have layers with neither attention nor a
+	// feed-forward part, so no tensors; llama.cpp reports a missing
+	// tensor of any other architecture's layer when it loads.
+	return checkShapes(m, embd, hasEmbd, blocks, hasBlocks, arch != "deci")
 }
 
 // checkShapes compares the tensors with the hyperparameters: llama.cpp
 // builds its graph from the hyperparameters and reads the tensors as they
 // are, so a mismatch either fails the load or reads the wrong bytes.
-func checkShapes(m *headerMeta, embd float64, hasEmbd bool, blocks float64, hasBlocks bool) error {
+func checkShapes(m *headerMeta, embd float64, hasEmbd bool, blocks float64, hasBlocks, everyLayer bool) error {
 	vocab, hasVocab := m.arrays["tokenizer.ggml.tokens"]
 	if hasVocab && vocab.n == 0 {
 		return invalidf("the model's vocabulary (tokenizer.ggml.tokens) is empty")
@@ -247,7 +250,7 @@ func checkShapes(m *headerMeta, embd float64, hasEmbd bool, blocks float64, hasB
 			}
 		}
 	}
-	if hasBlocks && len(layers) > 0 {
+	if hasBlocks && everyLayer && len(layers) > 0 {
 		for l := range uint64(blocks) {
 			if !layers[l] {
 				return invalidf("the model has %s layers (block_count) but no tensors for layer %d", numStr(blocks), l)
