@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -110,6 +111,14 @@ func checkModel(arch string, m *headerMeta) error {
 		return v, ok, nil
 	}
 
+	// No hyperparameter is meant to be NaN or infinite (a NaN rope base
+	// poisons every activation as surely as a NaN epsilon). Keys in
+	// sorted order, so the same file always gets the same message.
+	for _, k := range slices.Sorted(maps.Keys(m.nums)) {
+		if v := m.nums[k]; strings.HasPrefix(k, arch+".") && (math.IsNaN(v) || math.IsInf(v, 0)) {
+			return invalidf("the model's %s is %s; hyperparameters must be finite numbers", k, numStr(v))
+		}
+	}
 	for _, k := range []string{"attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon"} {
 		// A norm divides by sqrt(mean + eps): NaN, infinite, zero or
 		// negative eps makes every activation NaN, which llama.cpp's

@@ -43,6 +43,8 @@ func hostileModels(t testing.TB) []badInput {
 		{"negative rms epsilon", kv("llama.attention.layer_norm_rms_epsilon", float32(-1e-5)), "layer_norm_rms_epsilon is -1e-05"},
 		{"zero rms epsilon", kv("llama.attention.layer_norm_rms_epsilon", float32(0)), "layer_norm_rms_epsilon is 0"},
 		{"NaN layer norm epsilon", kv("llama.attention.layer_norm_epsilon", nan), "layer_norm_epsilon is NaN"},
+		{"NaN rope base", kv("llama.rope.freq_base", nan), "llama.rope.freq_base is NaN; hyperparameters must be finite"},
+		{"infinite rope scale", kv("llama.rope.scaling.factor", float32(math.Inf(-1))), "llama.rope.scaling.factor is -Inf"},
 		{"zero heads", kv("llama.attention.head_count", uint32(0)), "llama.attention.head_count is 0"},
 		{"absurd heads", kv("llama.attention.head_count", uint32(1<<30)), "head_count is 1073741824"},
 		{"zero kv heads", kv("llama.attention.head_count_kv", uint32(0)), "head_count_kv is 0"},
