@@ -211,6 +211,12 @@ func (s *Server) submitAsync(c echo.Context, kind wire.Kind) error {
 		return err
 	}
 	dep, job, hook := a.dep, a.job, a.webhook
+	queued := false
+	defer func() {
+		if !queued {
+			a.hold.end(nil, job.Prices, false)
+		}
+	}()
 	job.Async = true
 	job.ReplyTo = wire.AsyncEventSubject(job.ID)
 	data, err := json.Marshal(job)
@@ -245,6 +251,7 @@ func (s *Server) submitAsync(c echo.Context, kind wire.Kind) error {
 		}
 		return err
 	}
+	queued = true
 	s.metrics.queued.WithLabelValues(dep.Name).Inc()
 	c.Response().Header().Set("Location", "/v1/async/"+job.ID)
 	return c.JSON(http.StatusAccepted, rec.view())
@@ -414,8 +421,10 @@ func (a *asyncJobs) onEvent(msg jetstream.Msg) {
 				// This activator folded the result, so its limiter holds
 				// the charge (limits are per activator, see limits.go).
 				a.s.limits.charge(rec.key(), u, rec.Prices)
+				a.s.endHold(rec.ID, rec.KeyBudget != nil, &u, rec.Prices, true)
 			} else {
 				a.s.metrics.requests.WithLabelValues(rec.Model, "error").Inc()
+				a.s.endHold(rec.ID, rec.KeyBudget != nil, nil, rec.Prices, true)
 			}
 		}
 		if err == nil && rec.Webhook != "" && !rec.WebhookSent && !rec.Swept {

@@ -122,6 +122,9 @@ func (a *asyncJobs) settleStored(id string, now time.Time) bool {
 	}
 	a.s.metrics.requests.WithLabelValues(rec.Model, outcome).Inc()
 	a.s.log.Info("async job failed", "request", id, "deployment", rec.Model, "reason", outcome, "runner", rec.Runner)
+	// A job no runner took gives its budget hold back; one whose runner
+	// was lost keeps it until that runner's usage record, if any, arrives.
+	a.s.endHold(rec.ID, rec.KeyBudget != nil, nil, rec.Prices, outcome != "timeout")
 	if rec.Webhook != "" && !rec.WebhookSent {
 		a.wg.Add(1)
 		go func() {

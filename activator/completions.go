@@ -49,6 +49,8 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 	}
 	req, dep, job := a.req, a.dep, a.job
 	id := job.ID
+	var rl *relay
+	defer func() { a.hold.end(rl.billed()) }()
 
 	w, replyTo := s.replies.register(id)
 	defer s.replies.unregister(id)
@@ -64,7 +66,7 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 	}
 	s.metrics.queued.WithLabelValues(dep.Name).Inc()
 
-	rl := &relay{
+	rl = &relay{
 		s:       s,
 		c:       c,
 		key:     a.key,
@@ -118,6 +120,9 @@ type accepted struct {
 	job wire.Job
 	// webhook is an async job's webhook URL, if it has one.
 	webhook string
+	// hold is the job's hold on its key's budget (nil without a budget),
+	// which the caller must end (budget.go).
+	hold *budgetHold
 }
 
 // accept authenticates and validates a completion request and builds its
@@ -171,7 +176,12 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 	job.KeyID = key.ID
 	job.Deadline = time.Now().Add(dep.QueueTimeout)
 	job.Prices = wire.Prices{PromptPerMTok: dep.Prices.PromptPerMTok, CompletionPerMTok: dep.Prices.CompletionPerMTok}
-	return accepted{req: req, dep: dep, key: key, job: job, webhook: hook}, nil
+	hold, apiErr := s.holdBudget(c.Request().Context(), key, dep, job)
+	if apiErr != nil {
+		s.metrics.requests.WithLabelValues(dep.Name, deref(apiErr.Code)).Inc()
+		return accepted{}, apiErr
+	}
+	return accepted{req: req, dep: dep, key: key, job: job, webhook: hook, hold: hold}, nil
 }
 
 // abandon stops a job nobody waits for: runners drop it (or stop it if it
@@ -278,6 +288,10 @@ type relay struct {
 	shutDown bool   // the activator's shutdown ended the request: withdraw or stop its job
 	sse      bool   // SSE headers are written: errors now go in-band
 	phase    string // the cold-start phase last named in a comment
+	// done is what the finished request used (nil until it finished);
+	// failed says a runner answered with an error (it may bill the prompt).
+	done   *wire.Usage
+	failed bool
 	// seqRunner's next event should be numbered nextSeq (see want); a
 	// gap means events were lost. gapSince is when the current gap was
 	// found, in gapRunner's events; resentAt when events were last asked
@@ -497,6 +511,7 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 				u = *ev.Usage
 			}
 			rl.s.limits.charge(rl.key, u, rl.prices)
+			rl.done = &u
 			rl.s.metrics.finished(rl.model, "ok", time.Since(rl.queuedAt), rl.ttft, u)
 			if rl.stream {
 				res.Write(rl.enc.finish(ev.FinishReason))
@@ -509,6 +524,7 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 			}
 			return true, rl.c.JSONBlob(http.StatusOK, rl.enc.body(string(rl.text), ev.FinishReason, u))
 		case wire.EventError:
+			rl.failed = true
 			rl.s.metrics.requests.WithLabelValues(rl.model, "error").Inc()
 			we := ev.Error
 			if we == nil {

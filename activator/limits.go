@@ -18,9 +18,11 @@ import (
 // job record, which need not be the one that admitted it.
 //
 // The trade-off: with N activators behind a load balancer a key can get up
-// to N times its per-minute limits, and a budget can be overshot by what
-// finishes elsewhere within a spend refresh (registry.SpendRefresh) plus
-// ingestion lag. Shared counters (a NATS KV bucket updated with
+// to N times its per-minute limits. The budget check here, from the spend
+// the cache loaded, is only a quick first refusal: it lags by a spend
+// refresh (registry.SpendRefresh) plus ingestion and counts nothing in
+// flight. What holds a budget is the hold each request takes in Postgres
+// before it is queued (budget.go). Shared counters (a NATS KV bucket updated with
 // compare-and-swap) would make limits exact across activators at the price
 // of a NATS round trip, and contention on one key, per request; that can be
 // added behind this type if exact limits ever matter more than latency.

@@ -345,6 +345,7 @@ func (cp *ControlPlane) forgetGone(runners []RunnerRef) {
 	defer cp.mu.Unlock()
 	for id, st := range cp.beats {
 		if !alive[id] && time.Since(st.seen) > cp.cfg.DeadAfter {
+			cp.diedStarting(st.hb)
 			cp.runnerEnded(st.hb, st.seen)
 			delete(cp.beats, id)
 			delete(cp.readyAt, id)
@@ -359,6 +360,39 @@ func (cp *ControlPlane) forgetGone(runners []RunnerRef) {
 		if !alive[id] && time.Since(cs.called) > cp.cfg.StartTimeout {
 			delete(cp.coldStarts, id)
 		}
+	}
+}
+
+// diedStarting reports a runner whose process is gone while its last
+// heartbeat said it was still starting: it died without saying why, as
+// when llama.cpp aborts on weights it cannot use (an assertion kills the
+// process before the runner can report the error). Without this nothing
+// counts the failure: the control plane would start runner after runner
+// without backoff, and waiting clients would wait out their queue timeout.
+// It publishes the failed heartbeat the runner could not, as one that
+// starting again cannot fix; this control plane (through its own
+// subscription) and every activator count it like any other. Called with
+// cp.mu held.
+func (cp *ControlPlane) diedStarting(hb wire.Heartbeat) {
+	switch hb.Phase {
+	case wire.PhaseStarting, wire.PhaseFetching, wire.PhaseLoading:
+	default:
+		return
+	}
+	what := "starting"
+	if hb.Phase == wire.PhaseLoading {
+		what = "loading the model"
+	} else if hb.Phase == wire.PhaseFetching {
+		what = "fetching the weights"
+	}
+	hb.Phase, hb.Retry, hb.Sent = wire.PhaseFailed, false, time.Now()
+	hb.Detail = "the runner process exited while " + what + " without reporting an error (llama.cpp may have aborted on these weights)"
+	data, err := json.Marshal(hb)
+	if err != nil {
+		return
+	}
+	if err := cp.cfg.NATS.Publish(wire.HeartbeatSubject(hb.DeploymentID, hb.RunnerID), data); err != nil {
+		cp.log.Warn("reporting a runner that died starting", "runner", hb.RunnerID, "err", err)
 	}
 }
 

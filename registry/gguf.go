@@ -79,6 +79,9 @@ func Inspect(r io.Reader) (ModelInfo, int64, error) {
 	case len(tensors) == 0:
 		return ModelInfo{}, src.n, invalidf("the GGUF file holds no tensors (a vocabulary-only file?)")
 	}
+	if err := checkModel(info.Architecture, &guard.check.meta); err != nil {
+		return ModelInfo{}, src.n, err
+	}
 	if info.ParameterCount == 0 {
 		// Decode fills general.parameter_count in from the tensors today;
 		// this keeps the count right should it stop doing so.
@@ -353,6 +356,11 @@ type headerCheck struct {
 	// dataEnd is where the last tensor's data ends, once the check has
 	// passed the tensor infos.
 	dataEnd int64
+
+	// meta is what the model check (ggufcheck.go) needs from the header,
+	// collected on the way: Decode keeps neither array lengths nor
+	// tensor shapes in a form it exports.
+	meta headerMeta
 }
 
 // errCheckStopped ends the check when Inspect returns before the header
@@ -618,6 +626,7 @@ func (c *headerCheck) value(key string, typ uint32) error {
 					return err
 				}
 			}
+			c.meta.setArray(key, n, nil)
 			return nil
 		case scalarSize(elem) > 0:
 			size := scalarSize(elem)
@@ -625,14 +634,65 @@ func (c *headerCheck) value(key string, typ uint32) error {
 			if err != nil {
 				return err
 			}
-			return c.discard(n * size)
+			if elem == ggufBool || n > maxKeptArray {
+				c.meta.setArray(key, n, nil)
+				return c.discard(n * size)
+			}
+			// Short numeric arrays are per-layer hyperparameters
+			// (head counts): keep their values.
+			vals := make([]float64, n)
+			for i := range vals {
+				if vals[i], err = c.scalar(elem); err != nil {
+					return err
+				}
+			}
+			c.meta.setArray(key, n, vals)
+			return nil
 		default:
 			return invalidf("metadata %q is an array of unsupported type %d", key, elem)
 		}
 	case scalarSize(typ) > 0:
-		return c.discard(scalarSize(typ))
+		v, err := c.scalar(typ)
+		if err != nil {
+			return err
+		}
+		c.meta.setNum(key, v)
+		return nil
 	}
 	return invalidf("metadata %q has unknown type %d", key, typ)
+}
+
+// scalar reads one fixed-size value of type typ as a float64 (exact for
+// integers below 2^53, far beyond any sane hyperparameter; NaN and the
+// infinities survive the conversion from float32).
+func (c *headerCheck) scalar(typ uint32) (float64, error) {
+	b := c.scratch[:scalarSize(typ)]
+	if err := c.fill(b); err != nil {
+		return 0, err
+	}
+	switch typ {
+	case ggufUint8, ggufBool:
+		return float64(b[0]), nil
+	case ggufInt8:
+		return float64(int8(b[0])), nil
+	case ggufUint16:
+		return float64(binary.LittleEndian.Uint16(b)), nil
+	case ggufInt16:
+		return float64(int16(binary.LittleEndian.Uint16(b))), nil
+	case ggufUint32:
+		return float64(binary.LittleEndian.Uint32(b)), nil
+	case ggufInt32:
+		return float64(int32(binary.LittleEndian.Uint32(b))), nil
+	case ggufFloat32:
+		return float64(math.Float32frombits(binary.LittleEndian.Uint32(b))), nil
+	case ggufUint64:
+		return float64(binary.LittleEndian.Uint64(b)), nil
+	case ggufInt64:
+		return float64(int64(binary.LittleEndian.Uint64(b))), nil
+	case ggufFloat64:
+		return math.Float64frombits(binary.LittleEndian.Uint64(b)), nil
+	}
+	return 0, fmt.Errorf("not a scalar type: %d", typ)
 }
 
 // tensorInfo reads a tensor's shape and type and returns its data size.
@@ -645,11 +705,13 @@ func (c *headerCheck) tensorInfo(name string) (uint64, error) {
 		return 0, invalidf("tensor %q has %d dimensions; at most %d are supported", name, dims, maxDims)
 	}
 	elements, first := uint64(1), uint64(1)
+	shape := make([]uint64, dims)
 	for d := range dims {
 		n, err := c.u64()
 		if err != nil {
 			return 0, err
 		}
+		shape[d] = n
 		if d == 0 {
 			first = n
 		}
@@ -659,6 +721,7 @@ func (c *headerCheck) tensorInfo(name string) (uint64, error) {
 		}
 		elements = lo
 	}
+	c.meta.setShape(name, shape)
 	kind, err := c.u32()
 	if err != nil {
 		return 0, err

@@ -144,6 +144,12 @@ func badInputs(t testing.TB) []badInput {
 		{"misaligned block", newGGUF(3, 1, 0).str("w").u32(1).u64(33).u32(2).u64(0).Bytes(), "block size"}, // Q4_0 blocks are 32
 		{"wrong tensor offset", newGGUF(3, 1, 0).tensor("w", 64, 8).Bytes(), "data offset 64, expected 0"},
 		{"duplicate tensor", newGGUF(3, 2, 0).tensor("w", 0, 8).tensor("w", 32, 8).Bytes(), "two tensors named"},
+		{"overlapping tensors", newGGUF(3, 2, 0).tensor("a", 0, 16).tensor("b", 32, 8).Bytes(), "data offset 32, expected 64"},
+		{"tensor data past the end", func() []byte {
+			g := newGGUF(3, 1, 1).kvString("general.architecture", "llama").tensor("w", 0, 1<<30).align()
+			g.Write(make([]byte, 32))
+			return g.Bytes()
+		}(), "tensor data runs to byte 4294967424"},
 		{"no tensors", newGGUF(3, 0, 1).kvString("general.architecture", "llama").Bytes(), "no tensors"},
 		{"no architecture", func() []byte {
 			g := newGGUF(3, 1, 0).tensor("w", 0, 8).align()

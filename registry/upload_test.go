@@ -129,7 +129,7 @@ func TestUploadRejects(t *testing.T) {
 		{"reader fails in data", io.MultiReader(bytes.NewReader(model[:len(model)/2]), iotest.ErrReader(boom)), int64(len(model)), false},
 		{"reader fails in trailer", io.MultiReader(bytes.NewReader(model), iotest.ErrReader(boom)), -1, false},
 	}
-	for _, bad := range badInputs(t) {
+	for _, bad := range append(badInputs(t), hostileModels(t)...) {
 		tests = append(tests, struct {
 			name    string
 			r       io.Reader

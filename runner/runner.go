@@ -177,7 +177,10 @@ func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 	cfg.ModelPath = path
 	eng, err := LoadEngine(r.log, cfg, nil)
 	if err != nil {
-		return err
+		// The error names the cache path, and llama.cpp's reason is only
+		// in its own log: clients hear which artifact, operators read why.
+		r.log.Error("llama.cpp could not load the model", "artifact", r.cfg.Artifact.SHA256, "err", err)
+		return fmt.Errorf("llama.cpp could not load the weights of artifact %s; the runner's log says why", r.cfg.Artifact.SHA256)
 	}
 	r.engine = eng
 	r.template = r.cfg.ChatTemplate

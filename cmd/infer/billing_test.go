@@ -235,12 +235,21 @@ func TestBilling(t *testing.T) {
 		}
 	})
 	t.Run("budget", func(t *testing.T) {
-		_, key := createKey("budget", "--budget", "0.000001")
+		// A request holds its maximum cost before it runs: chat's prompt
+		// bound (16 + 4 bytes, 64 per message, 256 for the template) at
+		// $2.50 plus 8 tokens at $10 is $0.00093, so a $0.000001 budget
+		// refuses it at once, and a $0.001 one admits it once: it costs
+		// about $0.0001, and the next one's $0.00093 no longer fits.
+		_, tiny := createKey("budget-tiny", "--budget", "0.000001")
+		waitKey(t, p, tiny)
+		if code, _, body := chat(tiny, "priced"); code != 429 || errCode(body) != "insufficient_quota" {
+			t.Errorf("request whose maximum cost exceeds the budget: %d %s", code, body)
+		}
+		_, key := createKey("budget", "--budget", "0.001")
 		waitKey(t, p, key)
 		if code, _, body := chat(key, "priced"); code != 200 {
 			t.Fatalf("first request: %d %s", code, body)
 		}
-		// It cost more than $0.000001: the next is refused.
 		if code, _, body := chat(key, "priced"); code != 429 || errCode(body) != "insufficient_quota" {
 			t.Errorf("request over budget: %d %s", code, body)
 		}

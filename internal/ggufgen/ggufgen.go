@@ -35,6 +35,13 @@ type Config struct {
 	Name     string // general.name
 	Untied   bool   // write a separate output.weight instead of reusing token_embd
 	MaxBytes int64  // refuse configs whose file would be bigger (0: 4 GiB)
+
+	// Hostile files, for testing what validates uploads: KV replaces
+	// metadata values (a nil value removes the key), Shapes replaces
+	// tensor shapes (the data written follows the new shape, so the file
+	// stays well-formed and only lies about the model).
+	KV     map[string]any
+	Shapes map[string][]uint64
 }
 
 // Small is a model of a few million parameters, for tests that need a
@@ -184,7 +191,7 @@ func (c Config) kv() ggml.KV {
 	if c.F32 {
 		fileType = 0
 	}
-	return ggml.KV{
+	kv := ggml.KV{
 		"general.architecture":                   "llama",
 		"general.name":                           c.Name,
 		"general.file_type":                      fileType,
@@ -205,6 +212,14 @@ func (c Config) kv() ggml.KV {
 		"tokenizer.ggml.bos_token_id":            uint32(1),
 		"tokenizer.ggml.eos_token_id":            uint32(2),
 	}
+	for k, v := range c.KV {
+		if v == nil {
+			delete(kv, k)
+		} else {
+			kv[k] = v
+		}
+	}
+	return kv
 }
 
 // piece is the i-th filler token: "▁a" … "▁z", then "a" … "z", then two
@@ -231,9 +246,15 @@ func (c Config) tensors() []*ggml.Tensor {
 	seed := c.Seed
 	matrix := func(name string, cols, rows uint64) {
 		seed++
+		if s, ok := c.Shapes[name]; ok && len(s) == 2 {
+			cols, rows = s[0], s[1]
+		}
 		ts = append(ts, c.matrix(name, cols, rows, seed))
 	}
 	ones := func(name string, n uint64) {
+		if s, ok := c.Shapes[name]; ok && len(s) == 1 {
+			n = s[0]
+		}
 		ts = append(ts, &ggml.Tensor{Name: name, Kind: 0, Shape: []uint64{n}, WriterTo: onesF32(n)})
 	}
 	// GGUF shapes list the row length first: a [in, out] matrix.
