@@ -1,0 +1,50 @@
+package jsonschema
+
+// Bounds on what a schema may ask for. Conversion is linear in the schema
+// (each subschema and each $ref target is built once), so these keep the
+// worst accepted input well under a millisecond to convert and the grammar
+// small enough for llama.cpp to parse per request.
+const (
+	// MaxSchemaBytes bounds the schema document. OpenAI's own limits (5,000
+	// properties, 1,000 enum values, 120,000 characters of names and
+	// values) fit in it.
+	MaxSchemaBytes = 256 << 10
+
+	// maxDepth bounds how deep subschemas nest, $refs followed included
+	// (OpenAI allows 10 levels). The converter recurses once per level.
+	maxDepth = 32
+
+	// maxRefs bounds the $ref keywords followed. Each target becomes one
+	// rule, built once.
+	maxRefs = 1000
+
+	// maxProperties bounds the properties of all objects together
+	// (OpenAI's limit).
+	maxProperties = 5000
+
+	// maxEnumValues bounds enum values of all enums together (OpenAI's
+	// limit).
+	maxEnumValues = 1000
+
+	// maxRepeat bounds every counted repetition (maxLength, maxItems,
+	// {n,m} in a pattern): llama.cpp expands x{0,n} into n rules when it
+	// parses the grammar. 2,000 is the cap upstream llama.cpp now puts on
+	// repetitions (MAX_REPETITION_THRESHOLD).
+	maxRepeat = 2000
+
+	// maxPatternBytes bounds a pattern's source; maxPatternDepth its
+	// nested groups.
+	maxPatternBytes = 4096
+	maxPatternDepth = 32
+
+	// maxGrammarCost bounds the grammar's size once llama.cpp has expanded
+	// its repetitions, in grammar elements (cost, in grammar.go). 200,000
+	// elements are a few MB inside llama.cpp and parse in milliseconds.
+	maxGrammarCost = 200_000
+
+	// maxIntDigits bounds the digits of an integer the grammar writes:
+	// 16 digits fit an int64 and a float64 exactly.
+	maxIntDigits = 16
+	// maxFracDigits bounds the digits after a number's decimal point.
+	maxFracDigits = 16
+)
