@@ -91,9 +91,9 @@ func (g *grammar) shared(name string, build func(i int)) sym {
 	return ref(i)
 }
 
-func lit(s string) sym        { return sym{kind: symLit, lit: s, min: 1, max: 1} }
-func class(c charSet) sym     { return sym{kind: symClass, class: c, min: 1, max: 1} }
-func ref(i int) sym           { return sym{kind: symRef, ref: i, min: 1, max: 1} }
+func lit(s string) sym    { return sym{kind: symLit, lit: s, min: 1, max: 1} }
+func class(c charSet) sym { return sym{kind: symClass, class: c, min: 1, max: 1} }
+func ref(i int) sym       { return sym{kind: symRef, ref: i, min: 1, max: 1} }
 func (s sym) rep(lo, hi int) sym {
 	s.min, s.max = lo, hi
 	return s
