@@ -53,12 +53,12 @@ func (g *grammar) check() error {
 				// A symbol repeated 0..n times may be entered too, so its
 				// rule must be productive whatever its min.
 				if s.kind == symRef && !productive[s.ref] {
-					return fmt.Errorf("rule %s can never finish: it only leads back to itself (a recursive $ref with no way out)", g.ruleName(s.ref))
+					return fmt.Errorf("%s can never finish: it only leads back to itself (a recursive $ref with no way out)", g.describe(s.ref))
 				}
 			}
 		}
 		if !productive[i] {
-			return fmt.Errorf("rule %s can never finish", g.ruleName(i))
+			return fmt.Errorf("%s can never finish", g.describe(i))
 		}
 	}
 
@@ -115,7 +115,7 @@ func (g *grammar) check() error {
 			top.next++
 			switch color[nx] {
 			case grey:
-				return fmt.Errorf("rule %s refers to itself before writing anything (left recursion)", g.ruleName(nx))
+				return fmt.Errorf("%s refers to itself before anything is written (left recursion)", g.describe(nx))
 			case white:
 				color[nx] = grey
 				stack = append(stack, frame{nx, 0})

@@ -289,6 +289,7 @@ func (c *converter) genRef(v any, path string, depth int) (sym, error) {
 	}
 	i := c.g.add("ref")
 	c.refs[s] = i
+	c.g.refOf[i] = s
 	x, err := c.gen(target, s, depth+1)
 	if err != nil {
 		return sym{}, err

@@ -51,10 +51,20 @@ func (g *grammar) ruleName(i int) string {
 type grammar struct {
 	rules []rule
 	named map[string]int // shared rules by name (string, number, ...)
+	refOf map[int]string // the rule of each $ref, for messages
+}
+
+// describe names a rule for an error message: by its $ref where it has
+// one, so the message points into the user's schema, not the grammar.
+func (g *grammar) describe(i int) string {
+	if r, ok := g.refOf[i]; ok {
+		return fmt.Sprintf("$ref %q", r)
+	}
+	return "part of the schema"
 }
 
 func newGrammar() *grammar {
-	g := &grammar{named: map[string]int{}}
+	g := &grammar{named: map[string]int{}, refOf: map[int]string{}}
 	g.rules = append(g.rules, rule{name: "root"})
 	return g
 }
