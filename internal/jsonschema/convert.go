@@ -63,27 +63,34 @@ type converter struct {
 // may not match it. Keywords not listed anywhere are annotations
 // (title, description, default, examples, ...) and are ignored, as JSON
 // Schema says of unknown keywords.
-var unsupported = []string{
-	"not", "if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies",
-	"patternProperties", "propertyNames", "unevaluatedProperties", "unevaluatedItems",
-	"contains", "minContains", "maxContains", "multipleOf", "$dynamicRef", "$recursiveRef",
+func unsupported() []string {
+	return []string{
+		"not", "if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies",
+		"patternProperties", "propertyNames", "unevaluatedProperties", "unevaluatedItems",
+		"contains", "minContains", "maxContains", "multipleOf", "$dynamicRef", "$recursiveRef",
+	}
 }
 
 // validation are the keywords this converter enforces.
-var validation = []string{
-	"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref",
-	"properties", "required", "additionalProperties", "minProperties", "maxProperties",
-	"items", "prefixItems", "minItems", "maxItems", "uniqueItems",
-	"minLength", "maxLength", "pattern", "format",
-	"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+func validation() []string {
+	return []string{
+		"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref",
+		"properties", "required", "additionalProperties", "minProperties", "maxProperties",
+		"items", "prefixItems", "minItems", "maxItems", "uniqueItems",
+		"minLength", "maxLength", "pattern", "format",
+		"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+	}
 }
 
-var typeKeywords = map[string][]string{
-	"object":  {"properties", "required", "additionalProperties", "minProperties", "maxProperties"},
-	"array":   {"items", "prefixItems", "minItems", "maxItems", "uniqueItems"},
-	"string":  {"minLength", "maxLength", "pattern", "format"},
-	"number":  {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"},
-	"integer": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"},
+// typeKeywords are the validation keywords of each type.
+func typeKeywords(t string) []string {
+	return map[string][]string{
+		"object":  {"properties", "required", "additionalProperties", "minProperties", "maxProperties"},
+		"array":   {"items", "prefixItems", "minItems", "maxItems", "uniqueItems"},
+		"string":  {"minLength", "maxLength", "pattern", "format"},
+		"number":  {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"},
+		"integer": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"},
+	}[t]
 }
 
 func (c *converter) gen(node any, path string, depth int) (sym, error) {
@@ -103,7 +110,7 @@ func (c *converter) gen(node any, path string, depth int) (sym, error) {
 }
 
 func (c *converter) genObject(o *object, path string, depth int) (sym, error) {
-	for _, k := range unsupported {
+	for _, k := range unsupported() {
 		if _, ok := o.get(k); ok {
 			return sym{}, errAt(path, k, "not supported: a grammar cannot enforce it")
 		}
@@ -115,7 +122,7 @@ func (c *converter) genObject(o *object, path string, depth int) (sym, error) {
 	}
 	present := func(except ...string) []string {
 		var out []string
-		for _, k := range validation {
+		for _, k := range validation() {
 			if _, ok := o.get(k); ok && !slices.Contains(except, k) {
 				out = append(out, k)
 			}
@@ -185,7 +192,7 @@ func (c *converter) genObject(o *object, path string, depth int) (sym, error) {
 	if types == nil {
 		// No type: the types whose keywords appear, or any value.
 		for _, t := range []string{"object", "array", "string", "number"} {
-			for _, k := range typeKeywords[t] {
+			for _, k := range typeKeywords(t) {
 				if _, ok := o.get(k); ok {
 					types = append(types, t)
 					break
@@ -252,12 +259,7 @@ func (c *converter) genType(t string, o *object, path string, depth int) (sym, e
 	case "integer":
 		return c.genInteger(o, path)
 	case "number":
-		for _, k := range typeKeywords["number"] {
-			if _, ok := o.get(k); ok {
-				return sym{}, errAt(path, k, `not supported on type "number": use type "integer" for a bounded number`)
-			}
-		}
-		return c.number(), nil
+		return c.genNumber(o, path)
 	case "string":
 		return c.genString(o, path)
 	case "array":

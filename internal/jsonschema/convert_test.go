@@ -47,6 +47,11 @@ func TestAccepted(t *testing.T) {
 			f, _ := v.(float64)
 			return isInt(v) && f <= -1000
 		}},
+		{"number 0..1", `{"type":"number","minimum":0,"maximum":1}`, numIn(0, false, 1, false)},
+		{"number exclusive", `{"type":"number","exclusiveMinimum":-2.5,"exclusiveMaximum":3}`, numIn(-2.5, true, 3, true)},
+		{"number negative", `{"type":"number","minimum":-10.25,"maximum":-3}`, numIn(-10.25, false, -3, false)},
+		{"number minimum only", `{"type":"number","minimum":12.5}`, numIn(12.5, false, 1e17, false)},
+		{"number draft 4 exclusive", `{"type":"number","minimum":0,"exclusiveMinimum":true,"maximum":2}`, numIn(0, true, 2, false)},
 		{"string lengths", `{"type":"string","minLength":2,"maxLength":5}`, func(v any) bool {
 			s, ok := v.(string)
 			return ok && len([]rune(s)) >= 2 && len([]rune(s)) <= 5
@@ -217,7 +222,9 @@ func TestRefused(t *testing.T) {
 		{"unsupported keyword", `{"type":"integer","multipleOf":3}`, `"multipleOf" at #: not supported`},
 		{"not", `{"not":{"type":"string"}}`, `"not" at #`},
 		{"uniqueItems", `{"type":"array","uniqueItems":true}`, `"uniqueItems"`},
-		{"number bounds", `{"type":"number","minimum":0}`, `"minimum" at #`},
+		{"number min above max", `{"type":"number","minimum":0.5,"maximum":0.25}`, `the minimum 1/2 is above the maximum 1/4`},
+		{"number exclusive equal", `{"type":"number","exclusiveMinimum":1,"maximum":1}`, `nothing matches`},
+		{"integer between bounds", `{"type":"integer","minimum":2.2,"maximum":2.8}`, `no integer of at most 16 digits`},
 		{"unknown format", `{"type":"string","format":"hostname"}`, `format "hostname" is not supported`},
 		{"unknown type", `{"type":"decimal"}`, `unknown type`},
 		{"empty type list", `{"type":[]}`, `"type" at #`},
@@ -271,4 +278,11 @@ func manyPatterns(n int) string {
 		b.WriteString(`"p` + itoa(int64(i)) + `":{"type":"string","pattern":"^[a-z\"]{2000}$"}`)
 	}
 	return b.String()
+}
+
+func numIn(lo float64, loExcl bool, hi float64, hiExcl bool) func(any) bool {
+	return func(v any) bool {
+		f, ok := v.(float64)
+		return ok && (f > lo || !loExcl && f == lo) && (f < hi || !hiExcl && f == hi)
+	}
 }

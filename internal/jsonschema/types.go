@@ -125,18 +125,23 @@ func (c *converter) arrayOf(prefix []sym, item sym, lo, hi int) seq {
 	return append(out, list.rep(0, 1), lit("]"))
 }
 
-func (c *converter) genInteger(o *object, path string) (sym, error) {
-	lo, hi := big.NewInt(-maxInt), big.NewInt(maxInt)
-	bounded := false
-	exclusiveMin, exclusiveMax := false, false
+// numBounds are a number's minimum and maximum as read from the schema;
+// nil where absent.
+type numBounds struct {
+	lo, hi         *big.Rat
+	loExcl, hiExcl bool
+}
+
+func readBounds(o *object, path string) (numBounds, error) {
+	var nb numBounds
 	if v, ok := o.get("exclusiveMinimum"); ok {
 		if b, isBool := v.(bool); isBool {
-			exclusiveMin = b // draft 4: a flag on minimum
+			nb.loExcl = b // draft 4: a flag on minimum
 		}
 	}
 	if v, ok := o.get("exclusiveMaximum"); ok {
 		if b, isBool := v.(bool); isBool {
-			exclusiveMax = b
+			nb.hiExcl = b
 		}
 	}
 	for _, kw := range []string{"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"} {
@@ -144,52 +149,159 @@ func (c *converter) genInteger(o *object, path string) (sym, error) {
 		if !ok {
 			continue
 		}
-		if _, isBool := v.(bool); isBool && (kw == "exclusiveMinimum" || kw == "exclusiveMaximum") {
+		excl := kw == "exclusiveMinimum" || kw == "exclusiveMaximum"
+		if _, isBool := v.(bool); isBool && excl {
 			continue
 		}
 		n, isNum := v.(json.Number)
 		if !isNum {
-			return sym{}, errAt(path, kw, "must be a number")
+			return nb, errAt(path, kw, "must be a number")
 		}
 		r, err := parseRat(n)
 		if err != nil {
-			return sym{}, errAt(path, kw, "%v", err)
+			return nb, errAt(path, kw, "%v", err)
 		}
-		bounded = true
-		// The integer bound: ceil for minimums, floor for maximums, one
-		// further in for exclusive ones.
-		floor := new(big.Int).Div(r.Num(), r.Denom()) // Euclidean: floor for a positive denominator
-		switch kw {
-		case "minimum", "exclusiveMinimum":
-			b := floor
-			excl := kw == "exclusiveMinimum" || exclusiveMin
-			if !r.IsInt() || excl {
-				b = new(big.Int).Add(floor, big.NewInt(1))
+		// Where both minimum and exclusiveMinimum are given, the tighter
+		// one holds.
+		if kw == "minimum" || kw == "exclusiveMinimum" {
+			if c := cmpRat(r, nb.lo); nb.lo == nil || c > 0 || c == 0 && excl {
+				nb.lo, nb.loExcl = r, excl || (kw == "minimum" && nb.loExcl)
 			}
-			if b.Cmp(lo) > 0 {
-				lo = b
-			}
-		default:
-			b := floor
-			excl := kw == "exclusiveMaximum" || exclusiveMax
-			if r.IsInt() && excl {
-				b = new(big.Int).Sub(floor, big.NewInt(1))
-			}
-			if b.Cmp(hi) < 0 {
-				hi = b
+		} else {
+			if c := cmpRat(r, nb.hi); nb.hi == nil || c < 0 || c == 0 && excl {
+				nb.hi, nb.hiExcl = r, excl || (kw == "maximum" && nb.hiExcl)
 			}
 		}
 	}
-	if !bounded {
+	return nb, nil
+}
+
+// contradiction refuses bounds no value satisfies whatever its type.
+func (nb numBounds) contradiction(path string) error {
+	if nb.lo == nil || nb.hi == nil {
+		return nil
+	}
+	if c := nb.lo.Cmp(nb.hi); c > 0 || c == 0 && (nb.loExcl || nb.hiExcl) {
+		return errAt(path, "minimum", "the minimum %s is above the maximum %s: nothing matches", nb.lo.RatString(), nb.hi.RatString())
+	}
+	return nil
+}
+
+func cmpRat(a, b *big.Rat) int {
+	if b == nil {
+		return 0
+	}
+	return a.Cmp(b)
+}
+
+func floorRat(r *big.Rat) *big.Int { return new(big.Int).Div(r.Num(), r.Denom()) } // Euclidean: floor, the denominator being positive
+
+func ceilRat(r *big.Rat) *big.Int {
+	f := floorRat(r)
+	if !r.IsInt() {
+		f.Add(f, big.NewInt(1))
+	}
+	return f
+}
+
+// ints are the integer bounds: the integers in [lo, hi] are exactly those
+// the schema allows, clamped to what the grammar writes (±maxInt).
+func (nb numBounds) ints() (lo, hi *big.Int) {
+	lo, hi = big.NewInt(-maxInt), big.NewInt(maxInt)
+	if nb.lo != nil {
+		b := ceilRat(nb.lo)
+		if nb.loExcl && nb.lo.IsInt() {
+			b.Add(b, big.NewInt(1))
+		}
+		lo = maxBig(lo, b)
+	}
+	if nb.hi != nil {
+		b := floorRat(nb.hi)
+		if nb.hiExcl && nb.hi.IsInt() {
+			b.Sub(b, big.NewInt(1))
+		}
+		hi = minBig(hi, b)
+	}
+	return lo, hi
+}
+
+func maxBig(a, b *big.Int) *big.Int {
+	if a.Cmp(b) >= 0 {
+		return a
+	}
+	return b
+}
+
+func minBig(a, b *big.Int) *big.Int {
+	if a.Cmp(b) <= 0 {
+		return a
+	}
+	return b
+}
+
+func (c *converter) genInteger(o *object, path string) (sym, error) {
+	nb, err := readBounds(o, path)
+	if err != nil {
+		return sym{}, err
+	}
+	if nb.lo == nil && nb.hi == nil {
 		return c.integer(), nil
 	}
+	if err := nb.contradiction(path); err != nil {
+		return sym{}, err
+	}
+	lo, hi := nb.ints()
 	if lo.Cmp(hi) > 0 {
-		if lo.Cmp(big.NewInt(maxInt)) > 0 || hi.Cmp(big.NewInt(-maxInt)) < 0 {
-			return sym{}, errAt(path, "minimum", "the range leaves no integer of at most %d digits", maxIntDigits)
-		}
-		return sym{}, errAt(path, "minimum", "the minimum %s is above the maximum %s: no integer matches", lo, hi)
+		return sym{}, errAt(path, "minimum", "no integer of at most %d digits lies between the minimum and the maximum", maxIntDigits)
 	}
 	return c.g.alt("int", intRange(lo.Int64(), hi.Int64())...), nil
+}
+
+// genNumber writes a bounded number as a subset that is exact to check:
+// the integers in range, "n.ddd" for n >= 0 where all of [n, n+1) is in
+// range, and "-n.ddd" for n >= 0 where all of (-(n+1), -n] is.
+func (c *converter) genNumber(o *object, path string) (sym, error) {
+	nb, err := readBounds(o, path)
+	if err != nil {
+		return sym{}, err
+	}
+	if nb.lo == nil && nb.hi == nil {
+		return c.number(), nil
+	}
+	if err := nb.contradiction(path); err != nil {
+		return sym{}, err
+	}
+	loInt, hiInt := nb.ints()
+	var alts []seq
+	if loInt.Cmp(hiInt) <= 0 {
+		alts = append(alts, intRange(loInt.Int64(), hiInt.Int64())...)
+	}
+	frac := c.g.alt("frac", seq{lit("."), class(digits()).rep(1, maxFracDigits)})
+	big0, bigMax := big.NewInt(0), big.NewInt(maxInt)
+	// n.ddd: n >= loInt (n itself is allowed) and n+1 <= hi.
+	posHi := new(big.Int).Set(bigMax)
+	if nb.hi != nil {
+		posHi = minBig(posHi, new(big.Int).Sub(floorRat(nb.hi), big.NewInt(1)))
+	}
+	if posLo := maxBig(big0, loInt); posLo.Cmp(posHi) <= 0 {
+		for _, a := range natRange(posLo.Int64(), posHi.Int64()) {
+			alts = append(alts, append(a, frac))
+		}
+	}
+	// -n.ddd: -n <= hiInt (-n itself is allowed) and -(n+1) >= lo.
+	negHi := new(big.Int).Set(bigMax)
+	if nb.lo != nil {
+		negHi = minBig(negHi, new(big.Int).Sub(new(big.Int).Neg(ceilRat(nb.lo)), big.NewInt(1)))
+	}
+	if negLo := maxBig(big0, new(big.Int).Neg(hiInt)); negLo.Cmp(negHi) <= 0 {
+		for _, a := range natRange(negLo.Int64(), negHi.Int64()) {
+			alts = append(alts, append(append(seq{lit("-")}, a...), frac))
+		}
+	}
+	if len(alts) == 0 {
+		return sym{}, errAt(path, "minimum", "no number of at most %d digits lies between the minimum and the maximum", maxIntDigits)
+	}
+	return c.g.alt("num", alts...), nil
 }
 
 func (c *converter) genString(o *object, path string) (sym, error) {
