@@ -115,6 +115,9 @@ type Engine struct {
 	// firsts counts submitted sequences that have not sampled their first
 	// token yet; see decoder.run.
 	firsts atomic.Int32
+	// alphabet is what the model can write (modelAlphabet), read at the
+	// first response_format schema.
+	alphabet func() *jsonschema.Alphabet
 }
 
 // decoder is one llama context and its decode loop.
@@ -224,6 +227,7 @@ func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*En
 	e.pending = e.pending[1:]
 	e.model = d.model
 	e.decoders = []*decoder{d}
+	e.alphabet = sync.OnceValue(func() *jsonschema.Alphabet { return modelAlphabet(d.model) })
 	log.Info("model loaded", "arch", info.Architecture, "params", info.ParameterCount,
 		"parallel", cfg.Parallel, "contexts", cfg.Contexts, "context", cfg.Context, "threads", e.cfg.Threads, "batch", cfg.BatchSize)
 	return e, nil
@@ -354,8 +358,8 @@ func (e *Engine) Submit(ctx context.Context, req Request, sink Sink) (promptToke
 		// can leave the sampler with no token to continue, which throws a
 		// C++ exception that kills the runner and every stream on it.
 		// The activator validated the schema already; the runner trusts
-		// no queue and checks again.
-		grammar, err := jsonschema.Grammar(req.Sampling.JSONSchema)
+		// no queue and checks again, against what this model can write.
+		grammar, err := jsonschema.GrammarFor(req.Sampling.JSONSchema, e.alphabet())
 		if err != nil {
 			return len(tokens), fmt.Errorf("%w: %v", ErrBadSchema, err)
 		}

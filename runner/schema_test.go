@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/infer-run/infer/internal/jsonschema"
+	"github.com/infer-run/infer/internal/testenv"
 	"github.com/infer-run/infer/internal/wire"
 )
 
@@ -122,6 +125,18 @@ func jsonPrefix(text string) bool {
 			return true
 		case err != nil:
 			return false
+		}
+	}
+}
+
+// TestModelAlphabet: both test models have a token for every byte
+// (SentencePiece byte fallback, byte-level BPE), so their alphabets admit
+// any character; the vocabulary is read from the real model files.
+func TestModelAlphabet(t *testing.T) {
+	for _, m := range []string{"stories260K.gguf", "llama3-tiny.gguf"} {
+		e := startEngine(t, EngineConfig{ModelPath: filepath.Join(filepath.Dir(testenv.ModelPath(t)), m), Parallel: 1, Context: 128})
+		if _, err := jsonschema.GrammarFor([]byte(`{"const":"café ᚠ😀","type":"string"}`), modelAlphabet(e.model)); err != nil {
+			t.Errorf("%s: %v", m, err)
 		}
 	}
 }

@@ -15,21 +15,17 @@ import (
 // "root") of JSON documents matching it. A refused schema is an *Error
 // naming the keyword and where it is.
 func Grammar(schema []byte) (string, error) {
-	g, err := build(schema)
-	if err != nil {
-		return "", err
-	}
-	return g.String(), nil
+	return GrammarFor(schema, nil)
 }
 
 // Validate reports whether Grammar accepts the schema, without writing the
 // grammar out.
 func Validate(schema []byte) error {
-	_, err := build(schema)
+	_, err := build(schema, nil)
 	return err
 }
 
-func build(schema []byte) (*grammar, error) {
+func build(schema []byte, a *Alphabet) (*grammar, error) {
 	if len(schema) > MaxSchemaBytes {
 		return nil, errAt("#", "", "the schema is %d bytes, the limit is %d", len(schema), MaxSchemaBytes)
 	}
@@ -43,6 +39,11 @@ func build(schema []byte) (*grammar, error) {
 		return nil, err
 	}
 	c.g.set(0, seq{top})
+	if a != nil {
+		if err := c.g.restrict(a); err != nil {
+			return nil, errAt("#", "", "%v", err)
+		}
+	}
 	if err := c.g.check(); err != nil {
 		return nil, errAt("#", "", "the schema cannot be turned into a safe grammar: %v", err)
 	}

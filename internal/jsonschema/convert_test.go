@@ -139,7 +139,7 @@ func TestAccepted(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			g, err := build([]byte(c.schema))
+			g, err := build([]byte(c.schema), nil)
 			if err != nil {
 				t.Fatalf("refused: %v", err)
 			}

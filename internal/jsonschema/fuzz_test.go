@@ -5,7 +5,8 @@ import (
 	"testing"
 )
 
-// FuzzSchemaToGrammar: no input panics the converter; whatever it accepts
+// FuzzSchemaToGrammar: no input panics the converter, for a model that
+// writes every character or ASCII only; whatever it accepts
 // passes the independent GBNF check (every rule productive, every class
 // non-empty) and stays within the size bound; whatever it refuses is an
 // *Error.
@@ -20,10 +21,20 @@ func FuzzSchemaToGrammar(f *testing.F) {
 		`{"type":"integer","minimum":10,"maximum":5}`, `{"anyOf":[]}`, `{"anyOf":[{"$ref":"#"},{"type":"null"}]}`,
 		`{"type":"object","additionalProperties":{"type":"string","format":"uuid"},"maxProperties":3}`,
 	} {
-		f.Add([]byte(s))
+		f.Add([]byte(s), false)
+		f.Add([]byte(s), true)
 	}
-	f.Fuzz(func(t *testing.T, schema []byte) {
-		out, err := Grammar(schema)
+	var ascii []rune
+	for r := rune(0x09); r < 0x7f; r++ {
+		ascii = append(ascii, r)
+	}
+	narrow := NewAlphabet(ascii, false)
+	f.Fuzz(func(t *testing.T, schema []byte, asciiOnly bool) {
+		var a *Alphabet
+		if asciiOnly {
+			a = narrow // a model that writes ASCII only
+		}
+		out, err := GrammarFor(schema, a)
 		if err != nil {
 			var e *Error
 			if !errors.As(err, &e) {
