@@ -96,6 +96,7 @@ func TestSchemaDecoding(t *testing.T) {
 		"deep nesting":           strings.Repeat(`{"type":"array","items":`, 400) + `{}` + strings.Repeat(`}`, 400),
 		"maxLength 500000":       `{"type":"string","maxLength":500000}`,
 		"left recursion":         `{"anyOf":[{"$ref":"#"},{"type":"null"}]}`,
+		"repeated empty match":   `{"type":"string","pattern":"^(a*)*$"}`,
 	} {
 		t.Run("refused/"+name, func(t *testing.T) {
 			s := greedy()

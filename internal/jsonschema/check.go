@@ -76,6 +76,19 @@ func (g *grammar) check() error {
 	symNull := func(s sym) bool {
 		return s.min == 0 || (s.kind == symRef && nullable[s.ref])
 	}
+	// A repetition of something that can be empty: llama.cpp expands S*
+	// into S' ::= S S' | "", which recurses without end when S matches
+	// nothing (a pattern of (a*)* overflowed the runner's stack in the
+	// sampler), and S{m,n} into as many ambiguous ways to match.
+	for _, r := range g.rules {
+		for _, a := range r.alts {
+			for _, s := range a {
+				if s.kind == symRef && (s.max == unbounded || s.max > 1) && nullable[s.ref] {
+					return fmt.Errorf("%s is repeated but can match the empty string (like (a*)* in a pattern)", g.describe(s.ref))
+				}
+			}
+		}
+	}
 	first := make([][]int, n) // rules each rule may start with
 	for i, r := range g.rules {
 		for _, a := range r.alts {

@@ -196,6 +196,8 @@ func TestRefused(t *testing.T) {
 		{"impossible pattern", `{"type":"string","pattern":"^[^\\s\\S]$"}`, `"pattern" at #`},
 		{"empty class", `{"type":"string","pattern":"[]"}`, `"pattern" at #`},
 		{"pattern reversed count", `{"type":"string","pattern":"a{5,2}"}`, `minimum is above its maximum`},
+		{"pattern repeats an empty match", `{"type":"string","pattern":"^(a*)*$"}`, `can match the empty string`},
+		{"pattern repeats an empty alternative", `{"type":"string","pattern":"^(a|)+b$"}`, `can match the empty string`},
 		{"pattern lookahead", `{"type":"string","pattern":"(?!a)b"}`, `lookaround`},
 		{"pattern backreference", `{"type":"string","pattern":"(a)\\1"}`, `escape \1`},
 		{"pattern NUL only", `{"type":"string","pattern":"^\\x00$"}`, `matches no character`},
