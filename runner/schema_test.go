@@ -50,6 +50,8 @@ func TestSchemaDecoding(t *testing.T) {
 			func(v any) bool { _, ok := v.(map[string]any); return ok }},
 		{"overlapping anyOf", `{"anyOf":[{"type":"string"},{"type":"string","maxLength":2},{"type":"string","pattern":"^a*$"},{"type":"number"}]}`, func(any) bool { return true }},
 		{"any value", `{}`, func(any) bool { return true }},
+		// 64 ways to read the output at once: the most the converter allows.
+		{"nested unions at the limit", nestedUnions(8, 2), func(v any) bool { _, ok := v.([]any); return ok }},
 	}
 	temp := float32(1.5)
 	for _, c := range cases {
@@ -97,6 +99,8 @@ func TestSchemaDecoding(t *testing.T) {
 		"maxLength 500000":       `{"type":"string","maxLength":500000}`,
 		"left recursion":         `{"anyOf":[{"$ref":"#"},{"type":"null"}]}`,
 		"repeated empty match":   `{"type":"string","pattern":"^(a*)*$"}`,
+		// 27,000 parse stacks: under 64 tokens in a minute before.
+		"nested unions": nestedUnions(30, 3),
 	} {
 		t.Run("refused/"+name, func(t *testing.T) {
 			s := greedy()
@@ -140,4 +144,15 @@ func TestModelAlphabet(t *testing.T) {
 			t.Errorf("%s: %v", m, err)
 		}
 	}
+}
+
+// nestedUnions is an anyOf of n arrays of anyOf of n arrays ... of strings,
+// levels deep: every alternative begins alike, so the sampler follows all.
+func nestedUnions(n, levels int) string {
+	s := `{"type":"string"}`
+	for range levels {
+		alt := `{"type":"array","items":` + s + `}`
+		s = `{"anyOf":[` + strings.TrimSuffix(strings.Repeat(alt+",", n), ",") + `]}`
+	}
+	return s
 }

@@ -47,6 +47,9 @@ func build(schema []byte, a *Alphabet) (*grammar, error) {
 	if err := c.g.check(); err != nil {
 		return nil, errAt("#", "", "the schema cannot be turned into a safe grammar: %v", err)
 	}
+	if err := c.checkAmbiguity(); err != nil {
+		return nil, err
+	}
 	return c.g, nil
 }
 

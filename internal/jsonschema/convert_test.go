@@ -133,6 +133,8 @@ func TestAccepted(t *testing.T) {
 			}},
 		{"definitions and root ref", `{"definitions":{"leaf":{"type":"boolean"}},"type":"object","properties":{"l":{"$ref":"#/definitions/leaf"},"self":{"type":"array","maxItems":1,"items":{"$ref":"#"}}},"required":["l"]}`,
 			func(v any) bool { _, ok := obj(v)["l"].(bool); return ok }},
+		{"unions of objects", `{"type":"array","items":{"anyOf":[{"type":"object","properties":{"a":{"anyOf":[{"type":"object","properties":{"x":{"type":"null"}},"required":["x"]},{"type":"object","properties":{"y":{"type":"null"}},"required":["y"]}]}},"required":["a"]},{"type":"object","properties":{"b":{"type":"null"}},"required":["b"]}]}}`,
+			func(v any) bool { _, ok := v.([]any); return ok }},
 		{"allOf of one", `{"allOf":[{"type":"integer","minimum":1,"maximum":1}]}`, func(v any) bool { return v == 1.0 }},
 		{"annotations ignored", `{"title":"T","description":"d","type":"boolean","default":true,"examples":[true],"x-vendor":1}`, func(v any) bool { _, ok := v.(bool); return ok }},
 	}
@@ -198,6 +200,8 @@ func TestRefused(t *testing.T) {
 		{"pattern reversed count", `{"type":"string","pattern":"a{5,2}"}`, `minimum is above its maximum`},
 		{"pattern repeats an empty match", `{"type":"string","pattern":"^(a*)*$"}`, `can match the empty string`},
 		{"pattern repeats an empty alternative", `{"type":"string","pattern":"^(a|)+b$"}`, `can match the empty string`},
+		{"nested overlapping anyOf", nestedAnyOf(10, 3), `alternatives that begin alike nest too deep`},
+		{"overlapping anyOf in recursion", `{"$defs":{"n":{"anyOf":[{"type":"array","items":{"$ref":"#/$defs/n"}},{"type":"array","maxItems":1,"items":{"$ref":"#/$defs/n"}},{"type":"null"}]}},"$ref":"#/$defs/n"}`, `grow without bound`},
 		{"pattern lookahead", `{"type":"string","pattern":"(?!a)b"}`, `lookaround`},
 		{"pattern backreference", `{"type":"string","pattern":"(a)\\1"}`, `escape \1`},
 		{"pattern NUL only", `{"type":"string","pattern":"^\\x00$"}`, `matches no character`},
@@ -287,4 +291,15 @@ func numIn(lo float64, loExcl bool, hi float64, hiExcl bool) func(any) bool {
 		f, ok := v.(float64)
 		return ok && (f > lo || !loExcl && f == lo) && (f < hi || !hiExcl && f == hi)
 	}
+}
+
+// nestedAnyOf is an anyOf of n arrays of anyOf of n arrays ... of strings,
+// levels deep: every alternative begins alike.
+func nestedAnyOf(n, levels int) string {
+	s := `{"type":"string"}`
+	for range levels {
+		alt := `{"type":"array","items":` + s + `}`
+		s = `{"anyOf":[` + strings.TrimSuffix(strings.Repeat(alt+",", n), ",") + `]}`
+	}
+	return s
 }
