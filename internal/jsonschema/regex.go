@@ -14,11 +14,23 @@ import (
 // cannot express them exactly). A pattern matches anywhere in the string;
 // the grammar writes only strings the whole of which match it, a subset.
 type patternParser struct {
-	g     *grammar
-	src   []rune
-	pos   int
-	depth int
+	g         *grammar
+	src       []rune
+	pos       int
+	depth     int
+	atomShape shape // of the last atom parsed
 }
+
+// shape bounds how many parse stacks llama.cpp's sampler may keep inside a
+// piece of pattern at once (amb), and its width in characters (-1 when it
+// varies). A run of optional parts that match the same text, like 500 of
+// [a-z ]*, keeps one stack per part alive and llama.cpp's stack handling is
+// quadratic in them: that pattern decoded under 32 tokens in a minute.
+// Copies of a fixed-width part are told apart by where they start, so
+// [a-z]{0,2000} is one stack; copies of a variable one are not.
+type shape struct{ amb, width int }
+
+func capAmb(n int) int { return min(n, maxAmbiguity+1) }
 
 type patternError struct{ msg string }
 
@@ -47,9 +59,12 @@ func (g *grammar) pattern(src string) (sym, error) {
 		}
 	}
 	p := &patternParser{g: g, src: rs}
-	alts, err := p.alternatives()
+	alts, sh, err := p.alternatives()
 	if err != nil {
 		return sym{}, err
+	}
+	if sh.amb > maxAmbiguity {
+		return sym{}, perr("the pattern can be read more than %d ways at once: too many optional or repeated parts that can match the same text", maxAmbiguity)
 	}
 	if p.pos < len(p.src) {
 		return sym{}, perr("unbalanced ) at offset %d", p.pos)
@@ -66,47 +81,69 @@ func (p *patternParser) peek() (rune, bool) {
 	return 0, false
 }
 
-func (p *patternParser) alternatives() ([]seq, error) {
+func (p *patternParser) alternatives() ([]seq, shape, error) {
 	p.depth++
 	defer func() { p.depth-- }()
 	if p.depth > maxPatternDepth {
-		return nil, perr("groups nest more than %d deep", maxPatternDepth)
+		return nil, shape{}, perr("groups nest more than %d deep", maxPatternDepth)
 	}
 	var alts []seq
+	total := shape{amb: 0, width: -2} // -2: no alternative yet
 	for {
-		s, err := p.sequence()
+		s, sh, err := p.sequence()
 		if err != nil {
-			return nil, err
+			return nil, shape{}, err
 		}
 		alts = append(alts, s)
+		total.amb = capAmb(total.amb + sh.amb)
+		switch {
+		case total.width == -2:
+			total.width = sh.width
+		case total.width != sh.width:
+			total.width = -1
+		}
 		if c, ok := p.peek(); ok && c == '|' {
 			p.pos++
 			continue
 		}
-		return alts, nil
+		return alts, total, nil
 	}
 }
 
-func (p *patternParser) sequence() (seq, error) {
+func (p *patternParser) sequence() (seq, shape, error) {
 	var out seq
+	// All fixed width: the offset tells the parts apart (the largest amb);
+	// otherwise any part may be active with any other (the sum).
+	sum, most, width := 0, 1, 0
 	for {
 		c, ok := p.peek()
 		if !ok || c == '|' || c == ')' {
-			return out, nil
+			if width >= 0 {
+				return out, shape{most, width}, nil
+			}
+			return out, shape{max(1, sum), -1}, nil
 		}
 		atom, err := p.atom()
 		if err != nil {
-			return nil, err
+			return nil, shape{}, err
 		}
+		sh := p.atomShape
 		lo, hi, quantified, err := p.quantifier()
 		if err != nil {
-			return nil, err
+			return nil, shape{}, err
 		}
 		if quantified {
 			if lo == 0 && hi == 0 {
 				continue
 			}
 			atom = p.g.repeat(atom, lo, hi)
+			sh = repeatShape(sh, lo, hi)
+		}
+		sum, most = capAmb(sum+sh.amb), max(most, sh.amb)
+		if width >= 0 && sh.width >= 0 {
+			width += sh.width
+		} else {
+			width = -1
 		}
 		// Merge runs of plain characters into one literal.
 		if n := len(out); n > 0 && atom.kind == symLit && atom.min == 1 && atom.max == 1 &&
@@ -115,6 +152,24 @@ func (p *patternParser) sequence() (seq, error) {
 			continue
 		}
 		out = append(out, atom)
+	}
+}
+
+// repeatShape is the shape of x{lo,hi}.
+func repeatShape(x shape, lo, hi int) shape {
+	fixed := hi == lo && x.width >= 0
+	width := -1
+	if fixed {
+		width = lo * x.width
+	}
+	switch {
+	case x.width >= 0:
+		return shape{x.amb, width}
+	case hi == unbounded:
+		// x* is tail-recursive in llama.cpp: one more copy alive at most.
+		return shape{capAmb(2 * x.amb), -1}
+	default:
+		return shape{capAmb(hi * x.amb), width}
 	}
 }
 
@@ -178,6 +233,9 @@ func (p *patternParser) quantifier() (lo, hi int, ok bool, err error) {
 func (p *patternParser) atom() (sym, error) {
 	c := p.src[p.pos]
 	p.pos++
+	// One character of JSON string content; its escapes are prefix-free,
+	// so copies of it are told apart like fixed-width ones.
+	p.atomShape = shape{1, 1}
 	switch c {
 	case '(':
 		if strings.HasPrefix(string(p.src[p.pos:]), "?:") {
@@ -194,7 +252,7 @@ func (p *patternParser) atom() (sym, error) {
 		} else if c2, ok := p.peek(); ok && c2 == '?' {
 			return sym{}, perr("lookaround and other (? groups are not supported")
 		}
-		alts, err := p.alternatives()
+		alts, sh, err := p.alternatives()
 		if err != nil {
 			return sym{}, err
 		}
@@ -202,6 +260,7 @@ func (p *patternParser) atom() (sym, error) {
 			return sym{}, perr("missing ) in pattern")
 		}
 		p.pos++
+		p.atomShape = sh
 		return p.g.alt("pat", alts...), nil
 	case ')':
 		return sym{}, perr("unbalanced ) at offset %d", p.pos-1)
