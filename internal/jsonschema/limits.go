@@ -2,8 +2,10 @@ package jsonschema
 
 // Bounds on what a schema may ask for. Conversion is linear in the schema
 // (each subschema and each $ref target is built once), so these keep the
-// worst accepted input well under a millisecond to convert and the grammar
-// small enough for llama.cpp to parse per request.
+// grammar small enough for llama.cpp to parse per request and the largest
+// schemas they admit under 100 ms to convert or refuse: BenchmarkLargest,
+// 5,000 properties, 48–77 ms on this project's shared 2-core machine under
+// load (a load average of 20); typical schemas take well under 1 ms.
 const (
 	// MaxSchemaBytes bounds the schema document. OpenAI's own limits (5,000
 	// properties, 1,000 enum values, 120,000 characters of names and
