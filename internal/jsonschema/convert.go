@@ -239,6 +239,9 @@ func schemaTypes(o *object, path string) ([]string, error) {
 			if slices.Contains(names, s) {
 				return nil, errAt(path, "type", "lists %q twice", s)
 			}
+			if typeOf(s) == tAll {
+				return nil, errAt(path, "type", "unknown type %q", s)
+			}
 			names = append(names, s)
 		}
 	default:

@@ -3,6 +3,7 @@ package jsonschema
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"regexp"
 	"strings"
@@ -206,6 +207,13 @@ func TestRefused(t *testing.T) {
 		{"overlapping anyOf in recursion", `{"$defs":{"n":{"anyOf":[{"type":"array","items":{"$ref":"#/$defs/n"}},{"type":"array","maxItems":1,"items":{"$ref":"#/$defs/n"}},{"type":"null"}]}},"$ref":"#/$defs/n"}`, `grow without bound`},
 		{"pattern of many overlapping stars", `{"type":"string","pattern":"^` + strings.Repeat(`[a-z ]*`, 500) + `$"}`, `more than 64 ways at once`},
 		{"pattern of variable copies", `{"type":"string","pattern":"^(a|aa){0,2000}$"}`, `more than 64 ways at once`},
+		{"many optional properties", manyProps(65), `65 optional properties`},
+		{"optional properties in a union", `{"anyOf":[{"type":"object","properties":{` + strings.TrimSuffix(strings.Repeat(`"a":{},`, 1), ",") + `}},{"type":"object","properties":` + optionalProps(40) + `}]}`, `40 optional properties`},
+		// Inputs whose checks were quadratic or exponential: each would
+		// take seconds to refuse, or hang.
+		{"30,000 overlapping alternatives", `{"anyOf":[` + strings.TrimSuffix(strings.Repeat(`{},`, 30000), ",") + `]}`, `nest too deep`},
+		{"chain of doubled refs", doubledRefs(12), `nest too deep`},
+		{"20,000 unknown types", `{"type":["t"` + unknownTypes(20000) + `]}`, `unknown type "t"`},
 		{"pattern lookahead", `{"type":"string","pattern":"(?!a)b"}`, `lookaround`},
 		{"pattern backreference", `{"type":"string","pattern":"(a)\\1"}`, `escape \1`},
 		{"pattern NUL only", `{"type":"string","pattern":"^\\x00$"}`, `matches no character`},
@@ -306,4 +314,37 @@ func nestedAnyOf(n, levels int) string {
 		s = `{"anyOf":[` + strings.TrimSuffix(strings.Repeat(alt+",", n), ",") + `]}`
 	}
 	return s
+}
+
+func optionalProps(n int) string {
+	var b strings.Builder
+	b.WriteString(`{`)
+	for i := range n {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString(`"p` + itoa(int64(i)) + `":{"type":"null"}`)
+	}
+	b.WriteString(`}`)
+	return b.String()
+}
+
+// doubledRefs is a chain of n definitions, each an anyOf of two
+// references to the next.
+func doubledRefs(n int) string {
+	var b strings.Builder
+	b.WriteString(`{"$defs":{`)
+	for i := range n {
+		fmt.Fprintf(&b, `"d%d":{"anyOf":[{"$ref":"#/$defs/d%d"},{"$ref":"#/$defs/d%d"}]},`, i, i+1, i+1)
+	}
+	fmt.Fprintf(&b, `"d%d":{"type":"string"}},"$ref":"#/$defs/d0"}`, n)
+	return b.String()
+}
+
+func unknownTypes(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, `,"x%d"`, i)
+	}
+	return b.String()
 }

@@ -58,12 +58,12 @@ func (c *converter) number() sym {
 // anyValue is any JSON value, objects and arrays of any depth.
 func (c *converter) anyValue() sym {
 	return c.g.shared("value", func(i int) {
-		c.g.set(i, seq{c.anyObject(c.g.rules[i].name)}, seq{c.anyArray(ref(i))}, seq{c.str()}, seq{c.number()},
+		c.g.set(i, seq{c.anyObject()}, seq{c.anyArray(ref(i))}, seq{c.str()}, seq{c.number()},
 			seq{lit("true")}, seq{lit("false")}, seq{lit("null")})
 	})
 }
 
-func (c *converter) anyObject(string) sym {
+func (c *converter) anyObject() sym {
 	return c.g.shared("object", func(i int) {
 		c.g.set(i, c.mapOf(c.anyValue(), unbounded)...)
 	})
@@ -442,6 +442,7 @@ func (c *converter) genObjectType(o *object, path string, depth int) (sym, error
 		props = p
 	}
 	var required []string
+	isRequired := map[string]bool{} // a set: 5,000 names compared pairwise took 200 ms
 	if v, ok := o.get("required"); ok {
 		a, isArr := v.([]any)
 		if !isArr {
@@ -452,7 +453,8 @@ func (c *converter) genObjectType(o *object, path string, depth int) (sym, error
 			if !isStr {
 				return sym{}, errAt(path, "required", "must be an array of property names")
 			}
-			if !contains(required, s) {
+			if !isRequired[s] {
+				isRequired[s] = true
 				required = append(required, s)
 			}
 		}
@@ -466,7 +468,7 @@ func (c *converter) genObjectType(o *object, path string, depth int) (sym, error
 			return c.g.alt("obj", c.mapOf(sym{}, 0)...), nil
 		}
 		if apSchema == true && maxP == unbounded {
-			return c.anyObject(""), nil
+			return c.anyObject(), nil
 		}
 		value, err := c.gen(apSchema, path+"/additionalProperties", depth+1)
 		if err != nil {
@@ -483,7 +485,7 @@ func (c *converter) genObjectType(o *object, path string, depth int) (sym, error
 	var list []prop
 	if props != nil {
 		for _, k := range props.keys {
-			list = append(list, prop{k, props.vals[k], path + "/properties/" + pointerEscape(k), contains(required, k)})
+			list = append(list, prop{k, props.vals[k], path + "/properties/" + pointerEscape(k), isRequired[k]})
 		}
 	}
 	for _, r := range required {
@@ -561,15 +563,6 @@ func (c *converter) genObjectType(o *object, path string, depth int) (sym, error
 		return c.g.alt("obj", seq{lit("{"), ws, lit("}")}), nil
 	}
 	return c.g.alt("obj", seq{lit("{"), ws, first[0], lit("}")}), nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func pointerEscape(s string) string {
