@@ -2,6 +2,7 @@ package activator
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -17,6 +18,9 @@ import (
 func TestDecodeRequestHostile(t *testing.T) {
 	chat := func(extra string) string {
 		return `{"model":"m","messages":[{"role":"user","content":"hi"}]` + extra + `}`
+	}
+	schema := func(s string) string {
+		return chat(`,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":` + s + `}}`)
 	}
 	tests := []struct {
 		name  string
@@ -55,6 +59,15 @@ func TestDecodeRequestHostile(t *testing.T) {
 		{"stop of the wrong type", wire.KindChat, chat(`,"stop":{"a":1}`), "", ""},
 		{"unknown response_format", wire.KindChat, chat(`,"response_format":{"type":"xml"}`), "response_format.type", ""},
 		{"json_schema without schema", wire.KindChat, chat(`,"response_format":{"type":"json_schema"}`), "response_format.json_schema", ""},
+		// Schemas whose llama.cpp grammars killed the runner or stalled it
+		// (issue 19): refused here, before they are queued.
+		{"schema: impossible pattern", wire.KindChat, schema(`{"type":"string","pattern":"^[^\\s\\S]$"}`), "response_format", `"pattern" at #`},
+		{"schema: integer minimum above maximum", wire.KindChat, schema(`{"type":"integer","minimum":10,"maximum":5}`), "response_format", `minimum 10 is above the maximum 5`},
+		{"schema: empty anyOf", wire.KindChat, schema(`{"anyOf":[]}`), "response_format", `"anyOf" at #`},
+		{"schema: deep nesting", wire.KindChat, schema(strings.Repeat(`{"type":"array","items":`, 500) + `{}` + strings.Repeat(`}`, 500)), "response_format", `levels deep`},
+		{"schema: maxLength 500000", wire.KindChat, schema(`{"type":"string","maxLength":500000}`), "response_format", `"maxLength" at #`},
+		{"schema: 2000 unresolvable $refs", wire.KindChat, schema(unresolvableRefs(2000)), "response_format", `does not resolve`},
+		{"schema: unsupported keyword", wire.KindChat, schema(`{"type":"integer","multipleOf":2}`), "response_format", `"multipleOf"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -134,4 +147,20 @@ func FuzzDecodeRequest(f *testing.F) {
 			t.Fatal("accepted a chat without messages")
 		}
 	})
+}
+
+// unresolvableRefs is an object schema of n properties, each a $ref to a
+// definition that does not exist (issue 19: 2,000 of them took llama.cpp's
+// converter 17 s and 670 MB).
+func unresolvableRefs(n int) string {
+	var b strings.Builder
+	b.WriteString(`{"type":"object","properties":{`)
+	for i := range n {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `"p%d":{"$ref":"#/$defs/missing%d"}`, i, i)
+	}
+	b.WriteString(`}}`)
+	return b.String()
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/infer-run/infer/internal/jsonschema"
 	"github.com/infer-run/infer/internal/wire"
 )
 
@@ -270,6 +271,13 @@ func decodeRequest(body []byte, kind wire.Kind) (*completionRequest, *apiError) 
 		case "json_schema":
 			if rf.JSONSchema == nil || len(rf.JSONSchema.Schema) == 0 {
 				return nil, errInvalid("response_format.json_schema", "json_schema response format needs a schema")
+			}
+			// The runner converts the schema again (it trusts no queue),
+			// but a bad one is refused here, before it is queued: one
+			// pure-Go converter, bounded to well under 100 ms a schema.
+			if err := jsonschema.Validate(rf.JSONSchema.Schema); err != nil {
+				return nil, &apiError{Status: http.StatusBadRequest, Type: "invalid_request_error", Param: strp("response_format"),
+					Code: strp("invalid_schema"), Message: "invalid response_format: " + err.Error()}
 			}
 		default:
 			return nil, errInvalid("response_format.type", "unsupported response_format type %q", rf.Type)

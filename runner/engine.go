@@ -14,6 +14,7 @@ import (
 
 	"github.com/ollama/ollama/llama"
 
+	"github.com/infer-run/infer/internal/jsonschema"
 	"github.com/infer-run/infer/internal/wire"
 )
 
@@ -64,8 +65,8 @@ const DefaultDecodeNice = 10
 // ErrContextLength is returned by Submit when a prompt does not fit.
 var ErrContextLength = errors.New("prompt does not fit the context")
 
-// ErrBadSchema is returned by Submit for a JSON schema llama.cpp cannot
-// turn into a grammar.
+// ErrBadSchema is returned by Submit for a response_format JSON schema
+// that internal/jsonschema refuses.
 var ErrBadSchema = errors.New("invalid JSON schema")
 
 // Request is one generation as the engine sees it.
@@ -126,6 +127,9 @@ type Engine struct {
 	// firsts counts submitted sequences that have not sampled their first
 	// token yet; see decoder.run.
 	firsts atomic.Int32
+	// alphabet is what the model can write (modelAlphabet), read at the
+	// first response_format schema.
+	alphabet func() *jsonschema.Alphabet
 }
 
 // decoder is one llama context and its decode loop.
@@ -251,6 +255,7 @@ func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*En
 	e.pending = e.pending[1:]
 	e.model = d.model
 	e.decoders = []*decoder{d}
+	e.alphabet = sync.OnceValue(func() *jsonschema.Alphabet { return modelAlphabet(d.model) })
 	log.Info("model loaded", "arch", info.Architecture, "params", info.ParameterCount,
 		"parallel", cfg.Parallel, "contexts", cfg.Contexts, "context", cfg.Context, "threads", e.cfg.Threads, "batch", cfg.BatchSize)
 	return e, nil
@@ -436,16 +441,24 @@ func (e *Engine) Submit(ctx context.Context, req Request, sink Sink) (promptToke
 	}
 	params := samplingParams(req.Sampling)
 	if len(req.Sampling.JSONSchema) > 0 {
-		grammar := llama.SchemaToGrammar(req.Sampling.JSONSchema)
-		if grammar == nil {
-			return len(tokens), fmt.Errorf("%w: response_format schema could not be turned into a grammar", ErrBadSchema)
+		// Our own converter, never llama.SchemaToGrammar: its grammars
+		// can leave the sampler with no token to continue, which throws a
+		// C++ exception that kills the runner and every stream on it.
+		// The activator validated the schema already; the runner trusts
+		// no queue and checks again, against what this model can write.
+		grammar, err := jsonschema.GrammarFor(req.Sampling.JSONSchema, e.alphabet())
+		if err != nil {
+			return len(tokens), fmt.Errorf("%w: %v", ErrBadSchema, err)
 		}
-		params.Grammar = string(grammar)
+		params.Grammar = grammar
 	}
 	d := e.pick()
 	sampler, err := llama.NewSamplingContext(d.model, params)
 	if err != nil {
 		d.load.Add(-1)
+		if params.Grammar != "" {
+			return len(tokens), fmt.Errorf("%w: llama.cpp refused the grammar made from it", ErrBadSchema)
+		}
 		return len(tokens), fmt.Errorf("creating sampler: %w", err)
 	}
 	s := &sequence{
