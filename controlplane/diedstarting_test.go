@@ -29,7 +29,7 @@ func TestRunnerDiedLoading(t *testing.T) {
 	dep := "died-" + wire.NewID(4)
 	c := &cluster{runners: map[string]RunnerRef{}, starts: map[string]int{}}
 	cp, err := New(Config{
-		Registry:     staticRegistry{[]registry.Deployment{{Name: dep, ArtifactSHA256: "aaaa", MinRunners: 1, MaxRunners: 1, Parallel: 1, IdleTimeout: time.Hour}}},
+		Registry:     staticRegistry{[]registry.Deployment{{ID: dep, Name: dep, ArtifactSHA256: "aaaa", MinRunners: 1, MaxRunners: 1, Parallel: 1, IdleTimeout: time.Hour}}},
 		Driver:       clusterView{c, "cp"},
 		NATS:         nc,
 		Logger:       slog.Default(),
@@ -69,7 +69,7 @@ func TestRunnerDiedLoading(t *testing.T) {
 		}
 		c.mu.Unlock()
 	}
-	hb, _ := json.Marshal(wire.Heartbeat{RunnerID: id, Deployment: dep, Phase: wire.PhaseLoading, Detail: "loading model", StartedAt: time.Now(), Sent: time.Now()})
+	hb, _ := json.Marshal(wire.Heartbeat{RunnerID: id, DeploymentID: dep, Deployment: dep, Phase: wire.PhaseLoading, Detail: "loading model", StartedAt: time.Now(), Sent: time.Now()})
 	nc.Publish(wire.HeartbeatSubject(dep, id), hb)
 	nc.Flush()
 	time.Sleep(200 * time.Millisecond) // the control plane hears it

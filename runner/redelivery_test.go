@@ -118,7 +118,7 @@ func TestGate(t *testing.T) {
 func TestAdmitJobAsksTheHolder(t *testing.T) {
 	ctx := context.Background()
 	nc, js := testenv.JetStream(t)
-	r, err := New(Config{ID: "me-" + wire.NewID(4), Deployment: "d"}, nc, slog.Default())
+	r, err := New(Config{ID: "me-" + wire.NewID(4), DeploymentID: "dep_d", Deployment: "d"}, nc, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -54,13 +54,13 @@ func TestBadSchemaJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
-	runRunner(t, Config{ID: wire.NewID(4), Deployment: deployment, Artifact: art, Cache: &Cache{Dir: t.TempDir(), Blobs: store}, Engine: EngineConfig{Parallel: 2, Context: 256}}, nc)
+	runRunner(t, Config{ID: wire.NewID(4), DeploymentID: deployment, Deployment: deployment, Artifact: art, Cache: &Cache{Dir: t.TempDir(), Blobs: store}, Engine: EngineConfig{Parallel: 2, Context: 256}}, nc)
 
 	// run queues a job and returns its last event.
 	run := func(schema string) wire.Event {
 		t.Helper()
 		zero := float32(0)
-		job := wire.Job{ID: "cmpl-" + wire.NewID(6), Deployment: deployment, Kind: wire.KindCompletion, Prompt: "Once upon a time",
+		job := wire.Job{ID: "cmpl-" + wire.NewID(6), Deployment: deployment, DeploymentID: deployment, Kind: wire.KindCompletion, Prompt: "Once upon a time",
 			MaxTokens: 32, Sampling: wire.Sampling{Temperature: &zero, JSONSchema: json.RawMessage(schema)}, ReplyTo: replyTo + "." + wire.NewID(4),
 			Deadline: time.Now().Add(time.Minute)}
 		data, _ := json.Marshal(job)
