@@ -308,7 +308,11 @@ func (s *Server) listDeployments(c echo.Context) error {
 	}
 	out := make([]deploymentStatus, 0, len(deps))
 	for _, d := range deps {
-		out = append(out, s.deploymentView(c, d))
+		// A key limited to some deployments sees only those, as in
+		// GET /v1/models.
+		if key.Allows(d.Name) {
+			out = append(out, s.deploymentView(c, d))
+		}
 	}
 	return c.JSON(http.StatusOK, map[string]any{"object": "list", "data": out})
 }
@@ -321,6 +325,9 @@ func (s *Server) getDeployment(c echo.Context) error {
 	d, err := s.deployment(c.Request().Context(), key, c.Param("name"))
 	if err != nil {
 		return err
+	}
+	if !key.Allows(d.Name) {
+		return errDeploymentDenied(d.Name)
 	}
 	return c.JSON(http.StatusOK, s.deploymentView(c, d))
 }
@@ -349,13 +356,17 @@ func (s *Server) deleteDeployment(c echo.Context) error {
 
 // usage is GET /v1/usage?deployment=&key=&since=&until= (RFC 3339 times):
 // the request records, newest first, or with group_by=day|deployment|key
-// their totals with runner-seconds and cost.
+// their totals with runner-seconds and cost. An admin key reads its
+// tenant's usage; a user key only its own requests' (see usageFilter).
 func (s *Server) usage(c echo.Context) error {
 	key, err := s.authenticate(c)
 	if err != nil {
 		return err
 	}
-	f := registry.UsageFilter{TenantID: key.TenantID, Deployment: c.QueryParam("deployment"), KeyID: c.QueryParam("key")}
+	f, err := usageFilter(key, c.QueryParam("deployment"), c.QueryParam("key"))
+	if err != nil {
+		return err
+	}
 	for _, p := range []struct {
 		name string
 		dst  *time.Time

@@ -23,7 +23,9 @@ const (
 	// RoleAdmin may manage its tenant: upload weights, create, change and
 	// delete deployments, as well as call models.
 	RoleAdmin = "admin"
-	// RoleUser may only call its tenant's models and read usage.
+	// RoleUser may only call its tenant's models (those its Limits allow)
+	// and read what concerns it: those deployments, its own usage and
+	// async jobs.
 	RoleUser = "user"
 )
 
