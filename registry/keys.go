@@ -230,13 +230,17 @@ func (s *Store) CreateLimitedKey(ctx context.Context, tenantID, name, role strin
 }
 
 // EnsureAdminKey makes secret an admin key of the named tenant (creating
-// the tenant if needed). It is how INFER_ADMIN_KEY is installed, so it is
-// idempotent, and the configuration wins over the database: a key with
-// this secret that was revoked, demoted or moved is reinstated. Retire the
-// key by changing the configuration.
+// the tenant if needed). It is how INFER_ADMIN_KEY (and `infer dev`'s
+// saved key) is installed at every start, so it is idempotent, and a key
+// with this secret that was demoted or moved is made the tenant's admin
+// key again. A revoked one is not reinstated: revoking is how an operator
+// retires a leaked key, and a restart must not undo it. It returns an
+// error wrapping ErrRevoked instead; choose a new secret.
+//
+// The secret must pass CheckAdminSecret.
 func (s *Store) EnsureAdminKey(ctx context.Context, tenantName, secret string) (APIKey, error) {
-	if len(secret) < minAdminKeyLen {
-		return APIKey{}, fmt.Errorf("admin key is %d characters; use at least %d", len(secret), minAdminKeyLen)
+	if err := CheckAdminSecret(secret); err != nil {
+		return APIKey{}, err
 	}
 	t, err := s.EnsureTenant(ctx, tenantName)
 	if err != nil {
@@ -246,13 +250,59 @@ func (s *Store) EnsureAdminKey(ctx context.Context, tenantName, secret string) (
 		INSERT INTO api_keys (id, tenant_id, name, role, prefix, hash)
 		VALUES ($1, $2, 'INFER_ADMIN_KEY', 'admin', $3, $4)
 		ON CONFLICT (hash) DO UPDATE
-		SET tenant_id = excluded.tenant_id, role = 'admin', revoked_at = NULL
+		SET tenant_id = excluded.tenant_id, role = 'admin'
+		WHERE api_keys.revoked_at IS NULL
 		RETURNING `+keyColumns,
 		newID("key"), t.ID, displayPrefix(secret), hashKey(secret)))
+	if errors.Is(err, pgx.ErrNoRows) {
+		// The conflicting key exists and is revoked (the only case the
+		// WHERE skips).
+		var id string
+		var at time.Time
+		if err := s.pool.QueryRow(ctx, `SELECT id, revoked_at FROM api_keys WHERE hash = $1`, hashKey(secret)).Scan(&id, &at); err != nil {
+			return APIKey{}, fmt.Errorf("installing admin key: %w", err)
+		}
+		return APIKey{}, fmt.Errorf("admin key %s (%s…) was revoked at %s and stays revoked: %w",
+			id, displayPrefix(secret), at.UTC().Format(time.RFC3339), ErrRevoked)
+	}
 	if err != nil {
 		return APIKey{}, fmt.Errorf("installing admin key: %w", err)
 	}
 	return k, nil
+}
+
+// placeholderAdminKeys are spellings of "put your key here" that shipped
+// in examples and templates; an operator who forgot to replace one would
+// otherwise run with a key anyone can read.
+var placeholderAdminKeys = []string{"change-me", "changeme", "change_me", "replace-me", "replaceme", "placeholder", "your-admin-key", "example-key"}
+
+// minAdminKeyDistinct is how many distinct characters an admin key needs:
+// "aaaaaaaaaaaaaaaa" is long enough and guessable all the same.
+const minAdminKeyDistinct = 6
+
+// CheckAdminSecret refuses an operator-chosen admin key that anyone could
+// guess: shorter than minAdminKeyLen characters, made of fewer than
+// minAdminKeyDistinct distinct characters, or holding a known placeholder
+// such as the one docker-compose.yml used to default to
+// ("change-me-infer-admin-key").
+func CheckAdminSecret(secret string) error {
+	if len(secret) < minAdminKeyLen {
+		return fmt.Errorf("admin key is %d characters; use at least %d (e.g. openssl rand -hex 24)", len(secret), minAdminKeyLen)
+	}
+	lower := strings.ToLower(secret)
+	for _, p := range placeholderAdminKeys {
+		if strings.Contains(lower, p) {
+			return fmt.Errorf("admin key contains the placeholder %q: set a random one (e.g. openssl rand -hex 24)", p)
+		}
+	}
+	distinct := map[rune]bool{}
+	for _, r := range secret {
+		distinct[r] = true
+	}
+	if len(distinct) < minAdminKeyDistinct {
+		return fmt.Errorf("admin key has only %d distinct characters: set a random one (e.g. openssl rand -hex 24)", len(distinct))
+	}
+	return nil
 }
 
 // AuthenticateKey returns the live key whose secret this is, or an error

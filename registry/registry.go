@@ -32,6 +32,8 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrUnauthorized: an API key is unknown or revoked.
 	ErrUnauthorized = errors.New("unauthorized")
+	// ErrRevoked: EnsureAdminKey was given a secret whose key was revoked.
+	ErrRevoked = errors.New("the key was revoked")
 )
 
 // ChangesChannel is the Postgres notification channel raised by every change

@@ -194,21 +194,44 @@ func TestEnsureAdminKey(t *testing.T) {
 	if err != nil || got.ID != k1.ID || got.Role != RoleAdmin {
 		t.Fatalf("AuthenticateKey = %+v, %v", got, err)
 	}
-	// The configuration wins: a revoked admin key comes back on restart.
+	// Revoked stays revoked: installing it again (a restart) fails and
+	// says why, and the key still does not authenticate.
 	if err := s.RevokeKey(ctx, k1.TenantID, k1.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.EnsureAdminKey(ctx, "default", secret); err != nil {
-		t.Fatal(err)
+	if _, err := s.EnsureAdminKey(ctx, "default", secret); !errors.Is(err, ErrRevoked) || !strings.Contains(err.Error(), k1.ID) {
+		t.Errorf("EnsureAdminKey of a revoked key = %v; want ErrRevoked naming %s", err, k1.ID)
 	}
-	if _, err := s.AuthenticateKey(ctx, secret); err != nil {
-		t.Errorf("after EnsureAdminKey, the revoked key still fails: %v", err)
+	if _, err := s.AuthenticateKey(ctx, secret); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("after EnsureAdminKey, the revoked key authenticates: %v", err)
 	}
-	if keys, _ := s.ListKeys(ctx, k1.TenantID); len(keys) != 1 {
-		t.Errorf("%d keys, want 1", len(keys))
+	if keys, _ := s.ListKeys(ctx, k1.TenantID); len(keys) != 1 || keys[0].RevokedAt == nil {
+		t.Errorf("keys = %+v, want the one revoked key", keys)
 	}
 	if _, err := s.EnsureAdminKey(ctx, "default", "short"); err == nil {
 		t.Error("a 5-character admin key was accepted")
+	}
+}
+
+func TestCheckAdminSecret(t *testing.T) {
+	for _, tt := range []struct {
+		secret string
+		ok     bool
+	}{
+		{"change-me-infer-admin-key", false}, // docker-compose.yml's old default
+		{"CHANGE-ME-to-a-long-random-admin-key", false},
+		{"please-changeme-0123456789", false},
+		{"short", false},
+		{"0123456789abcde", false}, // 15 characters
+		{"aaaaaaaaaaaaaaaaaaaaaaaa", false},
+		{"abababababababababab", false},
+		{"0123456789abcdef", true},
+		{"3f9c1a7e5b2d8046c1e9a7b3d5f20486", true},
+		{"sk-infer-operator-chosen", true},
+	} {
+		if err := CheckAdminSecret(tt.secret); (err == nil) != tt.ok {
+			t.Errorf("CheckAdminSecret(%q) = %v, want ok=%v", tt.secret, err, tt.ok)
+		}
 	}
 }
 
