@@ -53,7 +53,7 @@ func fromWire(e *wire.Error) *apiError {
 	if status < 500 {
 		typ = "invalid_request_error"
 	}
-	return &apiError{Status: status, Type: typ, Param: strp(e.Param), Code: strp(e.Code), Message: e.Message}
+	return &apiError{Status: status, Type: typ, Param: strp(e.Param), Code: strp(e.Code), Message: redactPaths(e.Message)}
 }
 
 // contentPartsOnlyText is the message of a 400 for a non-text content part.
