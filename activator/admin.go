@@ -1,8 +1,10 @@
 package activator
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -46,6 +48,9 @@ func (s *Server) listModels(c echo.Context) error {
 func (s *Server) getModel(c echo.Context) error {
 	key, err := s.authenticate(c)
 	if err != nil {
+		return err
+	}
+	if err := textParam("name", c.Param("name")); err != nil {
 		return err
 	}
 	d, err := s.deployment(c.Request().Context(), key, c.Param("name"))
@@ -171,22 +176,30 @@ func setIfPresent[T any](dst *T, v *T) {
 // jsonDur is a duration written as Go's "10s" or as seconds.
 type jsonDur time.Duration
 
+// maxJSONDur bounds a duration in a request, so that converting seconds
+// to a time.Duration cannot overflow (1e308 seconds would wrap to a
+// negative duration); every duration setting has a far smaller bound.
+const maxJSONDur = 100 * 365 * 24 * time.Hour
+
+// errJSONDur is what a duration that is not one hears.
+var errJSONDur = &fieldDecodeError{`a duration (idle_timeout, queue_timeout) must be a string such as "10s" or a number of seconds, at most 100 years`}
+
 func (d *jsonDur) UnmarshalJSON(b []byte) error {
 	if len(b) > 0 && b[0] == '"' {
-		s, err := strconv.Unquote(string(b))
-		if err != nil {
-			return err
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return errJSONDur
 		}
 		v, err := time.ParseDuration(s)
-		if err != nil {
-			return err
+		if err != nil || v > maxJSONDur || v < -maxJSONDur {
+			return errJSONDur
 		}
 		*d = jsonDur(v)
 		return nil
 	}
 	f, err := strconv.ParseFloat(string(b), 64)
-	if err != nil {
-		return errors.New(`duration must be a string such as "10s" or a number of seconds`)
+	if err != nil || !(math.Abs(f) <= maxJSONDur.Seconds()) {
+		return errJSONDur
 	}
 	*d = jsonDur(time.Duration(f * float64(time.Second)))
 	return nil
@@ -228,6 +241,9 @@ func (s *Server) putDeployment(c echo.Context) error {
 	// (Keeping the deployment's current weights needs no check.) This
 	// queries Postgres, which management calls may; inference does not.
 	if spec.Artifact != "" && spec.Artifact != d.ArtifactSHA256 {
+		if err := artifactParam(spec.Artifact); err != nil {
+			return err
+		}
 		if _, err := s.reg.GetTenantArtifact(ctx, key.TenantID, spec.Artifact); errors.Is(err, registry.ErrNotFound) {
 			return errInvalid("artifact", "no artifact %q: upload the weights first", spec.Artifact)
 		} else if err != nil {
@@ -322,6 +338,9 @@ func (s *Server) getDeployment(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := textParam("name", c.Param("name")); err != nil {
+		return err
+	}
 	d, err := s.deployment(c.Request().Context(), key, c.Param("name"))
 	if err != nil {
 		return err
@@ -342,6 +361,9 @@ func (s *Server) deleteDeployment(c echo.Context) error {
 	}
 	ctx := c.Request().Context()
 	name := c.Param("name")
+	if err := textParam("name", name); err != nil {
+		return err
+	}
 	if _, err := s.deployment(ctx, key, name); err != nil {
 		return err
 	}
@@ -362,6 +384,11 @@ func (s *Server) usage(c echo.Context) error {
 	key, err := s.authenticate(c)
 	if err != nil {
 		return err
+	}
+	for _, p := range []string{"deployment", "key"} {
+		if err := textParam(p, c.QueryParam(p)); err != nil {
+			return err
+		}
 	}
 	f, err := usageFilter(key, c.QueryParam("deployment"), c.QueryParam("key"))
 	if err != nil {
@@ -403,6 +430,12 @@ func (s *Server) usage(c echo.Context) error {
 }
 
 func (s *Server) registryError(doing string, err error) error {
+	if registry.InvalidInput(err) {
+		// A value the handlers' checks let through and Postgres cannot
+		// hold: the request's fault, said without Postgres' words.
+		s.log.Warn(doing+": a request value slipped past validation", "err", err)
+		return errInvalid("", "%s failed: a value in the request is out of range or not valid text", doing)
+	}
 	s.log.Error(doing, "err", err)
 	return errStatus(http.StatusServiceUnavailable, "server_error", "registry_unavailable", "%s failed; try again", doing)
 }

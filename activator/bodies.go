@@ -88,7 +88,8 @@ func errBodyTooLarge() *apiError {
 }
 
 // bind decodes a JSON request body into dst: 413 if it is over the limit
-// limitBody set, 400 naming what was parsed if it is not valid.
+// limitBody set, 400 naming the field and the type it needs if it is not
+// valid (see decodeError).
 func bind(c echo.Context, dst any, what string) error {
 	err := c.Bind(dst)
 	var tooLarge *http.MaxBytesError
@@ -96,7 +97,7 @@ func bind(c echo.Context, dst any, what string) error {
 		return errBodyTooLarge()
 	}
 	if err != nil {
-		return errInvalid("", "could not parse the %s: %v", what, err)
+		return decodeError(err, what)
 	}
 	return nil
 }

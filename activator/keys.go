@@ -43,11 +43,8 @@ func (s *Server) createKey(c echo.Context) error {
 	if req.Role != registry.RoleUser && req.Role != registry.RoleAdmin {
 		return errInvalid("role", "role must be %q or %q", registry.RoleUser, registry.RoleAdmin)
 	}
-	if req.RequestsPerMinute < 0 || req.TokensPerMinute < 0 {
-		return errInvalid("requests_per_minute", "rate limits must not be negative")
-	}
-	if req.BudgetUSD != nil && !(*req.BudgetUSD >= 0) {
-		return errInvalid("budget_usd", "budget_usd must be a non-negative number of US dollars")
+	if err := limitsParam(req.Limits); err != nil {
+		return err
 	}
 	// A key restricted to a misspelt deployment could call nothing, and
 	// nobody would find out until a client failed; refuse it now.
@@ -92,6 +89,9 @@ func (s *Server) revokeKey(c echo.Context) error {
 		return err
 	}
 	id := c.Param("id")
+	if err := textParam("id", id); err != nil {
+		return err
+	}
 	if id == key.ID {
 		// Revoking the key that makes the call locks its caller out (with
 		// the last admin key, out of the tenant for good), so it takes

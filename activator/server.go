@@ -361,6 +361,11 @@ func requireAdmin(key registry.APIKey) error {
 // deployment resolves a model name for a key. Another tenant's deployment
 // is reported as missing, not forbidden, so names do not leak.
 func (s *Server) deployment(ctx context.Context, key registry.APIKey, name string) (registry.Deployment, error) {
+	// Routes with a {name} check it as "name" first; what reaches here
+	// unchecked is a request's model.
+	if err := textParam("model", name); err != nil {
+		return registry.Deployment{}, err
+	}
 	d, err := s.reg.GetDeployment(ctx, name)
 	if errors.Is(err, registry.ErrNotFound) || (err == nil && d.TenantID != key.TenantID) {
 		return registry.Deployment{}, &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Param: strp("model"), Code: strp("model_not_found"),

@@ -79,16 +79,32 @@ func (l Limits) Allows(deployment string) bool {
 	return len(l.Deployments) == 0 || slices.Contains(l.Deployments, deployment)
 }
 
-func (l Limits) validate() error {
-	if l.RequestsPerMinute < 0 || l.TokensPerMinute < 0 {
-		return errors.New("rate limits must not be negative")
+// MaxRatePerMinute bounds a key's requests and tokens per minute: the
+// columns are 32-bit. (No real limit comes near it; larger means none.)
+const MaxRatePerMinute = math.MaxInt32
+
+// MaxBudgetUSD bounds a key's budget, well inside its column
+// (numeric(20, 9): below 10^11) and above any real one.
+const MaxBudgetUSD = 1e9
+
+// Validate checks the limits can be stored; the error is a *FieldError
+// naming the field as the API spells it.
+func (l Limits) Validate() error {
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"requests_per_minute", l.RequestsPerMinute}, {"tokens_per_minute", l.TokensPerMinute}} {
+		if f.v < 0 || f.v > MaxRatePerMinute {
+			return fieldError(f.name, "%s is %d; it must be between 0 (unlimited) and %d", f.name, f.v, MaxRatePerMinute)
+		}
 	}
-	if l.BudgetUSD != nil && (*l.BudgetUSD < 0 || math.IsNaN(*l.BudgetUSD) || math.IsInf(*l.BudgetUSD, 0)) {
-		return errors.New("budget must be a non-negative number of US dollars")
+	// The negated comparison also refuses NaN.
+	if l.BudgetUSD != nil && !(*l.BudgetUSD >= 0 && *l.BudgetUSD <= MaxBudgetUSD) {
+		return fieldError("budget_usd", "budget_usd is %v; it must be between 0 and %.0f US dollars", *l.BudgetUSD, float64(MaxBudgetUSD))
 	}
 	for _, d := range l.Deployments {
-		if d == "" {
-			return errors.New("deployment names must not be empty")
+		if err := ValidName(d); err != nil {
+			return &FieldError{Field: "deployments", Err: err}
 		}
 	}
 	return nil
@@ -204,7 +220,7 @@ func (s *Store) CreateLimitedKey(ctx context.Context, tenantID, name, role strin
 	if err := ValidKeyName(name); err != nil {
 		return APIKey{}, "", fmt.Errorf("creating key: %w", err)
 	}
-	if err := l.validate(); err != nil {
+	if err := l.Validate(); err != nil {
 		return APIKey{}, "", fmt.Errorf("creating key: %w", err)
 	}
 	deps := l.Deployments
