@@ -144,3 +144,52 @@ func TestBodyDeadlineSparesLongRequests(t *testing.T) {
 		t.Errorf("stream after %v: %d %q; want it to end with queue_timeout", time.Since(start), resp.StatusCode, b)
 	}
 }
+
+// TestBothLengthsClosed: RFC 9112 §6.3. A request with both
+// Content-Length and Transfer-Encoding gets a 400 naming the problem and
+// its connection is closed, wherever it comes on a keep-alive connection;
+// the requests before it on that connection, chunked or not, are served.
+func TestBothLengthsClosed(t *testing.T) {
+	h := newHarness(t)
+	s := h.serveActivator(activator.Config{})
+	conn := dialServed(t, s.url)
+	br := bufio.NewReader(conn)
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	auth := "Authorization: Bearer " + adminKey + "\r\n"
+	send := func(head, body string) *http.Response {
+		t.Helper()
+		fmt.Fprintf(conn, "%sHost: x\r\n%sContent-Type: application/json\r\n%s", head, auth, body)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%q: %v", head, err)
+		}
+		return resp
+	}
+	keyBody := `{"name":"framing"}`
+	for _, r := range []struct{ head, body string }{
+		// Chunked alone, then Content-Length alone: fine, kept alive.
+		{"POST /v1/keys HTTP/1.1\r\n", fmt.Sprintf("Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", len(keyBody), keyBody)},
+		{"POST /v1/keys HTTP/1.1\r\n", fmt.Sprintf("Content-Length: %d\r\n\r\n%s", len(keyBody), keyBody)},
+	} {
+		resp := send(r.head, r.body)
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusCreated || resp.Close {
+			t.Fatalf("%q: %d close=%v %s", r.body, resp.StatusCode, resp.Close, b)
+		}
+	}
+	// Both: the Content-Length says 4 bytes ("0\r\n\r"), the chunked body
+	// is 5; a proxy framing by the length would see "\n" and then GET /
+	// as a second request.
+	resp := send("POST /v1/keys HTTP/1.1\r\n", "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "ambiguous_framing") || !strings.Contains(string(b), "Transfer-Encoding") {
+		t.Errorf("both headers: %d %s; want 400 ambiguous_framing", resp.StatusCode, b)
+	}
+	if !resp.Close {
+		t.Errorf("both headers: the response does not say Connection: close")
+	}
+	// The pipelined GET is not answered: the connection is closed.
+	if n, _ := io.Copy(io.Discard, br); n != 0 {
+		t.Errorf("%d more bytes after the 400: the pipelined request was served", n)
+	}
+}

@@ -221,9 +221,12 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	// No ReadTimeout or WriteTimeout: uploads take as long as gigabytes
 	// take, and SSE streams as long as generation does. Bodies are bounded
 	// by bodyDeadline instead, headers and idle connections here.
-	srv := &http.Server{Handler: s.echo, ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: s.idle}
+	srv := &http.Server{Handler: s.echo, ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: s.idle, ConnContext: framingContext,
+		// Every request reaches the handler, so framingCheck counts them
+		// all ("OPTIONS *" is otherwise answered by net/http itself).
+		DisableGeneralOptionsHandler: true}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
+	go func() { errc <- srv.Serve(framingListener{l}) }()
 	s.log.Info("activator listening", "addr", l.Addr().String())
 	select {
 	case err := <-errc:
@@ -289,6 +292,8 @@ func (s *Server) routes() *echo.Echo {
 	e.HideBanner = true
 	e.HidePort = true
 	e.HTTPErrorHandler = s.errorHandler
+	// First: it counts every request its connection carries.
+	e.Use(framingCheck)
 	e.Use(bodyDeadline(s.bodyTimeout))
 	e.Use(limitBody)
 
