@@ -730,8 +730,20 @@ func TestManifestsControlPlane(t *testing.T) {
 	if v, _ := flagValue(c.Args, "--driver"); v != "kubernetes" {
 		t.Errorf("control plane args %q do not select --driver kubernetes", c.Args)
 	}
-	if img, ok := containerEnv(c, "INFER_RUNNER_IMAGE"); !ok || img == "" {
+	img, ok := containerEnv(c, "INFER_RUNNER_IMAGE")
+	if !ok || img == "" {
 		t.Errorf("control plane has no INFER_RUNNER_IMAGE")
+	}
+	// Every image by a version tag, and one build for all three roles.
+	a := m.deployment(t, "activator").Spec.Template.Spec.Containers[0]
+	for what, image := range map[string]string{"activator": a.Image, "control plane": c.Image, "INFER_RUNNER_IMAGE": img} {
+		_, tag, found := strings.Cut(image[strings.LastIndex(image, "/")+1:], ":")
+		if !found || tag == "" || tag == "latest" {
+			t.Errorf("%s image %q is not pinned to a version tag", what, image)
+		}
+		if image != c.Image {
+			t.Errorf("%s image %q differs from the control plane's %q", what, image, c.Image)
+		}
 	}
 
 	// Runner pods go to its own namespace, where the Role applies.
