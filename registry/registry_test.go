@@ -616,3 +616,30 @@ func TestNotifications(t *testing.T) {
 	}
 	expect("deployments")
 }
+
+// TestInvalidInput: Postgres refusing a value (a NUL byte, invalid UTF-8)
+// is told apart from an outage, so the activator can answer 400 for what
+// slips past its checks; a missing row is not such an error.
+func TestInvalidInput(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := t.Context()
+	for _, name := range []string{"a\x00b", "\xff\xfe"} {
+		_, err := s.GetDeployment(ctx, name)
+		if err == nil || !InvalidInput(err) {
+			t.Errorf("GetDeployment(%q): %v; want an error InvalidInput recognises", name, err)
+		}
+	}
+	if _, err := s.GetDeployment(ctx, "missing"); InvalidInput(err) {
+		t.Errorf("a missing deployment is InvalidInput: %v", err)
+	}
+	// Limits past their columns are refused before any SQL, naming the
+	// field.
+	for _, l := range []Limits{{RequestsPerMinute: 1 << 40}, {TokensPerMinute: -1}, {BudgetUSD: ptr(1e308)}, {Deployments: []string{"a\x00"}}} {
+		var fe *FieldError
+		if err := l.Validate(); !errors.As(err, &fe) {
+			t.Errorf("Limits%+v.Validate() = %v; want a FieldError", l, err)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
