@@ -90,7 +90,7 @@ func (s *Server) uploadArtifact(c echo.Context) error {
 	}
 	if err != nil {
 		s.log.Error("uploading weights", "err", err)
-		return errStatus(http.StatusServiceUnavailable, "server_error", "upload_failed", "storing the weights failed: %v", err)
+		return errStatus(http.StatusServiceUnavailable, "server_error", "upload_failed", "storing the weights failed: %v", redactPaths(err.Error()))
 	}
 	// The uploader now has the weights and may deploy them, even if
 	// another tenant uploaded the same bytes first.

@@ -130,7 +130,7 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 	}
 	body, err := io.ReadAll(io.LimitReader(c.Request().Body, maxBody+1))
 	if err != nil {
-		return accepted{}, errInvalid("", "reading request body: %v", err)
+		return accepted{}, bodyReadError(err)
 	}
 	if len(body) > maxBody {
 		return accepted{}, errStatus(http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large", "request body is larger than %d bytes", maxBody)

@@ -191,11 +191,7 @@ func decodeRequest(body []byte, kind wire.Kind) (*completionRequest, *apiError) 
 	var req completionRequest
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&req); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) {
-			return nil, errInvalid(typeErr.Field, "invalid type for %q: expected %s", typeErr.Field, typeErr.Type)
-		}
-		return nil, errInvalid("", "could not parse the JSON body: %v", err)
+		return nil, decodeError(err, "JSON body") // in JSON's words, not Go's
 	}
 	if dec.More() {
 		return nil, errInvalid("", "could not parse the JSON body: trailing data after the object")

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
+	"net/http"
 	"reflect"
 	"regexp"
 	"strings"
@@ -90,18 +92,47 @@ func decodeError(err error, what string) *apiError {
 		return errInvalid(typeErr.Field, "%s must be %s, not %s", typeErr.Field, want, got)
 	case errors.As(err, &syntaxErr):
 		return errInvalid("", "the %s is not valid JSON (at byte %d): %s", what, syntaxErr.Offset, strings.TrimPrefix(syntaxErr.Error(), "json: "))
+	case isTimeout(err):
+		return errBodyTimeout()
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return errInvalid("", "the %s ends before its JSON does", what)
 	case errors.Is(err, io.EOF):
 		return errInvalid("", "the %s is empty; send a JSON object", what)
 	}
-	// The rest come from the fields' own UnmarshalJSON (a duration), whose
-	// messages are written for clients.
+	// The rest come from the fields' own UnmarshalJSON (a duration, stop,
+	// prompt), whose messages are written for clients, or from reading
+	// the body, whose are not.
 	var fe *fieldDecodeError
 	if errors.As(err, &fe) {
 		return errInvalid("", "%s", fe.msg)
 	}
+	var ne net.Error
+	if msg := err.Error(); !errors.As(err, &ne) && !strings.HasPrefix(msg, "json: ") && !strings.Contains(msg, "read ") {
+		return errInvalid("", "could not parse the %s: %s", what, msg)
+	}
 	return errInvalid("", "could not parse the %s", what)
+}
+
+// isTimeout reports whether err is a read deadline passing.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// errBodyTimeout answers a request whose body did not arrive before its
+// deadline (see bodyDeadline), without the connection's addresses that
+// the read error names.
+func errBodyTimeout() *apiError {
+	return errStatus(http.StatusRequestTimeout, "invalid_request_error", "request_timeout",
+		"the request body did not arrive in time; send it at once")
+}
+
+// bodyReadError is a failed read of a request body, said for the client.
+func bodyReadError(err error) *apiError {
+	if isTimeout(err) {
+		return errBodyTimeout()
+	}
+	return errInvalid("", "the request body could not be read to its end")
 }
 
 // jsonField is encoding/json's path of a field as the client wrote it:
