@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -947,6 +948,57 @@ func TestDeploymentCannotStart(t *testing.T) {
 		t.Errorf("%d requests left in the queue", st.Queued)
 	}
 }
+
+// TestColdStartErrorHidesPaths: a runner that cannot write its weights
+// cache reports the cache's path, as the Go error says it; the client
+// waiting on the cold start hears what failed and the file's name, not
+// where the server keeps it (on its 503, and in GET /v1/deployments).
+func TestColdStartErrorHidesPaths(t *testing.T) {
+	h := newHarness(t)
+	h.deploy("nocache", map[string]any{})
+	// The cache directory is a regular file: every start fails on it.
+	cacheDir := filepath.Join(t.TempDir(), "secret-layout", "cache")
+	if err := os.MkdirAll(filepath.Dir(cacheDir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cacheDir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for range cannotStartAfter {
+		r, err := runner.New(runner.Config{
+			ID: wire.NewID(4), Deployment: "nocache",
+			Artifact: runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size},
+			Cache:    &runner.Cache{Dir: cacheDir, Blobs: h.blobs},
+			Engine:   runner.EngineConfig{Parallel: 1},
+		}, h.nc, slog.Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Run(context.Background(), nil); err == nil {
+			t.Fatal("runner started without a cache directory")
+		} else if !strings.Contains(err.Error(), "secret-layout") {
+			t.Fatalf("the runner's error %q does not name the path: the test proves nothing", err)
+		}
+	}
+	h.nc.Flush()
+	resp := h.do(http.MethodPost, "/v1/chat/completions", `{"model":"nocache","messages":[{"role":"user","content":"hi"}]}`)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || !strings.Contains(string(b), "deployment_unavailable") {
+		t.Errorf("got %d %s; want 503 deployment_unavailable", resp.StatusCode, b)
+	}
+	r := h.do(http.MethodGet, "/v1/deployments/nocache", "")
+	d, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	for _, body := range [][]byte{b, d} {
+		if bytes.Contains(body, []byte("secret-layout")) || bytes.Contains(body, []byte(os.TempDir()+"/")) {
+			t.Errorf("a server path reaches the client: %s", body)
+		}
+	}
+}
+
+// cannotStartAfter is the activator's: failed starts before a 503.
+const cannotStartAfter = 3
 
 // TestDeploymentWaitsOutStoreOutage: runners that fail to start because
 // the object store is unreachable may succeed later, so however many have

@@ -1,8 +1,10 @@
 package activator
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -48,6 +50,9 @@ func (s *Server) getModel(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := textParam("name", c.Param("name")); err != nil {
+		return err
+	}
 	d, err := s.deployment(c.Request().Context(), key, c.Param("name"))
 	if err != nil {
 		return err
@@ -85,7 +90,7 @@ func (s *Server) uploadArtifact(c echo.Context) error {
 	}
 	if err != nil {
 		s.log.Error("uploading weights", "err", err)
-		return errStatus(http.StatusServiceUnavailable, "server_error", "upload_failed", "storing the weights failed: %v", err)
+		return errStatus(http.StatusServiceUnavailable, "server_error", "upload_failed", "storing the weights failed: %v", redactPaths(err.Error()))
 	}
 	// The uploader now has the weights and may deploy them, even if
 	// another tenant uploaded the same bytes first.
@@ -171,22 +176,30 @@ func setIfPresent[T any](dst *T, v *T) {
 // jsonDur is a duration written as Go's "10s" or as seconds.
 type jsonDur time.Duration
 
+// maxJSONDur bounds a duration in a request, so that converting seconds
+// to a time.Duration cannot overflow (1e308 seconds would wrap to a
+// negative duration); every duration setting has a far smaller bound.
+const maxJSONDur = 100 * 365 * 24 * time.Hour
+
+// errJSONDur is what a duration that is not one hears.
+var errJSONDur = &fieldDecodeError{`a duration (idle_timeout, queue_timeout) must be a string such as "10s" or a number of seconds, at most 100 years`}
+
 func (d *jsonDur) UnmarshalJSON(b []byte) error {
 	if len(b) > 0 && b[0] == '"' {
-		s, err := strconv.Unquote(string(b))
-		if err != nil {
-			return err
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return errJSONDur
 		}
 		v, err := time.ParseDuration(s)
-		if err != nil {
-			return err
+		if err != nil || v > maxJSONDur || v < -maxJSONDur {
+			return errJSONDur
 		}
 		*d = jsonDur(v)
 		return nil
 	}
 	f, err := strconv.ParseFloat(string(b), 64)
-	if err != nil {
-		return errors.New(`duration must be a string such as "10s" or a number of seconds`)
+	if err != nil || !(math.Abs(f) <= maxJSONDur.Seconds()) {
+		return errJSONDur
 	}
 	*d = jsonDur(time.Duration(f * float64(time.Second)))
 	return nil
@@ -227,6 +240,9 @@ func (s *Server) putDeployment(c echo.Context) error {
 	// (Keeping the deployment's current weights needs no check.) This
 	// queries Postgres, which management calls may; inference does not.
 	if spec.Artifact != "" && spec.Artifact != d.ArtifactSHA256 {
+		if err := artifactParam(spec.Artifact); err != nil {
+			return err
+		}
 		if _, err := s.reg.GetTenantArtifact(ctx, key.TenantID, spec.Artifact); errors.Is(err, registry.ErrNotFound) {
 			return errInvalid("artifact", "no artifact %q: upload the weights first", spec.Artifact)
 		} else if err != nil {
@@ -313,7 +329,11 @@ func (s *Server) listDeployments(c echo.Context) error {
 	}
 	out := make([]deploymentStatus, 0, len(deps))
 	for _, d := range deps {
-		out = append(out, s.deploymentView(c, d))
+		// A key limited to some deployments sees only those, as in
+		// GET /v1/models.
+		if key.Allows(d.Name) {
+			out = append(out, s.deploymentView(c, d))
+		}
 	}
 	return c.JSON(http.StatusOK, map[string]any{"object": "list", "data": out})
 }
@@ -323,9 +343,15 @@ func (s *Server) getDeployment(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := textParam("name", c.Param("name")); err != nil {
+		return err
+	}
 	d, err := s.deployment(c.Request().Context(), key, c.Param("name"))
 	if err != nil {
 		return err
+	}
+	if !key.Allows(d.Name) {
+		return errDeploymentDenied(d.Name)
 	}
 	return c.JSON(http.StatusOK, s.deploymentView(c, d))
 }
@@ -340,6 +366,9 @@ func (s *Server) deleteDeployment(c echo.Context) error {
 	}
 	ctx := c.Request().Context()
 	name := c.Param("name")
+	if err := textParam("name", name); err != nil {
+		return err
+	}
 	d, err := s.deployment(ctx, key, name)
 	if err != nil {
 		return err
@@ -358,13 +387,22 @@ func (s *Server) deleteDeployment(c echo.Context) error {
 
 // usage is GET /v1/usage?deployment=&key=&since=&until= (RFC 3339 times):
 // the request records, newest first, or with group_by=day|deployment|key
-// their totals with runner-seconds and cost.
+// their totals with runner-seconds and cost. An admin key reads its
+// tenant's usage; a user key only its own requests' (see usageFilter).
 func (s *Server) usage(c echo.Context) error {
 	key, err := s.authenticate(c)
 	if err != nil {
 		return err
 	}
-	f := registry.UsageFilter{TenantID: key.TenantID, Deployment: c.QueryParam("deployment"), KeyID: c.QueryParam("key")}
+	for _, p := range []string{"deployment", "key"} {
+		if err := textParam(p, c.QueryParam(p)); err != nil {
+			return err
+		}
+	}
+	f, err := usageFilter(key, c.QueryParam("deployment"), c.QueryParam("key"))
+	if err != nil {
+		return err
+	}
 	for _, p := range []struct {
 		name string
 		dst  *time.Time
@@ -401,6 +439,12 @@ func (s *Server) usage(c echo.Context) error {
 }
 
 func (s *Server) registryError(doing string, err error) error {
+	if registry.InvalidInput(err) {
+		// A value the handlers' checks let through and Postgres cannot
+		// hold: the request's fault, said without Postgres' words.
+		s.log.Warn(doing+": a request value slipped past validation", "err", err)
+		return errInvalid("", "%s failed: a value in the request is out of range or not valid text", doing)
+	}
 	s.log.Error(doing, "err", err)
 	return errStatus(http.StatusServiceUnavailable, "server_error", "registry_unavailable", "%s failed; try again", doing)
 }

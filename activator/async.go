@@ -275,7 +275,8 @@ func (a *asyncJobs) checkRequest(c echo.Context, req *completionRequest) (string
 	return hook, nil
 }
 
-// getAsync returns an async job to a key of the tenant that submitted it.
+// getAsync returns an async job to the key that submitted it or an admin
+// key of its tenant; to others it is missing.
 func (s *Server) getAsync(c echo.Context) error {
 	key, err := s.authenticate(c)
 	if err != nil {
@@ -288,7 +289,7 @@ func (s *Server) getAsync(c echo.Context) error {
 		return notFound
 	}
 	rec, _, err := s.async.get(c.Request().Context(), id)
-	if errors.Is(err, jetstream.ErrKeyNotFound) || (err == nil && rec.TenantID != key.TenantID) {
+	if errors.Is(err, jetstream.ErrKeyNotFound) || (err == nil && !mayReadAsync(key, rec.TenantID, rec.KeyID)) {
 		return notFound
 	}
 	if err != nil {

@@ -65,9 +65,15 @@ const (
 	drainTime  = 10 * time.Second
 )
 
-// drainBody reads what is left of the request body, within the bound. A
-// body already read to its end costs one read.
-func drainBody(c echo.Context) {
+// drainBody reads what is left of the request body, within the bound (and
+// at most until the body's own deadline, see bodyDeadline). A body already
+// read to its end costs one read. A body not read to its end by then
+// closes the connection after the response: the read deadline stays in
+// place, so net/http, which otherwise reads up to 256 KiB more of a body
+// after the handler (without a deadline), gives up at once rather than
+// waiting on a client that stalls, and the connection, whose framing is
+// lost, is not reused.
+func drainBody(c echo.Context, timeout time.Duration) {
 	req := c.Request()
 	var body io.Reader = req.Body
 	if raw, ok := c.Get(rawBodyKey).(io.Reader); ok {
@@ -77,9 +83,53 @@ func drainBody(c echo.Context) {
 		return
 	}
 	rc := http.NewResponseController(c.Response())
-	rc.SetReadDeadline(time.Now().Add(drainTime))
-	io.CopyN(io.Discard, body, drainLimit)
-	rc.SetReadDeadline(time.Time{})
+	rc.SetReadDeadline(time.Now().Add(min(drainTime, timeout)))
+	if _, err := io.CopyN(io.Discard, body, drainLimit); err == io.EOF {
+		rc.SetReadDeadline(time.Time{})
+		return
+	}
+	c.Response().Header().Set("Connection", "close")
+}
+
+// bodyDeadline bounds how long reading a request body may take, on every
+// route but the weights upload (POST /v1/artifacts, gigabytes at the
+// client's pace): the server has no ReadTimeout, which would cut uploads
+// and SSE streams alike, so without this a client that sends headers and
+// then a body byte now and then holds a connection and a handler for as
+// long as it likes. The deadline is lifted once the body has been read to
+// its end: net/http then reads the connection in the background to notice
+// a client hanging up, and a deadline firing there would cancel a long
+// SSE stream.
+func bodyDeadline(timeout time.Duration) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			req := c.Request()
+			if c.Path() == "/v1/artifacts" || req.Body == nil || req.Body == http.NoBody {
+				return next(c)
+			}
+			rc := http.NewResponseController(c.Response())
+			if err := rc.SetReadDeadline(time.Now().Add(timeout)); err == nil {
+				req.Body = &liftAtEOF{ReadCloser: req.Body, lift: func() { rc.SetReadDeadline(time.Time{}) }}
+			}
+			return next(c)
+		}
+	}
+}
+
+// liftAtEOF calls lift once its body has been read to the end.
+type liftAtEOF struct {
+	io.ReadCloser
+	lift   func()
+	lifted bool
+}
+
+func (l *liftAtEOF) Read(p []byte) (int, error) {
+	n, err := l.ReadCloser.Read(p)
+	if err == io.EOF && !l.lifted {
+		l.lifted = true
+		l.lift()
+	}
+	return n, err
 }
 
 func errBodyTooLarge() *apiError {
@@ -88,7 +138,8 @@ func errBodyTooLarge() *apiError {
 }
 
 // bind decodes a JSON request body into dst: 413 if it is over the limit
-// limitBody set, 400 naming what was parsed if it is not valid.
+// limitBody set, 400 naming the field and the type it needs if it is not
+// valid (see decodeError).
 func bind(c echo.Context, dst any, what string) error {
 	err := c.Bind(dst)
 	var tooLarge *http.MaxBytesError
@@ -96,7 +147,7 @@ func bind(c echo.Context, dst any, what string) error {
 		return errBodyTooLarge()
 	}
 	if err != nil {
-		return errInvalid("", "could not parse the %s: %v", what, err)
+		return decodeError(err, what)
 	}
 	return nil
 }

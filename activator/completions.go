@@ -136,7 +136,7 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 	}
 	body, err := io.ReadAll(io.LimitReader(c.Request().Body, maxBody+1))
 	if err != nil {
-		return accepted{}, errInvalid("", "reading request body: %v", err)
+		return accepted{}, bodyReadError(err)
 	}
 	if len(body) > maxBody {
 		return accepted{}, errStatus(http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large", "request body is larger than %d bytes", maxBody)
@@ -210,6 +210,10 @@ func (s *Server) abandon(deployment, id string, seq uint64, started bool) {
 func (s *Server) enqueue(ctx context.Context, dep registry.Deployment, id string, data []byte, deadline time.Time) (uint64, error) {
 	// The queue is the deployment's ID's, not its name's: a name is reused.
 	deployment, limit := dep.Name, dep.QueueLimit
+	if e := s.checkJobSize(len(data)); e != nil {
+		s.metrics.requests.WithLabelValues(deployment, "request_too_large").Inc()
+		return 0, e
+	}
 	var seq uint64
 	var err error
 	for {
@@ -224,6 +228,9 @@ func (s *Server) enqueue(ctx context.Context, dep registry.Deployment, id string
 		}
 	}
 	switch {
+	case publishTooLarge(err):
+		s.metrics.requests.WithLabelValues(deployment, "request_too_large").Inc()
+		return 0, errJobTooLarge(len(data), s.nc.MaxPayload())
 	case errors.Is(err, queue.ErrFull):
 		s.metrics.requests.WithLabelValues(deployment, "queue_full").Inc()
 		e := errStatus(http.StatusTooManyRequests, "rate_limit_error", "queue_full", "deployment %s has %d requests queued, its limit; retry later", deployment, limit)
@@ -248,7 +255,7 @@ func (s *Server) enqueue(ctx context.Context, dep registry.Deployment, id string
 // ahead.
 func (s *Server) retryPublish(ctx context.Context, err error, deadline time.Time) bool {
 	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) || errors.Is(err, queue.ErrFull) {
+	if errors.As(err, &apiErr) || errors.Is(err, queue.ErrFull) || publishTooLarge(err) {
 		return false
 	}
 	// A shutdown ends the wait: the request is refused like the queued ones.

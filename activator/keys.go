@@ -43,11 +43,8 @@ func (s *Server) createKey(c echo.Context) error {
 	if req.Role != registry.RoleUser && req.Role != registry.RoleAdmin {
 		return errInvalid("role", "role must be %q or %q", registry.RoleUser, registry.RoleAdmin)
 	}
-	if req.RequestsPerMinute < 0 || req.TokensPerMinute < 0 {
-		return errInvalid("requests_per_minute", "rate limits must not be negative")
-	}
-	if req.BudgetUSD != nil && !(*req.BudgetUSD >= 0) {
-		return errInvalid("budget_usd", "budget_usd must be a non-negative number of US dollars")
+	if err := limitsParam(req.Limits); err != nil {
+		return err
 	}
 	// A key restricted to a misspelt deployment could call nothing, and
 	// nobody would find out until a client failed; refuse it now.
@@ -85,12 +82,33 @@ func (s *Server) listKeys(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]any{"object": "list", "data": keys})
 }
 
+// revokeKey is DELETE /v1/keys/{id}[?allow_self=true].
 func (s *Server) revokeKey(c echo.Context) error {
 	key, err := s.adminKey(c)
 	if err != nil {
 		return err
 	}
-	err = s.keys.RevokeKey(c.Request().Context(), key.TenantID, c.Param("id"))
+	id := c.Param("id")
+	if err := textParam("id", id); err != nil {
+		return err
+	}
+	if id == key.ID {
+		// Revoking the key that makes the call locks its caller out (with
+		// the last admin key, out of the tenant for good), so it takes
+		// saying so.
+		self, err := boolParam(c, "allow_self")
+		if err != nil {
+			return err
+		}
+		if !self {
+			e := errStatus(http.StatusConflict, "invalid_request_error", "revoking_own_key",
+				"%s is the key making this request: revoking it locks this client out. To revoke it anyway, "+
+					"add ?allow_self=true (infer keys revoke --allow-self %s)", id, id)
+			e.Param = strp("id")
+			return e
+		}
+	}
+	err = s.keys.RevokeKey(c.Request().Context(), key.TenantID, id)
 	if errors.Is(err, registry.ErrNotFound) {
 		return errStatus(http.StatusNotFound, "invalid_request_error", "key_not_found", "no key %q", c.Param("id"))
 	}
@@ -98,6 +116,18 @@ func (s *Server) revokeKey(c echo.Context) error {
 		return s.registryError("revoking key", err)
 	}
 	return c.JSON(http.StatusOK, map[string]any{"id": c.Param("id"), "object": "api_key", "revoked": true})
+}
+
+// boolParam reads an optional true/false query parameter.
+func boolParam(c echo.Context, name string) (bool, error) {
+	switch v := c.QueryParam(name); v {
+	case "", "false", "0":
+		return false, nil
+	case "true", "1":
+		return true, nil
+	default:
+		return false, errInvalid(name, "%s must be true or false", name)
+	}
 }
 
 // adminKey authenticates and requires an admin key.

@@ -54,7 +54,7 @@ func fromWire(e *wire.Error) *apiError {
 	if status < 500 {
 		typ = "invalid_request_error"
 	}
-	return &apiError{Status: status, Type: typ, Param: strp(e.Param), Code: strp(e.Code), Message: e.Message}
+	return &apiError{Status: status, Type: typ, Param: strp(e.Param), Code: strp(e.Code), Message: redactPaths(e.Message)}
 }
 
 // contentPartsOnlyText is the message of a 400 for a non-text content part.
@@ -192,11 +192,7 @@ func decodeRequest(body []byte, kind wire.Kind) (*completionRequest, *apiError) 
 	var req completionRequest
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&req); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) {
-			return nil, errInvalid(typeErr.Field, "invalid type for %q: expected %s", typeErr.Field, typeErr.Type)
-		}
-		return nil, errInvalid("", "could not parse the JSON body: %v", err)
+		return nil, decodeError(err, "JSON body") // in JSON's words, not Go's
 	}
 	if dec.More() {
 		return nil, errInvalid("", "could not parse the JSON body: trailing data after the object")

@@ -85,6 +85,9 @@ func (v *runnerView) onHeartbeat(m *nats.Msg) {
 
 // apply records a heartbeat. v.mu is held.
 func (v *runnerView) apply(hb wire.Heartbeat) {
+	// What a runner says of itself reaches clients (cold-start comments,
+	// 503s, GET /v1/deployments); its server paths must not.
+	hb.Detail = redactPaths(hb.Detail)
 	switch hb.Phase {
 	case wire.PhaseFailed:
 		f := startFailure{count: v.failures[hb.DeploymentID].count + 1, detail: hb.Detail, at: time.Now()}

@@ -87,7 +87,24 @@ type Config struct {
 	// DefaultShutdownGrace. Requests still queued are ended at once (see
 	// Serve), so the grace is spent only on answers under way.
 	ShutdownGrace time.Duration
+	// BodyReadTimeout bounds reading a request body, on every route but
+	// the weights upload (see bodyDeadline); zero means
+	// DefaultBodyReadTimeout.
+	BodyReadTimeout time.Duration
+	// IdleTimeout is how long Serve keeps an idle keep-alive connection;
+	// zero means DefaultIdleTimeout.
+	IdleTimeout time.Duration
 }
+
+// DefaultBodyReadTimeout is Config.BodyReadTimeout's default: an 8 MiB
+// prompt at 150 KB/s.
+const DefaultBodyReadTimeout = 60 * time.Second
+
+// DefaultIdleTimeout is Config.IdleTimeout's default.
+const DefaultIdleTimeout = 2 * time.Minute
+
+// readHeaderTimeout bounds reading a request's line and headers.
+const readHeaderTimeout = 10 * time.Second
 
 // DefaultShutdownGrace is Config.ShutdownGrace's default.
 const DefaultShutdownGrace = 30 * time.Second
@@ -117,6 +134,9 @@ type Server struct {
 
 	// grace is how long generating requests may finish at shutdown.
 	grace time.Duration
+	// bodyTimeout bounds reading a request body; idle bounds an idle
+	// keep-alive connection.
+	bodyTimeout, idle time.Duration
 	// draining is closed when shutdown begins: requests no runner has
 	// admitted end at once with activator_shutting_down. stopping is
 	// closed when the grace is over: those still generating end too.
@@ -135,18 +155,20 @@ func New(cfg Config) (*Server, error) {
 		log = slog.Default()
 	}
 	s := &Server{
-		log:       log.With("component", "activator"),
-		reg:       cfg.Registry,
-		keys:      cfg.Registry,
-		uploader:  cfg.Uploader,
-		maxUpload: cmp.Or(cfg.MaxUploadBytes, DefaultMaxUploadBytes),
-		nc:        cfg.NATS,
-		js:        js,
-		id:        wire.NewID(6),
-		limits:    newLimiter(),
-		grace:     cmp.Or(cfg.ShutdownGrace, DefaultShutdownGrace),
-		draining:  make(chan struct{}),
-		stopping:  make(chan struct{}),
+		log:         log.With("component", "activator"),
+		reg:         cfg.Registry,
+		keys:        cfg.Registry,
+		uploader:    cfg.Uploader,
+		maxUpload:   cmp.Or(cfg.MaxUploadBytes, DefaultMaxUploadBytes),
+		nc:          cfg.NATS,
+		js:          js,
+		id:          wire.NewID(6),
+		limits:      newLimiter(),
+		grace:       cmp.Or(cfg.ShutdownGrace, DefaultShutdownGrace),
+		bodyTimeout: cmp.Or(cfg.BodyReadTimeout, DefaultBodyReadTimeout),
+		idle:        cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout),
+		draining:    make(chan struct{}),
+		stopping:    make(chan struct{}),
 	}
 	if s.replies, err = newReplies(cfg.NATS, s.id); err != nil {
 		return nil, err
@@ -196,9 +218,15 @@ func (s *Server) Handler() http.Handler { return s.echo }
 // Async jobs are not affected: they live on JetStream and any activator
 // reads them.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	srv := &http.Server{Handler: s.echo, ReadHeaderTimeout: 10 * time.Second}
+	// No ReadTimeout or WriteTimeout: uploads take as long as gigabytes
+	// take, and SSE streams as long as generation does. Bodies are bounded
+	// by bodyDeadline instead, headers and idle connections here.
+	srv := &http.Server{Handler: s.echo, ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: s.idle, ConnContext: framingContext,
+		// Every request reaches the handler, so framingCheck counts them
+		// all ("OPTIONS *" is otherwise answered by net/http itself).
+		DisableGeneralOptionsHandler: true}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
+	go func() { errc <- srv.Serve(framingListener{l}) }()
 	s.log.Info("activator listening", "addr", l.Addr().String())
 	select {
 	case err := <-errc:
@@ -264,6 +292,9 @@ func (s *Server) routes() *echo.Echo {
 	e.HideBanner = true
 	e.HidePort = true
 	e.HTTPErrorHandler = s.errorHandler
+	// First: it counts every request its connection carries.
+	e.Use(framingCheck)
+	e.Use(bodyDeadline(s.bodyTimeout))
 	e.Use(limitBody)
 
 	e.GET("/healthz", func(c echo.Context) error {
@@ -325,7 +356,7 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 	if ae.Status == http.StatusUnauthorized {
 		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="infer"`)
 	}
-	drainBody(c)
+	drainBody(c, s.bodyTimeout)
 	if err := c.JSON(ae.Status, map[string]*apiError{"error": ae}); err != nil {
 		s.log.Debug("writing error response", "err", err)
 	}
@@ -362,6 +393,11 @@ func requireAdmin(key registry.APIKey) error {
 // tenant, so another tenant's deployment of that name is no different from
 // a free name.
 func (s *Server) deployment(ctx context.Context, key registry.APIKey, name string) (registry.Deployment, error) {
+	// Routes with a {name} check it as "name" first; what reaches here
+	// unchecked is a request's model.
+	if err := textParam("model", name); err != nil {
+		return registry.Deployment{}, err
+	}
 	d, err := s.reg.GetDeployment(ctx, key.TenantID, name)
 	if errors.Is(err, registry.ErrNotFound) {
 		return registry.Deployment{}, &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Param: strp("model"), Code: strp("model_not_found"),

@@ -37,18 +37,32 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 	sigsyaml "sigs.k8s.io/yaml"
+
+	"github.com/infer-run/infer/registry"
 )
 
 // repoRoot is the repository root: tests run in deploy/.
 const repoRoot = ".."
 
-// defaultAdminKey is docker-compose.yml's documented default admin key.
-const defaultAdminKey = "change-me-infer-admin-key"
+// testAdminKey is the INFER_ADMIN_KEY loadCompose sets when the test gives
+// no environment: docker-compose.yml has no default.
+const testAdminKey = "3f9c1a7e5b2d8046c1e9a7b3d5f20486"
 
 // ---------------------------------------------------------------------------
 // docker-compose.yml
 
 func loadCompose(t *testing.T, env map[string]string) *types.Project {
+	t.Helper()
+	p, err := tryLoadCompose(t, env)
+	if err != nil {
+		t.Fatalf("loading docker-compose.yml: %v", err)
+	}
+	return p
+}
+
+// tryLoadCompose loads docker-compose.yml as `docker compose` does, with
+// env as the environment (INFER_ADMIN_KEY=testAdminKey when env is nil).
+func tryLoadCompose(t *testing.T, env map[string]string) (*types.Project, error) {
 	t.Helper()
 	root, err := filepath.Abs(repoRoot)
 	if err != nil {
@@ -60,17 +74,13 @@ func loadCompose(t *testing.T, env map[string]string) *types.Project {
 		t.Fatal(err)
 	}
 	if env == nil {
-		env = map[string]string{}
+		env = map[string]string{"INFER_ADMIN_KEY": testAdminKey}
 	}
-	p, err := loader.LoadWithContext(t.Context(), types.ConfigDetails{
+	return loader.LoadWithContext(t.Context(), types.ConfigDetails{
 		WorkingDir:  root,
 		ConfigFiles: []types.ConfigFile{{Filename: path, Content: data}},
 		Environment: env,
 	})
-	if err != nil {
-		t.Fatalf("loading docker-compose.yml: %v", err)
-	}
-	return p
 }
 
 func service(t *testing.T, p *types.Project, name string) types.ServiceConfig {
@@ -114,17 +124,27 @@ func TestComposeServices(t *testing.T) {
 	}
 }
 
+// TestComposeActivatorPublishes8080: on loopback by default (the API
+// holds every tenant's endpoints; serving other hosts is a decision), on
+// INFER_BIND when set.
 func TestComposeActivatorPublishes8080(t *testing.T) {
 	p := loadCompose(t, nil)
 	a := service(t, p, "activator")
-	found := false
-	for _, port := range a.Ports {
-		if port.Target == 8080 && port.Published == "8080" && (port.Protocol == "" || port.Protocol == "tcp") {
-			found = true
+	published := func(a types.ServiceConfig) []string {
+		var out []string
+		for _, port := range a.Ports {
+			if port.Target == 8080 && port.Published == "8080" && (port.Protocol == "" || port.Protocol == "tcp") {
+				out = append(out, port.HostIP)
+			}
 		}
+		return out
 	}
-	if !found {
-		t.Errorf("activator does not publish 8080:8080/tcp; ports: %+v", a.Ports)
+	if got := published(a); !slices.Equal(got, []string{"127.0.0.1"}) {
+		t.Errorf("activator publishes 8080 on %q, want only 127.0.0.1 by default; ports: %+v", got, a.Ports)
+	}
+	bound := loadCompose(t, map[string]string{"INFER_ADMIN_KEY": testAdminKey, "INFER_BIND": "0.0.0.0"})
+	if got := published(service(t, bound, "activator")); !slices.Equal(got, []string{"0.0.0.0"}) {
+		t.Errorf("with INFER_BIND=0.0.0.0 the activator publishes 8080 on %q", got)
 	}
 	// The binary defaults to 127.0.0.1:8080, unreachable from outside the
 	// container.
@@ -177,9 +197,11 @@ func TestComposeStatefulServicesHaveNamedVolumes(t *testing.T) {
 func TestComposeHealthchecks(t *testing.T) {
 	p := loadCompose(t, nil)
 	for name, mustMention := range map[string]string{
-		"nats":     "8222/healthz",
-		"postgres": "pg_isready",
-		"minio":    "/minio/health/live",
+		"nats":         "8222/healthz",
+		"postgres":     "pg_isready",
+		"minio":        "/minio/health/live",
+		"activator":    "/dev/tcp/127.0.0.1/8080",
+		"controlplane": "/dev/tcp/127.0.0.1/9090",
 	} {
 		s := service(t, p, name)
 		hc := s.HealthCheck
@@ -295,15 +317,16 @@ func TestComposeInferServices(t *testing.T) {
 	}
 }
 
+// TestComposeAdminKey: without INFER_ADMIN_KEY compose refuses to start
+// and says how to set one (there is no public default to forget).
 func TestComposeAdminKey(t *testing.T) {
+	for _, env := range []map[string]string{{}, {"INFER_ADMIN_KEY": ""}} {
+		_, err := tryLoadCompose(t, env)
+		if err == nil || !strings.Contains(err.Error(), "INFER_ADMIN_KEY") || !strings.Contains(err.Error(), "openssl rand") {
+			t.Errorf("docker-compose.yml with INFER_ADMIN_KEY=%q loads (%v); want a refusal saying how to set it", env["INFER_ADMIN_KEY"], err)
+		}
+	}
 	p := loadCompose(t, nil)
-	key := envValue(service(t, p, "activator"), "INFER_ADMIN_KEY")
-	if key != defaultAdminKey {
-		t.Errorf("default INFER_ADMIN_KEY is %q, want the documented %q", key, defaultAdminKey)
-	}
-	if len(key) < 16 {
-		t.Errorf("default INFER_ADMIN_KEY has %d characters; the registry refuses fewer than 16", len(key))
-	}
 	if v := service(t, p, "activator").Build.Args["CPU_FLAGS"]; v == nil || *v != "-march=x86-64-v3" {
 		t.Errorf("default CPU_FLAGS build arg is %v, want the Makefile's -march=x86-64-v3", v)
 	}
@@ -311,8 +334,8 @@ func TestComposeAdminKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Contains(ops, []byte(defaultAdminKey)) {
-		t.Errorf("docs/operations.md does not tell people to change the default admin key %q", defaultAdminKey)
+	if !bytes.Contains(ops, []byte("INFER_BIND")) {
+		t.Errorf("docs/operations.md does not say how to publish the API beyond loopback (INFER_BIND)")
 	}
 
 	// The environment overrides the defaults.
@@ -334,6 +357,23 @@ func TestComposeAdminKey(t *testing.T) {
 	}
 	if v := a.Build.Args["CPU_FLAGS"]; v == nil || *v != "" {
 		t.Errorf("CPU_FLAGS= (empty) should build without CPU flags; build arg is %v", v)
+	}
+}
+
+// TestComposeImagesPinned: every image names a version (no :latest, no
+// bare major), so an upstream release changes nothing until this file
+// does.
+func TestComposeImagesPinned(t *testing.T) {
+	p := loadCompose(t, nil)
+	// A tag with at least major.minor.patch, or a MinIO RELEASE tag.
+	pinned := regexp.MustCompile(`:(\d+\.\d+(\.\d+)?(-[a-z0-9]+)?|RELEASE\.\d{4}-\d{2}-\d{2}T[0-9-]+Z)$`)
+	for name, s := range p.Services {
+		if s.Build != nil {
+			continue // built here: infer:local
+		}
+		if !pinned.MatchString(s.Image) {
+			t.Errorf("%s: image %q is not pinned to a version", name, s.Image)
+		}
 	}
 }
 
@@ -538,8 +578,10 @@ func TestManifestsConfig(t *testing.T) {
 			t.Errorf("Secret %s: %s = %q is not an obvious placeholder", sec.Name, k, v)
 		}
 	}
-	if len(sec.StringData["INFER_ADMIN_KEY"]) < 16 {
-		t.Errorf("the placeholder admin key is shorter than the 16 characters the registry requires")
+	// Applied unchanged, the template must not give the cluster a key
+	// anyone can read: the activator refuses to start with it.
+	if err := registry.CheckAdminSecret(sec.StringData["INFER_ADMIN_KEY"]); err == nil {
+		t.Errorf("the activator would accept the template's placeholder admin key %q", sec.StringData["INFER_ADMIN_KEY"])
 	}
 	// Runner pods get them too, under the names the control plane passes
 	// (INFER_RUNNER_CONFIGMAP, INFER_RUNNER_SECRET; defaults in
@@ -688,8 +730,20 @@ func TestManifestsControlPlane(t *testing.T) {
 	if v, _ := flagValue(c.Args, "--driver"); v != "kubernetes" {
 		t.Errorf("control plane args %q do not select --driver kubernetes", c.Args)
 	}
-	if img, ok := containerEnv(c, "INFER_RUNNER_IMAGE"); !ok || img == "" {
+	img, ok := containerEnv(c, "INFER_RUNNER_IMAGE")
+	if !ok || img == "" {
 		t.Errorf("control plane has no INFER_RUNNER_IMAGE")
+	}
+	// Every image by a version tag, and one build for all three roles.
+	a := m.deployment(t, "activator").Spec.Template.Spec.Containers[0]
+	for what, image := range map[string]string{"activator": a.Image, "control plane": c.Image, "INFER_RUNNER_IMAGE": img} {
+		_, tag, found := strings.Cut(image[strings.LastIndex(image, "/")+1:], ":")
+		if !found || tag == "" || tag == "latest" {
+			t.Errorf("%s image %q is not pinned to a version tag", what, image)
+		}
+		if image != c.Image {
+			t.Errorf("%s image %q differs from the control plane's %q", what, image, c.Image)
+		}
 	}
 
 	// Runner pods go to its own namespace, where the Role applies.

@@ -23,7 +23,9 @@ const (
 	// RoleAdmin may manage its tenant: upload weights, create, change and
 	// delete deployments, as well as call models.
 	RoleAdmin = "admin"
-	// RoleUser may only call its tenant's models and read usage.
+	// RoleUser may only call its tenant's models (those its Limits allow)
+	// and read what concerns it: those deployments, its own usage and
+	// async jobs.
 	RoleUser = "user"
 )
 
@@ -77,16 +79,32 @@ func (l Limits) Allows(deployment string) bool {
 	return len(l.Deployments) == 0 || slices.Contains(l.Deployments, deployment)
 }
 
-func (l Limits) validate() error {
-	if l.RequestsPerMinute < 0 || l.TokensPerMinute < 0 {
-		return errors.New("rate limits must not be negative")
+// MaxRatePerMinute bounds a key's requests and tokens per minute: the
+// columns are 32-bit. (No real limit comes near it; larger means none.)
+const MaxRatePerMinute = math.MaxInt32
+
+// MaxBudgetUSD bounds a key's budget, well inside its column
+// (numeric(20, 9): below 10^11) and above any real one.
+const MaxBudgetUSD = 1e9
+
+// Validate checks the limits can be stored; the error is a *FieldError
+// naming the field as the API spells it.
+func (l Limits) Validate() error {
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"requests_per_minute", l.RequestsPerMinute}, {"tokens_per_minute", l.TokensPerMinute}} {
+		if f.v < 0 || f.v > MaxRatePerMinute {
+			return fieldError(f.name, "%s is %d; it must be between 0 (unlimited) and %d", f.name, f.v, MaxRatePerMinute)
+		}
 	}
-	if l.BudgetUSD != nil && (*l.BudgetUSD < 0 || math.IsNaN(*l.BudgetUSD) || math.IsInf(*l.BudgetUSD, 0)) {
-		return errors.New("budget must be a non-negative number of US dollars")
+	// The negated comparison also refuses NaN.
+	if l.BudgetUSD != nil && !(*l.BudgetUSD >= 0 && *l.BudgetUSD <= MaxBudgetUSD) {
+		return fieldError("budget_usd", "budget_usd is %v; it must be between 0 and %.0f US dollars", *l.BudgetUSD, float64(MaxBudgetUSD))
 	}
 	for _, d := range l.Deployments {
-		if d == "" {
-			return errors.New("deployment names must not be empty")
+		if err := ValidName(d); err != nil {
+			return &FieldError{Field: "deployments", Err: err}
 		}
 	}
 	return nil
@@ -202,7 +220,7 @@ func (s *Store) CreateLimitedKey(ctx context.Context, tenantID, name, role strin
 	if err := ValidKeyName(name); err != nil {
 		return APIKey{}, "", fmt.Errorf("creating key: %w", err)
 	}
-	if err := l.validate(); err != nil {
+	if err := l.Validate(); err != nil {
 		return APIKey{}, "", fmt.Errorf("creating key: %w", err)
 	}
 	deps := l.Deployments
@@ -228,13 +246,17 @@ func (s *Store) CreateLimitedKey(ctx context.Context, tenantID, name, role strin
 }
 
 // EnsureAdminKey makes secret an admin key of the named tenant (creating
-// the tenant if needed). It is how INFER_ADMIN_KEY is installed, so it is
-// idempotent, and the configuration wins over the database: a key with
-// this secret that was revoked, demoted or moved is reinstated. Retire the
-// key by changing the configuration.
+// the tenant if needed). It is how INFER_ADMIN_KEY (and `infer dev`'s
+// saved key) is installed at every start, so it is idempotent, and a key
+// with this secret that was demoted or moved is made the tenant's admin
+// key again. A revoked one is not reinstated: revoking is how an operator
+// retires a leaked key, and a restart must not undo it. It returns an
+// error wrapping ErrRevoked instead; choose a new secret.
+//
+// The secret must pass CheckAdminSecret.
 func (s *Store) EnsureAdminKey(ctx context.Context, tenantName, secret string) (APIKey, error) {
-	if len(secret) < minAdminKeyLen {
-		return APIKey{}, fmt.Errorf("admin key is %d characters; use at least %d", len(secret), minAdminKeyLen)
+	if err := CheckAdminSecret(secret); err != nil {
+		return APIKey{}, err
 	}
 	t, err := s.EnsureTenant(ctx, tenantName)
 	if err != nil {
@@ -244,13 +266,59 @@ func (s *Store) EnsureAdminKey(ctx context.Context, tenantName, secret string) (
 		INSERT INTO api_keys (id, tenant_id, name, role, prefix, hash)
 		VALUES ($1, $2, 'INFER_ADMIN_KEY', 'admin', $3, $4)
 		ON CONFLICT (hash) DO UPDATE
-		SET tenant_id = excluded.tenant_id, role = 'admin', revoked_at = NULL
+		SET tenant_id = excluded.tenant_id, role = 'admin'
+		WHERE api_keys.revoked_at IS NULL
 		RETURNING `+keyColumns,
 		newID("key"), t.ID, displayPrefix(secret), hashKey(secret)))
+	if errors.Is(err, pgx.ErrNoRows) {
+		// The conflicting key exists and is revoked (the only case the
+		// WHERE skips).
+		var id string
+		var at time.Time
+		if err := s.pool.QueryRow(ctx, `SELECT id, revoked_at FROM api_keys WHERE hash = $1`, hashKey(secret)).Scan(&id, &at); err != nil {
+			return APIKey{}, fmt.Errorf("installing admin key: %w", err)
+		}
+		return APIKey{}, fmt.Errorf("admin key %s (%s…) was revoked at %s and stays revoked: %w",
+			id, displayPrefix(secret), at.UTC().Format(time.RFC3339), ErrRevoked)
+	}
 	if err != nil {
 		return APIKey{}, fmt.Errorf("installing admin key: %w", err)
 	}
 	return k, nil
+}
+
+// placeholderAdminKeys are spellings of "put your key here" that shipped
+// in examples and templates; an operator who forgot to replace one would
+// otherwise run with a key anyone can read.
+var placeholderAdminKeys = []string{"change-me", "changeme", "change_me", "replace-me", "replaceme", "placeholder", "your-admin-key", "example-key"}
+
+// minAdminKeyDistinct is how many distinct characters an admin key needs:
+// "aaaaaaaaaaaaaaaa" is long enough and guessable all the same.
+const minAdminKeyDistinct = 6
+
+// CheckAdminSecret refuses an operator-chosen admin key that anyone could
+// guess: shorter than minAdminKeyLen characters, made of fewer than
+// minAdminKeyDistinct distinct characters, or holding a known placeholder
+// such as the one docker-compose.yml used to default to
+// ("change-me-infer-admin-key").
+func CheckAdminSecret(secret string) error {
+	if len(secret) < minAdminKeyLen {
+		return fmt.Errorf("admin key is %d characters; use at least %d (e.g. openssl rand -hex 24)", len(secret), minAdminKeyLen)
+	}
+	lower := strings.ToLower(secret)
+	for _, p := range placeholderAdminKeys {
+		if strings.Contains(lower, p) {
+			return fmt.Errorf("admin key contains the placeholder %q: set a random one (e.g. openssl rand -hex 24)", p)
+		}
+	}
+	distinct := map[rune]bool{}
+	for _, r := range secret {
+		distinct[r] = true
+	}
+	if len(distinct) < minAdminKeyDistinct {
+		return fmt.Errorf("admin key has only %d distinct characters: set a random one (e.g. openssl rand -hex 24)", len(distinct))
+	}
+	return nil
 }
 
 // AuthenticateKey returns the live key whose secret this is, or an error

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -32,6 +33,8 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrUnauthorized: an API key is unknown or revoked.
 	ErrUnauthorized = errors.New("unauthorized")
+	// ErrRevoked: EnsureAdminKey was given a secret whose key was revoked.
+	ErrRevoked = errors.New("the key was revoked")
 )
 
 // ChangesChannel is the Postgres notification channel raised by every change
@@ -208,4 +211,13 @@ func notFound(err error, what string) error {
 		return fmt.Errorf("%s: %w", what, ErrNotFound)
 	}
 	return fmt.Errorf("looking up %s: %w", what, err)
+}
+
+// InvalidInput reports whether Postgres refused err's statement for a value
+// it cannot hold (SQLSTATE class 22, data exception: a NUL byte or invalid
+// UTF-8 in text, a number past its column's range). Such values are the
+// request's fault, not an outage; callers validate before querying, and
+// this tells them when a value slipped through.
+func InvalidInput(err error) bool {
+	return strings.HasPrefix(pgCode(err), "22")
 }

@@ -194,21 +194,44 @@ func TestEnsureAdminKey(t *testing.T) {
 	if err != nil || got.ID != k1.ID || got.Role != RoleAdmin {
 		t.Fatalf("AuthenticateKey = %+v, %v", got, err)
 	}
-	// The configuration wins: a revoked admin key comes back on restart.
+	// Revoked stays revoked: installing it again (a restart) fails and
+	// says why, and the key still does not authenticate.
 	if err := s.RevokeKey(ctx, k1.TenantID, k1.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.EnsureAdminKey(ctx, "default", secret); err != nil {
-		t.Fatal(err)
+	if _, err := s.EnsureAdminKey(ctx, "default", secret); !errors.Is(err, ErrRevoked) || !strings.Contains(err.Error(), k1.ID) {
+		t.Errorf("EnsureAdminKey of a revoked key = %v; want ErrRevoked naming %s", err, k1.ID)
 	}
-	if _, err := s.AuthenticateKey(ctx, secret); err != nil {
-		t.Errorf("after EnsureAdminKey, the revoked key still fails: %v", err)
+	if _, err := s.AuthenticateKey(ctx, secret); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("after EnsureAdminKey, the revoked key authenticates: %v", err)
 	}
-	if keys, _ := s.ListKeys(ctx, k1.TenantID); len(keys) != 1 {
-		t.Errorf("%d keys, want 1", len(keys))
+	if keys, _ := s.ListKeys(ctx, k1.TenantID); len(keys) != 1 || keys[0].RevokedAt == nil {
+		t.Errorf("keys = %+v, want the one revoked key", keys)
 	}
 	if _, err := s.EnsureAdminKey(ctx, "default", "short"); err == nil {
 		t.Error("a 5-character admin key was accepted")
+	}
+}
+
+func TestCheckAdminSecret(t *testing.T) {
+	for _, tt := range []struct {
+		secret string
+		ok     bool
+	}{
+		{"change-me-infer-admin-key", false}, // docker-compose.yml's old default
+		{"CHANGE-ME-to-a-long-random-admin-key", false},
+		{"please-changeme-0123456789", false},
+		{"short", false},
+		{"0123456789abcde", false}, // 15 characters
+		{"aaaaaaaaaaaaaaaaaaaaaaaa", false},
+		{"abababababababababab", false},
+		{"0123456789abcdef", true},
+		{"3f9c1a7e5b2d8046c1e9a7b3d5f20486", true},
+		{"sk-infer-operator-chosen", true},
+	} {
+		if err := CheckAdminSecret(tt.secret); (err == nil) != tt.ok {
+			t.Errorf("CheckAdminSecret(%q) = %v, want ok=%v", tt.secret, err, tt.ok)
+		}
 	}
 }
 
@@ -611,3 +634,29 @@ func TestNotifications(t *testing.T) {
 	}
 	expect("deployments")
 }
+
+// TestInvalidInput: Postgres refusing a value (a NUL byte, invalid UTF-8)
+// is told apart from an outage, so the activator can answer 400 for what
+// slips past its checks; a missing row is not such an error.
+func TestInvalidInput(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := t.Context()
+	for _, name := range []string{"a\x00b", "\xff\xfe"} {
+		_, err := s.GetDeployment(ctx, "t", name)
+		if err == nil || !InvalidInput(err) {
+			t.Errorf("GetDeployment(%q): %v; want an error InvalidInput recognises", name, err)
+		}
+	}
+	if _, err := s.GetDeployment(ctx, "t", "missing"); InvalidInput(err) {
+		t.Errorf("a missing deployment is InvalidInput: %v", err)
+	}
+	// Limits past their columns are refused before any SQL, naming the
+	// field.
+	for _, l := range []Limits{{RequestsPerMinute: 1 << 40}, {TokensPerMinute: -1}, {BudgetUSD: ptr(1e308)}, {Deployments: []string{"a\x00"}}} {
+		var fe *FieldError
+		if err := l.Validate(); !errors.As(err, &fe) {
+			t.Errorf("Limits%+v.Validate() = %v; want a FieldError", l, err)
+		}
+	}
+}
+

@@ -249,6 +249,30 @@ func TestJSONOutput(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != exitRefused {
 		t.Errorf("infer rm no-such-deployment: %v, want exit status %d", err, exitRefused)
 	}
+
+	// Revoking the key the CLI itself uses takes --allow-self; last, as
+	// it locks this platform's CLI out.
+	var self string
+	for _, k := range keys {
+		if k["name"] == "INFER_ADMIN_KEY" {
+			self, _ = k["id"].(string)
+		}
+	}
+	if self == "" {
+		t.Fatalf("keys ls --json = %v: no INFER_ADMIN_KEY key", keys)
+	}
+	if out, err := p.cli("keys", "revoke", self); err == nil || !strings.Contains(out, "--allow-self") {
+		t.Errorf("infer keys revoke <own key>: %v\n%s; want a refusal naming --allow-self", err, out)
+	}
+	if out, err := p.cli("keys", "ls"); err != nil {
+		t.Errorf("the key stopped working after a refused self-revocation: %v\n%s", err, out)
+	}
+	if out, err := p.cli("keys", "revoke", "--allow-self", self); err != nil {
+		t.Errorf("infer keys revoke --allow-self <own key>: %v\n%s", err, out)
+	}
+	if out, err := p.cli("keys", "ls"); err == nil {
+		t.Errorf("the revoked key still works:\n%s", out)
+	}
 }
 
 // TestActivatorOnlyBuild checks the -tags activatoronly binary: it has the

@@ -338,11 +338,12 @@ func lsCmd() *cobra.Command {
 }
 
 func rmCmd() *cobra.Command {
-	return deleteCmd("rm NAME", "Delete a deployment (its runners drain and stop)", "/v1/deployments/", "deleted")
+	return deleteCmd("rm NAME", "Delete a deployment (its runners drain and stop)", "/v1/deployments/", "deleted", nil)
 }
 
-// deleteCmd is a command that DELETEs path+ARG and reports it.
-func deleteCmd(use, short, path, done string) *cobra.Command {
+// deleteCmd is a command that DELETEs path+ARG and reports it; query, if
+// not nil, returns the query string to add (with its "?").
+func deleteCmd(use, short, path, done string, query func() string) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   use,
@@ -354,7 +355,11 @@ func deleteCmd(use, short, path, done string) *cobra.Command {
 				return err
 			}
 			var out map[string]any
-			if err := c.json(cmd.Context(), http.MethodDelete, path+args[0], nil, &out); err != nil {
+			target := path + url.PathEscape(args[0])
+			if query != nil {
+				target += query()
+			}
+			if err := c.json(cmd.Context(), http.MethodDelete, target, nil, &out); err != nil {
 				return err
 			}
 			if asJSON {
@@ -500,7 +505,16 @@ func keysCmd() *cobra.Command {
 		},
 	}
 	ls.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	revoke := deleteCmd("revoke ID", "Revoke an API key at once", "/v1/keys/", "revoked")
+	// Revoking the key this CLI calls with locks it out; the API refuses
+	// it (409, naming this flag) unless asked explicitly.
+	var allowSelf bool
+	revoke := deleteCmd("revoke ID", "Revoke an API key at once", "/v1/keys/", "revoked", func() string {
+		if allowSelf {
+			return "?allow_self=true"
+		}
+		return ""
+	})
+	revoke.Flags().BoolVar(&allowSelf, "allow-self", false, "allow revoking the key this command authenticates with (it stops working at once)")
 	cmd.AddCommand(create, ls, revoke)
 	return cmd
 }

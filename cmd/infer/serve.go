@@ -292,24 +292,37 @@ func openBlobs(ctx context.Context, home string) (blob.Store, []string, error) {
 }
 
 // ensureAdminKey makes sure someone can use the API. INFER_ADMIN_KEY
-// becomes an admin key as given. Otherwise a generated admin key is printed
-// once and saved (mode 0600) to home/admin-key for the CLI: on the first
-// start of a production activator, and for `infer dev` whenever that file
-// is missing (dev is one person's machine; a database kept from an earlier
-// run must not lock them out).
+// becomes an admin key as given (refused if it is a placeholder, short,
+// or was revoked: see registry.EnsureAdminKey). Otherwise a generated
+// admin key is printed once and saved (mode 0600) to home/admin-key for
+// the CLI: on the first start of a production activator, and for
+// `infer dev` whenever that file is missing or holds a revoked key (dev is
+// one person's machine; a database kept from an earlier run must not lock
+// them out, but a key they revoked stays revoked: dev makes a new one and
+// says so).
 func ensureAdminKey(ctx context.Context, store *registry.Store, home string, dev bool, log *slog.Logger) error {
 	keyFile := filepath.Join(home, "admin-key")
 	if secret := os.Getenv("INFER_ADMIN_KEY"); secret != "" {
-		if _, err := store.EnsureAdminKey(ctx, "default", secret); err != nil {
+		_, err := store.EnsureAdminKey(ctx, "default", secret)
+		if errors.Is(err, registry.ErrRevoked) {
+			return fmt.Errorf("INFER_ADMIN_KEY: %w; a revoked key is not reinstated at start: set INFER_ADMIN_KEY to a new secret (e.g. openssl rand -hex 24)", err)
+		}
+		if err != nil {
 			return fmt.Errorf("installing INFER_ADMIN_KEY: %w", err)
 		}
 		return nil
 	}
 	if b, err := os.ReadFile(keyFile); err == nil && dev {
-		if _, err := store.EnsureAdminKey(ctx, "default", strings.TrimSpace(string(b))); err != nil {
+		_, err := store.EnsureAdminKey(ctx, "default", strings.TrimSpace(string(b)))
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, registry.ErrRevoked) {
 			return fmt.Errorf("installing the admin key from %s: %w", keyFile, err)
 		}
-		return nil
+		fmt.Fprintf(os.Stderr, "\nThe admin key saved in %s was revoked (%v).\nIt stays revoked; a new admin key replaces it in that file.\n", keyFile, err)
+		log.Warn("the saved admin key was revoked; creating a new one", "file", keyFile, "err", err)
+		return createAdminKey(ctx, store, keyFile, log)
 	}
 	has, err := store.HasAnyKey(ctx)
 	if err != nil {
@@ -318,6 +331,12 @@ func ensureAdminKey(ctx context.Context, store *registry.Store, home string, dev
 	if has && !dev {
 		return nil
 	}
+	return createAdminKey(ctx, store, keyFile, log)
+}
+
+// createAdminKey creates an admin key of the default tenant, saves it to
+// keyFile (mode 0600) and prints it once.
+func createAdminKey(ctx context.Context, store *registry.Store, keyFile string, log *slog.Logger) error {
 	tenant, err := store.EnsureTenant(ctx, "default")
 	if err != nil {
 		return err
