@@ -24,7 +24,7 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "gpubench:", err)
 		os.Exit(1)
 	}
@@ -90,8 +90,8 @@ func parseFlags(args []string) (options, error) {
 	return o, nil
 }
 
-func run() error {
-	o, err := parseFlags(os.Args[1:])
+func run(args []string) error {
+	o, err := parseFlags(args)
 	if err != nil {
 		return err
 	}
