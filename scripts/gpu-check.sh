@@ -91,9 +91,24 @@ if [ $dry = 1 ]; then
 	exit $rc
 fi
 
-models=$WORK/models
+# The models (2.1 + 16.1 GB) go to /dev/shm when it has room: RAM, so a
+# slow disk cannot hold up the writes (the file would sit in the page cache
+# either way, and the cold start reads it from there).
+avail() { df --output=avail -B1G "$1" 2>/dev/null | tail -1 | tr -d ' '; }
+models=${MODELS:-}
+if [ -z "$models" ]; then
+	if [ "$(avail /dev/shm)" -ge 24 ] 2>/dev/null; then
+		models=/dev/shm/gpu-check-models
+	else
+		models=$WORK/models
+	fi
+fi
 mkdir -p "$models"
-step "writing models ($SIZES) in the background"
+if [[ ",$SIZES," == *",8b,"* ]] && ! [ "$(avail "$models")" -ge 20 ] 2>/dev/null; then
+	step "only $(avail "$models") GB free in $models: the 8b model (16.1 GB) is skipped"
+	SIZES=$(echo ",$SIZES," | sed 's/,8b,/,/; s/^,//; s/,$//')
+fi
+step "writing models ($SIZES) into $models in the background"
 pids=()
 declare -A writer
 for s in ${SIZES//,/ }; do
