@@ -72,8 +72,10 @@ else
 	[ -f "$GGML_SRC/CMakeLists.txt" ] && [ -d "$GGML_SRC/ml/backend/ggml/ggml" ] ||
 		die "GGML_SRC=$GGML_SRC does not hold CMakeLists.txt and ml/backend/ggml/ggml"
 	rm -rf "$src" && mkdir -p "$src/ml/backend/ggml"
-	cp "$GGML_SRC/CMakeLists.txt" "$src/"
-	cp -r "$GGML_SRC/ml/backend/ggml/ggml" "$src/ml/backend/ggml/"
+	# -p keeps the times, so that a rebuild from the same sources compiles
+	# nothing (tar keeps them too).
+	cp -p "$GGML_SRC/CMakeLists.txt" "$src/"
+	cp -rp "$GGML_SRC/ml/backend/ggml/ggml" "$src/ml/backend/ggml/"
 	chmod -R u+w "$src"
 fi
 
