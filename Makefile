@@ -5,6 +5,8 @@
 #               and the test model (builds MinIO once, ~8 minutes)
 #   make bench  benchmarks (not timed tests)
 #   make fuzz   every fuzz target for FUZZTIME (5s; part of make test)
+#   make build-cuda  the CUDA backend (needs nvcc and CMake) into lib/ollama
+#   make gpu-bundle  .gpu-bundle/ for scripts/gpu-check.sh on a GPU machine
 
 GO      ?= go
 GOBIN   := $(shell $(GO) env GOPATH)/bin
@@ -27,7 +29,7 @@ export INFER_MINIO_BIN ?= $(MINIO)
 
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build dev test unit vet minio bench fuzz clean
+.PHONY: all build build-cuda gpu-bundle dev test unit vet minio bench fuzz clean
 
 all: build
 
@@ -37,6 +39,28 @@ all: build
 build:
 	$(GO) build -o bin/infer ./cmd/infer
 	$(GO) build -tags activatoronly -o bin/infer-activator ./cmd/infer
+
+# The CUDA backend of the ggml that the pinned ollama module vendors, for
+# this machine's GPU (CUDA_ARCHITECTURES=... to override), built with
+# ollama's CMakeLists.txt and installed in lib/ollama, where bin/infer
+# (bin/../lib/ollama) loads it at start. make build stays CPU-only; the
+# binaries need no rebuild: the backend is loaded at run time.
+build-cuda:
+	scripts/build-cuda.sh
+
+# What scripts/gpu-check.sh needs on a GPU machine without Go or network:
+# the gpubench binary (gzipped) and the ggml sources to build the CUDA
+# backend there. .gpu-bundle/ is git-ignored; carry it with the call.
+GPU_BUNDLE := .gpu-bundle
+
+gpu-bundle:
+	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)
+	$(GO) build -ldflags="-s -w" -o $(GPU_BUNDLE)/gpubench ./scripts/gpubench
+	gzip -9 $(GPU_BUNDLE)/gpubench
+	src=$$($(GO) mod download -json github.com/ollama/ollama | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p') && \
+		tar -czf $(GPU_BUNDLE)/ggml-src.tar.gz -C "$$src" CMakeLists.txt ml/backend/ggml/ggml
+	{ git describe --always --dirty; date -u +%FT%TZ; $(GO) version; } > $(GPU_BUNDLE)/MANIFEST
+	du -cb $(GPU_BUNDLE)/* | tail -1
 
 dev: build
 	./bin/infer dev
@@ -79,4 +103,4 @@ bench: build
 	scripts/bench.sh
 
 clean:
-	rm -rf bin
+	rm -rf bin lib build $(GPU_BUNDLE)

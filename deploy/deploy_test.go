@@ -1018,6 +1018,12 @@ func TestDockerfileCUDA(t *testing.T) {
 			if !strings.Contains(s.runs(), "make build") {
 				t.Errorf("the CUDA devel stage does not run make build")
 			}
+			// The one recipe for the backend: it sets the rpath that lets
+			// libggml-cuda.so find libggml-base.so (ggml skips a backend
+			// that fails to load without a word) and checks the result.
+			if !strings.Contains(s.runs(), "scripts/build-cuda.sh") {
+				t.Errorf("the CUDA devel stage does not build the backend with scripts/build-cuda.sh")
+			}
 		}
 	}
 	final := stages[len(stages)-1]
