@@ -231,6 +231,15 @@ func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*En
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = min(512, cfg.Context)
 	}
+	if cfg.GPULayers > 0 && cfg.InitialKV == 0 {
+		// On a GPU the whole pool up front: clearing it there costs
+		// milliseconds, not the page faults that make a CPU pool grow
+		// with the work, and growing would create a context while the
+		// decode loop runs on the same device, which CUDA refuses
+		// mid-step (H200, measured: "operation not permitted when
+		// stream is capturing" in the new pool's clear, then a crash).
+		cfg.InitialKV = -1
+	}
 
 	llama.BackendInit()
 	e := &Engine{info: info, nCtx: cfg.Context, parallel: cfg.Parallel, cfg: cfg, log: log, measureThreads: measure}
