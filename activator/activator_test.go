@@ -966,7 +966,7 @@ func TestColdStartErrorHidesPaths(t *testing.T) {
 	}
 	for range cannotStartAfter {
 		r, err := runner.New(runner.Config{
-			ID: wire.NewID(4), Deployment: "nocache",
+			ID: wire.NewID(4), Deployment: "nocache", DeploymentID: h.depID("nocache"),
 			Artifact: runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size},
 			Cache:    &runner.Cache{Dir: cacheDir, Blobs: h.blobs},
 			Engine:   runner.EngineConfig{Parallel: 1},

@@ -141,7 +141,7 @@ func TestRoleTable(t *testing.T) {
 	const (
 		ok, created, accepted             = 200, 201, 202
 		forbidden, notFound, unauthorized = 403, 404, 401
-		conflict                          = 409
+		conflict, badRequest              = 409, 400
 	)
 	cases := []roleCase{
 		{op: "GET /healthz", path: "/healthz", want: statuses(ok, ok, ok, ok, ok, ok)},
@@ -167,9 +167,10 @@ func TestRoleTable(t *testing.T) {
 		{op: "GET /v1/deployments", path: "/v1/deployments", want: statuses(ok, ok, ok, ok, unauthorized, unauthorized)},
 		{op: "GET /v1/deployments/{name}", path: "/v1/deployments/open", want: statuses(ok, ok, ok, notFound, unauthorized, unauthorized)},
 		{op: "GET /v1/deployments/{name}", path: "/v1/deployments/closed", want: statuses(ok, forbidden, ok, notFound, unauthorized, unauthorized)},
-		// Another tenant cannot change the deployment; it hears the name
-		// is taken (names are global today).
-		{op: "PUT /v1/deployments/{name}", path: "/v1/deployments/open", body: `{"max_runners":2}`, want: statuses(ok, forbidden, forbidden, conflict, unauthorized, unauthorized)},
+		// Another tenant cannot change the deployment: names are per
+		// tenant, so the name is free in its own and the PUT would create
+		// a deployment of its own, which needs an artifact (400).
+		{op: "PUT /v1/deployments/{name}", path: "/v1/deployments/open", body: `{"max_runners":2}`, want: statuses(ok, forbidden, forbidden, badRequest, unauthorized, unauthorized)},
 		{op: "DELETE /v1/deployments/{name}", pathFor: func(c string) string { return "/v1/deployments/" + victim(c) },
 			want: statuses(ok, forbidden, forbidden, notFound, unauthorized, unauthorized)},
 
