@@ -219,7 +219,9 @@ for d in "${IDLE_DEPS[@]}"; do
 	done
 done
 sleep 1
-echo "runner processes of infer dev with every deployment idle: $(pgrep -c -P "$DEVPID" || true)"
+# What is left are the spare runners of --warm-runners (default 1), which
+# wait for a deployment and use no CPU.
+echo "runner processes of infer dev with every deployment idle: $(pgrep -c -P "$DEVPID" || true), of which spares (--warm-runners): $(pgrep -c -P "$DEVPID" -f -- '--standby' || true)"
 echo "infer dev (activator + control plane + NATS) VmRSS idle: $(( $(rss_kib "$DEVPID") / 1024 )) MiB"
 kill "$DEVPID"; wait "$DEVPID" 2>/dev/null || true
 
