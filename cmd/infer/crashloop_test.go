@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -40,10 +41,9 @@ func newRunnerKiller(t *testing.T, p *platform, nc *nats.Conn, deps ...string) *
 	// One channel for every subscription keeps NATS's order: a job's
 	// publication comes before any runner's start event for it.
 	ch := make(chan *nats.Msg, 4096)
-	subjects := []string{"_INFER.reply.>", wire.AsyncEventSubject("*")}
-	for _, d := range deps {
-		subjects = append(subjects, wire.RequestSubject(d))
-	}
+	// Request subjects name the deployment's ID, which the CLI does not
+	// print: every queue's, matched to deps by the job's name.
+	subjects := []string{"_INFER.reply.>", wire.AsyncEventSubject("*"), wire.RequestSubject("*")}
 	for _, s := range subjects {
 		sub, err := nc.ChanSubscribe(s, ch)
 		if err != nil {
@@ -70,16 +70,14 @@ func newRunnerKiller(t *testing.T, p *platform, nc *nats.Conn, deps ...string) *
 }
 
 func (k *runnerKiller) see(m *nats.Msg) {
-	for _, d := range k.deps {
-		if m.Subject == wire.RequestSubject(d) {
-			var job wire.Job
-			if json.Unmarshal(m.Data, &job) == nil && strings.Contains(job.Prompt, poisonMark) {
-				k.mu.Lock()
-				k.poison[job.ID] = d
-				k.mu.Unlock()
-			}
-			return
+	if strings.HasPrefix(m.Subject, wire.RequestSubject("")) {
+		var job wire.Job
+		if json.Unmarshal(m.Data, &job) == nil && slices.Contains(k.deps, job.Deployment) && strings.Contains(job.Prompt, poisonMark) {
+			k.mu.Lock()
+			k.poison[job.ID] = job.Deployment
+			k.mu.Unlock()
 		}
+		return
 	}
 	if m.Header.Get(wire.PingHeader) != "" {
 		return
