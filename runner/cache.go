@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
 )
 
 // Cache keeps model weights on local disk, addressed by sha256. A file only
