@@ -117,7 +117,7 @@ func (c *Cache) download(ctx context.Context, a Artifact, path string, progress 
 			stopProgress()
 			return fmt.Errorf("allocating %d bytes for weights: %w", size, err)
 		}
-		sum, err = fetchParts(ctx, c.Blobs, a.ObjectKey, size, tmp, plan, &done)
+		sum, err = fetchParts(ctx, c.Blobs, a.ObjectKey, size, writeBackFile{tmp}, plan, &done)
 	} else {
 		sum, err = c.fetchStream(ctx, a.ObjectKey, tmp, &done)
 	}
@@ -138,6 +138,18 @@ func (c *Cache) download(ctx context.Context, a Artifact, path string, progress 
 		return fmt.Errorf("installing weights in cache: %w", err)
 	}
 	return nil
+}
+
+// writeBackFile starts writing each part to disk as soon as it is in the
+// file, so that the fsync before the rename finds little left to write.
+type writeBackFile struct{ *os.File }
+
+func (f writeBackFile) WriteAt(p []byte, off int64) (int, error) {
+	n, err := f.File.WriteAt(p, off)
+	if n > 0 {
+		startWriteback(f.File, off, int64(n))
+	}
+	return n, err
 }
 
 // fetchStream copies the object to w in one GET, hashing as it goes.

@@ -18,3 +18,16 @@ func preallocate(f *os.File, size int64) error {
 	}
 	return err
 }
+
+// startWriteback asks the kernel to start writing a finished part to disk
+// now (SYNC_FILE_RANGE_WRITE does not wait). Otherwise a gigabyte stays
+// dirty in the page cache until the fsync before the rename, which then
+// waits for all of it: ~1 s for 1.16 GB on the test host, after the
+// download. Errors are ignored: the fsync reports any that matter.
+func startWriteback(f *os.File, off, n int64) {
+	syscall.SyncFileRange(int(f.Fd()), off, n, syncFileRangeWrite)
+}
+
+// syncFileRangeWrite is SYNC_FILE_RANGE_WRITE from <linux/fs.h>, which the
+// syscall package does not name.
+const syncFileRangeWrite = 0x2
