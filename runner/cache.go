@@ -216,8 +216,9 @@ func (c countWriter) Write(b []byte) (int, error) {
 const progressEvery = 250 * time.Millisecond
 
 // reportProgress calls report with the bytes counted in done every
-// progressEvery, from one goroutine (parts finish on several), until stop,
-// which reports once more so the last figure is the final one.
+// progressEvery while the count moves, from one goroutine (parts arrive on
+// several), until stop, which reports once more so the last figure is the
+// final one.
 func reportProgress(done *atomic.Int64, total int64, report Progress) (stop func()) {
 	if report == nil {
 		return func() {}
@@ -227,13 +228,18 @@ func reportProgress(done *atomic.Int64, total int64, report Progress) (stop func
 		defer close(exited)
 		tick := time.NewTicker(progressEvery)
 		defer tick.Stop()
+		last := int64(-1)
 		for {
 			select {
 			case <-quit:
 				report(done.Load(), total)
 				return
 			case <-tick.C:
-				report(done.Load(), total)
+				// A stalled transfer reports nothing new.
+				if n := done.Load(); n != last {
+					report(n, total)
+					last = n
+				}
 			}
 		}
 	}()
