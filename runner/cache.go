@@ -9,10 +9,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/infer-run/infer/internal/blob"
 )
 
 // Cache keeps model weights on local disk, addressed by sha256. A file only
@@ -22,7 +21,17 @@ import (
 // per artifact, so they download each artifact once.
 type Cache struct {
 	Dir   string
-	Blobs blob.Store
+	Blobs Blobs
+	// Parts shapes the parallel download of large objects; the zero value
+	// is the measured default.
+	Parts PartPlan
+}
+
+// Blobs is what the cache reads from the object store (any blob.Store).
+type Blobs interface {
+	Stat(ctx context.Context, key string) (int64, error)
+	Open(ctx context.Context, key string) (io.ReadCloser, int64, error)
+	rangeOpener
 }
 
 // Artifact names one set of weights in the object store.
@@ -73,12 +82,26 @@ func (c *Cache) present(path string, size int64) bool {
 	return err == nil && st.Mode().IsRegular() && (size <= 0 || st.Size() == size)
 }
 
+// download fetches the artifact into a temporary file next to path, checks
+// its sha256 and only then renames it to path. Objects of plan.Min bytes or
+// more are fetched in parallel ranged parts (fetchParts), smaller ones as
+// one stream; both hash while the bytes arrive, so verifying costs no second
+// read of the file.
 func (c *Cache) download(ctx context.Context, a Artifact, path string, progress Progress) error {
-	r, size, err := c.Blobs.Open(ctx, a.ObjectKey)
-	if err != nil {
-		return fmt.Errorf("fetching weights %s: %w", a.ObjectKey, err)
+	plan := c.Parts.withDefaults()
+	size := a.Size
+	if size <= 0 || size >= plan.Min {
+		// One round trip: the size decides the way to fetch, and a missing
+		// object or a store that is down fails here, before a gigabyte is
+		// allocated on disk.
+		var err error
+		if size, err = c.Blobs.Stat(ctx, a.ObjectKey); err != nil {
+			return fmt.Errorf("fetching weights %s: %w", a.ObjectKey, err)
+		}
+		if a.Size > 0 && size != a.Size {
+			return fmt.Errorf("weights %s have %d bytes in the object store, want %d", a.ObjectKey, size, a.Size)
+		}
 	}
-	defer r.Close()
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".download-*")
 	if err != nil {
 		return fmt.Errorf("creating download file: %w", err)
@@ -86,17 +109,24 @@ func (c *Cache) download(ctx context.Context, a Artifact, path string, progress 
 	defer os.Remove(tmp.Name()) // no-op after the rename
 	defer tmp.Close()
 
-	h := sha256.New()
-	w := io.MultiWriter(tmp, h)
-	if progress != nil {
-		w = &progressWriter{w: w, total: size, report: progress}
+	var done atomic.Int64
+	stopProgress := reportProgress(&done, size, progress)
+	var sum []byte
+	if size >= plan.Min {
+		if err := preallocate(tmp, size); err != nil {
+			stopProgress()
+			return fmt.Errorf("allocating %d bytes for weights: %w", size, err)
+		}
+		sum, err = fetchParts(ctx, c.Blobs, a.ObjectKey, size, writeBackFile{tmp}, plan, &done)
+	} else {
+		sum, err = c.fetchStream(ctx, a.ObjectKey, tmp, &done)
 	}
-	n, err := io.Copy(w, contextReader{ctx, r})
+	stopProgress()
 	if err != nil {
-		return fmt.Errorf("downloading weights %s: %w", a.ObjectKey, err)
+		return err
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != a.SHA256 {
-		return fmt.Errorf("downloaded weights %s do not match their digest: got sha256 %s (%d bytes), want %s", a.ObjectKey, got, n, a.SHA256)
+	if got := hex.EncodeToString(sum); got != a.SHA256 {
+		return fmt.Errorf("downloaded weights %s do not match their digest: got sha256 %s (%d bytes), want %s", a.ObjectKey, got, done.Load(), a.SHA256)
 	}
 	if err := tmp.Sync(); err != nil {
 		return fmt.Errorf("syncing weights: %w", err)
@@ -108,6 +138,32 @@ func (c *Cache) download(ctx context.Context, a Artifact, path string, progress 
 		return fmt.Errorf("installing weights in cache: %w", err)
 	}
 	return nil
+}
+
+// writeBackFile starts writing each part to disk as soon as it is in the
+// file, so that the fsync before the rename finds little left to write.
+type writeBackFile struct{ *os.File }
+
+func (f writeBackFile) WriteAt(p []byte, off int64) (int, error) {
+	n, err := f.File.WriteAt(p, off)
+	if n > 0 {
+		startWriteback(f.File, off, int64(n))
+	}
+	return n, err
+}
+
+// fetchStream copies the object to w in one GET, hashing as it goes.
+func (c *Cache) fetchStream(ctx context.Context, key string, w io.Writer, done *atomic.Int64) ([]byte, error) {
+	r, _, err := c.Blobs.Open(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("fetching weights %s: %w", key, err)
+	}
+	defer r.Close()
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(w, h, countWriter{done}), contextReader{ctx, r}); err != nil {
+		return nil, fmt.Errorf("downloading weights %s: %w", key, err)
+	}
+	return h.Sum(nil), nil
 }
 
 // lockFile takes an exclusive flock, polling so that ctx can interrupt the
@@ -147,21 +203,48 @@ func (c contextReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
-type progressWriter struct {
-	w      io.Writer
-	done   int64
-	total  int64
-	report Progress
-	last   time.Time
+// countWriter counts the bytes written through it.
+type countWriter struct{ n *atomic.Int64 }
+
+func (c countWriter) Write(b []byte) (int, error) {
+	c.n.Add(int64(len(b)))
+	return len(b), nil
 }
 
-func (p *progressWriter) Write(b []byte) (int, error) {
-	n, err := p.w.Write(b)
-	p.done += int64(n)
-	// Report at most every 250 ms: each report becomes a NATS message.
-	if now := time.Now(); now.Sub(p.last) > 250*time.Millisecond || p.done == p.total {
-		p.last = now
-		p.report(p.done, p.total)
+// progressEvery is how often a download reports progress: each report
+// becomes a NATS message.
+const progressEvery = 250 * time.Millisecond
+
+// reportProgress calls report with the bytes counted in done every
+// progressEvery while the count moves, from one goroutine (parts arrive on
+// several), until stop, which reports once more so the last figure is the
+// final one.
+func reportProgress(done *atomic.Int64, total int64, report Progress) (stop func()) {
+	if report == nil {
+		return func() {}
 	}
-	return n, err
+	quit, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		tick := time.NewTicker(progressEvery)
+		defer tick.Stop()
+		last := int64(-1)
+		for {
+			select {
+			case <-quit:
+				report(done.Load(), total)
+				return
+			case <-tick.C:
+				// A stalled transfer reports nothing new.
+				if n := done.Load(); n != last {
+					report(n, total)
+					last = n
+				}
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-exited
+	}
 }

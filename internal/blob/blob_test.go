@@ -120,6 +120,7 @@ func TestStore(t *testing.T) {
 		{"reader fails, unknown size", failedPut(2<<20, 1<<20, unknownSize)},
 		{"reader fails after first part, known size", failedPut(40<<20, 20<<20, knownSize)},
 		{"reader fails after first part, unknown size", failedPut(40<<20, 20<<20, unknownSize)},
+		{"ranges", ranges},
 		{"overwrite replaces", func(t *testing.T, s store, prefix string) {
 			key := prefix + "/obj"
 			put(t, s, key, []byte("old"), 3)
@@ -181,6 +182,7 @@ func TestStore(t *testing.T) {
 			} {
 				errs := map[string]error{"Put": s.Put(ctx, key, strings.NewReader("x"), 1)}
 				_, _, errs["Open"] = s.Open(ctx, key)
+				_, errs["OpenRange"] = s.OpenRange(ctx, key, 0, 1)
 				_, errs["Stat"] = s.Stat(ctx, key)
 				errs["Delete"] = s.Delete(ctx, key)
 				for op, err := range errs {
@@ -259,6 +261,54 @@ func roundTrip(n int64, src source) func(t *testing.T, s store, prefix string) {
 		if !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
 			t.Fatal("content read back differs from content stored")
 		}
+	}
+}
+
+// ranges reads parts of a stored object with OpenRange: any range inside
+// the object gives exactly its bytes, a range past the end fails instead of
+// returning fewer bytes, and a missing key is ErrNotFound.
+func ranges(t *testing.T, s store, prefix string) {
+	const size = 3<<20 + 17
+	key := prefix + "/model.gguf"
+	data, err := io.ReadAll(random(size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, key, data, size)
+	for _, r := range []struct{ off, n int64 }{
+		{0, 1}, {0, size}, {1 << 20, 1 << 20}, {size - 1, 1}, {12345, 2<<20 + 3},
+	} {
+		rc, err := s.OpenRange(t.Context(), key, r.off, r.n)
+		if err != nil {
+			t.Fatalf("OpenRange(%d, %d): %v", r.off, r.n, err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			t.Fatalf("reading range (%d, %d): %v", r.off, r.n, err)
+		}
+		if !bytes.Equal(got, data[r.off:r.off+r.n]) {
+			t.Fatalf("range (%d, %d): got %d bytes that differ from the object's", r.off, r.n, len(got))
+		}
+	}
+	for _, r := range []struct{ off, n int64 }{{size - 10, 11}, {size, 1}, {size + 100, 5}} {
+		rc, err := s.OpenRange(t.Context(), key, r.off, r.n)
+		if err == nil {
+			_, err = io.ReadAll(rc)
+			rc.Close()
+		}
+		if err == nil || errors.Is(err, blob.ErrUnavailable) {
+			t.Errorf("range (%d, %d) past the end of a %d-byte object: %v, want a lasting error", r.off, r.n, size, err)
+		}
+	}
+	for _, r := range []struct{ off, n int64 }{{-1, 5}, {0, 0}, {5, -1}} {
+		if rc, err := s.OpenRange(t.Context(), key, r.off, r.n); err == nil {
+			rc.Close()
+			t.Errorf("OpenRange(%d, %d) succeeded", r.off, r.n)
+		}
+	}
+	if _, err := s.OpenRange(t.Context(), prefix+"/never", 0, 1); !errors.Is(err, blob.ErrNotFound) {
+		t.Errorf("OpenRange of a missing key = %v, want ErrNotFound", err)
 	}
 }
 

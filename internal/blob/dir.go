@@ -89,6 +89,14 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) (err
 
 // Open returns the file at key and its size.
 func (d *Dir) Open(ctx context.Context, key string) (io.ReadCloser, int64, error) {
+	f, size, err := d.openFile(ctx, key)
+	if err != nil {
+		return nil, 0, err
+	}
+	return f, size, nil
+}
+
+func (d *Dir) openFile(ctx context.Context, key string) (*os.File, int64, error) {
 	path, err := d.path(key)
 	if err != nil {
 		return nil, 0, err
@@ -109,6 +117,39 @@ func (d *Dir) Open(ctx context.Context, key string) (io.ReadCloser, int64, error
 		return nil, 0, notFound("open", key, err)
 	}
 	return f, fi.Size(), nil
+}
+
+// OpenRange returns n bytes of the file at key from offset off. Each call
+// has its own file descriptor and reads with pread (a SectionReader), so
+// parallel parts never share a file offset.
+func (d *Dir) OpenRange(ctx context.Context, key string, off, n int64) (io.ReadCloser, error) {
+	if err := checkRange(key, off, n); err != nil {
+		return nil, err
+	}
+	f, _, err := d.openFile(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return newExactReader(sectionFile{io.NewSectionReader(ctxReaderAt{ctx, f}, off, n), f}, key, n), nil
+}
+
+// sectionFile is a range of an open file that closes the file.
+type sectionFile struct {
+	*io.SectionReader
+	io.Closer
+}
+
+// ctxReaderAt stops a long ranged read once ctx is done.
+type ctxReaderAt struct {
+	ctx context.Context
+	r   io.ReaderAt
+}
+
+func (c ctxReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.ReadAt(p, off)
 }
 
 // Stat returns the size of the file at key.
