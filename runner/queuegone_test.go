@@ -9,10 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infer-run/infer/internal/queue"
-	"github.com/infer-run/infer/internal/testenv"
 	"github.com/infer-run/infer/internal/wire"
 )
 
@@ -63,20 +61,8 @@ func (l logLines) WithGroup(g string) slog.Handler {
 func TestQueueDeletedStopsRunner(t *testing.T) {
 	ctx := context.Background()
 	art, store := storedModel(t)
-	nc, err := nats.Connect(testenv.NATS(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	deployment, id := "dep_gone"+wire.NewID(4), wire.NewID(4)
-	if _, err := queue.Ensure(ctx, js, deployment, queue.DeploymentLimits(10, time.Minute)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { queue.Delete(context.Background(), js, deployment) })
+	nc, js, deployment := testQueue(t, "dep_gone")
+	id := wire.NewID(4)
 
 	replyTo := "_INFER.reply.test." + wire.NewID(6)
 	events := make(chan wire.Event, 1024)

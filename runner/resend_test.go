@@ -23,20 +23,8 @@ import (
 func TestResend(t *testing.T) {
 	ctx := context.Background()
 	art, store := storedModel(t)
-	nc, err := nats.Connect(testenv.NATS(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	deployment, id := "resend-"+wire.NewID(4), wire.NewID(4)
-	if _, err := queue.Ensure(ctx, js, deployment, queue.DeploymentLimits(10, time.Minute)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { queue.Delete(context.Background(), js, deployment) })
+	nc, js, deployment := testQueue(t, "resend-")
+	id := wire.NewID(4)
 
 	// The activator's side: every event, last events acknowledged, pings
 	// answered.
@@ -132,4 +120,26 @@ func TestResend(t *testing.T) {
 		t.Errorf("an event nobody asked for: %q", ev)
 	case <-time.After(100 * time.Millisecond):
 	}
+}
+
+// testQueue connects to a test NATS server and creates a request queue
+// for a deployment whose ID starts with prefix; both go when the test
+// ends.
+func testQueue(t *testing.T, prefix string) (*nats.Conn, jetstream.JetStream, string) {
+	t.Helper()
+	nc, err := nats.Connect(testenv.NATS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deployment := prefix + wire.NewID(4)
+	if _, err := queue.Ensure(t.Context(), js, deployment, queue.DeploymentLimits(10, time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { queue.Delete(context.Background(), js, deployment) })
+	return nc, js, deployment
 }

@@ -251,6 +251,14 @@ func (p *platform) mustPost(what, path, body string) []byte {
 // runnerPIDs lists the `infer runner` processes serving a deployment of
 // this platform (found through /proc, as a person would with ps).
 func (p *platform) runnerPIDs(deployment string) []string {
+	return p.runnerProcs(func(cmdline string, _ []string) bool {
+		return strings.Contains(cmdline, "\x00--deployment\x00"+deployment+"\x00")
+	})
+}
+
+// runnerProcs lists this platform's `infer runner` processes whose
+// command line match accepts.
+func (p *platform) runnerProcs(match func(cmdline string, args []string) bool) []string {
 	var pids []string
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -259,7 +267,7 @@ func (p *platform) runnerPIDs(deployment string) []string {
 			continue
 		}
 		args := strings.Split(string(b), "\x00")
-		if len(args) > 2 && args[0] == p.bin && args[1] == "runner" && strings.Contains(string(b), "\x00--deployment\x00"+deployment+"\x00") {
+		if len(args) > 2 && args[0] == p.bin && args[1] == "runner" && match(string(b), args) {
 			pids = append(pids, e.Name())
 		}
 	}

@@ -14,18 +14,7 @@ import (
 
 // sparePIDs lists this platform's spare runners: `infer runner --standby`.
 func (p *platform) sparePIDs() []string {
-	var pids []string
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if len(args) > 2 && args[0] == p.bin && args[1] == "runner" && args[2] == "--standby" {
-			pids = append(pids, e.Name())
-		}
-	}
+	pids := p.runnerProcs(func(_ string, args []string) bool { return args[2] == "--standby" })
 	slices.Sort(pids)
 	return pids
 }
