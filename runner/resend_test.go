@@ -28,22 +28,7 @@ func TestResend(t *testing.T) {
 
 	// The activator's side: every event, last events acknowledged, pings
 	// answered.
-	replyTo := "_INFER.reply.test." + wire.NewID(6)
-	events := make(chan []byte, 1024)
-	sub, err := nc.Subscribe(replyTo+".>", func(m *nats.Msg) {
-		if m.Header.Get(wire.PingHeader) != "" {
-			m.Respond([]byte(wire.PingAlive))
-			return
-		}
-		events <- bytes.Clone(m.Data)
-		if m.Reply != "" {
-			m.Respond(nil)
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	replyTo, events := playActivator(t, nc)
 
 	runRunner(t, Config{ID: id, DeploymentID: deployment, Deployment: deployment, Artifact: art, Cache: &Cache{Dir: t.TempDir(), Blobs: store}, Engine: EngineConfig{Parallel: 1, Context: 256}}, nc)
 
@@ -142,4 +127,29 @@ func testQueue(t *testing.T, prefix string) (*nats.Conn, jetstream.JetStream, st
 	}
 	t.Cleanup(func() { queue.Delete(context.Background(), js, deployment) })
 	return nc, js, deployment
+}
+
+// playActivator subscribes as the activator holding a test's jobs would:
+// every event a runner sends to replyTo (plus its ID) arrives on events,
+// last events are acknowledged and pings answered alive. The subscription
+// ends with the test.
+func playActivator(t *testing.T, nc *nats.Conn) (replyTo string, events chan []byte) {
+	t.Helper()
+	replyTo = "_INFER.reply.test." + wire.NewID(6)
+	events = make(chan []byte, 1024)
+	sub, err := nc.Subscribe(replyTo+".>", func(m *nats.Msg) {
+		if m.Header.Get(wire.PingHeader) != "" {
+			m.Respond([]byte(wire.PingAlive))
+			return
+		}
+		events <- bytes.Clone(m.Data)
+		if m.Reply != "" {
+			m.Respond(nil)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Unsubscribe() })
+	return replyTo, events
 }

@@ -1,14 +1,11 @@
 package runner
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/wire"
@@ -23,22 +20,7 @@ func TestBadSchemaJob(t *testing.T) {
 	ctx := context.Background()
 	art, store := storedModel(t)
 	nc, js, deployment := testQueue(t, "schema-")
-	replyTo := "_INFER.reply.test." + wire.NewID(6)
-	events := make(chan []byte, 1024)
-	sub, err := nc.Subscribe(replyTo+".>", func(m *nats.Msg) {
-		if m.Header.Get(wire.PingHeader) != "" {
-			m.Respond([]byte(wire.PingAlive))
-			return
-		}
-		events <- bytes.Clone(m.Data)
-		if m.Reply != "" {
-			m.Respond(nil)
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	replyTo, events := playActivator(t, nc)
 	runRunner(t, Config{ID: wire.NewID(4), DeploymentID: deployment, Deployment: deployment, Artifact: art, Cache: &Cache{Dir: t.TempDir(), Blobs: store}, Engine: EngineConfig{Parallel: 2, Context: 256}}, nc)
 
 	// run queues a job and returns its last event.
