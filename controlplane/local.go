@@ -39,7 +39,7 @@ type LocalDriver struct {
 	// its arguments instead of starting a process, and starts another
 	// spare. A process start is what remained of a small model's cold
 	// start (stories260K, a burst of 16 at zero: ~107 ms of ~270 ms on a
-	// loaded 2-vCPU host); a spare costs its memory (~75 MiB) and no CPU.
+	// loaded 2-vCPU host); a spare costs its memory (~70 MiB) and no CPU.
 	Spares int
 
 	mu      sync.Mutex
@@ -81,7 +81,9 @@ func (d *LocalDriver) Start(ctx context.Context, spec RunnerSpec) error {
 		}
 		d.logger().Warn("a spare runner could not take a deployment; trying another", "err", err)
 	}
-	defer d.Prestart()
+	// The pool is empty (or off): refill it later, as after a spare took
+	// a deployment, not while this runner loads.
+	defer time.AfterFunc(spareDelay, d.Prestart)
 	args = append(append([]string{}, d.Command[1:]...), args...)
 	cmd := exec.Command(d.Command[0], args...)
 	// Huge pages from the first exec: a runner started without them

@@ -199,5 +199,5 @@ func embedNATS(storeDir string, log *slog.Logger) (url string, shutdown func(), 
 // runner processes (controlplane.LocalDriver.Spares).
 func registerWarmRunners(fl *pflag.FlagSet, f *serveFlags) {
 	fl.IntVar(&f.warmRunners, "warm-runners", envInt("INFER_WARM_RUNNERS", 1),
-		"local driver: runner processes kept started and waiting for a deployment, so a cold start skips the process start (~75 MiB each, no CPU) ($INFER_WARM_RUNNERS)")
+		"local driver: runner processes kept started and waiting for a deployment, so a cold start skips the process start (~70 MiB each, no CPU) ($INFER_WARM_RUNNERS)")
 }
