@@ -16,6 +16,7 @@
 # Everything runs on this machine; numbers are only comparable within a run.
 # Environment: REPEAT (rounds of the stream benchmarks, median reported; 3),
 # REQUESTS (per level; 64), MAX_TOKENS (128), SKIP_ENGINE=1, SKIP_OLLAMA=1,
+# SKIP_WARM=1 (only the cold-start rows), LARGE=0,
 # DATABASE_URL (a scratch database is used by default), INFER (bin/infer).
 set -euo pipefail
 
@@ -115,7 +116,9 @@ run() { # key url model c n t
 }
 # Ollama's cold load: first request after the server loaded nothing.
 OLLAMA_COLD=()
-for round in $(seq 1 "$REPEAT"); do
+WARM_ROUNDS=$REPEAT
+[[ "${SKIP_WARM:-}" == 1 ]] && WARM_ROUNDS=0
+for round in $(seq 1 "$WARM_ROUNDS"); do
 	echo "round $round/$REPEAT..." >&2
 	# The deployments idle out (30 s) while Ollama is measured; start their
 	# runners again so that no measured level includes a cold start.
@@ -147,11 +150,42 @@ done
 # each deployment at --parallel 16, weights in the host's cache; the large
 # one also from an empty cache. LARGE=0 skips the ~1.16 GB model.
 COLDS=()
+# With Ollama, each row is followed at once by the same burst against
+# Ollama with the model unloaded (keep_alive 0, then /api/ps empty), so the
+# two see the same machine; OLLAMA_MODEL[model] names its Ollama copy.
+declare -A OLLAMA_MODEL
 cold_row() { # label model concurrency
-	local j
+	local j o op50=- op99=- ratio=-
 	j=$("$INFER" bench --model "$2" --cold --concurrency "$3" --requests "$3" --max-tokens 16 --json 2>>"$WORK/bench.err") || return 0
-	COLDS+=("$(jq -r --arg l "$1" --arg c "$3" '.[0] | "| \($l) | \($c) | \(.ttft_p50_ms|round) | \(.ttft_p99_ms|round) | \(.phases_ms.process // 0|round) | \(.phases_ms.fetch // 0|round) | \(.phases_ms.load // 0|round) | \(.phases_ms.ready // 0|round) | \(.phases_ms.first_token // 0|round) | \(.errors) |"' <<<"$j")")
+	if [[ -n $OLLAMA_URL && -n ${OLLAMA_MODEL[$2]:-} ]]; then
+		o=${OLLAMA_MODEL[$2]}
+		ollama_unload "$o"
+		if j2=$(bench_json "$OLLAMA_URL/v1" "$o" "$3" "$3" 16 --api-key ollama); then
+			op50=$(jq -r '.[0].ttft_p50_ms|round' <<<"$j2")
+			op99=$(jq -r '.[0].ttft_p99_ms|round' <<<"$j2")
+			ratio=$(echo "scale=2; $(jq -r '.[0].ttft_p99_ms' <<<"$j") / $(jq -r '.[0].ttft_p99_ms' <<<"$j2")" | bc)
+		fi
+	fi
+	COLDS+=("$(jq -r --arg l "$1" --arg c "$3" --arg o50 "$op50" --arg o99 "$op99" --arg r "$ratio" '.[0] | "| \($l) | \($c) | \(.ttft_p50_ms|round) | \(.ttft_p99_ms|round) | \($o50) | \($o99) | \($r) | \(.phases_ms.process // 0|round) | \(.phases_ms.fetch // 0|round) | \(.phases_ms.load // 0|round) | \(.phases_ms.ready // 0|round) | \(.phases_ms.first_token // 0|round) | \(.errors) |"' <<<"$j")")
 }
+# ollama_unload makes Ollama forget a model, as at zero: the next request
+# loads it again (its weights stay in the page cache, as infer's do).
+ollama_unload() { # model
+	curl -fsS "$OLLAMA_URL/api/generate" -d "{\"model\":\"$1\",\"keep_alive\":0}" >/dev/null || true
+	for _ in $(seq 1 100); do
+		[[ $(curl -fsS "$OLLAMA_URL/api/ps" | jq '.models|length') == 0 ]] && return 0
+		sleep 0.1
+	done
+}
+# ollama_model creates an Ollama copy of a GGUF with the same context as
+# infer's deployment (NUM_PARALLEL 16 as infer's --parallel 16).
+ollama_model() { # infer-name gguf ctx
+	[[ -z $OLLAMA_URL ]] && return 0
+	printf 'FROM %s\nTEMPLATE {{ .Prompt }}\nPARAMETER num_ctx %s\n' "$2" "$3" >"$WORK/Modelfile.$1"
+	OLLAMA_HOST=${OLLAMA_URL#http://} ollama create "o-$1" -f "$WORK/Modelfile.$1" >/dev/null 2>&1 && OLLAMA_MODEL[$1]=o-$1
+}
+ollama_model stories-cold "$MODEL" 512
+ollama_model medium-cold "$MEDIUM" 2048
 "$INFER" deploy medium-cold --weights "$MEDIUM" --parallel 16 --idle-timeout 2s >/dev/null
 bench_json "$INFER_URL/v1" medium-cold 1 1 16 >/dev/null # fetch into the cache, measure threads
 cold_row stories260K stories-cold 1
@@ -162,6 +196,7 @@ if [[ "${LARGE:-1}" != 0 ]]; then
 	LARGEM=$($GO run ./scripts/ggufgen -preset large 2>/dev/null)
 	"$INFER" deploy large-cold --weights "$LARGEM" --parallel 16 --idle-timeout 2s >/dev/null
 	cold_row "~1.16GB-F16, empty cache" large-cold 1
+	ollama_model large-cold "$LARGEM" 2048
 	cold_row ~1.16GB-F16 large-cold 1
 	cold_row ~1.16GB-F16 large-cold 16
 fi
@@ -196,16 +231,16 @@ if ((${#COLDS[@]})); then
 	echo
 	echo "cold starts at zero, --parallel 16, 16 tokens (phases of the first runner, ms):"
 	echo
-	echo '| model | burst | TTFT p50 ms | TTFT p99 ms | process | fetch | load | ready | first token | errors |'
-	echo '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |'
+	echo '| model | burst | TTFT p50 ms | TTFT p99 ms | ollama p50 ms | ollama p99 ms | p99 infer ÷ ollama | process | fetch | load | ready | first token | errors |'
+	echo '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |'
 	printf '%s\n' "${COLDS[@]}"
 fi
 [[ -n $OLLAMA_URL ]] && echo "cold load to first token, ollama (ms, num_thread 1 and 2 alternating): ${OLLAMA_COLD[*]}"
-if [[ -n $OLLAMA_URL ]]; then
+if [[ -n $OLLAMA_URL && "${SKIP_WARM:-}" != 1 ]]; then
 	best=$(printf '%s\n' "$(tps ollama-t1/16)" "$(tps ollama-t2/16)" | sort -n | tail -1)
 	echo "16 streams, infer ÷ best ollama: $(echo "scale=2; $(tps infer/16) / $best" | bc) (target ≥ 1.5)"
 fi
-echo "synthetic, 16 streams ÷ 1 stream: $(echo "scale=2; $(tps synthetic/16) / $(tps synthetic/1)" | bc) (target ≥ 2.5)"
+[[ "${SKIP_WARM:-}" != 1 ]] && echo "synthetic, 16 streams ÷ 1 stream: $(echo "scale=2; $(tps synthetic/16) / $(tps synthetic/1)" | bc) (target ≥ 2.5)"
 
 # ---------------------------------------------------------------- idle
 section "idle"
