@@ -131,6 +131,7 @@ type Server struct {
 	limits    *limiter
 	echo      *echo.Echo
 	openapi   []byte // the API reference as JSON, for GET /openapi.json
+	console   map[string]consoleAsset // the web console's files
 
 	// grace is how long generating requests may finish at shutdown.
 	grace time.Duration
@@ -188,6 +189,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if s.openapi, err = openAPIJSON(); err != nil {
+		s.async.close()
+		s.replies.close()
+		s.runners.close()
+		return nil, err
+	}
+	if s.console, err = consoleAssets(); err != nil {
 		s.async.close()
 		s.replies.close()
 		s.runners.close()
@@ -304,6 +311,7 @@ func (s *Server) routes() *echo.Echo {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 	})
 	e.GET("/openapi.json", serveOpenAPI(s.openapi))
+	consoleRoutes(e, s.console)
 
 	v1 := e.Group("/v1")
 	v1.POST("/chat/completions", s.chatCompletions)
@@ -323,6 +331,7 @@ func (s *Server) routes() *echo.Echo {
 	v1.POST("/keys", s.createKey)
 	v1.GET("/keys", s.listKeys)
 	v1.DELETE("/keys/:id", s.revokeKey)
+	v1.GET("/me", s.me)
 	return e
 }
 
