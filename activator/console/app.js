@@ -267,7 +267,7 @@
     const tbody = h('tbody');
     const empty = h('p', { class: 'muted', hidden: true },
       'No deployments yet. ', isAdmin() ? h('a', { href: '#/deploy', text: 'Deploy a model.' }) : 'An admin key can deploy one.');
-    const updated = h('span', { class: 'muted', 'aria-hidden': 'true' });
+    const updated = h('span', { class: 'muted', id: 'dep-updated', 'aria-hidden': 'true' });
     root.append(
       h('div', { class: 'row' }, h('h1', { text: 'Deployments' }), isAdmin() && h('a', { href: '#/deploy', text: 'Deploy a model' })),
       h('p', { class: 'muted' }, 'Live: refreshed every second. ', updated),
