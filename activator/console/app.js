@@ -95,9 +95,10 @@
     for (const [d, u] of [[1e9, 'B'], [1e6, 'M'], [1e3, 'K']]) if (n >= d) return `${(n / d).toFixed(n >= 10 * d ? 0 : 1)}${u}`;
     return String(n);
   }
+  const timeFmt = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit' });
   function fmtTime(t) {
     const d = new Date(t);
-    return isNaN(d) || d.getFullYear() < 2000 ? '—' : d.toLocaleString();
+    return isNaN(d) || d.getFullYear() < 2000 ? '—' : timeFmt.format(d);
   }
   const isZeroTime = (t) => !t || t.startsWith('0001-');
 
@@ -758,7 +759,8 @@
     const snipPre = h('pre', { id: 'pg-snippet', tabindex: '0' });
     const copy = h('button', { type: 'button', class: 'secondary', text: 'Copy' });
     const form = h('form', { id: 'pg-form' },
-      h('div', { class: 'row' }, field('Deployment', model), live, field('Max tokens', maxTokens)),
+      h('div', { class: 'row' }, field('Deployment', model), field('Max tokens', maxTokens)),
+      h('p', {}, 'State: ', live),
       field('Message', prompt, 'Ctrl+Enter sends'),
       h('p', { class: 'row' }, send, stop, clear));
     root.append(h('h1', { text: 'Playground' }),
@@ -808,7 +810,7 @@
       if (!text) { prompt.focus(); return; }
       messages.push({ role: 'user', content: text });
       chat.append(h('div', { class: 'msg user', text }));
-      const out = h('div', { class: 'msg assistant', 'data-streaming': 'true' });
+      const out = h('div', { class: 'msg assistant pending', 'data-streaming': 'true', 'aria-busy': 'true' }, h('span', { class: 'muted', text: 'waiting for the first token…' }));
       chat.append(out);
       prompt.value = '';
       renderSnippet();
@@ -842,6 +844,7 @@
             if (delta && delta.content) {
               if (isNaN(ttft)) ttft = performance.now() - t0;
               reply += delta.content;
+              out.classList.remove('pending');
               out.textContent = reply;
               chat.scrollTop = chat.scrollHeight;
             }
@@ -859,6 +862,8 @@
         else messages.pop();
       } finally {
         out.dataset.streaming = 'false';
+        out.removeAttribute('aria-busy');
+        if (!reply) out.remove();
         abort = null; send.disabled = false; stop.disabled = true;
         renderSnippet();
       }
@@ -928,7 +933,7 @@
     const keyNames = new Map();
     let keys = [];
     let current = { header: [], rows: [] };
-    const keyLabel = (k) => (keyNames.has(k) ? `${keyNames.get(k)} (${k})` : k);
+    const keyLabel = (k) => keyNames.get(k) || k;
 
     async function load() {
       const q = new URLSearchParams();
@@ -974,7 +979,7 @@
           table(['Key', 'Spent', 'Budget', 'Used'], list.map((k) => {
             const used = spent.get(k.id) || 0;
             const b = k.budget_usd;
-            return [keyLabel(k.id), fmtUSD(used), b == null ? 'unlimited' : fmtUSD(b),
+            return [`${keyLabel(k.id)} (${k.id})`, fmtUSD(used), b == null ? 'unlimited' : fmtUSD(b),
               b == null ? '—' : h('meter', { min: 0, max: b || 1, value: used, low: 0.7 * b, high: 0.9 * b, optimum: 0, 'aria-label': `${fmtUSD(used)} of ${fmtUSD(b)}` })];
           }), null, 'Spend per key'));
       } catch (e) { budgets.replaceChildren(h('p', { class: 'error', text: `Could not load budgets: ${e.message}` })); }
@@ -1005,11 +1010,17 @@
         recs.map((r) => [r.created_at, r.request_id, r.deployment, r.key_id, r.prompt_tokens, r.completion_tokens, r.queue_wait_ms, r.ttft_ms, r.duration_ms, r.cold_start, r.status, r.finish_reason, r.cost_usd]));
     }
     const sum = (f) => recs.reduce((a, r) => a + (r[f] || 0), 0);
-    return table(cols,
+    const t = table(cols,
       recs.map((r) => [fmtTime(r.created_at), r.deployment, label(r.key_id), fmtInt(r.prompt_tokens), fmtInt(r.completion_tokens),
         fmtMs(r.queue_wait_ms), fmtMs(r.ttft_ms), fmtMs(r.duration_ms), r.cold_start ? 'yes' : 'no', r.status, fmtUSD(r.cost_usd)]),
-      ['Total', '', '', fmtInt(sum('prompt_tokens')), fmtInt(sum('completion_tokens')), '', '', '', `${recs.filter((r) => r.cold_start).length}`, `${recs.length} requests`, fmtUSD(sum('cost_usd'))],
+      ['Total', '', '', fmtInt(sum('prompt_tokens')), fmtInt(sum('completion_tokens')), '', '', '', `${recs.filter((r) => r.cold_start).length}`, '', fmtUSD(sum('cost_usd'))],
       `${recs.length} request${recs.length === 1 ? '' : 's'}, newest first`);
+    // Each row names its request and key, for people (title) and tests.
+    t.querySelectorAll('tbody tr').forEach((tr, i) => {
+      tr.dataset.keyId = recs[i].key_id;
+      tr.title = `request ${recs[i].request_id}, key ${recs[i].key_id}`;
+    });
+    return t;
   }
 
   function table(cols, rows, foot, caption) {

@@ -270,7 +270,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.waitJS("a cold-start phase in the playground", `document.querySelectorAll('#pg-phases li').length > 0`, 20*time.Second)
 	b.screenshot("playground-cold-start")
 	s3.Restore()
-	b.waitJS("the first streamed text", `(document.querySelector('#pg-chat .msg.assistant')?.textContent || '').length > 0`, 60*time.Second)
+	b.waitJS("the first streamed text", `(document.querySelector('#pg-chat .msg.assistant:not(.pending)')?.textContent || '').length > 0`, 60*time.Second)
 	b.waitJS("the end of the stream", `document.querySelector('#pg-chat .msg.assistant')?.dataset.streaming === 'false'`, 60*time.Second)
 	b.waitJS("the ready state", `document.querySelector('#pg-state [data-state]')?.dataset.state === 'ready'`, 10*time.Second)
 	b.screenshot("playground")
@@ -373,20 +373,39 @@ func TestConsoleInBrowser(t *testing.T) {
 	if code, _, body := p.do(http.MethodGet, "/v1/me", p.key, ""); code != 200 || json.Unmarshal(body, &admin) != nil {
 		t.Fatalf("GET /v1/me: %d %s", code, body)
 	}
-	if code, _, body := p.do(http.MethodPost, "/v1/chat/completions", userSecret, `{"model":"stories","messages":[{"role":"user","content":"Once upon a time"}],"max_tokens":8}`); code != 200 {
-		t.Fatalf("a request with the user key: %d %s", code, body)
-	}
 	b.do("signing out", chromedp.Click(chromedp.CSS("#signout")), chromedp.WaitVisible(chromedp.CSS("#signin-key")))
 	b.signIn(userSecret)
 	if hidden := consoleEval[[]bool](b, `[...document.querySelectorAll('[data-admin]')].map(li => li.hidden)`); len(hidden) != 2 || !hidden[0] || !hidden[1] {
 		t.Errorf("a user key sees the admin pages in the menu (hidden: %v)", hidden)
 	}
+
+	// Live state, on the deployments page the user key opened: a request
+	// makes stories ready (a cold start if the idle timeout passed), and
+	// it goes back to zero after its idle timeout, without a reload.
+	b.waitJS("stories in the list", `document.querySelector('tr[data-deployment="stories"] [data-state]') !== null`, 10*time.Second)
+	if code, _, body := p.do(http.MethodPost, "/v1/chat/completions", userSecret, `{"model":"stories","messages":[{"role":"user","content":"Once upon a time"}],"max_tokens":8}`); code != 200 {
+		t.Fatalf("a request with the user key: %d %s", code, body)
+	}
+	b.waitJS("the list to show stories ready", `document.querySelector('tr[data-deployment="stories"] [data-state]')?.dataset.state === 'ready'`, 10*time.Second)
+	b.screenshot("deployments-ready")
+	var exited time.Time
+	waitFor(t, 30*time.Second, "the idle runner to exit", func() bool {
+		if len(p.runnerPIDs("stories")) == 0 {
+			exited = time.Now()
+			return true
+		}
+		return false
+	})
+	b.waitJS("the list to show stories at zero", `document.querySelector('tr[data-deployment="stories"] [data-state]')?.dataset.state === 'zero'`, 10*time.Second)
+	t.Logf("the deployments page showed zero %v after the runner process exited (it polls every 1 s)", time.Since(exited).Round(10*time.Millisecond))
+	b.screenshot("deployments-zero")
+
 	b.route("#/usage")
 	b.waitJS("the user's usage", `document.querySelectorAll('#u-table tbody tr').length > 0`, 15*time.Second)
-	keysShown := consoleEval[[]string](b, `[...document.querySelectorAll('#u-table tbody tr')].map(tr => tr.children[2].textContent)`)
+	keysShown := consoleEval[[]string](b, `[...document.querySelectorAll('#u-table tbody tr')].map(tr => tr.dataset.keyId + ' ' + tr.children[2].textContent)`)
 	b.screenshot("usage-as-user")
 	for _, k := range keysShown {
-		if !strings.Contains(k, userID) || strings.Contains(k, admin.ID) {
+		if k != userID+" ci-user" || strings.Contains(k, admin.ID) {
 			t.Errorf("the user key's usage page shows %q; want only its own requests (%s)", keysShown, userID)
 			break
 		}
@@ -394,28 +413,6 @@ func TestConsoleInBrowser(t *testing.T) {
 	if len(keysShown) != 1 {
 		t.Errorf("the user key's usage page shows %d requests, want its 1: %q", len(keysShown), keysShown)
 	}
-
-	// Live state: the deployment, warm from the user's request, goes back
-	// to zero after its idle timeout, and the deployments page shows it
-	// without a reload.
-	b.route("#/deployments")
-	b.waitJS("stories in the list", `document.querySelector('tr[data-deployment="stories"] [data-state]') !== null`, 10*time.Second)
-	if consoleEval[string](b, `document.querySelector('tr[data-deployment="stories"] [data-state]').dataset.state`) == "ready" {
-		b.screenshot("deployments-ready")
-		var exited time.Time
-		waitFor(t, 30*time.Second, "the idle runner to exit", func() bool {
-			if len(p.runnerPIDs("stories")) == 0 {
-				exited = time.Now()
-				return true
-			}
-			return false
-		})
-		b.waitJS("the list to show stories at zero", `document.querySelector('tr[data-deployment="stories"] [data-state]')?.dataset.state === 'zero'`, 10*time.Second)
-		t.Logf("the deployments page showed zero %v after the runner process exited (polls every 1 s)", time.Since(exited).Round(10*time.Millisecond))
-	} else {
-		t.Log("the runner had already stopped when the deployments page opened")
-	}
-	b.screenshot("deployments-zero")
 
 	// A phone's width: the tables stack, nothing overflows sideways.
 	b.do("narrowing to a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))
