@@ -270,10 +270,10 @@
       'No deployments yet. ', isAdmin() ? h('a', { href: '#/deploy', text: 'Deploy a model.' }) : 'An admin key can deploy one.');
     const updated = h('span', { class: 'muted', id: 'dep-updated', 'aria-hidden': 'true' });
     root.append(
-      h('div', { class: 'row' }, h('h1', { text: 'Deployments' }), isAdmin() && h('a', { href: '#/deploy', text: 'Deploy a model' })),
+      h('div', { class: 'row head' }, h('h1', { text: 'Deployments' }), isAdmin() && h('a', { href: '#/deploy', class: 'button', text: 'Deploy a model' })),
       h('p', { class: 'muted' }, 'Live: refreshed every second. ', updated),
       err,
-      h('div', { class: 'table-wrap' }, h('table', { class: 'stack', id: 'deployments' },
+      h('div', { class: 'table-wrap', id: 'deployments-wrap' }, h('table', { class: 'stack', id: 'deployments' },
         h('thead', {}, h('tr', {}, ['Name', 'State', 'Runners', 'Queued', 'In flight', 'Idle timeout', 'Scales to zero', ''].map((c, i) =>
           h('th', { scope: 'col', class: i >= 3 && i <= 4 ? 'num' : null, text: c })))),
         tbody)),
@@ -312,6 +312,7 @@
         });
         for (const [name, r] of rows) if (!seen.has(name)) { r.tr.remove(); rows.delete(name); }
         empty.hidden = deps.length > 0;
+        document.getElementById('deployments-wrap').hidden = deps.length === 0;
         err.textContent = '';
         updated.textContent = `Last update ${new Date().toLocaleTimeString()}.`;
       } catch (e) {
@@ -348,7 +349,7 @@
 
   function pageDeployment(root, args, ctx) {
     const name = args[0] || '';
-    const head = h('div', { class: 'row' }, h('h1', { text: name }));
+    const head = h('div', { class: 'row title' }, h('h1', { text: name }));
     const err = h('p', { class: 'error', role: 'alert' });
     const settings = h('div');
     const runners = h('div');

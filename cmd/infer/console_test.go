@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/browser"
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 
 	"github.com/infer-run/infer/internal/testenv"
@@ -176,8 +177,8 @@ func (b *consoleBrowser) signIn(key string) {
 		chromedp.WaitVisible(chromedp.CSS("#signin-key")),
 		chromedp.SendKeys(chromedp.CSS("#signin-key"), key),
 		chromedp.Click(chromedp.CSS(`#signin button[type=submit]`)),
-		chromedp.WaitVisible(chromedp.CSS("#nav")),
-		chromedp.WaitVisible(chromedp.CSS("#deployments")))
+		chromedp.WaitVisible(chromedp.CSS("#nav")))
+	b.waitJS("the deployments list", `document.getElementById('dep-updated')?.textContent !== ''`, 10*time.Second)
 }
 
 func jsString(s string) string {
@@ -215,7 +216,6 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.do("opening the console", chromedp.Navigate(p.url+"/"), chromedp.WaitVisible(chromedp.CSS("#signin-key")))
 	b.screenshot("signin")
 	b.signIn(p.key)
-	b.waitJS("the first update of the list", `document.getElementById('dep-updated')?.textContent !== ''`, 10*time.Second)
 	b.screenshot("deployments-empty")
 
 	// Deploy by dropping the file on the drop zone: the test puts the file
@@ -413,6 +413,16 @@ func TestConsoleInBrowser(t *testing.T) {
 	if len(keysShown) != 1 {
 		t.Errorf("the user key's usage page shows %d requests, want its 1: %q", len(keysShown), keysShown)
 	}
+
+	// The dark scheme, for a look at its contrast.
+	b.do("switching to the dark scheme", chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
+		_, err := chromedp.Call(ctx, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
+			Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: "dark"}}})
+		return err
+	}))
+	b.route("#/deployment/stories")
+	b.waitJS("the deployment page", `document.querySelectorAll('main svg.chart').length >= 3`, 15*time.Second)
+	b.screenshot("dark-deployment")
 
 	// A phone's width: the tables stack, nothing overflows sideways.
 	b.do("narrowing to a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))
