@@ -131,7 +131,8 @@ type Server struct {
 	limits    *limiter
 	echo      *echo.Echo
 	openapi   []byte // the API reference as JSON, for GET /openapi.json
-	console   map[string]consoleAsset // the web console's files
+	// console holds the web console's files, ready to serve.
+	console map[string]consoleAsset
 
 	// grace is how long generating requests may finish at shutdown.
 	grace time.Duration

@@ -376,7 +376,7 @@
         const sig = d.updated_at;
         if (sig !== shownSettings) {
           shownSettings = sig;
-          settings.replaceChildren(settingsFacts(d), isAdmin() && adminControls(d));
+          settings.replaceChildren(...[settingsFacts(d), isAdmin() ? adminControls(d) : null].filter(Boolean));
         }
         runners.replaceChildren(runnersView(d));
         err.textContent = '';
@@ -512,7 +512,7 @@
         `${fmtTime(r.created_at)}: waited ${fmtMs(r.queue_wait_ms)} for a runner, first token after ${fmtMs(r.ttft_ms)}`)))
         : h('p', { class: 'muted', text: 'None in the last hour.' }),
       h('h3', { text: 'Recent requests' }),
-      recordsTable(recs.slice(0, 20)));
+      recordsTable(recs.slice(0, 20), { oneDeployment: true }));
   }
   function lastNum(a) { for (let i = a.length - 1; i >= 0; i--) if (!isNaN(a[i])) return a[i]; return NaN; }
 
@@ -1001,8 +1001,9 @@
     return 'Usage';
   }
 
-  // recordsTable lists usage records; opts.keyLabel names keys, and
-  // opts.onRows receives the raw rows (the usage page's CSV export).
+  // recordsTable lists usage records; opts.keyLabel names keys,
+  // opts.onRows receives the raw rows (the usage page's CSV export), and
+  // opts.oneDeployment leaves out the deployment column.
   function recordsTable(recs, opts = {}) {
     const cols = ['Time', 'Deployment', 'Key', 'Prompt tokens', 'Completion tokens', 'Queue wait', 'TTFT', 'Duration', 'Cold start', 'Status', 'Cost'];
     const label = opts.keyLabel || ((k) => k);
@@ -1016,6 +1017,7 @@
         fmtMs(r.queue_wait_ms), fmtMs(r.ttft_ms), fmtMs(r.duration_ms), r.cold_start ? 'yes' : 'no', r.status, fmtUSD(r.cost_usd)]),
       ['Total', '', '', fmtInt(sum('prompt_tokens')), fmtInt(sum('completion_tokens')), '', '', '', `${recs.filter((r) => r.cold_start).length}`, '', fmtUSD(sum('cost_usd'))],
       `${recs.length} request${recs.length === 1 ? '' : 's'}, newest first`);
+    if (opts.oneDeployment) t.querySelectorAll('tr > :nth-child(2)').forEach((c) => c.remove());
     // Each row names its request and key, for people (title) and tests.
     t.querySelectorAll('tbody tr').forEach((tr, i) => {
       tr.dataset.keyId = recs[i].key_id;
