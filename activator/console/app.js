@@ -452,7 +452,7 @@
     }).filter((r) => !isNaN(r.t0) && !isNaN(r.rd));
     if (!rows.length) return null;
     const max = Math.max(...rows.map((r) => r.rd - r.t0), 1);
-    const W = 600, L = 90, rowH = 22;
+    const W = 400, L = 84, rowH = 22;
     const x = (ms) => L + (W - L - 10) * ms / max;
     const svg = s('svg', { class: 'chart', viewBox: `0 0 ${W} ${rows.length * rowH + 20}`, role: 'img',
       'aria-label': `Cold start of ${rows.length} runner(s): ${rows.map((r) => `${r.id} ready after ${fmtMs(r.rd - r.t0)}`).join('; ')}` });
@@ -500,7 +500,7 @@
     const counts = buckets.map((b) => b.length);
     const cold = recs.filter((r) => r.cold_start).slice(0, 10);
     return h('div', {},
-      h('div', { class: 'cols' },
+      h('div', { class: 'charts' },
         h('figure', {}, h('figcaption', { text: 'Time to first token (ms), per 5 minutes' }),
           lineChart(xs, [{ ys: p50, cls: 'l1' }, { ys: p99, cls: 'l2' }], 'ms', `TTFT p50 latest ${fmtMs(lastNum(p50))}, p99 ${fmtMs(lastNum(p99))}`),
           h('div', { class: 'legend' }, h('span', { text: 'p50' }), h('span', { class: 'k2', text: 'p99' }))),

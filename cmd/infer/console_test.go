@@ -344,6 +344,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.do("creating a user key",
 		chromedp.WaitVisible(chromedp.CSS("#k-name")),
 		chromedp.SendKeys(chromedp.CSS("#k-name"), "ci-user"),
+		chromedp.SendKeys(chromedp.CSS("#k-budget"), "5"),
 		chromedp.Click(chromedp.CSS("#k-create")),
 		chromedp.WaitVisible(chromedp.CSS("#k-secret-value")))
 	userSecret := consoleEval[string](b, `document.getElementById('k-secret-value').textContent`)
@@ -412,6 +413,10 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 	if len(keysShown) != 1 {
 		t.Errorf("the user key's usage page shows %d requests, want its 1: %q", len(keysShown), keysShown)
+	}
+	b.waitJS("the user's spend against its budget", `document.querySelector('#u-budget-panel meter') !== null`, 10*time.Second)
+	if spend := consoleEval[[]string](b, `[...document.querySelectorAll('#u-budget-panel tbody tr')].map(tr => tr.textContent)`); len(spend) != 1 || !strings.Contains(spend[0], "ci-user") || !strings.Contains(spend[0], "$5.00") {
+		t.Errorf("the user's spend panel: %q; want only ci-user with its $5.00 budget", spend)
 	}
 
 	// The dark scheme, for a look at its contrast.
