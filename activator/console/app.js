@@ -1054,8 +1054,7 @@
 
   function pageKeys(root, _args, ctx) {
     const name = h('input', { type: 'text', id: 'k-name', required: true, autocomplete: 'off', maxLength: 128 });
-    const role = h('select', { id: 'k-role' }, h('option', { value: 'user', text: 'user: calls models, reads its own usage' }),
-      h('option', { value: 'admin', text: 'admin: manages deployments and keys' }));
+    const role = h('select', { id: 'k-role' }, h('option', { value: 'user', text: 'user' }), h('option', { value: 'admin', text: 'admin' }));
     const deps = h('select', { id: 'k-deployments', multiple: true, size: 3 });
     const rpm = h('input', { type: 'number', id: 'k-rpm', min: 0, inputMode: 'numeric' });
     const tpm = h('input', { type: 'number', id: 'k-tpm', min: 0, inputMode: 'numeric' });
@@ -1064,7 +1063,7 @@
     const secret = h('div', { id: 'k-secret' });
     const form = h('form', { class: 'panel', id: 'k-form' },
       h('h2', { text: 'Create a key' }),
-      h('div', { class: 'grid' }, field('Name', name), field('Role', role),
+      h('div', { class: 'grid' }, field('Name', name), field('Role', role, 'user: calls models, reads its own usage; admin: also deploys and manages keys'),
         field('Deployments', deps, 'none selected: all of them'),
         field('Requests per minute', rpm, 'empty: unlimited'), field('Tokens per minute', tpm, 'empty: unlimited'),
         field('Budget (USD)', budget, 'total spend; empty: unlimited')),
