@@ -69,6 +69,9 @@ vet:
 	$(GO) vet ./...
 	$(GO) vet -tags activatoronly ./cmd/infer
 
+# TestConsoleInBrowser (cmd/infer) needs Debian's chromium: it skips
+# without it, and fails instead under INFER_REQUIRE_BROWSER=1 (.ci/run
+# installs chromium and sets it).
 test: vet minio
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) fuzz

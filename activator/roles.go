@@ -9,7 +9,9 @@ import (
 // Who may do what. Every route's rule is one of these; TestRoleTable
 // checks each route of openapi.yaml against each kind of key.
 //
-//   - Public (no key): GET /healthz, GET /openapi.json.
+//   - Public (no key): GET /healthz, GET /openapi.json, and the web
+//     console's static files (GET /, GET /console/*), which hold no data.
+//   - Any key, about itself only: GET /v1/me.
 //   - Any key of the tenant, limited to the deployments the key may call:
 //     the completions (sync and async), GET /v1/models[/{name}],
 //     GET /v1/deployments[/{name}] (a limited key neither lists nor reads

@@ -182,6 +182,7 @@ func TestRoleTable(t *testing.T) {
 		{op: "GET /v1/usage", path: "/v1/usage?key=" + ownerID, want: statuses(ok, forbidden, forbidden, ok, unauthorized, unauthorized)},
 		{op: "GET /v1/usage", path: "/v1/usage?key=" + userID, want: statuses(ok, forbidden, ok, ok, unauthorized, unauthorized)},
 
+		{op: "GET /v1/me", path: "/v1/me", want: statuses(ok, ok, ok, ok, unauthorized, unauthorized)},
 		{op: "GET /v1/keys", path: "/v1/keys", want: statuses(ok, forbidden, forbidden, ok, unauthorized, unauthorized)},
 		{op: "POST /v1/keys", path: "/v1/keys", body: `{"name":"new"}`, want: statuses(created, forbidden, forbidden, created, unauthorized, unauthorized)},
 		{op: "DELETE /v1/keys/{id}", pathFor: func(c string) string { return "/v1/keys/" + victimKeys[c] },

@@ -131,6 +131,8 @@ type Server struct {
 	limits    *limiter
 	echo      *echo.Echo
 	openapi   []byte // the API reference as JSON, for GET /openapi.json
+	// console holds the web console's files, ready to serve.
+	console map[string]consoleAsset
 
 	// grace is how long generating requests may finish at shutdown.
 	grace time.Duration
@@ -188,6 +190,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if s.openapi, err = openAPIJSON(); err != nil {
+		s.async.close()
+		s.replies.close()
+		s.runners.close()
+		return nil, err
+	}
+	if s.console, err = consoleAssets(); err != nil {
 		s.async.close()
 		s.replies.close()
 		s.runners.close()
@@ -304,6 +312,7 @@ func (s *Server) routes() *echo.Echo {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 	})
 	e.GET("/openapi.json", serveOpenAPI(s.openapi))
+	consoleRoutes(e, s.console)
 
 	v1 := e.Group("/v1")
 	v1.POST("/chat/completions", s.chatCompletions)
@@ -323,6 +332,7 @@ func (s *Server) routes() *echo.Echo {
 	v1.POST("/keys", s.createKey)
 	v1.GET("/keys", s.listKeys)
 	v1.DELETE("/keys/:id", s.revokeKey)
+	v1.GET("/me", s.me)
 	return e
 }
 

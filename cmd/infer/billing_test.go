@@ -313,6 +313,7 @@ func TestBilling(t *testing.T) {
 			{"GET", "/v1/usage?group_by=key", "", []int{200}},
 			{"GET", "/v1/usage?group_by=day&key=" + ownKeyID, "", []int{200}},
 			{"GET", "/v1/keys", "", []int{200}},
+			{"GET", "/v1/me", "", []int{200}},
 			{"DELETE", "/v1/keys/" + ownKeyID, "", []int{404}},
 			// A key for our deployment, minted by the other tenant.
 			{"POST", "/v1/keys", `{"name":"steal","deployments":["priced"]}`, []int{400}},
