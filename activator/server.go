@@ -38,7 +38,10 @@ type Registry interface {
 	// are ErrNotFound. AddArtifactOwner records an upload by a tenant.
 	GetTenantArtifact(ctx context.Context, tenantID, sha string) (registry.Artifact, error)
 	AddArtifactOwner(ctx context.Context, tenantID, sha string) error
-	ListUsage(ctx context.Context, f registry.UsageFilter) ([]registry.UsageRecord, error)
+	// ListDeploymentsPage and ListUsagePage page by keyset (see
+	// registry.MaxPageLimit).
+	ListDeploymentsPage(ctx context.Context, tenantID string, only []string, after string, limit int) ([]registry.Deployment, bool, error)
+	ListUsagePage(ctx context.Context, f registry.UsageFilter) ([]registry.UsageRecord, bool, error)
 	UsageReport(ctx context.Context, f registry.UsageFilter, groupBy string) ([]registry.UsageGroup, error)
 	KeyManager
 }
