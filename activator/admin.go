@@ -241,16 +241,18 @@ func (s *Server) putDeployment(c echo.Context) error {
 	// tenant's digest is reported as missing, so digests reveal nothing.
 	// (Keeping the deployment's current weights needs no check.) This
 	// queries Postgres, which management calls may; inference does not.
+	var art *registry.Artifact
 	if spec.Artifact != "" && spec.Artifact != d.ArtifactSHA256 {
 		if err := artifactParam(spec.Artifact); err != nil {
 			return err
 		}
-		if _, err := s.reg.GetTenantArtifact(ctx, key.TenantID, spec.Artifact); errors.Is(err, registry.ErrNotFound) {
+		a, err := s.reg.GetTenantArtifact(ctx, key.TenantID, spec.Artifact)
+		if errors.Is(err, registry.ErrNotFound) {
 			return errInvalid("artifact", "no artifact %q: upload the weights first", spec.Artifact)
 		} else if err != nil {
 			return s.registryError("looking up artifact", err)
 		}
-		d.ArtifactSHA256 = spec.Artifact
+		d.ArtifactSHA256, art = spec.Artifact, &a
 	}
 	setIfPresent(&d.MinRunners, spec.MinRunners)
 	setIfPresent(&d.MaxRunners, spec.MaxRunners)
@@ -272,11 +274,24 @@ func (s *Server) putDeployment(c echo.Context) error {
 		setIfPresent(&d.Resources.NodeSelector, r.NodeSelector)
 	}
 	if err := d.Validate(); err != nil {
-		param := ""
-		if fe := (*registry.FieldError)(nil); errors.As(err, &fe) {
-			param = fe.Field
+		return fieldInvalid(err)
+	}
+	// What the weights and this platform can honour, which Validate
+	// cannot know.
+	if d.ContextLength > 0 && art == nil {
+		a, err := s.reg.GetTenantArtifact(ctx, key.TenantID, d.ArtifactSHA256)
+		if err != nil {
+			return s.registryError("looking up artifact", err)
 		}
-		return errInvalid(param, "%v", err)
+		art = &a
+	}
+	if art != nil {
+		if err := d.FitsArtifact(*art); err != nil {
+			return fieldInvalid(err)
+		}
+	}
+	if s.localRunners && d.Resources.GPUs > 0 {
+		return errInvalid("resources.gpus", "resources.gpus is %d, but this platform runs runners as local processes (infer dev, or the control plane's local driver), which cannot be given GPUs: leave it 0 (a GPU build of infer runner offloads to the machine's GPU by itself) or use the Kubernetes driver", d.Resources.GPUs)
 	}
 	// The queue exists before the deployment is visible, so the first
 	// request never finds it missing.
@@ -299,6 +314,16 @@ func (s *Server) putDeployment(c echo.Context) error {
 	}
 	s.log.Info("deployment saved", "deployment", name, "artifact", d.ArtifactSHA256)
 	return c.JSON(http.StatusOK, s.deploymentView(c, d))
+}
+
+// fieldInvalid is a 400 for a deployment the registry refused, naming the
+// field at fault.
+func fieldInvalid(err error) error {
+	param := ""
+	if fe := (*registry.FieldError)(nil); errors.As(err, &fe) {
+		param = fe.Field
+	}
+	return errInvalid(param, "%v", err)
 }
 
 // deploymentStatus is a deployment as `infer ls` shows it. Its durations

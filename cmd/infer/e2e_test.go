@@ -671,7 +671,7 @@ func (p *platform) endlessStream(idleTimeout string) (*bufio.Reader, string) {
 
 // endlessCall is a completion stream of stories that will not end by
 // itself within any test.
-const endlessCall = `{"model":"stories","prompt":"Once upon a time","max_tokens":100000,"stream":true}`
+const endlessCall = `{"model":"stories","prompt":"Once upon a time","stream":true}`
 
 // streamToFirstToken posts a streaming completion and returns the stream
 // once its first token has arrived; it is closed when the test ends.

@@ -219,6 +219,7 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 			ShutdownGrace:        shutdownGrace,
 			MaxUploadBytes:       f.maxUploadBytes,
 			AllowPrivateWebhooks: f.webhookAllowPrivate,
+			LocalRunners:         withControlPlane && (f.driver == "" || f.driver == "local"),
 			Registry:             cache,
 			Uploader:             &registry.Uploader{Store: store, Blobs: blobs},
 			NATS:                 nc,
