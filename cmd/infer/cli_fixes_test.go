@@ -221,4 +221,3 @@ func TestCLIFixes(t *testing.T) {
 		}
 	}
 }
-
