@@ -336,6 +336,8 @@ type deploymentStatus struct {
 	Queued       int              `json:"queued"`
 	InFlight     int              `json:"in_flight"`
 	Runners      []wire.Heartbeat `json:"runners"`
+	// Model is set by GET /v1/deployments/{name} only.
+	Model *modelInfo `json:"model,omitempty"`
 }
 
 func (s *Server) deploymentView(c echo.Context, d registry.Deployment) deploymentStatus {
@@ -411,7 +413,26 @@ func (s *Server) getDeployment(c echo.Context) error {
 	if !key.Allows(d.Name) {
 		return errDeploymentDenied(d.Name)
 	}
-	return c.JSON(http.StatusOK, s.deploymentView(c, d))
+	st := s.deploymentView(c, d)
+	// One deployment's weights, as `infer show` prints them (a list
+	// leaves them out: a query per deployment).
+	if a, err := s.reg.GetTenantArtifact(c.Request().Context(), key.TenantID, d.ArtifactSHA256); err == nil {
+		st.Model = &modelInfo{Architecture: a.Architecture, ParameterCount: a.ParameterCount, Quantization: a.Quantization,
+			TrainedContextLength: a.ContextLength, Size: a.Size}
+	} else if !errors.Is(err, registry.ErrNotFound) {
+		return s.registryError("looking up the deployment's artifact", err)
+	}
+	return c.JSON(http.StatusOK, st)
+}
+
+// modelInfo is what the GGUF of a deployment's artifact says about the
+// model.
+type modelInfo struct {
+	Architecture         string `json:"architecture"`
+	ParameterCount       int64  `json:"parameter_count"`
+	Quantization         string `json:"quantization"`
+	TrainedContextLength int    `json:"trained_context_length"`
+	Size                 int64  `json:"size"`
 }
 
 func (s *Server) deleteDeployment(c echo.Context) error {

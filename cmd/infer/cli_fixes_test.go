@@ -191,6 +191,21 @@ func TestCLIFixes(t *testing.T) {
 		t.Errorf("rate limit headers of a key with --rpm 5 --tpm 100000: %v", h)
 	}
 
+	// show: the model as its GGUF says, and the settings.
+	o, _, st = cli("show", "stories")
+	want("infer show stories", st, exitOK, o, "architecture", "llama", "parameters", "quantisation", "2048 tokens per request (the trained 2048", "detected from the weights", "idle timeout", "5s")
+	_, e, st = cli("show", "no-such-deployment")
+	want("infer show no-such-deployment", st, exitRefused, e)
+
+	// chat: a line in, a streamed answer out; /bye ends it.
+	chat := exec.Command(p.bin, "chat", "stories", "--max-tokens", "8")
+	chat.Env = p.env
+	chat.Stdin = strings.NewReader("Once upon a time\n\n/bye\nnot sent\n")
+	out, err := chat.CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) == 0 {
+		t.Errorf("infer chat stories: %v, %q; want an answer", err, out)
+	}
+
 	// A second infer dev on the same ports fails before it creates (and
 	// prints) an admin key.
 	for _, tc := range []struct{ flag, addr, env string }{
