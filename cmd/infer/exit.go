@@ -80,6 +80,9 @@ func markUsageErrors(root *cobra.Command) {
 func refuseUnknownCommands(root *cobra.Command) {
 	var walk func(*cobra.Command)
 	walk = func(c *cobra.Command) {
+		if c.SuggestionsMinimumDistance <= 0 {
+			c.SuggestionsMinimumDistance = 2 // cobra's own default, which only its error path sets
+		}
 		if c.HasSubCommands() && !c.Runnable() {
 			c.Args = func(cmd *cobra.Command, args []string) error {
 				if len(args) == 0 {
