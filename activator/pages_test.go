@@ -163,3 +163,20 @@ func decodeError(t *testing.T, resp *http.Response) apiErrorBody {
 	json.Unmarshal(b, &body)
 	return body.Error
 }
+
+// TestMaxTokensBeyondDeploymentContext checks that a max_tokens the
+// deployment's context_length cannot hold is refused at once, by the
+// activator: no runner exists, so nothing else could answer.
+func TestMaxTokensBeyondDeploymentContext(t *testing.T) {
+	h := newHarness(t)
+	h.deploy("short", map[string]any{"context_length": 64, "queue_timeout": "2s"})
+	start := time.Now()
+	resp := h.do(http.MethodPost, "/v1/completions", `{"model":"short","prompt":"Once upon a time","max_tokens":64}`)
+	e := decodeError(t, resp)
+	if resp.StatusCode != http.StatusBadRequest || e.Param != "max_tokens" || !strings.Contains(e.Message, "64 tokens") {
+		t.Errorf("max_tokens 64 with a context of 64: %d %+v; want 400 naming max_tokens", resp.StatusCode, e)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("refused after %s; want at once, not after the queue timeout", d)
+	}
+}
