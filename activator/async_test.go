@@ -485,7 +485,7 @@ func TestActivatorGoneStopsItsRunner(t *testing.T) {
 	usage := h.usageRecords("long")
 
 	urlA, crashA := h.addCrashingActivator()
-	testenv.UntilFirstToken(t, openStream(t, urlA, `{"model":"long","prompt":"Once upon a time","max_tokens":1000000,"temperature":1.5,"seed":7,"stream":true}`).Body)
+	testenv.UntilFirstToken(t, openStream(t, urlA, `{"model":"long","prompt":"Once upon a time","temperature":1.5,"seed":7,"stream":true}`).Body)
 	crashA()
 	stopped := time.Now()
 

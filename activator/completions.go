@@ -49,6 +49,9 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 	}
 	req, dep, job := a.req, a.dep, a.job
 	id := job.ID
+	// Every answer from here on names the request, streamed or not, as
+	// OpenAI's x-request-id does; usage records carry the same ID.
+	c.Response().Header().Set("X-Request-Id", id)
 	var rl *relay
 	defer func() { a.hold.end(rl.billed()) }()
 
@@ -159,7 +162,20 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 		s.metrics.requests.WithLabelValues(dep.Name, "permission_denied").Inc()
 		return accepted{}, errDeploymentDenied(dep.Name)
 	}
-	if e := s.limits.admit(key, s.spender()); e != nil {
+	// A deployment that sets its context says, before any runner starts,
+	// that a max_tokens as large can never fit next to a prompt. (The
+	// runner, which knows the prompt's length and the context of one
+	// left at the model's default, checks the rest.)
+	if req.MaxTokens != nil && dep.ContextLength > 0 && *req.MaxTokens >= dep.ContextLength {
+		e := errInvalid("max_tokens", "max_tokens is %d, but deployment %s gives a request %d tokens, prompt included; lower max_tokens, or leave it out to generate until the context is full",
+			*req.MaxTokens, dep.Name, dep.ContextLength)
+		e.Code = strp("context_length_exceeded")
+		return accepted{}, e
+	}
+	e := s.limits.admit(key, s.spender())
+	// On the answer and on a 429 alike, as OpenAI sends them.
+	s.limits.setRateHeaders(key, c.Response().Header())
+	if e != nil {
 		s.metrics.requests.WithLabelValues(dep.Name, deref(e.Code)).Inc()
 		return accepted{}, e
 	}

@@ -3,6 +3,7 @@ package activator
 import (
 	"math"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -119,6 +120,33 @@ func (l *limiter) admit(key registry.APIKey, sp spender) *apiError {
 		st.requests.level--
 	}
 	return nil
+}
+
+// setRateHeaders sets OpenAI's x-ratelimit-* headers for a key with
+// per-minute limits: each limit, what is left of it now, and how long
+// until its bucket is full again (a Go duration, as OpenAI writes them:
+// "1s", "6m0s"). A key without a limit of a kind gets no headers for it.
+func (l *limiter) setRateHeaders(key registry.APIKey, h http.Header) {
+	if key.RequestsPerMinute == 0 && key.TokensPerMinute == 0 {
+		return
+	}
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.state(key.ID)
+	for _, r := range []struct {
+		kind      string
+		perMinute int
+		b         *bucket
+	}{{"requests", key.RequestsPerMinute, &st.requests}, {"tokens", key.TokensPerMinute, &st.tokens}} {
+		if r.perMinute == 0 {
+			continue
+		}
+		r.b.refill(r.perMinute, now)
+		h.Set("x-ratelimit-limit-"+r.kind, strconv.Itoa(r.perMinute))
+		h.Set("x-ratelimit-remaining-"+r.kind, strconv.Itoa(max(0, int(math.Floor(r.b.level)))))
+		h.Set("x-ratelimit-reset-"+r.kind, r.b.wait(r.perMinute, float64(r.perMinute)).Round(time.Millisecond).String())
+	}
 }
 
 // spend is what the key has spent: the cache's figure plus what this

@@ -112,3 +112,61 @@ func TestLimiterForgetsChargesTheRegistryHas(t *testing.T) {
 		t.Fatal("admitted at $1.00 of $1")
 	}
 }
+
+// TestRateHeaders checks the x-ratelimit-* headers against a fake clock:
+// the limit, what is left after each request or charge, and how long until
+// the bucket is full again; none for a kind of limit the key lacks.
+func TestRateHeaders(t *testing.T) {
+	key := registry.APIKey{ID: "k", Limits: registry.Limits{RequestsPerMinute: 6, TokensPerMinute: 600}}
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	l := newLimiter()
+	l.now = func() time.Time { return now }
+	type want struct{ limReq, remReq, resetReq, limTok, remTok, resetTok string }
+	headers := func() want {
+		h := http.Header{}
+		l.setRateHeaders(key, h)
+		return want{h.Get("x-ratelimit-limit-requests"), h.Get("x-ratelimit-remaining-requests"), h.Get("x-ratelimit-reset-requests"),
+			h.Get("x-ratelimit-limit-tokens"), h.Get("x-ratelimit-remaining-tokens"), h.Get("x-ratelimit-reset-tokens")}
+	}
+	steps := []struct {
+		name    string
+		advance time.Duration
+		admit   bool
+		tokens  int
+		want    want
+	}{
+		{"untouched", 0, false, 0, want{"6", "6", "0s", "600", "600", "0s"}},
+		// 6 a minute refill one every 10 s.
+		{"one request", 0, true, 0, want{"6", "5", "10s", "600", "600", "0s"}},
+		{"two more", 0, true, 0, want{"6", "4", "20s", "600", "600", "0s"}},
+		{"250 tokens charged", 0, false, 250, want{"6", "4", "20s", "600", "350", "25s"}},
+		{"5 s later", 5 * time.Second, false, 0, want{"6", "4", "15s", "600", "400", "20s"}},
+		{"a minute later", time.Minute, false, 0, want{"6", "6", "0s", "600", "600", "0s"}},
+	}
+	for _, st := range steps {
+		now = now.Add(st.advance)
+		if st.admit {
+			if e := l.admit(key, nil); e != nil {
+				t.Fatalf("%s: refused: %s", st.name, e.Message)
+			}
+		}
+		if st.tokens > 0 {
+			l.charge(key, wire.Usage{PromptTokens: st.tokens}, wire.Prices{})
+		}
+		if got := headers(); got != st.want {
+			t.Errorf("%s: %+v, want %+v", st.name, got, st.want)
+		}
+	}
+	// A key with only a request limit gets only those headers; one with
+	// none gets none.
+	h := http.Header{}
+	l.setRateHeaders(registry.APIKey{ID: "r", Limits: registry.Limits{RequestsPerMinute: 2}}, h)
+	if h.Get("x-ratelimit-limit-requests") != "2" || h.Get("x-ratelimit-limit-tokens") != "" {
+		t.Errorf("request limit only: %v", h)
+	}
+	h = http.Header{}
+	l.setRateHeaders(registry.APIKey{ID: "none"}, h)
+	if len(h) != 0 {
+		t.Errorf("no limits: %v", h)
+	}
+}

@@ -38,7 +38,10 @@ type Registry interface {
 	// are ErrNotFound. AddArtifactOwner records an upload by a tenant.
 	GetTenantArtifact(ctx context.Context, tenantID, sha string) (registry.Artifact, error)
 	AddArtifactOwner(ctx context.Context, tenantID, sha string) error
-	ListUsage(ctx context.Context, f registry.UsageFilter) ([]registry.UsageRecord, error)
+	// ListDeploymentsPage and ListUsagePage page by keyset (see
+	// registry.MaxPageLimit).
+	ListDeploymentsPage(ctx context.Context, tenantID string, only []string, after string, limit int) ([]registry.Deployment, bool, error)
+	ListUsagePage(ctx context.Context, f registry.UsageFilter) ([]registry.UsageRecord, bool, error)
 	UsageReport(ctx context.Context, f registry.UsageFilter, groupBy string) ([]registry.UsageGroup, error)
 	KeyManager
 }
@@ -50,8 +53,13 @@ type Config struct {
 	// MaxUploadBytes bounds a weights upload (POST /v1/artifacts); zero
 	// means DefaultMaxUploadBytes.
 	MaxUploadBytes int64
-	NATS           *nats.Conn
-	Logger         *slog.Logger
+	// LocalRunners says runners are local processes (infer dev, or a
+	// control plane with the local driver in the same process), which
+	// cannot be given GPUs: a deployment asking for some is refused
+	// rather than silently run without.
+	LocalRunners bool
+	NATS         *nats.Conn
+	Logger       *slog.Logger
 	// Registerer receives the activator's metrics; nil uses a new registry.
 	// The activator does not serve them: its port is public, and the
 	// metrics name every tenant's deployments. Serve the registry on a
@@ -121,16 +129,18 @@ type Server struct {
 	uploader *registry.Uploader
 	// maxUpload bounds a weights upload, in bytes.
 	maxUpload int64
-	nc        *nats.Conn
-	js        jetstream.JetStream
-	id        string
-	replies   *replies
-	runners   *runnerView
-	async     *asyncJobs
-	metrics   *metrics
-	limits    *limiter
-	echo      *echo.Echo
-	openapi   []byte // the API reference as JSON, for GET /openapi.json
+	// localRunners: see Config.LocalRunners.
+	localRunners bool
+	nc           *nats.Conn
+	js           jetstream.JetStream
+	id           string
+	replies      *replies
+	runners      *runnerView
+	async        *asyncJobs
+	metrics      *metrics
+	limits       *limiter
+	echo         *echo.Echo
+	openapi      []byte // the API reference as JSON, for GET /openapi.json
 	// console holds the web console's files, ready to serve.
 	console map[string]consoleAsset
 
@@ -157,20 +167,21 @@ func New(cfg Config) (*Server, error) {
 		log = slog.Default()
 	}
 	s := &Server{
-		log:         log.With("component", "activator"),
-		reg:         cfg.Registry,
-		keys:        cfg.Registry,
-		uploader:    cfg.Uploader,
-		maxUpload:   cmp.Or(cfg.MaxUploadBytes, DefaultMaxUploadBytes),
-		nc:          cfg.NATS,
-		js:          js,
-		id:          wire.NewID(6),
-		limits:      newLimiter(),
-		grace:       cmp.Or(cfg.ShutdownGrace, DefaultShutdownGrace),
-		bodyTimeout: cmp.Or(cfg.BodyReadTimeout, DefaultBodyReadTimeout),
-		idle:        cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout),
-		draining:    make(chan struct{}),
-		stopping:    make(chan struct{}),
+		log:          log.With("component", "activator"),
+		reg:          cfg.Registry,
+		keys:         cfg.Registry,
+		uploader:     cfg.Uploader,
+		maxUpload:    cmp.Or(cfg.MaxUploadBytes, DefaultMaxUploadBytes),
+		localRunners: cfg.LocalRunners,
+		nc:           cfg.NATS,
+		js:           js,
+		id:           wire.NewID(6),
+		limits:       newLimiter(),
+		grace:        cmp.Or(cfg.ShutdownGrace, DefaultShutdownGrace),
+		bodyTimeout:  cmp.Or(cfg.BodyReadTimeout, DefaultBodyReadTimeout),
+		idle:         cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout),
+		draining:     make(chan struct{}),
+		stopping:     make(chan struct{}),
 	}
 	if s.replies, err = newReplies(cfg.NATS, s.id); err != nil {
 		return nil, err

@@ -214,7 +214,7 @@ func TestShutdownGrace(t *testing.T) {
 	const grace = 2 * time.Second
 	a := h.serveActivator(activator.Config{ShutdownGrace: grace})
 	// Endless: it is running when the grace ends.
-	stream := openStream(t, a.url, `{"model":"long","prompt":"Once upon a time","max_tokens":1000000,"temperature":1.5,"seed":7,"stream":true}`)
+	stream := openStream(t, a.url, `{"model":"long","prompt":"Once upon a time","temperature":1.5,"seed":7,"stream":true}`)
 	br := testenv.UntilFirstToken(t, stream.Body)
 	streamDone := readRest(br)
 

@@ -27,7 +27,10 @@ type Cache struct {
 	mu          sync.RWMutex
 	keys        keyIndex
 	deployments map[tenantName]Deployment
-	loaded      bool
+	// byName is the keys of deployments sorted by tenant, then name, for
+	// paging (ListDeploymentsPage); nil when deployments changed since.
+	byName []tenantName
+	loaded bool
 
 	// spend is what each budgeted key has spent, as of spendAt; see Spend.
 	spend   map[string]float64
@@ -190,6 +193,7 @@ func (c *Cache) PutDeployment(ctx context.Context, d Deployment) (Deployment, er
 		c.mu.Lock()
 		if c.deployments != nil {
 			c.deployments[tenantName{d.TenantID, d.Name}] = d
+			c.byName = nil
 		}
 		c.mu.Unlock()
 	}
@@ -202,6 +206,7 @@ func (c *Cache) DeleteDeployment(ctx context.Context, tenantID, name string) err
 	if err == nil {
 		c.mu.Lock()
 		delete(c.deployments, tenantName{tenantID, name})
+		c.byName = nil
 		c.mu.Unlock()
 	}
 	return err
@@ -288,6 +293,7 @@ func (c *Cache) reload(ctx context.Context, table string) error {
 		}
 		c.mu.Lock()
 		c.deployments = m
+		c.byName = nil
 		c.loaded = c.keys != nil
 		c.mu.Unlock()
 	}

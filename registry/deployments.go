@@ -200,6 +200,18 @@ func (p Prices) validate() error {
 	return nil
 }
 
+// FitsArtifact checks the deployment against the weights it serves: a
+// context_length beyond what the model was trained on would be accepted by
+// llama.cpp and produce garbage past the trained length, so it is refused.
+// (An artifact whose file does not say is not checked.)
+func (d Deployment) FitsArtifact(a Artifact) error {
+	if a.ContextLength > 0 && d.ContextLength > a.ContextLength {
+		return fieldError("context_length", "context_length is %d, but the model (artifact %.12s) was trained on %d tokens; use at most %d, or 0 for the default (the trained length, at most 4096)",
+			d.ContextLength, a.SHA256, a.ContextLength, a.ContextLength)
+	}
+	return nil
+}
+
 const maxGPUs = 64
 
 func (r Resources) validate() error {

@@ -11,11 +11,14 @@ import (
 
 // UsageRecord is one finished request, successful or not.
 type UsageRecord struct {
-	RequestID        string  `json:"request_id"`
-	Deployment       string  `json:"deployment"`
-	DeploymentID     string  `json:"deployment_id"`
-	TenantID         string  `json:"tenant_id"`
-	KeyID            string  `json:"key_id"`
+	RequestID    string `json:"request_id"`
+	Deployment   string `json:"deployment"`
+	DeploymentID string `json:"deployment_id"`
+	TenantID     string `json:"tenant_id"`
+	KeyID        string `json:"key_id"`
+	// KeyName is the key's name when listed (empty for a deleted key);
+	// RecordUsage ignores it.
+	KeyName          string  `json:"key_name"`
 	RunnerID         string  `json:"runner_id"`
 	PromptTokens     int     `json:"prompt_tokens"`
 	CompletionTokens int     `json:"completion_tokens"`
@@ -46,6 +49,9 @@ type UsageFilter struct {
 	// Limit caps how many records ListUsage returns (the newest); 0 means
 	// no cap.
 	Limit int
+	// After, a request ID, starts the list after that record (keyset
+	// paging: see ListUsagePage); empty starts at the newest.
+	After string
 }
 
 // DeploymentUsage totals one deployment's usage records.
@@ -136,20 +142,27 @@ func (s *Store) ListUsage(ctx context.Context, f UsageFilter) ([]UsageRecord, er
 	if f.Limit > 0 {
 		limit = &f.Limit
 	}
-	args = append(args, limit)
+	args = append(args, limit, f.After)
+	// The cursor's (created_at, request_id) bounds the page; the plain
+	// created_at <= lets the (…, created_at) indexes bound the scan.
 	rows, err := s.pool.Query(ctx, `
-		SELECT request_id, deployment, deployment_id, tenant_id, key_id, runner_id, prompt_tokens,
+		WITH cursor AS (SELECT created_at, request_id FROM usage
+			WHERE request_id = $7 AND ($1::text = '' OR tenant_id = $1))
+		SELECT request_id, deployment, deployment_id, tenant_id, key_id,
+			coalesce((SELECT name FROM api_keys k WHERE k.id = usage.key_id), ''), runner_id, prompt_tokens,
 			completion_tokens, queue_wait_ms, ttft_ms, duration_ms, cold_start, status, finish_reason, created_at,
 			price_prompt_per_mtok::float8, price_completion_per_mtok::float8, cost_usd::float8
 		FROM usage`+usageWhere+`
-		ORDER BY created_at DESC, request_id
+		  AND ($7::text = '' OR (created_at <= (SELECT created_at FROM cursor)
+			AND (created_at, request_id) < (SELECT created_at, request_id FROM cursor)))
+		ORDER BY created_at DESC, request_id DESC
 		LIMIT $6`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing usage: %w", err)
 	}
 	recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (UsageRecord, error) {
 		var r UsageRecord
-		err := row.Scan(&r.RequestID, &r.Deployment, &r.DeploymentID, &r.TenantID, &r.KeyID, &r.RunnerID, &r.PromptTokens,
+		err := row.Scan(&r.RequestID, &r.Deployment, &r.DeploymentID, &r.TenantID, &r.KeyID, &r.KeyName, &r.RunnerID, &r.PromptTokens,
 			&r.CompletionTokens, &r.QueueWaitMS, &r.TTFTMS, &r.DurationMS, &r.ColdStart, &r.Status, &r.FinishReason, &r.CreatedAt,
 			&r.PromptPricePerMTok, &r.CompletionPricePerMTok, &r.CostUSD)
 		return r, err

@@ -65,6 +65,10 @@ const DefaultDecodeNice = 10
 // ErrContextLength is returned by Submit when a prompt does not fit.
 var ErrContextLength = errors.New("prompt does not fit the context")
 
+// ErrMaxTokens is returned by Submit when max_tokens and the prompt
+// together do not fit the context.
+var ErrMaxTokens = errors.New("max_tokens does not fit the context")
+
 // ErrBadSchema is returned by Submit for a response_format JSON schema
 // that internal/jsonschema refuses.
 var ErrBadSchema = errors.New("invalid JSON schema")
@@ -447,6 +451,13 @@ func (e *Engine) Submit(ctx context.Context, req Request, sink Sink) (promptToke
 	}
 	if len(tokens) >= e.nCtx {
 		return len(tokens), fmt.Errorf("%w: the prompt has %d tokens and the context holds %d", ErrContextLength, len(tokens), e.nCtx)
+	}
+	// A max_tokens the context cannot hold is refused, as OpenAI refuses
+	// it, rather than quietly cut short at the context's end: the client
+	// asked for more than it can ever get.
+	if left := e.nCtx - len(tokens); req.MaxTokens > left {
+		return len(tokens), fmt.Errorf("%w: max_tokens is %d, but the context holds %d tokens and the prompt uses %d, which leaves %d; lower max_tokens, or leave it out to generate until the context is full",
+			ErrMaxTokens, req.MaxTokens, e.nCtx, len(tokens), left)
 	}
 	params := samplingParams(req.Sampling)
 	if len(req.Sampling.JSONSchema) > 0 {

@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"path/filepath"
@@ -234,6 +235,27 @@ func TestEngineContextOverflow(t *testing.T) {
 	_, err := e.Submit(context.Background(), Request{Prompt: strings.Repeat("Once upon a time ", 40)}, newCollect())
 	if !errors.Is(err, ErrContextLength) {
 		t.Fatalf("got %v, want ErrContextLength", err)
+	}
+}
+
+// TestEngineMaxTokensBeyondContext checks that a max_tokens the context
+// cannot hold next to the prompt is refused before anything runs, and
+// that one that just fits is generated to its end.
+func TestEngineMaxTokensBeyondContext(t *testing.T) {
+	e := loadTestEngine(t, 1, 64)
+	prompt, err := e.Tokenize("Once upon a time")
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := 64 - len(prompt)
+	_, err = e.Submit(context.Background(), Request{Prompt: "Once upon a time", MaxTokens: left + 1, Sampling: greedy()}, newCollect())
+	if !errors.Is(err, ErrMaxTokens) || !strings.Contains(err.Error(), fmt.Sprintf("leaves %d", left)) {
+		t.Fatalf("max_tokens %d with %d left: %v, want ErrMaxTokens saying %d are left", left+1, left, err, left)
+	}
+	c := generate(t, e, Request{Prompt: "Once upon a time", MaxTokens: left, Sampling: greedy()})
+	c.wait(t)
+	if c.reason != "length" && c.reason != "stop" {
+		t.Errorf("max_tokens %d (all that is left): finish reason %q", left, c.reason)
 	}
 }
 

@@ -140,6 +140,8 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 				param = "prompt"
 			}
 			werr = &wire.Error{Status: 400, Code: "context_length_exceeded", Param: param, Message: err.Error()}
+		case errors.Is(err, ErrMaxTokens):
+			werr = &wire.Error{Status: 400, Code: "context_length_exceeded", Param: "max_tokens", Message: err.Error()}
 		case errors.Is(err, ErrBadSchema):
 			werr = &wire.Error{Status: 400, Code: "invalid_schema", Param: "response_format", Message: err.Error()}
 		}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench.sh — the measurements of docs/performance.md in one run (`make bench`).
 #
-#   1. the runner engine: go test -bench in runner/
+#   1. the runner engine: go test -bench in runner/; list pages with 10,000
+#      deployments (BenchmarkListPages in cmd/infer/)
 #   2. the whole path (HTTP → activator → JetStream → runner → SSE) with
 #      `infer bench` against a temporary `infer dev`: stories260K at 1/4/16
 #      streams, cold start, and the ~95M-parameter synthetic model
@@ -15,7 +16,7 @@
 #
 # Everything runs on this machine; numbers are only comparable within a run.
 # Environment: REPEAT (rounds of the stream benchmarks, median reported; 3),
-# REQUESTS (per level; 64), MAX_TOKENS (128), SKIP_ENGINE=1, SKIP_OLLAMA=1,
+# REQUESTS (per level; 64), MAX_TOKENS (128), SKIP_ENGINE=1, SKIP_LISTS=1, SKIP_OLLAMA=1,
 # SKIP_WARM=1 (only the cold-start rows), LARGE=0,
 # DATABASE_URL (a scratch database is used by default), INFER (bin/infer).
 set -euo pipefail
@@ -71,6 +72,15 @@ if [[ "${SKIP_ENGINE:-}" != 1 ]]; then
 		# llama.cpp's log lines can split a result from its benchmark's
 		# name, so remember the last name seen.
 		awk '/^Benchmark/ { name = $1 } /tokens\/s/ { for (i=1;i<=NF;i++) if ($(i)=="tokens/s") printf "| %s | %.0f |\n", name, $(i-1) }'
+fi
+
+# ---------------------------------------------------------------- lists
+if [[ "${SKIP_LISTS:-}" != 1 ]]; then
+	section "list pages with 10,000 deployments (go test -bench ListPages ./cmd/infer/)"
+	echo '| page | ms |'
+	echo '| --- | --- |'
+	$GO test -run '^$' -bench ListPages -benchtime 20x -timeout 15m ./cmd/infer/ 2>&1 |
+		awk '/^BenchmarkListPages\// { for (i=1;i<=NF;i++) if ($(i)=="ns/op") printf "| %s | %.1f |\n", substr($1, 20), $(i-1)/1e6 }'
 fi
 
 # ---------------------------------------------------------------- whole path

@@ -120,7 +120,10 @@ deployment has no runners (infer only) and measures the first request alone.`,
 				rows = append(rows, b.level(ctx, n, requests, bar))
 			}
 			if asJSON {
-				return printJSON(rows)
+				if err := printJSON(rows); err != nil {
+					return err
+				}
+				return allFailed(rows)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 			fmt.Fprintln(tw, "CONCURRENCY\tREQUESTS\tERRORS\tTTFT p50\tp90\tp99\tITL mean\tE2E p50\tp90\tp99\tTOKENS/S\tREQ/S\t")
@@ -144,7 +147,7 @@ deployment has no runners (infer only) and measures the first request alone.`,
 					fmt.Fprintf(os.Stderr, "concurrency %d: first error: %s\n", r.Concurrency, r.FirstError)
 				}
 			}
-			return nil
+			return allFailed(rows)
 		},
 	}
 	f := cmd.Flags()
@@ -414,4 +417,20 @@ func waitForZero(ctx context.Context, model string, timeout time.Duration) error
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// allFailed is the error of a benchmark in which some level had no
+// successful request: its numbers measure nothing, and a script must not
+// mistake them for a result.
+func allFailed(rows []benchRow) error {
+	for _, r := range rows {
+		if r.Requests > 0 && r.Errors == r.Requests {
+			level := fmt.Sprintf("concurrency %d", r.Concurrency)
+			if r.Cold {
+				level = "the cold burst"
+			}
+			return fmt.Errorf("every request failed (%d of %d at %s); first error: %s", r.Errors, r.Requests, level, r.FirstError)
+		}
+	}
+	return nil
 }

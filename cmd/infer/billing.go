@@ -5,12 +5,10 @@ import (
 	"encoding/csv"
 	"fmt"
 	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -55,15 +53,11 @@ func (f *keyLimitFlags) body(name, role string) (map[string]any, error) {
 // usageReportFlags turn `infer usage` from a list of records into totals.
 type usageReportFlags struct {
 	groupBy string
-	key     string
-	until   string
 	csv     bool
 }
 
 func (f *usageReportFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.groupBy, "group-by", "", "total by day, deployment or key, with runner-seconds and cost")
-	cmd.Flags().StringVar(&f.key, "key", "", "only this API key's requests (its ID)")
-	cmd.Flags().StringVar(&f.until, "until", "", "only records older than this RFC 3339 time")
 	cmd.Flags().BoolVar(&f.csv, "csv", false, "print CSV (totals; by day unless --group-by says otherwise)")
 }
 
@@ -82,15 +76,6 @@ func (f *usageReportFlags) run(ctx context.Context, c *client, path string, asJS
 		return usageError{fmt.Errorf("--group-by must be day, deployment or key")}
 	}
 	path += "&group_by=" + by
-	if f.key != "" {
-		path += "&key=" + url.QueryEscape(f.key)
-	}
-	if f.until != "" {
-		if _, err := time.Parse(time.RFC3339, f.until); err != nil {
-			return usageError{fmt.Errorf("--until must be an RFC 3339 time such as 2026-01-02T15:04:05Z")}
-		}
-		path += "&until=" + url.QueryEscape(f.until)
-	}
 	var out struct {
 		Data []usageGroup `json:"data"`
 	}

@@ -18,6 +18,8 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+
+	"github.com/infer-run/infer/registry"
 )
 
 // client talks to an activator's API as the CLI user.
@@ -141,6 +143,11 @@ deploy changes the settings of an existing deployment.`,
 		Example: `  infer deploy stories --weights ../shared/models/stories260K.gguf --idle-timeout 10s`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if weights != "" {
+				if err := checkWeightsFile(weights); err != nil {
+					return err
+				}
+			}
 			c, err := newClient()
 			if err != nil {
 				return err
@@ -207,7 +214,7 @@ deploy changes the settings of an existing deployment.`,
 				return fmt.Errorf("reading the saved deployment: %w", err)
 			}
 			fmt.Printf("deployment %s → artifact %s (idle timeout %s, runners %d–%d, parallel %d)\n",
-				d.Name, short(d.ArtifactSHA256), time.Duration(d.IdleTimeout), d.MinRunners, d.MaxRunners, d.Parallel)
+				d.Name, short(d.ArtifactSHA256), seconds(d.IdleTimeout), d.MinRunners, d.MaxRunners, d.Parallel)
 			fmt.Printf("call it with \"model\": %q at %s/v1/chat/completions\n", d.Name, c.base)
 			return nil
 		},
@@ -232,6 +239,27 @@ deploy changes the settings of an existing deployment.`,
 	f.BoolVar(&asJSON, "json", false, "print the deployment as JSON")
 	return cmd
 }
+
+// checkWeightsFile refuses a --weights that is not a regular file before
+// anything is sent: a directory would otherwise fail mid-upload, looking
+// like a network error.
+func checkWeightsFile(path string) error {
+	st, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return usageError{fmt.Errorf("--weights %s: no such file", path)}
+	case err != nil:
+		return usageError{fmt.Errorf("--weights %s: %w", path, err)}
+	case st.IsDir():
+		return usageError{fmt.Errorf("--weights %s is a directory; give the .gguf file itself", path)}
+	case !st.Mode().IsRegular():
+		return usageError{fmt.Errorf("--weights %s is not a regular file; give a .gguf file", path)}
+	}
+	return nil
+}
+
+// seconds prints a duration the API gives in seconds as Go writes one.
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
 type artifactInfo struct {
 	SHA256       string `json:"sha256"`
@@ -266,14 +294,14 @@ func upload(ctx context.Context, c *client, path string) (artifactInfo, error) {
 
 // deploymentInfo mirrors the API's deployment status.
 type deploymentInfo struct {
-	Name           string `json:"name"`
-	ArtifactSHA256 string `json:"artifact_sha256"`
-	MinRunners     int    `json:"min_runners"`
-	MaxRunners     int    `json:"max_runners"`
-	Parallel       int    `json:"parallel"`
-	IdleTimeout    int64  `json:"idle_timeout"`
-	Queued         int    `json:"queued"`
-	InFlight       int    `json:"in_flight"`
+	Name           string  `json:"name"`
+	ArtifactSHA256 string  `json:"artifact_sha256"`
+	MinRunners     int     `json:"min_runners"`
+	MaxRunners     int     `json:"max_runners"`
+	Parallel       int     `json:"parallel"`
+	IdleTimeout    float64 `json:"idle_timeout"` // seconds
+	Queued         int     `json:"queued"`
+	InFlight       int     `json:"in_flight"`
 	Runners        []struct {
 		RunnerID    string    `json:"runner_id"`
 		Phase       string    `json:"phase"`
@@ -285,28 +313,39 @@ type deploymentInfo struct {
 }
 
 func lsCmd() *cobra.Command {
-	var asJSON bool
+	var (
+		asJSON bool
+		pg     pageFlags
+	)
 	cmd := &cobra.Command{
-		Use:   "ls",
-		Short: "List deployments with their runners and queues",
-		Args:  cobra.NoArgs,
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List deployments with their runners and queues",
+		Long: `ls lists deployments by name with their runners and queues: the first
+--limit of them (0: all), fetched a page at a time. When more follow it says
+so on stderr, with the --after that continues the list.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := pg.check(); err != nil {
+				return err
+			}
 			c, err := newClient()
 			if err != nil {
 				return err
 			}
-			var raw struct {
-				Data json.RawMessage `json:"data"`
-			}
-			if err := c.json(cmd.Context(), http.MethodGet, "/v1/deployments", nil, &raw); err != nil {
+			items, next, err := c.list(cmd.Context(), "/v1/deployments", pg)
+			if err != nil {
 				return err
 			}
+			defer pg.more("deployments", next)
 			if asJSON {
-				return printJSON(raw.Data) // every field, not just the table's
+				return printJSON(items) // every field, not just the table's
 			}
-			var deps []deploymentInfo
-			if err := json.Unmarshal(raw.Data, &deps); err != nil {
-				return fmt.Errorf("reading deployments: %w", err)
+			deps := make([]deploymentInfo, len(items))
+			for i, it := range items {
+				if err := json.Unmarshal(it, &deps[i]); err != nil {
+					return fmt.Errorf("reading deployments: %w", err)
+				}
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tARTIFACT\tRUNNERS\tQUEUED\tIN FLIGHT\tIDLE TIMEOUT")
@@ -319,7 +358,7 @@ func lsCmd() *cobra.Command {
 				if len(phases) > 0 {
 					runners += " (" + strings.Join(phases, ",") + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", d.Name, short(d.ArtifactSHA256), runners, d.Queued, d.InFlight, time.Duration(d.IdleTimeout))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", d.Name, short(d.ArtifactSHA256), runners, d.Queued, d.InFlight, seconds(d.IdleTimeout))
 				// One row per runner: during a redeploy, which artifact
 				// each serves shows the switch in progress.
 				for _, r := range d.Runners {
@@ -334,6 +373,7 @@ func lsCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	pg.add(cmd, 100, "a deployment name: list the ones after it")
 	return cmd
 }
 
@@ -375,50 +415,99 @@ func deleteCmd(use, short, path, done string, query func() string) *cobra.Comman
 
 func usageCmd() *cobra.Command {
 	var (
-		asJSON     bool
-		deployment string
-		since      time.Duration
-		rep        usageReportFlags
+		asJSON       bool
+		deployment   string
+		key          string
+		since, until string
+		rep          usageReportFlags
+		pg           pageFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "usage",
 		Short: "Show usage records: requests, tokens, latency and cold starts",
-		Args:  cobra.NoArgs,
+		Long: `usage lists usage records, newest first: the first --limit of them (0: all),
+fetched a page at a time, with the time, key and deployment of each request.
+When more follow it says so on stderr, with the --after that continues the
+list. --group-by (or --csv) prints totals per day, deployment or key instead.
+--since and --until take an RFC 3339 time or an age such as 90m, 24h or 7d.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{}
+			if deployment != "" {
+				q.Set("deployment", deployment)
+			}
+			if key != "" {
+				q.Set("key", key)
+			}
+			now := time.Now()
+			for _, w := range []struct{ flag, v, param string }{{"since", since, "since"}, {"until", until, "until"}} {
+				if w.v == "" {
+					continue
+				}
+				t, err := parseWhen(w.v, now)
+				if err != nil {
+					return usageError{fmt.Errorf("--%s: %w", w.flag, err)}
+				}
+				q.Set(w.param, t.UTC().Format(time.RFC3339Nano))
+			}
+			if rep.wanted() {
+				if cmd.Flags().Changed("limit") || pg.after != "" {
+					return usageError{errors.New("--limit and --after page records; --group-by and --csv print every group")}
+				}
+			} else if err := pg.check(); err != nil {
+				return err
+			}
 			c, err := newClient()
 			if err != nil {
 				return err
 			}
-			path := "/v1/usage?deployment=" + url.QueryEscape(deployment)
-			if since > 0 {
-				path += "&since=" + time.Now().Add(-since).UTC().Format(time.RFC3339)
-			}
+			path := "/v1/usage?" + q.Encode()
 			if rep.wanted() {
 				return rep.run(cmd.Context(), c, path, asJSON)
 			}
-			var out struct {
-				Data []map[string]any `json:"data"`
-			}
-			if err := c.json(cmd.Context(), http.MethodGet, path, nil, &out); err != nil {
+			items, next, err := c.list(cmd.Context(), path, pg)
+			if err != nil {
 				return err
 			}
+			defer pg.more("usage records", next)
 			if asJSON {
-				return printJSON(out.Data)
+				return printJSON(items)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "REQUEST\tDEPLOYMENT\tSTATUS\tPROMPT\tCOMPLETION\tQUEUE MS\tTTFT MS\tTOTAL MS\tCOLD\tCOST USD")
-			for _, r := range out.Data {
-				fmt.Fprintf(tw, "%v\t%v\t%v\t%v\t%v\t%.0f\t%.0f\t%.0f\t%v\t%.6f\n", r["request_id"], r["deployment"], r["status"],
-					r["prompt_tokens"], r["completion_tokens"], num(r["queue_wait_ms"]), num(r["ttft_ms"]), num(r["duration_ms"]), r["cold_start"], num(r["cost_usd"]))
+			fmt.Fprintln(tw, "TIME\tREQUEST\tDEPLOYMENT\tKEY\tSTATUS\tPROMPT\tCOMPLETION\tQUEUE MS\tTTFT MS\tTOTAL MS\tCOLD\tCOST USD")
+			for _, it := range items {
+				var r registry.UsageRecord
+				if err := json.Unmarshal(it, &r); err != nil {
+					return fmt.Errorf("reading usage: %w", err)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%.0f\t%.0f\t%.0f\t%v\t%.6f\n", r.CreatedAt.Local().Format("2006-01-02 15:04:05"),
+					r.RequestID, r.Deployment, usageKey(r), r.Status, r.PromptTokens, r.CompletionTokens,
+					r.QueueWaitMS, r.TTFTMS, r.DurationMS, r.ColdStart, r.CostUSD)
 			}
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.Flags().StringVar(&deployment, "deployment", "", "only this deployment")
-	cmd.Flags().DurationVar(&since, "since", 0, "only records newer than this (e.g. 24h)")
+	f := cmd.Flags()
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	f.StringVar(&deployment, "deployment", "", "only this deployment")
+	f.StringVar(&key, "key", "", "only this API key's requests (its ID)")
+	f.StringVar(&since, "since", "", "only records at or after this time or age (e.g. 24h, 7d, 2026-01-02T15:04:05Z)")
+	f.StringVar(&until, "until", "", "only records before this time or age (e.g. 1h, 2026-01-02T15:04:05Z)")
 	rep.add(cmd)
+	pg.add(cmd, 100, "a request ID: list the records older than it")
 	return cmd
+}
+
+// usageKey names a record's key: its name, else its ID (a deleted key), else
+// "-" (no key).
+func usageKey(r registry.UsageRecord) string {
+	switch {
+	case r.KeyName != "":
+		return r.KeyName
+	case r.KeyID != "":
+		return r.KeyID
+	}
+	return "-"
 }
 
 func num(v any) float64 {
@@ -475,9 +564,10 @@ func keysCmd() *cobra.Command {
 	lim.add(create)
 	create.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	ls := &cobra.Command{
-		Use:   "ls",
-		Short: "List the tenant's API keys",
-		Args:  cobra.NoArgs,
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List the tenant's API keys",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := newClient()
 			if err != nil {

@@ -201,7 +201,7 @@ func TestJobThatKillsItsRunners(t *testing.T) {
 	syncDone := make(chan answer, 1)
 	start := time.Now()
 	go func() {
-		resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"`+poisonMark+` Once upon a time","max_tokens":100000}`)
+		resp, err := p.post("/v1/completions", p.key, `{"model":"stories","prompt":"`+poisonMark+` Once upon a time"}`)
 		if err != nil {
 			syncDone <- answer{err: err}
 			return
@@ -211,7 +211,7 @@ func TestJobThatKillsItsRunners(t *testing.T) {
 		syncDone <- answer{resp.StatusCode, b, err}
 	}()
 	// The async poison job on tales.
-	status, _, b := p.do(http.MethodPost, "/v1/async/completions", p.key, `{"model":"tales","prompt":"`+poisonMark+` Once upon a time","max_tokens":100000}`)
+	status, _, b := p.do(http.MethodPost, "/v1/async/completions", p.key, `{"model":"tales","prompt":"`+poisonMark+` Once upon a time"}`)
 	var job struct {
 		ID string `json:"id"`
 	}

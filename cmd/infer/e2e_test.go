@@ -24,7 +24,7 @@ import (
 )
 
 // buildInfer compiles the infer binary for tests that run it as users do.
-func buildInfer(t *testing.T, flags ...string) string {
+func buildInfer(t testing.TB, flags ...string) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "infer")
 	cmd := exec.Command("go", append(append([]string{"build"}, flags...), "-o", bin, ".")...)
@@ -38,7 +38,7 @@ func buildInfer(t *testing.T, flags ...string) string {
 // platform is a running `infer dev` against real Postgres, NATS JetStream
 // and MinIO.
 type platform struct {
-	t   *testing.T
+	t   testing.TB
 	bin string
 	url string
 	// metrics is the base URL of infer dev's --metrics-addr.
@@ -55,7 +55,7 @@ type platform struct {
 	exitErr error
 }
 
-func startPlatform(t *testing.T) *platform {
+func startPlatform(t testing.TB) *platform {
 	t.Helper()
 	return startPlatformWith(t, platformOptions{})
 }
@@ -78,7 +78,7 @@ type platformOptions struct {
 	localBlobs bool
 }
 
-func startPlatformWith(t *testing.T, o platformOptions) *platform {
+func startPlatformWith(t testing.TB, o platformOptions) *platform {
 	t.Helper()
 	bin := buildInfer(t)
 	if o.s3 == nil && !o.localBlobs {
@@ -671,7 +671,7 @@ func (p *platform) endlessStream(idleTimeout string) (*bufio.Reader, string) {
 
 // endlessCall is a completion stream of stories that will not end by
 // itself within any test.
-const endlessCall = `{"model":"stories","prompt":"Once upon a time","max_tokens":100000,"stream":true}`
+const endlessCall = `{"model":"stories","prompt":"Once upon a time","stream":true}`
 
 // streamToFirstToken posts a streaming completion and returns the stream
 // once its first token has arrived; it is closed when the test ends.

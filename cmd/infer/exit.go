@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/url"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -63,6 +65,36 @@ func markUsageErrors(root *cobra.Command) {
 				}
 				return nil
 			}
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+}
+
+// refuseUnknownCommands makes a command that only groups others (infer,
+// infer keys) refuse an argument it does not know as a usage error (exit
+// 2) rather than print its help and succeed; without arguments it prints
+// its help.
+func refuseUnknownCommands(root *cobra.Command) {
+	var walk func(*cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.SuggestionsMinimumDistance <= 0 {
+			c.SuggestionsMinimumDistance = 2 // cobra's own default, which only its error path sets
+		}
+		if c.HasSubCommands() && !c.Runnable() {
+			c.Args = func(cmd *cobra.Command, args []string) error {
+				if len(args) == 0 {
+					return nil
+				}
+				msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+				if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+					msg += "; did you mean " + strings.Join(s, " or ") + "?"
+				}
+				return usageError{fmt.Errorf("%s (see '%s --help')", msg, cmd.CommandPath())}
+			}
+			c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
 		}
 		for _, sub := range c.Commands() {
 			walk(sub)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 
@@ -36,12 +37,14 @@ admin key 'infer dev' wrote to $INFER_HOME/admin-key).
 ` + exitStatusHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version(),
 	}
 	root.AddCommand(
-		activatorCmd(), deployCmd(), lsCmd(), rmCmd(), usageCmd(), keysCmd(), benchCmd(),
+		activatorCmd(), deployCmd(), lsCmd(), showCmd(), chatCmd(), rmCmd(), usageCmd(), keysCmd(), benchCmd(),
 	)
 	root.AddCommand(platformCommands()...)
 	addExamples(root)
+	refuseUnknownCommands(root)
 	markUsageErrors(root)
 	return root
 }
@@ -92,4 +95,35 @@ func env(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// version is what `infer --version` prints: the module version and the
+// commit the binary was built from, as the Go toolchain recorded them
+// (a binary built outside a git checkout has neither).
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	var rev, modified, at string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				modified = "+dirty"
+			}
+		case "vcs.time":
+			at = s.Value
+		}
+	}
+	if rev != "" {
+		v += " commit " + short(rev) + modified
+		if at != "" {
+			v += " " + at
+		}
+	}
+	return v + " " + bi.GoVersion
 }

@@ -146,6 +146,29 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 		return fmt.Errorf("creating %s: %w", home, err)
 	}
 
+	// The listeners open before anything else, so a taken port fails the
+	// command at once: before it starts NATS, opens the database, or
+	// creates and prints an admin key that would then serve nobody. The
+	// metrics listener closes last, so a draining activator can still be
+	// watched.
+	var apiListener net.Listener
+	if withActivator {
+		apiListener, err = listen(f.addr, "--addr", "INFER_ADDR")
+		if err != nil {
+			return err
+		}
+		defer apiListener.Close()
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if f.metricsAddr != "" {
+		l, err := listen(f.metricsAddr, "--metrics-addr", "INFER_METRICS_ADDR")
+		if err != nil {
+			return err
+		}
+		defer serveMetrics(l, reg, log)()
+	}
+
 	natsURL := f.nats
 	if natsURL == "" {
 		url, shutdown, err := embedNATS(filepath.Join(home, "nats"), log)
@@ -172,19 +195,6 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 		return err
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	// The metrics listener opens before anything starts, so a taken
-	// address fails the command at once, and it closes last, so a
-	// draining activator can still be watched.
-	if f.metricsAddr != "" {
-		l, err := net.Listen("tcp", f.metricsAddr)
-		if err != nil {
-			return fmt.Errorf("listening for metrics on %s (--metrics-addr): %w", f.metricsAddr, err)
-		}
-		defer serveMetrics(l, reg, log)()
-	}
-
 	g, ctx := errgroup.WithContext(ctx)
 	if withActivator {
 		// Keys and deployments come from memory on the request path.
@@ -209,6 +219,7 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 			ShutdownGrace:        shutdownGrace,
 			MaxUploadBytes:       f.maxUploadBytes,
 			AllowPrivateWebhooks: f.webhookAllowPrivate,
+			LocalRunners:         withControlPlane && (f.driver == "" || f.driver == "local"),
 			Registry:             cache,
 			Uploader:             &registry.Uploader{Store: store, Blobs: blobs},
 			NATS:                 nc,
@@ -219,11 +230,7 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 			return err
 		}
 		defer srv.Close()
-		l, err := net.Listen("tcp", f.addr)
-		if err != nil {
-			return fmt.Errorf("listening on %s: %w", f.addr, err)
-		}
-		g.Go(func() error { return srv.Serve(ctx, l) })
+		g.Go(func() error { return srv.Serve(ctx, apiListener) })
 	}
 	if withControlPlane {
 		cleanup, err := startControlPlane(ctx, g, f, controlPlaneDeps{
@@ -241,6 +248,20 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 	}
 	log.Info("shutting down")
 	return err
+}
+
+// listen opens a TCP listener for flag (also set by $envName). A taken
+// address is most often a second `infer dev` on this machine: the error
+// says which setting moves this one.
+func listen(addr, flag, envName string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("%s %s is already in use (another infer dev?); choose another address with %s or $%s", flag, addr, flag, envName)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s (%s): %w", addr, flag, err)
+	}
+	return l, nil
 }
 
 // controlPlaneDeps is what serve has set up that the control plane uses.

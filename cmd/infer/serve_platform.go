@@ -41,10 +41,25 @@ func devCmd() *cobra.Command {
 --addr, the control plane starting 'infer runner' processes on demand, and an
 embedded NATS JetStream server storing its queues under --home (unless
 $INFER_NATS_URL names an external one). Records go to Postgres at
-$DATABASE_URL; weights go to the S3 server in $INFER_S3_ENDPOINT, or to
---home/blobs without one.`,
+$DATABASE_URL; without it, to the server on 127.0.0.1:5432 if one answers,
+else to a private cluster of the installed PostgreSQL that dev runs under
+--home/postgres (unix socket only) and stops when it exits
+($INFER_DEV_POSTGRES=private always uses the private cluster). Weights go to
+the S3 server in $INFER_S3_ENDPOINT, or to --home/blobs without one.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if os.Getenv("DATABASE_URL") == "" && !cmd.Flags().Changed("database-url") {
+				home, err := filepath.Abs(f.home)
+				if err != nil {
+					return err
+				}
+				dsn, stop, err := devDatabase(cmd.Context(), home)
+				if err != nil {
+					return err
+				}
+				defer stop()
+				f.dbURL = dsn
+			}
 			return serve(cmd.Context(), f, true, true)
 		},
 	}
