@@ -76,9 +76,11 @@
     if (sec < 3600) return `${Math.floor(sec / 60)} min ${sec % 60} s`;
     return `${Math.floor(sec / 3600)} h ${Math.floor(sec % 3600 / 60)} min`;
   }
-  // A Go duration (nanoseconds in the API) as Go writes it back ("5m0s").
-  function goDur(ns) {
-    let sec = Math.round(ns / 1e9);
+  // A duration (seconds in the API) as Go writes it back ("5m0s"), which
+  // is also what PUT accepts.
+  function goDur(secs) {
+    const ns = secs * 1e9;
+    let sec = Math.round(secs);
     if (sec === 0 && ns > 0) return `${ns / 1e6}ms`;
     const hrs = Math.floor(sec / 3600); sec -= hrs * 3600;
     const min = Math.floor(sec / 60); sec -= min * 60;
@@ -127,10 +129,22 @@
     }
     return j;
   }
+  // apiAll reads a list endpoint page by page (limit 1000, after the last
+  // ID) up to max records: the API returns one page at a time.
+  async function apiAll(path, max = 10000) {
+    const sep = path.includes('?') ? '&' : '?';
+    let out = [], after = '';
+    for (;;) {
+      const r = await api('GET', `${path}${sep}limit=1000${after ? `&after=${encodeURIComponent(after)}` : ''}`);
+      out = out.concat((r && r.data) || []);
+      if (!r || !r.has_more || !r.last_id || out.length >= max) return { data: out };
+      after = r.last_id;
+    }
+  }
   const isAdmin = () => state.me && state.me.role === 'admin';
 
   async function loadDeployments() {
-    const r = await api('GET', '/v1/deployments');
+    const r = await apiAll('/v1/deployments');
     state.deployments = r.data || [];
     return state.deployments;
   }
@@ -170,7 +184,7 @@
     if (!rs.every((r) => r.phase === 'ready')) return 'after it starts';
     const last = Math.max(...rs.map(lastActivity));
     if (isNaN(last)) return '—';
-    const left = last + d.idle_timeout / 1e6 - Date.now();
+    const left = last + d.idle_timeout * 1e3 - Date.now();
     return left > 0 ? `in ${fmtDur(left)}` : 'now';
   }
   function runnerSummary(d) {
@@ -411,7 +425,7 @@
     async function loadHour() {
       const since = new Date(Date.now() - 3600e3).toISOString().replace(/\.\d+Z$/, 'Z');
       try {
-        const r = await api('GET', `/v1/usage?deployment=${encodeURIComponent(name)}&since=${since}`);
+        const r = await apiAll(`/v1/usage?deployment=${encodeURIComponent(name)}&since=${since}`);
         if (ctx.alive()) recent.replaceChildren(hourView(r.data || []));
       } catch (e) { recent.replaceChildren(h('p', { class: 'error', text: `Could not load usage: ${e.message}` })); }
     }
@@ -947,7 +961,7 @@
       if (key.value) q.set('key', key.value);
       if (group.value) q.set('group_by', group.value);
       try {
-        const r = await api('GET', `/v1/usage?${q}`);
+        const r = group.value ? await api('GET', `/v1/usage?${q}`) : await apiAll(`/v1/usage?${q}`);
         if (!ctx.alive()) return;
         err.textContent = '';
         out.replaceChildren(group.value ? groupsTable(r.data || [])
