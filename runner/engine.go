@@ -14,6 +14,7 @@ import (
 
 	"github.com/ollama/ollama/llama"
 
+	"github.com/infer-run/infer/internal/gguf"
 	"github.com/infer-run/infer/internal/jsonschema"
 	"github.com/infer-run/infer/internal/wire"
 )
@@ -113,7 +114,7 @@ type Engine struct {
 	log      *slog.Logger
 	cfg      EngineConfig
 	model    *llama.Model // the first context's, for tokenizing
-	info     ModelInfo
+	info     gguf.ModelInfo
 	nCtx     int // tokens per sequence
 	parallel int
 
@@ -192,7 +193,7 @@ type slot struct {
 
 // LoadEngine loads the model and creates its llama contexts.
 func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*Engine, error) {
-	info, err := ReadModelInfo(cfg.ModelPath)
+	info, err := gguf.ReadFile(cfg.ModelPath)
 	if err != nil {
 		return nil, err
 	}
@@ -204,12 +205,12 @@ func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*En
 		}
 	}
 	if cfg.Contexts <= 0 {
-		cfg.Contexts = DefaultContexts(info.ParameterCount, cfg.Parallel)
+		cfg.Contexts = DefaultContexts(uint64(info.ParameterCount), cfg.Parallel)
 	}
 	cfg.Contexts = min(cfg.Contexts, cfg.Parallel)
 	measure := ""
 	if cfg.Threads <= 0 {
-		cfg.Threads = DefaultThreads(info.ParameterCount, cfg.Contexts)
+		cfg.Threads = DefaultThreads(uint64(info.ParameterCount), cfg.Contexts)
 		// Several contexts decode at once and share the cores, which a
 		// lone timed decode cannot judge; the heuristic stays for them.
 		// Small models are bound by thread synchronisation and always
@@ -382,7 +383,7 @@ func (e *Engine) KVCells() int {
 }
 
 // Info describes the loaded model.
-func (e *Engine) Info() ModelInfo { return e.info }
+func (e *Engine) Info() gguf.ModelInfo { return e.info }
 
 // Parallel is the number of sequences the engine runs at once.
 func (e *Engine) Parallel() int { return e.parallel }

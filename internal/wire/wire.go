@@ -202,6 +202,25 @@ const (
 type Message struct {
 	Role    string `json:"role"`
 	Content string `json:"content"`
+	// ToolCalls are the functions an assistant turn called.
+	ToolCalls []ToolCall `json:"tool_calls,omitempty"`
+	// ToolCallID names the call a tool turn answers.
+	ToolCallID string `json:"tool_call_id,omitempty"`
+}
+
+// ToolCall is one function call of an assistant turn.
+type ToolCall struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	// Arguments is a JSON object, as text (OpenAI sends it so).
+	Arguments string `json:"arguments"`
+}
+
+// Tool is a function the model may call (OpenAI's tools[].function).
+type Tool struct {
+	Name        string          `json:"name"`
+	Description string          `json:"description,omitempty"`
+	Parameters  json.RawMessage `json:"parameters,omitempty"`
 }
 
 // Sampling holds the per-request sampling parameters. Pointers are unset
@@ -231,9 +250,12 @@ type Job struct {
 	Kind         Kind      `json:"kind"`
 	Prompt       string    `json:"prompt,omitempty"`
 	Messages     []Message `json:"messages,omitempty"`
-	MaxTokens    int       `json:"max_tokens,omitempty"`
-	Stop         []string  `json:"stop,omitempty"`
-	Sampling     Sampling  `json:"sampling"`
+	// Tools are the functions a chat may call; the template shows them
+	// to the model.
+	Tools     []Tool   `json:"tools,omitempty"`
+	MaxTokens int      `json:"max_tokens,omitempty"`
+	Stop      []string `json:"stop,omitempty"`
+	Sampling  Sampling `json:"sampling"`
 	// ReplyTo is the core NATS subject the runner streams Events to.
 	ReplyTo string `json:"reply_to"`
 	// Deadline is when the job stops being worth starting (queue timeout).
