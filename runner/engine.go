@@ -14,6 +14,7 @@ import (
 
 	"github.com/ollama/ollama/llama"
 
+	"github.com/infer-run/infer/internal/chat"
 	"github.com/infer-run/infer/internal/gguf"
 	"github.com/infer-run/infer/internal/jsonschema"
 	"github.com/infer-run/infer/internal/wire"
@@ -78,8 +79,8 @@ type Request struct {
 	// completions; there is no template for it to break out of, and a
 	// client that wants <|eot_id|> in its own prompt means the token.
 	Prompt string
-	// Parts, when set, is a rendered chat (see Part) and Prompt is unused.
-	Parts     []Part
+	// Parts, when set, is a rendered chat (see chat.Part) and Prompt is unused.
+	Parts     []chat.Part
 	MaxTokens int // 0: until the context is full
 	Stop      []string
 	Sampling  wire.Sampling
@@ -403,7 +404,7 @@ func (e *Engine) Tokenize(text string) ([]int, error) {
 // stays text. Tokenizing the text between markers separately is what
 // llama.cpp does with a whole prompt too, so a chat without forged markers
 // gets the tokens it always did.
-func (e *Engine) TokenizeParts(parts []Part) ([]int, error) {
+func (e *Engine) TokenizeParts(parts []chat.Part) ([]int, error) {
 	var tokens []int
 	if e.model.AddBOSToken() {
 		// The special tokens of an empty text: BOS first (and an EOS

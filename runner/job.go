@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/infer-run/infer/internal/chat"
 	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/wire"
 	"github.com/nats-io/nats.go"
@@ -118,9 +119,10 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 
 	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling}
+	var renderErr error
 	if job.Kind == wire.KindChat {
-		req.Parts = RenderChat(r.template, job.Messages)
-		req.Stop = append(req.Stop, r.stops...)
+		req.Parts, renderErr = r.prompt.render(job.Messages, job.Tools)
+		req.Stop = append(req.Stop, r.prompt.stops...)
 	} else {
 		req.Prompt = job.Prompt
 	}
@@ -129,10 +131,19 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		go r.watchClient(jobCtx, replyTo, cancel, &superseded, log)
 	}
 	start := time.Now()
-	promptTokens, err := r.engine.Submit(jobCtx, req, sink)
+	var promptTokens int
+	err := renderErr
+	if err == nil {
+		promptTokens, err = r.engine.Submit(jobCtx, req, sink)
+	}
 	if err != nil {
 		werr := &wire.Error{Status: 500, Code: "internal_error", Message: err.Error()}
+		var refused *chat.RefusedError
 		switch {
+		case errors.As(err, &refused):
+			// The model's template refused the conversation (say, a
+			// system message to a model that has no system role).
+			werr = &wire.Error{Status: 400, Code: "invalid_request_error", Param: "messages", Message: err.Error()}
 		case errors.Is(err, ErrContextLength):
 			// The parameter the client sent the text in.
 			param := "messages"

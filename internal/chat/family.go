@@ -12,12 +12,12 @@ import (
 // definitions need the model's own template: here a tool turn is a plain
 // turn of its role and an assistant's calls are left out.
 
-// renderFamily turns messages into a prompt in the named family's format,
+// RenderFamily turns messages into a prompt in the named family's format,
 // ending where the assistant's reply begins. An unknown family falls back to
 // ChatML, which most instruction-tuned models since 2024 understand. Roles
 // are template text: the activator admits only system, user, assistant and
 // tool.
-func renderFamily(family string, msgs []wire.Message) []Part {
+func RenderFamily(family string, msgs []wire.Message) []Part {
 	var b parts
 	switch family {
 	case Plain:
