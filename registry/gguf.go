@@ -11,7 +11,7 @@ import (
 
 	"github.com/ollama/ollama/fs/ggml"
 
-	"github.com/infer-run/infer/internal/gguf"
+	ggufinfo "github.com/infer-run/infer/internal/gguf"
 )
 
 // ErrInvalidWeights is wrapped by every error about the content of uploaded
@@ -21,7 +21,7 @@ var ErrInvalidWeights = errors.New("invalid weights")
 
 // ModelInfo is what a GGUF header says about the model (one definition,
 // in internal/gguf, shared with the runner).
-type ModelInfo = gguf.ModelInfo
+type ModelInfo = ggufinfo.ModelInfo
 
 func invalidf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalidWeights, fmt.Sprintf(format, args...))
@@ -57,7 +57,7 @@ func Inspect(r io.Reader) (ModelInfo, int64, error) {
 	}
 
 	kv := f.KV()
-	info := gguf.Describe(f)
+	info := ggufinfo.Describe(f)
 	switch {
 	case info.Architecture == "":
 		return ModelInfo{}, src.n, invalidf("the GGUF file does not name its architecture (general.architecture)")

@@ -18,6 +18,8 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+
+	"github.com/infer-run/infer/internal/chat"
 )
 
 // client talks to an activator's API as the CLI user.
@@ -206,8 +208,8 @@ deploy changes the settings of an existing deployment.`,
 			if err := json.Unmarshal(raw, &d); err != nil {
 				return fmt.Errorf("reading the saved deployment: %w", err)
 			}
-			fmt.Printf("deployment %s → artifact %s (idle timeout %s, runners %d–%d, parallel %d)\n",
-				d.Name, short(d.ArtifactSHA256), time.Duration(d.IdleTimeout), d.MinRunners, d.MaxRunners, d.Parallel)
+			fmt.Printf("deployment %s → artifact %s (idle timeout %s, runners %d–%d, parallel %d, chat template %s)\n",
+				d.Name, short(d.ArtifactSHA256), time.Duration(d.IdleTimeout), d.MinRunners, d.MaxRunners, d.Parallel, templateName(d.Template))
 			fmt.Printf("call it with \"model\": %q at %s/v1/chat/completions\n", d.Name, c.base)
 			return nil
 		},
@@ -221,7 +223,7 @@ deploy changes the settings of an existing deployment.`,
 	f.IntVar(&parallel, "parallel", 4, "requests one runner decodes together")
 	f.IntVar(&contextLen, "context", 0, "tokens per request (0: the model's trained length, at most 4096)")
 	f.IntVar(&queueLimit, "queue-limit", 1000, "most requests queued or running; more get 429")
-	f.StringVar(&chatTemplate, "chat-template", "", "override the chat template family (chatml, llama3, llama2, gemma, phi3, plain)")
+	f.StringVar(&chatTemplate, "chat-template", "", "override the chat template: "+strings.Join(chat.Names(), ", ")+" (jinja: the model's own; default: the model's own, or its family where the engine cannot run it)")
 	f.Float64Var(&prices[0], "price-prompt", 0, "US dollars per 1M prompt tokens")
 	f.Float64Var(&prices[1], "price-completion", 0, "US dollars per 1M completion tokens")
 	f.Float64Var(&prices[2], "price-runner-second", 0, "US dollars per second a runner exists (cold start and idle cost)")
@@ -272,6 +274,7 @@ type deploymentInfo struct {
 	MaxRunners     int    `json:"max_runners"`
 	Parallel       int    `json:"parallel"`
 	IdleTimeout    int64  `json:"idle_timeout"`
+	Template       string `json:"template"`
 	Queued         int    `json:"queued"`
 	InFlight       int    `json:"in_flight"`
 	Runners        []struct {
@@ -282,6 +285,18 @@ type deploymentInfo struct {
 		Slots       int       `json:"slots"`
 		LastRequest time.Time `json:"last_request"`
 	} `json:"runners"`
+}
+
+// templateName is a deployment's template in use as the CLI shows it.
+func templateName(t string) string {
+	if t == "" {
+		// Weights uploaded before the registry recorded their template.
+		return "from the weights"
+	}
+	if t == chat.Jinja {
+		return "jinja (the model's own)"
+	}
+	return t
 }
 
 func lsCmd() *cobra.Command {
@@ -309,7 +324,7 @@ func lsCmd() *cobra.Command {
 				return fmt.Errorf("reading deployments: %w", err)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tARTIFACT\tRUNNERS\tQUEUED\tIN FLIGHT\tIDLE TIMEOUT")
+			fmt.Fprintln(tw, "NAME\tARTIFACT\tRUNNERS\tQUEUED\tIN FLIGHT\tIDLE TIMEOUT\tTEMPLATE")
 			for _, d := range deps {
 				phases := make([]string, 0, len(d.Runners))
 				for _, r := range d.Runners {
@@ -319,7 +334,7 @@ func lsCmd() *cobra.Command {
 				if len(phases) > 0 {
 					runners += " (" + strings.Join(phases, ",") + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", d.Name, short(d.ArtifactSHA256), runners, d.Queued, d.InFlight, time.Duration(d.IdleTimeout))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", d.Name, short(d.ArtifactSHA256), runners, d.Queued, d.InFlight, time.Duration(d.IdleTimeout), templateName(d.Template))
 				// One row per runner: during a redeploy, which artifact
 				// each serves shows the switch in progress.
 				for _, r := range d.Runners {
