@@ -216,6 +216,13 @@ type ToolCall struct {
 	Arguments string `json:"arguments"`
 }
 
+// ToolChoice is OpenAI's tool_choice.
+type ToolChoice struct {
+	// Mode is "auto", "none", "required", or "function" (call Name).
+	Mode string `json:"mode"`
+	Name string `json:"name,omitempty"`
+}
+
 // Tool is a function the model may call (OpenAI's tools[].function).
 type Tool struct {
 	Name        string          `json:"name"`
@@ -252,10 +259,13 @@ type Job struct {
 	Messages     []Message `json:"messages,omitempty"`
 	// Tools are the functions a chat may call; the template shows them
 	// to the model.
-	Tools     []Tool   `json:"tools,omitempty"`
-	MaxTokens int      `json:"max_tokens,omitempty"`
-	Stop      []string `json:"stop,omitempty"`
-	Sampling  Sampling `json:"sampling"`
+	Tools []Tool `json:"tools,omitempty"`
+	// ToolChoice says whether the reply must call one: nil is "auto"
+	// when there are tools.
+	ToolChoice *ToolChoice `json:"tool_choice,omitempty"`
+	MaxTokens  int         `json:"max_tokens,omitempty"`
+	Stop       []string    `json:"stop,omitempty"`
+	Sampling   Sampling    `json:"sampling"`
 	// ReplyTo is the core NATS subject the runner streams Events to.
 	ReplyTo string `json:"reply_to"`
 	// Deadline is when the job stops being worth starting (queue timeout).
@@ -309,8 +319,11 @@ type Event struct {
 	Text         string `json:"text,omitempty"`
 	Phase        string `json:"phase,omitempty"`
 	FinishReason string `json:"finish_reason,omitempty"`
-	Usage        *Usage `json:"usage,omitempty"`
-	Error        *Error `json:"error,omitempty"`
+	// ToolCalls are the calls a reply made (done events, FinishReason
+	// "tool_calls"); the reply's text then is not sent as deltas.
+	ToolCalls []ToolCall `json:"tool_calls,omitempty"`
+	Usage     *Usage     `json:"usage,omitempty"`
+	Error     *Error     `json:"error,omitempty"`
 	// Seq numbers the events one runner sends for one job, from 0; it
 	// travels in the event's header (see AppendEvent).
 	Seq uint32 `json:"-"`
