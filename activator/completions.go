@@ -520,7 +520,11 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 			rl.s.limits.charge(rl.key, u, rl.prices)
 			rl.done = &u
 			rl.s.metrics.finished(rl.model, "ok", time.Since(rl.queuedAt), rl.ttft, u)
+			rl.enc.toolCalls = ev.ToolCalls
 			if rl.stream {
+				if len(ev.ToolCalls) > 0 {
+					res.Write(rl.enc.toolCallChunks(ev.ToolCalls))
+				}
 				res.Write(rl.enc.finish(ev.FinishReason))
 				if rl.usage {
 					res.Write(rl.enc.usage(u))
@@ -644,9 +648,12 @@ func (rl *relay) phaseComment(keepalive bool) {
 }
 
 // comment writes an SSE comment line, which clients ignore and people read.
+// No blank line follows it: a blank line ends an event, and openai-go
+// (v1.12) hands an event of comments alone, with no data, to its JSON
+// decoder, failing the stream with "unexpected end of JSON input".
 func (rl *relay) comment(text string) {
 	res := rl.c.Response()
-	res.Write([]byte(": " + text + "\n\n"))
+	res.Write([]byte(": " + text + "\n"))
 	res.Flush()
 }
 

@@ -183,4 +183,3 @@ func TestEngineStopsOnEndOfGeneration(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
-

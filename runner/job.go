@@ -120,9 +120,17 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 
 	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling}
 	var renderErr error
+	var run Sink = sink
 	if job.Kind == wire.KindChat {
-		req.Parts, renderErr = r.prompt.render(job.Messages, job.Tools)
+		tools := job.Tools
+		if job.ToolChoice != nil && job.ToolChoice.Mode == "none" {
+			tools = nil // the model is not to call them: not shown either
+		}
+		req.Parts, renderErr = r.prompt.render(job.Messages, tools)
 		req.Stop = append(req.Stop, r.prompt.stops...)
+		if renderErr == nil {
+			run, renderErr = r.prompt.toolRequest(job, &req, sink)
+		}
 	} else {
 		req.Prompt = job.Prompt
 	}
@@ -134,7 +142,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 	var promptTokens int
 	err := renderErr
 	if err == nil {
-		promptTokens, err = r.engine.Submit(jobCtx, req, sink)
+		promptTokens, err = r.engine.Submit(jobCtx, req, run)
 	}
 	if err != nil {
 		werr := &wire.Error{Status: 500, Code: "internal_error", Message: err.Error()}
@@ -144,6 +152,8 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 			// The model's template refused the conversation (say, a
 			// system message to a model that has no system role).
 			werr = &wire.Error{Status: 400, Code: "invalid_request_error", Param: "messages", Message: err.Error()}
+		case errors.Is(err, errToolChoice):
+			werr = &wire.Error{Status: 400, Code: "invalid_request_error", Param: "tool_choice", Message: err.Error()}
 		case errors.Is(err, ErrContextLength):
 			// The parameter the client sent the text in.
 			param := "messages"

@@ -15,8 +15,10 @@ import (
 type prompter struct {
 	// name is the template in use (chat.Resolve).
 	name string
-	// jinja is the model's template when name is chat.Jinja.
-	jinja *chat.Template
+	// jinja is the model's template when name is chat.Jinja, compiled
+	// from source (the GGUF's tokenizer.chat_template).
+	jinja  *chat.Template
+	source string
 	// family renders when the model's template cannot keep content apart
 	// from its own text (chat.ErrContentTransformed): the family its
 	// markers show, else ChatML.
@@ -34,6 +36,7 @@ func newPrompter(override string, info gguf.ModelInfo, bos, eos string, addsBOS 
 	p := &prompter{
 		name:   chat.Resolve(override, info.ChatTemplate),
 		family: chat.Detect(info.ChatTemplate),
+		source: info.ChatTemplate,
 		opt:    chat.Options{BOS: bos, EOS: eos, SkipBOS: addsBOS},
 		now:    now,
 		log:    log,

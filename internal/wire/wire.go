@@ -221,6 +221,8 @@ type ToolChoice struct {
 	// Mode is "auto", "none", "required", or "function" (call Name).
 	Mode string `json:"mode"`
 	Name string `json:"name,omitempty"`
+	// Single is parallel_tool_calls false: at most one call.
+	Single bool `json:"single,omitempty"`
 }
 
 // Tool is a function the model may call (OpenAI's tools[].function).
