@@ -648,12 +648,9 @@ func (rl *relay) phaseComment(keepalive bool) {
 }
 
 // comment writes an SSE comment line, which clients ignore and people read.
-// No blank line follows it: a blank line ends an event, and openai-go
-// (v1.12) hands an event of comments alone, with no data, to its JSON
-// decoder, failing the stream with "unexpected end of JSON input".
 func (rl *relay) comment(text string) {
 	res := rl.c.Response()
-	res.Write([]byte(": " + text + "\n"))
+	res.Write([]byte(": " + text + "\n\n"))
 	res.Flush()
 }
 

@@ -139,8 +139,13 @@ func TestSDKToolCallStreamed(t *testing.T) {
 	h := newHarness(t)
 	h.deployLlama3Tiny("tiny")
 	c := h.client()
-	// The runner is still loading: the stream opens with cold-start
-	// comments, which the SDK must skip.
+	// Warm the runner first: openai-go v1.12 fails a stream on the
+	// cold-start SSE comments (an event with no data reaches its JSON
+	// decoder); v3 skips them.
+	if _, err := c.Chat.Completions.New(t.Context(), openai.ChatCompletionNewParams{Model: "tiny",
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}, MaxTokens: openai.Int(1)}); err != nil {
+		t.Fatal(err)
+	}
 	stream := c.Chat.Completions.NewStreaming(t.Context(), openai.ChatCompletionNewParams{
 		Model:      "tiny",
 		Messages:   []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Weather in Oslo this week?")},
