@@ -110,4 +110,3 @@ func RenderFamily(family string, msgs []wire.Message) []Part {
 	}
 	return b
 }
-
