@@ -58,8 +58,8 @@ var ErrContentTransformed = errors.New("the chat template transforms message con
 //
 // It renders twice: once with each content wrapped in sentinels, to find
 // it, and once as is, to check that the split render is exactly what the
-// template writes. Templates that trim content (Llama 3's does) are
-// matched by trimming the split content too.
+// template writes (align). Templates that trim content (Llama 3's does)
+// are followed.
 func (t *Template) Render(msgs []wire.Message, opt Options) ([]Part, error) {
 	open, close, ok := pickSentinels(msgs, opt.Tools)
 	if !ok {
@@ -73,22 +73,21 @@ func (t *Template) Render(msgs []wire.Message, opt Options) ([]Part, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, trim := range []bool{false, true} {
-		ps, err := split(marked, open, close, trim)
-		if err != nil {
-			return nil, err
-		}
-		if PromptText(ps) == want {
-			if opt.SkipBOS && opt.BOS != "" && len(ps) > 0 && ps[0].Marker && strings.HasPrefix(ps[0].Text, opt.BOS) {
-				ps[0].Text = strings.TrimPrefix(ps[0].Text, opt.BOS)
-				if ps[0].Text == "" {
-					ps = ps[1:]
-				}
-			}
-			return ps, nil
+	segs, err := split(marked, open, close)
+	if err != nil {
+		return nil, err
+	}
+	ps, ok := align(segs, want)
+	if !ok {
+		return nil, ErrContentTransformed
+	}
+	if opt.SkipBOS && opt.BOS != "" && len(ps) > 0 && ps[0].Marker && strings.HasPrefix(ps[0].Text, opt.BOS) {
+		ps[0].Text = strings.TrimPrefix(ps[0].Text, opt.BOS)
+		if ps[0].Text == "" {
+			ps = ps[1:]
 		}
 	}
-	return nil, ErrContentTransformed
+	return ps, nil
 }
 
 func (t *Template) render(msgs []wire.Message, opt Options, open, close string) (string, error) {
@@ -228,32 +227,68 @@ func pickSentinels(msgs []wire.Message, tools []wire.Tool) (string, string, bool
 }
 
 // split cuts a sentinel-marked render into template text (markers) and
-// content (text).
-func split(s, open, close string, trim bool) ([]Part, error) {
-	var b parts
+// message content (text), one segment per content.
+func split(s, open, close string) ([]Part, error) {
+	var segs []Part
 	for s != "" {
 		i := strings.Index(s, open)
 		if i < 0 {
 			if strings.Contains(s, close) {
 				return nil, ErrContentTransformed
 			}
-			b.marker(s)
+			segs = append(segs, Part{Text: s, Marker: true})
 			break
 		}
-		b.marker(s[:i])
+		if i > 0 {
+			segs = append(segs, Part{Text: s[:i], Marker: true})
+		}
 		s = s[i+len(open):]
 		j := strings.Index(s, close)
 		if j < 0 || strings.Contains(s[:j], open) {
 			return nil, ErrContentTransformed
 		}
-		content := s[:j]
-		if trim {
-			content = strings.TrimSpace(content)
-		}
-		b.text(content)
+		segs = append(segs, Part{Text: s[:j]})
 		s = s[j+len(close):]
 	}
-	return b, nil
+	return segs, nil
+}
+
+// align matches split segments against the plain render want: template
+// text must match exactly; each content is taken as rendered, or trimmed
+// as the template trimmed it (Llama 3's trims message content but not a
+// tool's result), whichever lets the rest of the render follow.
+func align(segs []Part, want string) ([]Part, bool) {
+	var b parts
+	for i, sg := range segs {
+		if sg.Marker {
+			if !strings.HasPrefix(want, sg.Text) {
+				return nil, false
+			}
+			b.marker(sg.Text)
+			want = want[len(sg.Text):]
+			continue
+		}
+		found := false
+		for _, c := range []string{sg.Text, strings.TrimSpace(sg.Text), strings.TrimLeft(sg.Text, " \t\r\n"), strings.TrimRight(sg.Text, " \t\r\n")} {
+			if !strings.HasPrefix(want, c) {
+				continue
+			}
+			rest := want[len(c):]
+			switch {
+			case i+1 == len(segs) && rest != "":
+				continue
+			case i+1 < len(segs) && segs[i+1].Marker && !strings.HasPrefix(rest, segs[i+1].Text):
+				continue
+			}
+			b.text(c)
+			want, found = rest, true
+			break
+		}
+		if !found {
+			return nil, false
+		}
+	}
+	return b, want == ""
 }
 
 // strftime formats t as Python's strftime does, for the directives chat
