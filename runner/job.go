@@ -162,7 +162,11 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 			}
 			werr = &wire.Error{Status: 400, Code: "context_length_exceeded", Param: param, Message: err.Error()}
 		case errors.Is(err, ErrBadSchema):
-			werr = &wire.Error{Status: 400, Code: "invalid_schema", Param: "response_format", Message: err.Error()}
+			param := "response_format"
+			if ts, ok := run.(*toolSink); ok && ts.forced {
+				param = "tools" // a required call's schema is the function's
+			}
+			werr = &wire.Error{Status: 400, Code: "invalid_schema", Param: param, Message: err.Error()}
 		}
 		if job.Async {
 			r.publishAsync(ctx, job, &wire.Event{Type: wire.EventError, Error: werr})
