@@ -157,7 +157,9 @@ func (h *harness) startRunnerWith(cfg runner.Config) {
 	if cfg.DeploymentID == "" {
 		cfg.DeploymentID = h.depID(cfg.Deployment)
 	}
-	cfg.Artifact = runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size}
+	if cfg.Artifact.SHA256 == "" {
+		cfg.Artifact = runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size}
+	}
 	cfg.Cache = &runner.Cache{Dir: h.t.TempDir(), Blobs: h.blobs}
 	r, err := runner.New(cfg, h.nc, slog.Default())
 	if err != nil {

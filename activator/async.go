@@ -406,6 +406,7 @@ func (a *asyncJobs) onEvent(msg jetstream.Msg) {
 			}
 			if ev.Type == wire.EventDone {
 				enc := newChunkEncoder(r.Kind, r.ID, r.Model, r.CreatedAt)
+				enc.toolCalls = ev.ToolCalls
 				r.Status, r.Result = asyncSucceeded, enc.body(ev.Text, ev.FinishReason, u)
 			} else {
 				we := ev.Error

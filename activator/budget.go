@@ -85,7 +85,14 @@ func maxCost(promptBound, maxTokens, ctxLen int, p wire.Prices) float64 {
 func promptBound(job wire.Job) int {
 	n := len(job.Prompt) + templateFixed
 	for _, m := range job.Messages {
-		n += len(m.Content) + len(m.Role) + templatePerMessage
+		n += len(m.Content) + len(m.Role) + templatePerMessage + len(m.ToolCallID)
+		for _, c := range m.ToolCalls {
+			n += len(c.ID) + len(c.Name) + len(c.Arguments) + templatePerMessage
+		}
+	}
+	// The template writes each tool's definition (as JSON) into the prompt.
+	for _, t := range job.Tools {
+		n += len(t.Name) + len(t.Description) + len(t.Parameters) + templatePerMessage
 	}
 	return n
 }

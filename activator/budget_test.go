@@ -1,6 +1,7 @@
 package activator
 
 import (
+	"encoding/json"
 	"testing"
 
 	"github.com/infer-run/infer/internal/wire"
@@ -37,6 +38,15 @@ func TestPromptBound(t *testing.T) {
 	chat := wire.Job{Kind: wire.KindChat, Messages: []wire.Message{{Role: "user", Content: "héllo"}, {Role: "assistant", Content: ""}}}
 	if got, want := promptBound(chat), templateFixed+len("héllo")+len("user")+len("assistant")+2*templatePerMessage; got != want {
 		t.Errorf("chat bound %d, want %d", got, want)
+	}
+	// Tools and tool calls are rendered into the prompt too.
+	tools := wire.Job{Kind: wire.KindChat,
+		Messages: []wire.Message{{Role: "assistant", ToolCalls: []wire.ToolCall{{ID: "c1", Name: "f", Arguments: `{"a":1}`}}}, {Role: "tool", ToolCallID: "c1", Content: "2"}},
+		Tools:    []wire.Tool{{Name: "f", Description: "adds", Parameters: json.RawMessage(`{"type":"object"}`)}}}
+	want := templateFixed + len("assistant") + templatePerMessage + len("c1"+"f"+`{"a":1}`) + templatePerMessage +
+		len("tool"+"2"+"c1") + templatePerMessage + len("f"+"adds"+`{"type":"object"}`) + templatePerMessage
+	if got := promptBound(tools); got != want {
+		t.Errorf("chat with tools bound %d, want %d", got, want)
 	}
 	if got, want := promptBound(wire.Job{Prompt: "abc"}), templateFixed+3; got != want {
 		t.Errorf("completion bound %d, want %d", got, want)

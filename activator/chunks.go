@@ -18,6 +18,9 @@ type chunkEncoder struct {
 	created int64
 	prefix  []byte // `data: {"id":…,"choices":[{"index":0,`
 	buf     []byte
+	// toolCalls are the reply's tool calls, for body (set from the done
+	// event).
+	toolCalls []wire.ToolCall
 }
 
 func newChunkEncoder(kind wire.Kind, id, model string, created int64) chunkEncoder {
@@ -95,8 +98,9 @@ func usageObject(u wire.Usage) usageJSON {
 // body is the whole non-streaming response.
 func (e *chunkEncoder) body(text, reason string, u wire.Usage) []byte {
 	type message struct {
-		Role    string `json:"role"`
-		Content string `json:"content"`
+		Role      string         `json:"role"`
+		Content   *string        `json:"content"`
+		ToolCalls []toolCallJSON `json:"tool_calls,omitempty"`
 	}
 	type choice struct {
 		Index        int      `json:"index"`
@@ -120,7 +124,11 @@ func (e *chunkEncoder) body(text, reason string, u wire.Usage) []byte {
 		ch.Text = &text
 	} else {
 		resp.Object = "chat.completion"
-		ch.Message = &message{Role: "assistant", Content: text}
+		ch.Message = &message{Role: "assistant", Content: &text}
+		if len(e.toolCalls) > 0 {
+			// A reply that calls tools has no content (OpenAI: null).
+			ch.Message.Content, ch.Message.ToolCalls = nil, toolCallsJSON(e.toolCalls)
+		}
 	}
 	resp.Choices = []choice{ch}
 	b, _ := json.Marshal(resp)

@@ -536,7 +536,11 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 			rl.s.limits.charge(rl.key, u, rl.prices)
 			rl.done = &u
 			rl.s.metrics.finished(rl.model, "ok", time.Since(rl.queuedAt), rl.ttft, u)
+			rl.enc.toolCalls = ev.ToolCalls
 			if rl.stream {
+				if len(ev.ToolCalls) > 0 {
+					res.Write(rl.enc.toolCallChunks(ev.ToolCalls))
+				}
 				res.Write(rl.enc.finish(ev.FinishReason))
 				if rl.usage {
 					res.Write(rl.enc.usage(u))

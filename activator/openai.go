@@ -142,10 +142,13 @@ func (p *promptField) UnmarshalJSON(b []byte) error {
 // completionRequest holds the fields of both /v1/chat/completions and
 // /v1/completions; unknown fields are ignored, as OpenAI's API does.
 type completionRequest struct {
+	toolFields
 	Model    string `json:"model"`
 	Messages []struct {
-		Role    string          `json:"role"`
-		Content json.RawMessage `json:"content"`
+		Role       string          `json:"role"`
+		Content    json.RawMessage `json:"content"`
+		ToolCalls  []toolCallParam `json:"tool_calls"`
+		ToolCallID string          `json:"tool_call_id"`
 		// text is Content as parsed by decodeRequest.
 		text string
 	} `json:"messages"`
@@ -223,6 +226,9 @@ func decodeRequest(body []byte, kind wire.Kind) (*completionRequest, *apiError) 
 			return nil, errInvalid("prompt", "you must provide a prompt")
 		}
 	}
+	if err := req.checkTools(kind); err != nil {
+		return nil, err
+	}
 	if req.N != nil && *req.N != 1 {
 		return nil, errInvalid("n", "only n=1 is supported")
 	}
@@ -295,8 +301,9 @@ func (r *completionRequest) job(kind wire.Kind) wire.Job {
 			if role == "developer" {
 				role = "system" // OpenAI's newer name for the same thing
 			}
-			j.Messages[i] = wire.Message{Role: role, Content: m.text}
+			j.Messages[i] = wire.Message{Role: role, Content: m.text, ToolCalls: wireToolCalls(m.ToolCalls), ToolCallID: m.ToolCallID}
 		}
+		j.Tools, j.ToolChoice = r.wireTools(), r.choice
 	} else {
 		j.Prompt = string(*r.Prompt)
 	}

@@ -13,21 +13,25 @@ import (
 // Artifact is one uploaded set of weights, named by its SHA-256. Artifacts
 // are immutable: the same digest always means the same bytes at ObjectKey.
 type Artifact struct {
-	SHA256         string    `json:"sha256"`
-	Size           int64     `json:"size"`
-	ObjectKey      string    `json:"object_key"`
-	Architecture   string    `json:"architecture"`
-	ParameterCount int64     `json:"parameter_count"`
-	Quantization   string    `json:"quantization"`
-	ContextLength  int       `json:"context_length"`
-	CreatedAt      time.Time `json:"created_at"`
+	SHA256         string `json:"sha256"`
+	Size           int64  `json:"size"`
+	ObjectKey      string `json:"object_key"`
+	Architecture   string `json:"architecture"`
+	ParameterCount int64  `json:"parameter_count"`
+	Quantization   string `json:"quantization"`
+	ContextLength  int    `json:"context_length"`
+	// ChatTemplate is the template the weights bring (chat.Resolve):
+	// "jinja", a family, or "plain"; empty if uploaded before it was
+	// recorded.
+	ChatTemplate string    `json:"chat_template"`
+	CreatedAt    time.Time `json:"created_at"`
 }
 
-const artifactColumns = `sha256, size, object_key, architecture, parameter_count, quantization, context_length, created_at`
+const artifactColumns = `sha256, size, object_key, architecture, parameter_count, quantization, context_length, chat_template, created_at`
 
 func scanArtifact(row pgx.Row) (Artifact, error) {
 	var a Artifact
-	err := row.Scan(&a.SHA256, &a.Size, &a.ObjectKey, &a.Architecture, &a.ParameterCount, &a.Quantization, &a.ContextLength, &a.CreatedAt)
+	err := row.Scan(&a.SHA256, &a.Size, &a.ObjectKey, &a.Architecture, &a.ParameterCount, &a.Quantization, &a.ContextLength, &a.ChatTemplate, &a.CreatedAt)
 	return a, err
 }
 
@@ -56,11 +60,11 @@ func (s *Store) PutArtifact(ctx context.Context, a Artifact) (Artifact, bool, er
 		return Artifact{}, false, fmt.Errorf("artifact %s: size and object key are required", a.SHA256)
 	}
 	stored, err := scanArtifact(s.pool.QueryRow(ctx, `
-		INSERT INTO artifacts (sha256, size, object_key, architecture, parameter_count, quantization, context_length)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		INSERT INTO artifacts (sha256, size, object_key, architecture, parameter_count, quantization, context_length, chat_template)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (sha256) DO NOTHING
 		RETURNING `+artifactColumns,
-		a.SHA256, a.Size, a.ObjectKey, a.Architecture, a.ParameterCount, a.Quantization, a.ContextLength))
+		a.SHA256, a.Size, a.ObjectKey, a.Architecture, a.ParameterCount, a.Quantization, a.ContextLength, a.ChatTemplate))
 	if err == nil {
 		return stored, true, nil
 	}

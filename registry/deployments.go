@@ -1,16 +1,19 @@
 package registry
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/infer-run/infer/internal/chat"
 )
 
 // Deployment is a named, callable model: an artifact plus how to serve it.
@@ -36,9 +39,13 @@ type Deployment struct {
 	// QueueTimeout fails a request that waited this long without starting.
 	// Stored with millisecond precision.
 	QueueTimeout time.Duration `json:"queue_timeout"`
-	// ChatTemplate overrides the template family detected from the GGUF;
-	// empty means detect.
+	// ChatTemplate overrides the template the weights bring (chat.Names);
+	// empty means the weights' own.
 	ChatTemplate string `json:"chat_template"`
+	// Template is the template in use, read-only: ChatTemplate, else the
+	// artifact's (Artifact.ChatTemplate), else "" when the artifact
+	// predates recording it.
+	Template string `json:"template"`
 	// Prices is what a request and a runner's lifetime cost.
 	Prices Prices `json:"prices"`
 	// Resources is what one runner is given where a driver places runners.
@@ -81,12 +88,6 @@ func DefaultDeployment() Deployment {
 		QueueTimeout: 5 * time.Minute,
 	}
 }
-
-// chatTemplates are the families the runner can render (runner.Templates).
-// The list is repeated here because the registry must not import the
-// runner, which links llama.cpp; a name missing here is refused up front
-// rather than silently falling back at serve time.
-var chatTemplates = []string{"chatml", "llama3", "llama2", "gemma", "phi3", "plain"}
 
 // Bounds on deployment settings. They catch typos and values no runner can
 // honour; they are not capacity planning.
@@ -170,8 +171,9 @@ func (d Deployment) Validate() error {
 		return fieldError("queue_limit", "queue_limit is %d; it must be between 1 and %d", d.QueueLimit, maxQueueLimit)
 	case d.QueueTimeout < minTimeout || d.QueueTimeout > maxQueueTimeout:
 		return fieldError("queue_timeout", "queue_timeout is %v; it must be between %v and %v", d.QueueTimeout, minTimeout, maxQueueTimeout)
-	case d.ChatTemplate != "" && !slices.Contains(chatTemplates, d.ChatTemplate):
-		return fieldError("chat_template", "chat_template %q is unknown; use one of %v, or leave it empty to detect it from the weights", d.ChatTemplate, chatTemplates)
+	}
+	if err := chat.Validate(d.ChatTemplate); err != nil {
+		return fieldError("chat_template", "%v", err)
 	}
 	if err := d.Prices.validate(); err != nil {
 		return err
@@ -244,7 +246,8 @@ func (r Resources) validate() error {
 const deploymentColumns = `id, tenant_id, name, artifact_sha256, min_runners, max_runners, parallel,
 	context_length, idle_timeout_ms, queue_limit, queue_timeout_ms, chat_template,
 	price_prompt_per_mtok, price_completion_per_mtok, price_runner_second,
-	cpu, memory, gpus, node_selector, created_at, updated_at`
+	cpu, memory, gpus, node_selector, created_at, updated_at,
+	(SELECT a.chat_template FROM artifacts a WHERE a.sha256 = artifact_sha256)`
 
 // NewDeploymentID returns a fresh deployment ID: "dep_" and 26 lower-case
 // base32 characters (128 random bits), never reused, and safe as a NATS
@@ -255,12 +258,14 @@ func scanDeployment(row pgx.Row) (Deployment, error) {
 	var (
 		d               Deployment
 		idleMS, queueMS int64
+		weightsTemplate pgtype.Text
 	)
 	err := row.Scan(&d.ID, &d.TenantID, &d.Name, &d.ArtifactSHA256, &d.MinRunners, &d.MaxRunners, &d.Parallel,
 		&d.ContextLength, &idleMS, &d.QueueLimit, &queueMS, &d.ChatTemplate,
 		&d.Prices.PromptPerMTok, &d.Prices.CompletionPerMTok, &d.Prices.RunnerSecond,
 		&d.Resources.CPU, &d.Resources.Memory, &d.Resources.GPUs, &d.Resources.NodeSelector,
-		&d.CreatedAt, &d.UpdatedAt)
+		&d.CreatedAt, &d.UpdatedAt, &weightsTemplate)
+	d.Template = cmp.Or(d.ChatTemplate, weightsTemplate.String)
 	d.IdleTimeout = time.Duration(idleMS) * time.Millisecond
 	d.QueueTimeout = time.Duration(queueMS) * time.Millisecond
 	return d, err

@@ -10,6 +10,8 @@ import (
 	"math/bits"
 
 	"github.com/ollama/ollama/fs/ggml"
+
+	ggufinfo "github.com/infer-run/infer/internal/gguf"
 )
 
 // ErrInvalidWeights is wrapped by every error about the content of uploaded
@@ -17,17 +19,9 @@ import (
 // after it is meant for the user who uploaded the file.
 var ErrInvalidWeights = errors.New("invalid weights")
 
-// ModelInfo is what a GGUF header says about the model.
-type ModelInfo struct {
-	Architecture   string `json:"architecture"`
-	ParameterCount int64  `json:"parameter_count"`
-	// Quantization is the file type, such as "Q4_K_M" or "F16".
-	Quantization string `json:"quantization"`
-	// ContextLength is the trained context length; 0 if the file does not say.
-	ContextLength int `json:"context_length"`
-	// ChatTemplate is the Jinja chat template, empty for base models.
-	ChatTemplate string `json:"chat_template"`
-}
+// ModelInfo is what a GGUF header says about the model (one definition,
+// in internal/gguf, shared with the runner).
+type ModelInfo = ggufinfo.ModelInfo
 
 func invalidf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalidWeights, fmt.Sprintf(format, args...))
@@ -63,33 +57,17 @@ func Inspect(r io.Reader) (ModelInfo, int64, error) {
 	}
 
 	kv := f.KV()
-	tensors := f.Tensors().Items()
-	info := ModelInfo{
-		Architecture:   kv.String("general.architecture"),
-		ParameterCount: int64(min(kv.ParameterCount(), math.MaxInt64)),
-		Quantization:   quantization(kv, tensors),
-		ContextLength:  int(kv.ContextLength()),
-		ChatTemplate:   kv.ChatTemplate(),
-	}
+	info := ggufinfo.Describe(f)
 	switch {
 	case info.Architecture == "":
 		return ModelInfo{}, src.n, invalidf("the GGUF file does not name its architecture (general.architecture)")
 	case kv.Kind() == "adapter":
 		return ModelInfo{}, src.n, invalidf("the GGUF file is a LoRA adapter, not a model")
-	case len(tensors) == 0:
+	case len(f.Tensors().Items()) == 0:
 		return ModelInfo{}, src.n, invalidf("the GGUF file holds no tensors (a vocabulary-only file?)")
 	}
 	if err := checkModel(info.Architecture, &guard.check.meta); err != nil {
 		return ModelInfo{}, src.n, err
-	}
-	if info.ParameterCount == 0 {
-		// Decode fills general.parameter_count in from the tensors today;
-		// this keeps the count right should it stop doing so.
-		var n uint64
-		for _, t := range tensors {
-			n += t.Elements()
-		}
-		info.ParameterCount = int64(min(n, math.MaxInt64))
 	}
 	return info, src.n, nil
 }
@@ -104,32 +82,6 @@ func decode(rs io.ReadSeeker) (f *ggml.GGML, err error) {
 		}
 	}()
 	return ggml.Decode(rs, 0)
-}
-
-// quantization names the file type, falling back to the tensor type that
-// holds the most weights when the header does not say.
-func quantization(kv ggml.KV, tensors []*ggml.Tensor) string {
-	if ft := kv.FileType(); ft != ggml.FileTypeUnknown && ft.String() != "unknown" {
-		return ft.String()
-	}
-	// FileType treats 0 as absent, but 0 is "all F32".
-	if v, ok := kv["general.file_type"].(uint32); ok && v == 0 {
-		return ggml.FileTypeF32.String()
-	}
-	byType := map[uint32]uint64{}
-	for _, t := range tensors {
-		byType[t.Kind] += t.Elements()
-	}
-	best, most := uint32(0), uint64(0)
-	for kind, n := range byType {
-		if n > most || (n == most && kind < best) {
-			best, most = kind, n
-		}
-	}
-	if most == 0 {
-		return "unknown"
-	}
-	return ggml.TensorType(best).String()
 }
 
 // countingReader counts the bytes read and remembers the first error other

@@ -341,7 +341,7 @@ func TestDeploymentValidate(t *testing.T) {
 		{"tiny idle timeout", func(d *Deployment) { d.IdleTimeout = time.Millisecond }, "idle_timeout", "idle_timeout"},
 		{"zero queue limit", func(d *Deployment) { d.QueueLimit = 0 }, "queue_limit", "queue_limit"},
 		{"huge queue timeout", func(d *Deployment) { d.QueueTimeout = 48 * time.Hour }, "queue_timeout", "queue_timeout"},
-		{"unknown template", func(d *Deployment) { d.ChatTemplate = "jinja" }, "chat_template", "chat_template"},
+		{"unknown template", func(d *Deployment) { d.ChatTemplate = "jinja2" }, "chat_template", "chat_template"},
 		{"negative price", func(d *Deployment) { d.Prices.PromptPerMTok = -1 }, "prices.prompt_per_mtok", "prices.prompt_per_mtok"},
 		{"NaN price", func(d *Deployment) { d.Prices.RunnerSecond = math.NaN() }, "prices.runner_second", "prices.runner_second"},
 		{"huge price", func(d *Deployment) { d.Prices.CompletionPerMTok = 2e6 }, "prices.completion_per_mtok", "prices.completion_per_mtok"},
@@ -370,7 +370,10 @@ func TestDeployments(t *testing.T) {
 	ctx := t.Context()
 	acme, _ := s.EnsureTenant(ctx, "acme")
 	other, _ := s.EnsureTenant(ctx, "other")
-	art1 := putArtifact(t, s, strings.Repeat("1", 64))
+	art1, _, err := s.PutArtifact(ctx, Artifact{SHA256: strings.Repeat("1", 64), Size: 1234, ObjectKey: "uploads/1.gguf", Architecture: "llama", ChatTemplate: "jinja"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	art2 := putArtifact(t, s, strings.Repeat("2", 64))
 
 	d := DefaultDeployment()
@@ -399,6 +402,10 @@ func TestDeployments(t *testing.T) {
 	}
 	if updated.ArtifactSHA256 != art2.SHA256 || updated.MaxRunners != 3 || updated.ChatTemplate != "chatml" {
 		t.Errorf("update not applied: %+v", updated)
+	}
+	// The template in use: the override, else the artifact's.
+	if created.Template != "jinja" || updated.Template != "chatml" {
+		t.Errorf("template in use %q, then %q after the override; want jinja (art1's), then chatml", created.Template, updated.Template)
 	}
 
 	// Names are per tenant: another tenant's "stories" is its own

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/infer-run/infer/internal/blob"
+	"github.com/infer-run/infer/internal/chat"
 )
 
 // Uploader validates GGUF uploads and stores them as artifacts. It is safe
@@ -105,6 +106,7 @@ func (u *Uploader) Upload(ctx context.Context, r io.Reader, size int64) (Artifac
 		ParameterCount: info.ParameterCount,
 		Quantization:   info.Quantization,
 		ContextLength:  info.ContextLength,
+		ChatTemplate:   chat.Resolve("", info.ChatTemplate),
 	})
 	if err == nil && !created {
 		// The same bytes were uploaded before. Keep the old object unless

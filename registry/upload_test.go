@@ -77,7 +77,8 @@ func TestUpload(t *testing.T) {
 		t.Fatal(err)
 	}
 	if a.SHA256 != modelSHA256 || a.Size != int64(len(model)) || a.Architecture != "llama" || a.ContextLength != 2048 ||
-		a.ParameterCount < 200_000 || a.Quantization == "" || !strings.HasPrefix(a.ObjectKey, "uploads/") {
+		a.ParameterCount < 200_000 || a.Quantization == "" || !strings.HasPrefix(a.ObjectKey, "uploads/") ||
+		a.ChatTemplate != "plain" { // a base model: no template in its GGUF
 		t.Errorf("artifact %+v", a)
 	}
 	if !bytes.Equal(readObject(t, u.Blobs, a.ObjectKey), model) {

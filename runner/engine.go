@@ -14,6 +14,8 @@ import (
 
 	"github.com/ollama/ollama/llama"
 
+	"github.com/infer-run/infer/internal/chat"
+	"github.com/infer-run/infer/internal/gguf"
 	"github.com/infer-run/infer/internal/jsonschema"
 	"github.com/infer-run/infer/internal/wire"
 )
@@ -81,8 +83,8 @@ type Request struct {
 	// completions; there is no template for it to break out of, and a
 	// client that wants <|eot_id|> in its own prompt means the token.
 	Prompt string
-	// Parts, when set, is a rendered chat (see Part) and Prompt is unused.
-	Parts     []Part
+	// Parts, when set, is a rendered chat (see chat.Part) and Prompt is unused.
+	Parts     []chat.Part
 	MaxTokens int // 0: until the context is full
 	Stop      []string
 	Sampling  wire.Sampling
@@ -117,7 +119,7 @@ type Engine struct {
 	log      *slog.Logger
 	cfg      EngineConfig
 	model    *llama.Model // the first context's, for tokenizing
-	info     ModelInfo
+	info     gguf.ModelInfo
 	nCtx     int // tokens per sequence
 	parallel int
 
@@ -196,7 +198,7 @@ type slot struct {
 
 // LoadEngine loads the model and creates its llama contexts.
 func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*Engine, error) {
-	info, err := ReadModelInfo(cfg.ModelPath)
+	info, err := gguf.ReadFile(cfg.ModelPath)
 	if err != nil {
 		return nil, err
 	}
@@ -208,12 +210,12 @@ func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*En
 		}
 	}
 	if cfg.Contexts <= 0 {
-		cfg.Contexts = DefaultContexts(info.ParameterCount, cfg.Parallel)
+		cfg.Contexts = DefaultContexts(uint64(info.ParameterCount), cfg.Parallel)
 	}
 	cfg.Contexts = min(cfg.Contexts, cfg.Parallel)
 	measure := ""
 	if cfg.Threads <= 0 {
-		cfg.Threads = DefaultThreads(info.ParameterCount, cfg.Contexts)
+		cfg.Threads = DefaultThreads(uint64(info.ParameterCount), cfg.Contexts)
 		// Several contexts decode at once and share the cores, which a
 		// lone timed decode cannot judge; the heuristic stays for them.
 		// Small models are bound by thread synchronisation and always
@@ -386,7 +388,7 @@ func (e *Engine) KVCells() int {
 }
 
 // Info describes the loaded model.
-func (e *Engine) Info() ModelInfo { return e.info }
+func (e *Engine) Info() gguf.ModelInfo { return e.info }
 
 // Parallel is the number of sequences the engine runs at once.
 func (e *Engine) Parallel() int { return e.parallel }
@@ -406,7 +408,7 @@ func (e *Engine) Tokenize(text string) ([]int, error) {
 // stays text. Tokenizing the text between markers separately is what
 // llama.cpp does with a whole prompt too, so a chat without forged markers
 // gets the tokens it always did.
-func (e *Engine) TokenizeParts(parts []Part) ([]int, error) {
+func (e *Engine) TokenizeParts(parts []chat.Part) ([]int, error) {
 	var tokens []int
 	if e.model.AddBOSToken() {
 		// The special tokens of an empty text: BOS first (and an EOS

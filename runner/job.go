@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/infer-run/infer/internal/chat"
 	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/wire"
 	"github.com/nats-io/nats.go"
@@ -118,9 +119,18 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 
 	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling}
+	var renderErr error
+	var run Sink = sink
 	if job.Kind == wire.KindChat {
-		req.Parts = RenderChat(r.template, job.Messages)
-		req.Stop = append(req.Stop, r.stops...)
+		tools := job.Tools
+		if job.ToolChoice != nil && job.ToolChoice.Mode == "none" {
+			tools = nil // the model is not to call them: not shown either
+		}
+		req.Parts, renderErr = r.prompt.render(job.Messages, tools)
+		req.Stop = append(req.Stop, r.prompt.stops...)
+		if renderErr == nil {
+			run, renderErr = r.prompt.toolRequest(job, &req, sink)
+		}
 	} else {
 		req.Prompt = job.Prompt
 	}
@@ -129,10 +139,21 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		go r.watchClient(jobCtx, replyTo, cancel, &superseded, log)
 	}
 	start := time.Now()
-	promptTokens, err := r.engine.Submit(jobCtx, req, sink)
+	var promptTokens int
+	err := renderErr
+	if err == nil {
+		promptTokens, err = r.engine.Submit(jobCtx, req, run)
+	}
 	if err != nil {
 		werr := &wire.Error{Status: 500, Code: "internal_error", Message: err.Error()}
+		var refused *chat.RefusedError
 		switch {
+		case errors.As(err, &refused):
+			// The model's template refused the conversation (say, a
+			// system message to a model that has no system role).
+			werr = &wire.Error{Status: 400, Code: "invalid_request_error", Param: "messages", Message: err.Error()}
+		case errors.Is(err, errToolChoice):
+			werr = &wire.Error{Status: 400, Code: "invalid_request_error", Param: "tool_choice", Message: err.Error()}
 		case errors.Is(err, ErrContextLength):
 			// The parameter the client sent the text in.
 			param := "messages"
@@ -143,7 +164,11 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		case errors.Is(err, ErrMaxTokens):
 			werr = &wire.Error{Status: 400, Code: "context_length_exceeded", Param: "max_tokens", Message: err.Error()}
 		case errors.Is(err, ErrBadSchema):
-			werr = &wire.Error{Status: 400, Code: "invalid_schema", Param: "response_format", Message: err.Error()}
+			param := "response_format"
+			if ts, ok := run.(*toolSink); ok && ts.forced {
+				param = "tools" // a required call's schema is the function's
+			}
+			werr = &wire.Error{Status: 400, Code: "invalid_schema", Param: param, Message: err.Error()}
 		}
 		if job.Async {
 			r.publishAsync(ctx, job, &wire.Event{Type: wire.EventError, Error: werr})

@@ -33,7 +33,7 @@ type Config struct {
 	Artifact     Artifact
 	Cache        *Cache
 	Engine       EngineConfig
-	// ChatTemplate overrides the template family detected from the GGUF.
+	// ChatTemplate overrides the template from the GGUF (chat.Names).
 	ChatTemplate string
 	// IdleTimeout makes the runner exit by itself after this long without
 	// work; zero leaves scale-down to the control plane.
@@ -52,11 +52,11 @@ type Runner struct {
 	js   jetstream.JetStream
 	host string
 
-	engine   *Engine
-	template string
-	stops    []string
-	readyAt  time.Time
-	started  time.Time
+	engine *Engine
+	// prompt renders chats with the template in use.
+	prompt  *prompter
+	readyAt time.Time
+	started time.Time
 
 	mu          sync.Mutex
 	phase       wire.Phase
@@ -174,12 +174,8 @@ func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 		return fmt.Errorf("llama.cpp could not load the weights of artifact %s; the runner's log says why", r.cfg.Artifact.SHA256)
 	}
 	r.engine = eng
-	r.template = r.cfg.ChatTemplate
-	if r.template == "" {
-		r.template = DetectTemplate(eng.Info().ChatTemplate)
-	}
-	r.stops = templateStops(r.template)
-	r.log.Info("model ready", "took", time.Since(t0), "template", r.template)
+	r.prompt = eng.newPrompter(r.cfg.ChatTemplate, time.Now, r.log)
+	r.log.Info("model ready", "took", time.Since(t0), "template", r.prompt.name)
 	r.mu.Lock()
 	r.coldStart.LoadDone = time.Now()
 	r.mu.Unlock()

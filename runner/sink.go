@@ -102,7 +102,14 @@ type replySink struct {
 	// async jobs collect their text and send it once, after Finish.
 	async bool
 	text  []byte
+
+	// toolCalls are the reply's tool calls (toolSink), sent with the last
+	// event.
+	toolCalls []wire.ToolCall
 }
+
+// setToolCalls gives the reply tool calls; Finish("tool_calls") follows.
+func (s *replySink) setToolCalls(calls []wire.ToolCall) { s.toolCalls = calls }
 
 func newReplySink(nc *nats.Conn, subject string) *replySink {
 	return &replySink{nc: nc, subject: subject, buf: make([]byte, 0, 256), done: make(chan struct{})}
@@ -198,7 +205,7 @@ func (s *replySink) Finish(reason string, u wire.Usage, err error) {
 	case err != nil:
 		last = &wire.Event{Type: wire.EventError, Error: &wire.Error{Status: 500, Code: "internal_error", Message: err.Error()}}
 	case reason != "cancelled":
-		last = &wire.Event{Type: wire.EventDone, FinishReason: reason, Usage: &u}
+		last = &wire.Event{Type: wire.EventDone, FinishReason: reason, Usage: &u, ToolCalls: s.toolCalls}
 	}
 	if last == nil {
 		close(s.done)
@@ -217,7 +224,7 @@ func (s *replySink) final() *wire.Event {
 		return &wire.Event{Type: wire.EventError, Error: &wire.Error{Status: 500, Code: "internal_error", Message: s.err.Error()}}
 	}
 	u := s.usage
-	return &wire.Event{Type: wire.EventDone, FinishReason: s.reason, Usage: &u, Text: string(s.text)}
+	return &wire.Event{Type: wire.EventDone, FinishReason: s.reason, Usage: &u, Text: string(s.text), ToolCalls: s.toolCalls}
 }
 
 func (s *replySink) send(ev *wire.Event) {

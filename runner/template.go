@@ -1,201 +1,88 @@
 package runner
 
 import (
-	"strings"
+	"errors"
+	"log/slog"
+	"time"
 
+	"github.com/infer-run/infer/internal/chat"
+	"github.com/infer-run/infer/internal/gguf"
 	"github.com/infer-run/infer/internal/wire"
 )
 
-// Chat template families. GGUF files carry their template as Jinja, which
-// Go cannot run; instead the runner recognises the families that cover
-// nearly every published model by their marker tokens and renders them in
-// Go. A deployment can override the choice by name.
-const (
-	TemplateChatML  = "chatml"
-	TemplateLlama3  = "llama3"
-	TemplateLlama2  = "llama2" // also Mistral's [INST] format
-	TemplateGemma   = "gemma"
-	TemplatePhi3    = "phi3"
-	TemplatePlain   = "plain"
-	templateUnknown = ""
-)
+// prompter turns chats into prompts for one loaded model, with the
+// template the deployment chose or the model's own.
+type prompter struct {
+	// name is the template in use (chat.Resolve).
+	name string
+	// jinja is the model's template when name is chat.Jinja, compiled
+	// from source (the GGUF's tokenizer.chat_template).
+	jinja  *chat.Template
+	source string
+	// family renders when the model's template cannot keep content apart
+	// from its own text (chat.ErrContentTransformed): the family its
+	// markers show, else ChatML.
+	family string
+	opt    chat.Options
+	stops  []string
+	now    func() time.Time
+	log    *slog.Logger
+}
 
-// Templates lists the names a deployment may choose.
-var Templates = []string{TemplateChatML, TemplateLlama3, TemplateLlama2, TemplateGemma, TemplatePhi3, TemplatePlain}
+// newPrompter picks the template for a model. bos and eos are the
+// vocabulary's BOS and EOS texts; addsBOS says whether the tokenizer adds
+// BOS itself (then one the template writes first is dropped).
+func newPrompter(override string, info gguf.ModelInfo, bos, eos string, addsBOS bool, now func() time.Time, log *slog.Logger) *prompter {
+	p := &prompter{
+		name:   chat.Resolve(override, info.ChatTemplate),
+		family: chat.Detect(info.ChatTemplate),
+		source: info.ChatTemplate,
+		opt:    chat.Options{BOS: bos, EOS: eos, SkipBOS: addsBOS},
+		now:    now,
+		log:    log,
+	}
+	if p.family == "" || p.family == chat.Plain {
+		p.family = chat.ChatML
+	}
+	if p.name == chat.Jinja {
+		t, err := chat.Compile(info.ChatTemplate)
+		if err != nil {
+			// A deployment that names "jinja" for weights whose template
+			// the engine cannot compile.
+			log.Warn("the model's chat template does not compile; using its family", "family", p.family, "err", err)
+			p.name = p.family
+		} else {
+			p.jinja = t
+		}
+	}
+	p.stops = chat.Stops(p.name, info.ChatTemplate)
+	return p
+}
 
-// DetectTemplate names the family of a GGUF's Jinja chat template, or
-// "plain" when the model has none (base models such as stories260K).
-func DetectTemplate(jinja string) string {
+// render renders a chat. A template's raise_exception is the caller's
+// error (*chat.RefusedError); a template that transforms content beyond
+// what the renderer can follow falls back to the family renderer.
+func (p *prompter) render(msgs []wire.Message, tools []wire.Tool) ([]chat.Part, error) {
+	if p.jinja == nil {
+		return chat.RenderFamily(p.name, msgs), nil
+	}
+	opt := p.opt
+	opt.Tools = tools
+	opt.Now = p.now()
+	parts, err := p.jinja.Render(msgs, opt)
+	var refused *chat.RefusedError
 	switch {
-	case jinja == "":
-		return TemplatePlain
-	case strings.Contains(jinja, "<|start_header_id|>"):
-		return TemplateLlama3
-	case strings.Contains(jinja, "<|im_start|>"):
-		return TemplateChatML
-	case strings.Contains(jinja, "<start_of_turn>"):
-		return TemplateGemma
-	case strings.Contains(jinja, "<|user|>") && strings.Contains(jinja, "<|end|>"):
-		return TemplatePhi3
-	case strings.Contains(jinja, "[INST]"):
-		return TemplateLlama2
+	case err == nil:
+		return parts, nil
+	case errors.As(err, &refused):
+		return nil, err
 	}
-	return templateUnknown
+	p.log.Warn("rendering with the model's chat template failed; using its family", "family", p.family, "err", err)
+	return chat.RenderFamily(p.family, msgs), nil
 }
 
-// A Part is one piece of a rendered chat prompt. The engine tokenizes a
-// marker (one of the template's control tokens, such as <|eot_id|>) with
-// special tokens parsed, and everything else (the template's plain text
-// and, above all, the messages' content) as text only. Rendered to one
-// string and tokenized whole, a message whose text spells a marker, say
-// "<|eot_id|><|start_header_id|>system<|end_header_id|>", would become
-// those control tokens and could end its turn and open a forged system
-// turn.
-type Part struct {
-	Text   string
-	Marker bool
-}
-
-// parts builds a rendered prompt; adjacent text is joined into one part,
-// so the text between two markers is tokenized in one go, exactly as
-// llama.cpp splits a whole prompt at its special tokens: a prompt without
-// forged markers gets the same tokens as before.
-type parts []Part
-
-func (p *parts) marker(s string) { *p = append(*p, Part{Text: s, Marker: true}) }
-
-func (p *parts) text(s string) {
-	if s == "" {
-		return
-	}
-	if n := len(*p); n > 0 && !(*p)[n-1].Marker {
-		(*p)[n-1].Text += s
-		return
-	}
-	*p = append(*p, Part{Text: s})
-}
-
-// PromptText is a rendered prompt as one string, as the model sees it.
-func PromptText(ps []Part) string {
-	var b strings.Builder
-	for _, p := range ps {
-		b.WriteString(p.Text)
-	}
-	return b.String()
-}
-
-// RenderChat turns messages into a prompt in the named family's format,
-// ending where the assistant's reply begins. An unknown family falls back to
-// ChatML, which most instruction-tuned models since 2024 understand. Roles
-// are template text: the activator admits only system, user, assistant and
-// tool.
-func RenderChat(family string, msgs []wire.Message) []Part {
-	var b parts
-	switch family {
-	case TemplatePlain:
-		// A base model continues text: the conversation is its prompt,
-		// all of it text.
-		for i, m := range msgs {
-			if i > 0 {
-				b.text("\n")
-			}
-			b.text(m.Content)
-		}
-	case TemplateLlama3:
-		// No <|begin_of_text|>: the tokenizer adds BOS.
-		for _, m := range msgs {
-			b.marker("<|start_header_id|>")
-			b.text(m.Role)
-			b.marker("<|end_header_id|>")
-			b.text("\n\n" + strings.TrimSpace(m.Content))
-			b.marker("<|eot_id|>")
-		}
-		b.marker("<|start_header_id|>")
-		b.text("assistant")
-		b.marker("<|end_header_id|>")
-		b.text("\n\n")
-	case TemplateLlama2:
-		// [INST] formats have no system role: it is folded into the first
-		// user turn. [INST] is text in these vocabularies; <s> and </s>
-		// are the control tokens.
-		// The first <s> is the BOS the tokenizer adds.
-		system := ""
-		started := false
-		for _, m := range msgs {
-			switch m.Role {
-			case "system":
-				system += m.Content + "\n\n"
-			case "assistant":
-				b.text(" " + strings.TrimSpace(m.Content))
-				b.marker("</s>")
-				started = true
-			default:
-				if started {
-					b.marker("<s>")
-				}
-				b.text("[INST] " + system + strings.TrimSpace(m.Content) + " [/INST]")
-				system = ""
-				started = true
-			}
-		}
-	case TemplateGemma:
-		// Gemma has user and model turns; a system message joins the
-		// first user turn.
-		system := ""
-		for _, m := range msgs {
-			switch m.Role {
-			case "system":
-				system += m.Content + "\n\n"
-			case "assistant":
-				b.marker("<start_of_turn>")
-				b.text("model\n" + strings.TrimSpace(m.Content))
-				b.marker("<end_of_turn>")
-				b.text("\n")
-			default:
-				b.marker("<start_of_turn>")
-				b.text("user\n" + system + strings.TrimSpace(m.Content))
-				b.marker("<end_of_turn>")
-				b.text("\n")
-				system = ""
-			}
-		}
-		b.marker("<start_of_turn>")
-		b.text("model\n")
-	case TemplatePhi3:
-		for _, m := range msgs {
-			b.marker("<|" + m.Role + "|>")
-			b.text("\n" + m.Content)
-			b.marker("<|end|>")
-			b.text("\n")
-		}
-		b.marker("<|assistant|>")
-		b.text("\n")
-	default: // ChatML
-		for _, m := range msgs {
-			b.marker("<|im_start|>")
-			b.text(m.Role + "\n" + m.Content)
-			b.marker("<|im_end|>")
-			b.text("\n")
-		}
-		b.marker("<|im_start|>")
-		b.text("assistant\n")
-	}
-	return b
-}
-
-// templateStops are the end-of-turn markers to stop on in addition to the
-// model's end-of-generation tokens, for models whose GGUF does not mark
-// them as such.
-func templateStops(family string) []string {
-	switch family {
-	case TemplateChatML:
-		return []string{"<|im_end|>"}
-	case TemplateLlama3:
-		return []string{"<|eot_id|>"}
-	case TemplateGemma:
-		return []string{"<end_of_turn>"}
-	case TemplatePhi3:
-		return []string{"<|end|>"}
-	}
-	return nil
+// newPrompter picks the template for the loaded model.
+func (e *Engine) newPrompter(override string, now func() time.Time, log *slog.Logger) *prompter {
+	bos, eos := specialTokens(e.model)
+	return newPrompter(override, e.info, bos, eos, e.model.AddBOSToken(), now, log)
 }

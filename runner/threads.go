@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/ollama/ollama/llama"
+
+	"github.com/infer-run/infer/internal/gguf"
 )
 
 // threadCandidates are the thread counts worth timing on a host with cpus
@@ -78,7 +80,7 @@ func measureThreads(model *llama.Model, candidates []int) (best int, took time.D
 // threadsCacheFile is where the measured thread count for a model on this
 // host is kept: keyed by what changes the answer (the model's shape and
 // size, the host's CPUs), not by path, so a re-downloaded model reuses it.
-func threadsCacheFile(dir string, info ModelInfo, modelPath string) (string, error) {
+func threadsCacheFile(dir string, info gguf.ModelInfo, modelPath string) (string, error) {
 	st, err := os.Stat(modelPath)
 	if err != nil {
 		return "", fmt.Errorf("stat model: %w", err)

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/infer-run/infer/registry"
+	"github.com/infer-run/infer/internal/chat"
 )
 
 // client talks to an activator's API as the CLI user.
@@ -213,8 +214,8 @@ deploy changes the settings of an existing deployment.`,
 			if err := json.Unmarshal(raw, &d); err != nil {
 				return fmt.Errorf("reading the saved deployment: %w", err)
 			}
-			fmt.Printf("deployment %s → artifact %s (idle timeout %s, runners %d–%d, parallel %d)\n",
-				d.Name, short(d.ArtifactSHA256), seconds(d.IdleTimeout), d.MinRunners, d.MaxRunners, d.Parallel)
+			fmt.Printf("deployment %s → artifact %s (idle timeout %s, runners %d–%d, parallel %d, chat template %s)\n",
+				d.Name, short(d.ArtifactSHA256), seconds(d.IdleTimeout), d.MinRunners, d.MaxRunners, d.Parallel, templateName(d.Template))
 			fmt.Printf("call it with \"model\": %q at %s/v1/chat/completions\n", d.Name, c.base)
 			return nil
 		},
@@ -228,7 +229,7 @@ deploy changes the settings of an existing deployment.`,
 	f.IntVar(&parallel, "parallel", 4, "requests one runner decodes together")
 	f.IntVar(&contextLen, "context", 0, "tokens per request (0: the model's trained length, at most 4096)")
 	f.IntVar(&queueLimit, "queue-limit", 1000, "most requests queued or running; more get 429")
-	f.StringVar(&chatTemplate, "chat-template", "", "override the chat template family (chatml, llama3, llama2, gemma, phi3, plain)")
+	f.StringVar(&chatTemplate, "chat-template", "", "override the chat template: "+strings.Join(chat.Names(), ", ")+" (jinja: the model's own; default: the model's own, or its family where the engine cannot run it)")
 	f.Float64Var(&prices[0], "price-prompt", 0, "US dollars per 1M prompt tokens")
 	f.Float64Var(&prices[1], "price-completion", 0, "US dollars per 1M completion tokens")
 	f.Float64Var(&prices[2], "price-runner-second", 0, "US dollars per second a runner exists (cold start and idle cost)")
@@ -300,6 +301,7 @@ type deploymentInfo struct {
 	MaxRunners     int     `json:"max_runners"`
 	Parallel       int     `json:"parallel"`
 	IdleTimeout    float64 `json:"idle_timeout"` // seconds
+	Template       string  `json:"template"`
 	Queued         int     `json:"queued"`
 	InFlight       int     `json:"in_flight"`
 	Runners        []struct {
@@ -310,6 +312,18 @@ type deploymentInfo struct {
 		Slots       int       `json:"slots"`
 		LastRequest time.Time `json:"last_request"`
 	} `json:"runners"`
+}
+
+// templateName is a deployment's template in use as the CLI shows it.
+func templateName(t string) string {
+	if t == "" {
+		// Weights uploaded before the registry recorded their template.
+		return "from the weights"
+	}
+	if t == chat.Jinja {
+		return "jinja (the model's own)"
+	}
+	return t
 }
 
 func lsCmd() *cobra.Command {
@@ -348,7 +362,7 @@ so on stderr, with the --after that continues the list.`,
 				}
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tARTIFACT\tRUNNERS\tQUEUED\tIN FLIGHT\tIDLE TIMEOUT")
+			fmt.Fprintln(tw, "NAME\tARTIFACT\tRUNNERS\tQUEUED\tIN FLIGHT\tIDLE TIMEOUT\tTEMPLATE")
 			for _, d := range deps {
 				phases := make([]string, 0, len(d.Runners))
 				for _, r := range d.Runners {
@@ -358,7 +372,7 @@ so on stderr, with the --after that continues the list.`,
 				if len(phases) > 0 {
 					runners += " (" + strings.Join(phases, ",") + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", d.Name, short(d.ArtifactSHA256), runners, d.Queued, d.InFlight, seconds(d.IdleTimeout))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", d.Name, short(d.ArtifactSHA256), runners, d.Queued, d.InFlight, seconds(d.IdleTimeout), templateName(d.Template))
 				// One row per runner: during a redeploy, which artifact
 				// each serves shows the switch in progress.
 				for _, r := range d.Runners {

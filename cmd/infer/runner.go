@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/infer-run/infer/internal/blob"
+	"github.com/infer-run/infer/internal/chat"
 	"github.com/infer-run/infer/internal/wire"
 	"github.com/infer-run/infer/runner"
 )
@@ -147,7 +149,7 @@ $INFER_S3_*, or --blob-dir).`,
 	f.IntVar(&cfg.Engine.Threads, "threads", 0, "llama.cpp threads (default: measured fastest on this host with one context, cached in --cache-dir; 1 for tiny models spread over several contexts)")
 	f.IntVar(&cfg.Engine.GPULayers, "gpu-layers", 0, "layers to offload to the GPU (GPU builds only)")
 	f.IntVar(&cfg.Engine.DecodeNice, "decode-nice", envInt("INFER_DECODE_NICE", runner.DefaultDecodeNice), "nice value of the decode threads (0–19; 0: the process's priority), so that taking new requests and sending tokens preempt decoding ($INFER_DECODE_NICE)")
-	f.StringVar(&cfg.ChatTemplate, "chat-template", "", "chat template family: chatml, llama3, llama2, gemma, phi3 or plain (default: from the GGUF)")
+	f.StringVar(&cfg.ChatTemplate, "chat-template", "", "chat template: "+strings.Join(chat.Names(), ", ")+" (default: the GGUF's own)")
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "exit after this long without requests (0: leave it to the control plane)")
 	f.StringVar(&natsURL, "nats", env("INFER_NATS_URL", nats.DefaultURL), "NATS server URL ($INFER_NATS_URL)")
 	f.StringVar(&cacheDir, "cache-dir", env("INFER_CACHE_DIR", ".infer/cache"), "local weights cache ($INFER_CACHE_DIR)")

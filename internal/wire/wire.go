@@ -202,6 +202,34 @@ const (
 type Message struct {
 	Role    string `json:"role"`
 	Content string `json:"content"`
+	// ToolCalls are the functions an assistant turn called.
+	ToolCalls []ToolCall `json:"tool_calls,omitempty"`
+	// ToolCallID names the call a tool turn answers.
+	ToolCallID string `json:"tool_call_id,omitempty"`
+}
+
+// ToolCall is one function call of an assistant turn.
+type ToolCall struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	// Arguments is a JSON object, as text (OpenAI sends it so).
+	Arguments string `json:"arguments"`
+}
+
+// ToolChoice is OpenAI's tool_choice.
+type ToolChoice struct {
+	// Mode is "auto", "none", "required", or "function" (call Name).
+	Mode string `json:"mode"`
+	Name string `json:"name,omitempty"`
+	// Single is parallel_tool_calls false: at most one call.
+	Single bool `json:"single,omitempty"`
+}
+
+// Tool is a function the model may call (OpenAI's tools[].function).
+type Tool struct {
+	Name        string          `json:"name"`
+	Description string          `json:"description,omitempty"`
+	Parameters  json.RawMessage `json:"parameters,omitempty"`
 }
 
 // Sampling holds the per-request sampling parameters. Pointers are unset
@@ -231,9 +259,15 @@ type Job struct {
 	Kind         Kind      `json:"kind"`
 	Prompt       string    `json:"prompt,omitempty"`
 	Messages     []Message `json:"messages,omitempty"`
-	MaxTokens    int       `json:"max_tokens,omitempty"`
-	Stop         []string  `json:"stop,omitempty"`
-	Sampling     Sampling  `json:"sampling"`
+	// Tools are the functions a chat may call; the template shows them
+	// to the model.
+	Tools []Tool `json:"tools,omitempty"`
+	// ToolChoice says whether the reply must call one: nil is "auto"
+	// when there are tools.
+	ToolChoice *ToolChoice `json:"tool_choice,omitempty"`
+	MaxTokens  int         `json:"max_tokens,omitempty"`
+	Stop       []string    `json:"stop,omitempty"`
+	Sampling   Sampling    `json:"sampling"`
 	// ReplyTo is the core NATS subject the runner streams Events to.
 	ReplyTo string `json:"reply_to"`
 	// Deadline is when the job stops being worth starting (queue timeout).
@@ -287,8 +321,11 @@ type Event struct {
 	Text         string `json:"text,omitempty"`
 	Phase        string `json:"phase,omitempty"`
 	FinishReason string `json:"finish_reason,omitempty"`
-	Usage        *Usage `json:"usage,omitempty"`
-	Error        *Error `json:"error,omitempty"`
+	// ToolCalls are the calls a reply made (done events, FinishReason
+	// "tool_calls"); the reply's text then is not sent as deltas.
+	ToolCalls []ToolCall `json:"tool_calls,omitempty"`
+	Usage     *Usage     `json:"usage,omitempty"`
+	Error     *Error     `json:"error,omitempty"`
 	// Seq numbers the events one runner sends for one job, from 0; it
 	// travels in the event's header (see AppendEvent).
 	Seq uint32 `json:"-"`

@@ -1,0 +1,91 @@
+// Package gguf describes a model from its GGUF header: the facts the
+// registry records at upload and the runner needs before loading. It is
+// cgo-free (Ollama's pure-Go GGUF decoder, not llama.cpp), so every
+// process can use it.
+package gguf
+
+import (
+	"fmt"
+	"math"
+	"os"
+
+	"github.com/ollama/ollama/fs/ggml"
+)
+
+// ModelInfo is what a GGUF header says about the model.
+type ModelInfo struct {
+	Architecture   string `json:"architecture"`
+	ParameterCount int64  `json:"parameter_count"`
+	// Quantization is the file type, such as "Q4_K_M" or "F16".
+	Quantization string `json:"quantization"`
+	// ContextLength is the trained context length; 0 if the file does not say.
+	ContextLength int `json:"context_length"`
+	// ChatTemplate is the Jinja chat template (tokenizer.chat_template),
+	// empty for base models.
+	ChatTemplate string `json:"chat_template"`
+}
+
+// Describe reads a decoded header.
+func Describe(f *ggml.GGML) ModelInfo {
+	kv := f.KV()
+	tensors := f.Tensors().Items()
+	info := ModelInfo{
+		Architecture:   kv.String("general.architecture"),
+		ParameterCount: int64(min(kv.ParameterCount(), math.MaxInt64)),
+		Quantization:   quantization(kv, tensors),
+		ContextLength:  int(kv.ContextLength()),
+		ChatTemplate:   kv.ChatTemplate(),
+	}
+	if info.ParameterCount == 0 {
+		// Decode fills general.parameter_count in from the tensors today;
+		// this keeps the count right should it stop doing so.
+		var n uint64
+		for _, t := range tensors {
+			n += t.Elements()
+		}
+		info.ParameterCount = int64(min(n, math.MaxInt64))
+	}
+	return info
+}
+
+// ReadFile reads a GGUF file's header (not its tensors). It trusts the
+// file: the registry checked it at upload (registry.Inspect).
+func ReadFile(path string) (ModelInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return ModelInfo{}, fmt.Errorf("opening model: %w", err)
+	}
+	defer f.Close()
+	// Arrays (the vocabulary) are not needed here; 0 skips collecting them.
+	g, err := ggml.Decode(f, 0)
+	if err != nil {
+		return ModelInfo{}, fmt.Errorf("reading GGUF header of %s: %w", path, err)
+	}
+	return Describe(g), nil
+}
+
+// quantization names the file type, falling back to the tensor type that
+// holds the most weights when the header does not say.
+func quantization(kv ggml.KV, tensors []*ggml.Tensor) string {
+	if ft := kv.FileType(); ft != ggml.FileTypeUnknown && ft.String() != "unknown" {
+		return ft.String()
+	}
+	// FileType treats 0 as absent, but 0 is "all F32".
+	if v, ok := kv["general.file_type"].(uint32); ok && v == 0 {
+		return ggml.FileTypeF32.String()
+	}
+	byType := map[uint32]uint64{}
+	for _, t := range tensors {
+		byType[t.Kind] += t.Elements()
+	}
+	best, most := uint32(0), uint64(0)
+	for kind, n := range byType {
+		if n > most || (n == most && kind < best) {
+			best, most = kind, n
+		}
+	}
+	if most == 0 {
+		return "unknown"
+	}
+	return ggml.TensorType(best).String()
+}
