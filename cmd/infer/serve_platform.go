@@ -120,6 +120,8 @@ func startControlPlane(ctx context.Context, g *errgroup.Group, f serveFlags, d c
 			LogDir:    filepath.Join(home, "logs"),
 			Log:       log,
 			Spares:    f.warmRunners,
+			GPUs:      controlplane.NvidiaSMI{},
+			Waiting:   publishWaiting(nc),
 		}
 		local.Prestart()
 		cleanup = func() {
