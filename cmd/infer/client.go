@@ -18,6 +18,8 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+
+	"github.com/infer-run/infer/internal/wire"
 )
 
 // client talks to an activator's API as the CLI user.
@@ -275,12 +277,15 @@ type deploymentInfo struct {
 	Queued         int    `json:"queued"`
 	InFlight       int    `json:"in_flight"`
 	Runners        []struct {
-		RunnerID    string    `json:"runner_id"`
-		Phase       string    `json:"phase"`
-		Artifact    string    `json:"artifact"`
-		InFlight    int       `json:"in_flight"`
-		Slots       int       `json:"slots"`
-		LastRequest time.Time `json:"last_request"`
+		RunnerID    string        `json:"runner_id"`
+		Phase       string        `json:"phase"`
+		Artifact    string        `json:"artifact"`
+		InFlight    int           `json:"in_flight"`
+		Slots       int           `json:"slots"`
+		LastRequest time.Time     `json:"last_request"`
+		Detail      string        `json:"detail"`
+		Devices     []wire.Device `json:"devices"`
+		GPULayers   int           `json:"gpu_layers"`
 	} `json:"runners"`
 }
 
@@ -309,7 +314,7 @@ func lsCmd() *cobra.Command {
 				return fmt.Errorf("reading deployments: %w", err)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tARTIFACT\tRUNNERS\tQUEUED\tIN FLIGHT\tIDLE TIMEOUT")
+			fmt.Fprintln(tw, "NAME\tARTIFACT\tRUNNERS\tQUEUED\tIN FLIGHT\tIDLE TIMEOUT\tON")
 			for _, d := range deps {
 				phases := make([]string, 0, len(d.Runners))
 				for _, r := range d.Runners {
@@ -327,7 +332,12 @@ func lsCmd() *cobra.Command {
 					if !r.LastRequest.IsZero() {
 						last = "last request " + time.Since(r.LastRequest).Round(time.Second).String() + " ago"
 					}
-					fmt.Fprintf(tw, "  runner %s\t%s\t%s\t\t%d/%d\t%s\n", r.RunnerID, short(r.Artifact), r.Phase, r.InFlight, r.Slots, last)
+					if r.Phase == string(wire.PhaseWaiting) {
+						// Not a runner yet: why none could start.
+						fmt.Fprintf(tw, "  %s\t\t%s\t\t\t%s\t\n", r.RunnerID, r.Phase, r.Detail)
+						continue
+					}
+					fmt.Fprintf(tw, "  runner %s\t%s\t%s\t\t%d/%d\t%s\t%s\n", r.RunnerID, short(r.Artifact), r.Phase, r.InFlight, r.Slots, last, runsOn(r.Devices, r.GPULayers))
 				}
 			}
 			return tw.Flush()

@@ -1,3 +1,5 @@
+//go:build !activatoronly
+
 package main
 
 import (
