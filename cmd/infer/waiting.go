@@ -30,8 +30,10 @@ func publishWaiting(nc *nats.Conn) func(controlplane.RunnerSpec, error) {
 			Artifact:     spec.Artifact,
 			Phase:        wire.PhaseWaiting,
 			Detail:       err.Error(),
-			StartedAt:    time.Now(),
-			Sent:         time.Now(),
+			// No StartedAt: nothing started, and the control plane
+			// bills a runner from its heartbeats' StartedAt to its
+			// end only when it is set (runnerusage.go).
+			Sent: time.Now(),
 		}
 		var few *controlplane.TooFewGPUsError
 		if errors.As(err, &few) {
