@@ -87,4 +87,30 @@ func TestWaitingForGPUComment(t *testing.T) {
 	publish("r1", wire.PhaseStarting, "")
 	publish("waiting-"+dep, wire.PhaseWaiting, why)
 	expect(": starting runner")
+
+	// The deployment's view shows where each runner runs, as it said.
+	gpu := wire.Device{Name: "CUDA0", Kind: "gpu", Description: "NVIDIA H200", TotalBytes: 141 << 30, FreeBytes: 120 << 30}
+	hb, _ := json.Marshal(wire.Heartbeat{RunnerID: "r1", Deployment: "gpu", DeploymentID: dep, Phase: wire.PhaseLoading,
+		StartedAt: time.Now(), Sent: time.Now(), Devices: []wire.Device{{Name: "CPU", Kind: "cpu"}, gpu}, GPULayers: 17})
+	if err := h.nc.Publish(wire.HeartbeatSubject(dep, "r1"), hb); err != nil {
+		t.Fatal(err)
+	}
+	expect(": loading model")
+	resp := h.do(http.MethodGet, "/v1/deployments/gpu", "")
+	defer resp.Body.Close()
+	var view struct {
+		Runners []wire.Heartbeat `json:"runners"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&view); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range view.Runners {
+		if r.RunnerID == "r1" {
+			if len(r.Devices) != 2 || r.Devices[1] != gpu || r.GPULayers != 17 {
+				t.Errorf("runner r1 in the deployment's view: devices %+v, %d GPU layers", r.Devices, r.GPULayers)
+			}
+			return
+		}
+	}
+	t.Errorf("runner r1 missing from the deployment's view: %+v", view.Runners)
 }
