@@ -178,8 +178,9 @@ func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 	r.setPhase(wire.PhaseLoading, "loading model")
 	t0 = time.Now()
 	cfg := r.cfg.Engine
+	// cfg.Devices stays as configured (normally nil): LoadEngine reads
+	// the GPUs' free memory again, as it is after the fetch.
 	cfg.ModelPath = path
-	cfg.Devices = devs
 	eng, err := LoadEngine(r.log, cfg, nil)
 	var fit *FitError
 	if errors.As(err, &fit) {
