@@ -291,7 +291,17 @@ func (s *Server) putDeployment(c echo.Context) error {
 		}
 	}
 	if s.localRunners && d.Resources.GPUs > 0 {
-		return errInvalid("resources.gpus", "resources.gpus is %d, but this platform runs runners as local processes (infer dev, or the control plane's local driver), which cannot be given GPUs: leave it 0 (a GPU build of infer runner offloads to the machine's GPU by itself) or use the Kubernetes driver", d.Resources.GPUs)
+		have := 0
+		if s.localGPUs != nil {
+			n, err := s.localGPUs(ctx)
+			if err != nil {
+				s.log.Warn("counting this host's GPUs", "err", err)
+			}
+			have = n
+		}
+		if d.Resources.GPUs > have {
+			return errInvalid("resources.gpus", "resources.gpus is %d, but runners here are local processes and this host has %d GPUs (nvidia-smi): ask for at most %d, or use the Kubernetes driver", d.Resources.GPUs, have, have)
+		}
 	}
 	// The queue exists before the deployment is visible, so the first
 	// request never finds it missing.

@@ -160,9 +160,14 @@ func (v *runnerView) phaseLocked(deployment string) string {
 		}
 		return "starting runner"
 	}
-	best := ""
+	best, waiting := "", ""
 	for _, hb := range rs {
 		switch hb.Phase {
+		case wire.PhaseWaiting:
+			// Not a runner: its driver's word that none could start
+			// yet (no GPU free), said only while no runner is on
+			// its way.
+			waiting = hb.Detail
 		case wire.PhaseReady:
 			return "queued"
 		case wire.PhaseLoading:
@@ -176,6 +181,9 @@ func (v *runnerView) phaseLocked(deployment string) string {
 				best = "starting runner"
 			}
 		}
+	}
+	if best == "" && waiting != "" {
+		best = waiting
 	}
 	if best == "" {
 		best = "queued"

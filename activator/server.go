@@ -54,12 +54,15 @@ type Config struct {
 	// means DefaultMaxUploadBytes.
 	MaxUploadBytes int64
 	// LocalRunners says runners are local processes (infer dev, or a
-	// control plane with the local driver in the same process), which
-	// cannot be given GPUs: a deployment asking for some is refused
-	// rather than silently run without.
+	// control plane with the local driver in the same process): they can
+	// have only this host's GPUs, so a deployment asking for more GPUs
+	// per runner than LocalGPUs counts is refused rather than left
+	// waiting for GPUs that never come.
 	LocalRunners bool
-	NATS         *nats.Conn
-	Logger       *slog.Logger
+	// LocalGPUs counts this host's GPUs (nil: none).
+	LocalGPUs func(context.Context) (int, error)
+	NATS      *nats.Conn
+	Logger    *slog.Logger
 	// Registerer receives the activator's metrics; nil uses a new registry.
 	// The activator does not serve them: its port is public, and the
 	// metrics name every tenant's deployments. Serve the registry on a
@@ -131,6 +134,7 @@ type Server struct {
 	maxUpload int64
 	// localRunners: see Config.LocalRunners.
 	localRunners bool
+	localGPUs    func(context.Context) (int, error)
 	nc           *nats.Conn
 	js           jetstream.JetStream
 	id           string
@@ -173,6 +177,7 @@ func New(cfg Config) (*Server, error) {
 		uploader:     cfg.Uploader,
 		maxUpload:    cmp.Or(cfg.MaxUploadBytes, DefaultMaxUploadBytes),
 		localRunners: cfg.LocalRunners,
+		localGPUs:    cfg.LocalGPUs,
 		nc:           cfg.NATS,
 		js:           js,
 		id:           wire.NewID(6),

@@ -41,8 +41,17 @@ type LocalDriver struct {
 	// start (stories260K, a burst of 16 at zero: ~107 ms of ~270 ms on a
 	// loaded 2-vCPU host); a spare costs its memory (~70 MiB) and no CPU.
 	Spares int
+	// GPUs is the host's GPU inventory (NvidiaSMI); nil: no GPUs. A
+	// deployment's runners get resources.gpus of them each (localgpu.go).
+	GPUs GPUInventory
+	// Waiting, when set, hears why a runner could not start: no GPU has
+	// room now (*NoCapacityError; Start is tried again at the control
+	// plane's next tick) or never will (*TooFewGPUsError).
+	Waiting func(spec RunnerSpec, err error)
 
 	mu      sync.Mutex
+	placeMu sync.Mutex // one placement at a time: read GPUs, then claim
+	claims  map[string]GPUClaim
 	running map[string]*localRunner
 	spares  []*localRunner
 	nSpare  int // numbers spare log files
@@ -67,7 +76,11 @@ const standbyFlag = "--standby"
 
 func (d *LocalDriver) Start(ctx context.Context, spec RunnerSpec) error {
 	args := append(append([]string{}, spec.Args()...), d.ExtraArgs...)
-	for {
+	gpuEnv, err := d.placeRunner(ctx, spec)
+	if err != nil {
+		return err
+	}
+	for spec.Resources.GPUs == 0 {
 		r := d.takeSpare()
 		if r == nil {
 			break
@@ -88,15 +101,17 @@ func (d *LocalDriver) Start(ctx context.Context, spec RunnerSpec) error {
 	cmd := exec.Command(d.Command[0], args...)
 	// Huge pages from the first exec: a runner started without them
 	// starts itself a second time to get them (internal/hugepages).
-	cmd.Env, _ = hugepages.Env(append(os.Environ(), d.Env...))
+	cmd.Env, _ = hugepages.Env(append(append(os.Environ(), d.Env...), gpuEnv...))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
 	var logFile io.WriteCloser
 	if d.LogDir != "" {
 		if err := os.MkdirAll(d.LogDir, 0o755); err != nil {
+			d.release(spec.ID)
 			return fmt.Errorf("creating runner log dir: %w", err)
 		}
 		f, err := os.Create(filepath.Join(d.LogDir, "runner-"+spec.Deployment+"-"+spec.ID+".log"))
 		if err != nil {
+			d.release(spec.ID)
 			return fmt.Errorf("creating runner log: %w", err)
 		}
 		logFile = f
@@ -108,6 +123,7 @@ func (d *LocalDriver) Start(ctx context.Context, spec RunnerSpec) error {
 		if logFile != nil {
 			logFile.Close()
 		}
+		d.release(spec.ID)
 		return fmt.Errorf("starting runner for %s: %w", spec.Deployment, err)
 	}
 	r := &localRunner{
@@ -130,6 +146,7 @@ func (d *LocalDriver) Start(ctx context.Context, spec RunnerSpec) error {
 		}
 		d.mu.Lock()
 		delete(d.running, spec.ID)
+		d.releaseLocked(spec.ID)
 		d.mu.Unlock()
 		close(r.done)
 		d.logger().Info("runner process exited", "runner", spec.ID, "deployment", spec.Deployment, "status", exitStatus(err))
@@ -158,7 +175,7 @@ func (d *LocalDriver) Prestart() {
 func (d *LocalDriver) startSpare(n int) error {
 	args := append(append([]string{}, d.Command[1:]...), standbyFlag)
 	cmd := exec.Command(d.Command[0], args...)
-	cmd.Env, _ = hugepages.Env(append(os.Environ(), d.Env...))
+	cmd.Env, _ = hugepages.Env(append(append(os.Environ(), d.Env...), d.cpuEnv()...))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
 	r := &localRunner{cmd: cmd, done: make(chan struct{})}
 	if d.LogDir != "" {

@@ -39,9 +39,18 @@ type EngineConfig struct {
 	// CacheDir keeps measured settings (the thread count) across cold
 	// starts; empty measures at every load.
 	CacheDir string
-	// GPULayers is passed to llama.cpp for GPU builds; 0 keeps everything
-	// on the CPU.
+	// GPULayers is how many layers llama.cpp offloads to the GPUs:
+	// AutoGPULayers (-1) every layer that fits their free memory, 0 none;
+	// more than the model has means all. Either way LoadEngine checks the
+	// estimate (memest.go) against the free memory first and refuses
+	// with a *FitError when it cannot fit, unless CPUFallback.
 	GPULayers int
+	// CPUFallback lets a model that does not fit the GPUs run its other
+	// layers on the CPU (several times slower) instead of refusing.
+	CPUFallback bool
+	// Devices are the ggml devices to place on; nil asks ggml (Devices).
+	// Tests give a made-up GPU here: no GPU runs on this build machine.
+	Devices []wire.Device
 	// BatchSize is the most tokens one decode step may carry (prompt chunks
 	// of newly admitted sequences plus one token per decoding sequence).
 	BatchSize int
@@ -237,6 +246,13 @@ func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*En
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = min(512, cfg.Context)
 	}
+	llama.BackendInit()
+	if cfg.Devices == nil {
+		cfg.Devices = Devices()
+	}
+	if cfg.GPULayers, err = placeLayers(cfg, info); err != nil {
+		return nil, err
+	}
 	if cfg.GPULayers > 0 && cfg.InitialKV == 0 {
 		// On a GPU the whole pool up front: clearing it there costs
 		// milliseconds, not the page faults that make a CPU pool grow
@@ -247,7 +263,6 @@ func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*En
 		cfg.InitialKV = -1
 	}
 
-	llama.BackendInit()
 	e := &Engine{info: info, nCtx: cfg.Context, parallel: cfg.Parallel, cfg: cfg, log: log, measureThreads: measure}
 	for i := range cfg.Contexts {
 		// Spread the sequences as evenly as the division allows.
@@ -272,7 +287,7 @@ func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*En
 	e.decoders = []*decoder{d}
 	e.alphabet = sync.OnceValue(func() *jsonschema.Alphabet { return modelAlphabet(d.model) })
 	log.Info("model loaded", "arch", info.Architecture, "params", info.ParameterCount,
-		"parallel", cfg.Parallel, "contexts", cfg.Contexts, "context", cfg.Context, "threads", e.cfg.Threads, "batch", cfg.BatchSize)
+		"parallel", cfg.Parallel, "contexts", cfg.Contexts, "context", cfg.Context, "threads", e.cfg.Threads, "batch", cfg.BatchSize, "gpu_layers", cfg.GPULayers)
 	return e, nil
 }
 

@@ -50,6 +50,8 @@ func (r *Runner) publishHeartbeat() {
 		StartedAt:    r.started,
 		Sent:         time.Now(),
 		ColdStart:    r.coldStart,
+		Devices:      r.devices,
+		GPULayers:    r.gpuLayers,
 	}
 	r.mu.Unlock()
 	data, err := json.Marshal(hb)

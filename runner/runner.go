@@ -65,6 +65,8 @@ type Runner struct {
 	inFlight    int
 	lastRequest time.Time
 	coldStart   wire.ColdStart
+	devices     []wire.Device // what ggml loaded (devices.go)
+	gpuLayers   int
 	running     map[string]context.CancelFunc // job ID → cancel
 	cancelled   map[string]time.Time          // job IDs cancelled before they ran → until
 	swept       time.Time                     // when expired cancelled IDs were last dropped
@@ -140,6 +142,17 @@ func retryable(err error) bool {
 }
 
 func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
+	devs := r.cfg.Engine.Devices
+	if devs == nil {
+		devs = Devices()
+	}
+	for _, d := range devs {
+		r.log.Info("device", "name", d.Name, "kind", d.Kind, "description", d.Description,
+			"total", FormatBytes(d.TotalBytes), "free", FormatBytes(d.FreeBytes))
+	}
+	r.mu.Lock()
+	r.devices = devs
+	r.mu.Unlock()
 
 	t0 := time.Now()
 	r.mu.Lock()
@@ -165,8 +178,17 @@ func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 	r.setPhase(wire.PhaseLoading, "loading model")
 	t0 = time.Now()
 	cfg := r.cfg.Engine
+	// cfg.Devices stays as configured (normally nil): LoadEngine reads
+	// the GPUs' free memory again, as it is after the fetch.
 	cfg.ModelPath = path
 	eng, err := LoadEngine(r.log, cfg, nil)
+	var fit *FitError
+	if errors.As(err, &fit) {
+		// Our own estimate, before llama.cpp touched the GPU: the
+		// reason is the client's to read, and fails the same way again.
+		r.log.Error("the model does not fit the GPUs", "artifact", r.cfg.Artifact.SHA256, "err", err)
+		return err
+	}
 	if err != nil {
 		// The error names the cache path, and llama.cpp's reason is only
 		// in its own log: clients hear which artifact, operators read why.
@@ -174,6 +196,9 @@ func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 		return fmt.Errorf("llama.cpp could not load the weights of artifact %s; the runner's log says why", r.cfg.Artifact.SHA256)
 	}
 	r.engine = eng
+	r.mu.Lock()
+	r.gpuLayers = eng.GPULayers()
+	r.mu.Unlock()
 	r.prompt = eng.newPrompter(r.cfg.ChatTemplate, time.Now, r.log)
 	r.log.Info("model ready", "took", time.Since(t0), "template", r.prompt.name)
 	r.mu.Lock()

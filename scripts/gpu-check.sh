@@ -85,6 +85,9 @@ if [ $dry = 1 ]; then
 	step "CPU dry run (tiny model, no offload)"
 	timeout "$(left)" "$bench" -dry -v -out "$OUT" -models "$WORK/models" > "$OUT/bench.log" 2>&1
 	rc=$?
+	# The ggml devices the runner engine loaded, as runners report them
+	# in their heartbeats (here: the CPU only).
+	grep '^gpubench: device' "$OUT/bench.log"
 	tail -5 "$OUT/bench.log"
 	step "dry run finished (rc $rc)"
 	cat "$OUT/results.md" 2>/dev/null
@@ -161,7 +164,7 @@ export OLLAMA_LIBRARY_PATH=$WORK/lib/ollama
 timeout "$(( $(left) - 5 ))" "$bench" -v -out "$OUT" -models "$models" -sizes "$sizes" \
 	-budget "$(( $(left) - 45 ))s" $BENCH_ARGS > "$OUT/bench.log" 2>&1
 rc=$?
-grep -E '^gpubench:|ggml_cuda_init|Device 0|offloaded|CUDA0 model buffer' "$OUT/bench.log" | head -40
+grep -E '^gpubench:|ggml_cuda_init|Device 0|offloaded|CUDA0 model buffer|gpu_layers' "$OUT/bench.log" | head -40
 step "benchmark finished (rc $rc; 124 = hard time limit)"
 cat "$OUT/results.md" 2>/dev/null
 # The models and the build stay: a second run on the same (still warm)

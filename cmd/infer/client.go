@@ -19,8 +19,9 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"github.com/infer-run/infer/registry"
 	"github.com/infer-run/infer/internal/chat"
+	"github.com/infer-run/infer/internal/wire"
+	"github.com/infer-run/infer/registry"
 )
 
 // client talks to an activator's API as the CLI user.
@@ -305,12 +306,15 @@ type deploymentInfo struct {
 	Queued         int     `json:"queued"`
 	InFlight       int     `json:"in_flight"`
 	Runners        []struct {
-		RunnerID    string    `json:"runner_id"`
-		Phase       string    `json:"phase"`
-		Artifact    string    `json:"artifact"`
-		InFlight    int       `json:"in_flight"`
-		Slots       int       `json:"slots"`
-		LastRequest time.Time `json:"last_request"`
+		RunnerID    string        `json:"runner_id"`
+		Phase       string        `json:"phase"`
+		Artifact    string        `json:"artifact"`
+		InFlight    int           `json:"in_flight"`
+		Slots       int           `json:"slots"`
+		LastRequest time.Time     `json:"last_request"`
+		Detail      string        `json:"detail"`
+		Devices     []wire.Device `json:"devices"`
+		GPULayers   int           `json:"gpu_layers"`
 	} `json:"runners"`
 }
 
@@ -362,7 +366,7 @@ so on stderr, with the --after that continues the list.`,
 				}
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tARTIFACT\tRUNNERS\tQUEUED\tIN FLIGHT\tIDLE TIMEOUT\tTEMPLATE")
+			fmt.Fprintln(tw, "NAME\tARTIFACT\tRUNNERS\tQUEUED\tIN FLIGHT\tIDLE TIMEOUT\tTEMPLATE\tON")
 			for _, d := range deps {
 				phases := make([]string, 0, len(d.Runners))
 				for _, r := range d.Runners {
@@ -380,7 +384,12 @@ so on stderr, with the --after that continues the list.`,
 					if !r.LastRequest.IsZero() {
 						last = "last request " + time.Since(r.LastRequest).Round(time.Second).String() + " ago"
 					}
-					fmt.Fprintf(tw, "  runner %s\t%s\t%s\t\t%d/%d\t%s\n", r.RunnerID, short(r.Artifact), r.Phase, r.InFlight, r.Slots, last)
+					if r.Phase == string(wire.PhaseWaiting) {
+						// Not a runner yet: why none could start.
+						fmt.Fprintf(tw, "  %s\t\t%s\t\t\t%s\t\n", r.RunnerID, r.Phase, r.Detail)
+						continue
+					}
+					fmt.Fprintf(tw, "  runner %s\t%s\t%s\t\t%d/%d\t%s\t\t%s\n", r.RunnerID, short(r.Artifact), r.Phase, r.InFlight, r.Slots, last, runsOn(r.Devices, r.GPULayers))
 				}
 			}
 			return tw.Flush()

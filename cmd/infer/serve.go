@@ -220,6 +220,7 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 			MaxUploadBytes:       f.maxUploadBytes,
 			AllowPrivateWebhooks: f.webhookAllowPrivate,
 			LocalRunners:         withControlPlane && (f.driver == "" || f.driver == "local"),
+			LocalGPUs:            localGPUs,
 			Registry:             cache,
 			Uploader:             &registry.Uploader{Store: store, Blobs: blobs},
 			NATS:                 nc,

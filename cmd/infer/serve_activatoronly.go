@@ -28,3 +28,6 @@ func startControlPlane(context.Context, *errgroup.Group, serveFlags, controlPlan
 func embedNATS(string, *slog.Logger) (string, func(), error) {
 	return "", nil, errors.New("the activator needs --nats or $INFER_NATS_URL (this build embeds no NATS server)")
 }
+
+// localGPUs is never asked: this build runs no local runners.
+func localGPUs(context.Context) (int, error) { return 0, nil }

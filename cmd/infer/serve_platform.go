@@ -135,6 +135,8 @@ func startControlPlane(ctx context.Context, g *errgroup.Group, f serveFlags, d c
 			LogDir:    filepath.Join(home, "logs"),
 			Log:       log,
 			Spares:    f.warmRunners,
+			GPUs:      controlplane.NvidiaSMI{},
+			Waiting:   publishWaiting(nc),
 		}
 		local.Prestart()
 		cleanup = func() {
@@ -215,4 +217,10 @@ func embedNATS(storeDir string, log *slog.Logger) (url string, shutdown func(), 
 func registerWarmRunners(fl *pflag.FlagSet, f *serveFlags) {
 	fl.IntVar(&f.warmRunners, "warm-runners", envInt("INFER_WARM_RUNNERS", 1),
 		"local driver: runner processes kept started and waiting for a deployment, so a cold start skips the process start (~70 MiB each, no CPU) ($INFER_WARM_RUNNERS)")
+}
+
+// localGPUs counts the GPUs the local driver can place runners on.
+func localGPUs(ctx context.Context) (int, error) {
+	gpus, err := controlplane.NvidiaSMI{}.GPUs(ctx)
+	return len(gpus), err
 }

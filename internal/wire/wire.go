@@ -361,6 +361,10 @@ const (
 	// PhaseFailed is a runner's last word when it could not start or
 	// serve; Detail says why.
 	PhaseFailed Phase = "failed"
+	// PhaseWaiting is published for a runner that does not exist yet:
+	// its driver found no room for it (no GPU free) and starts it once
+	// there is. Detail says what it waits for; waiting clients are told.
+	PhaseWaiting Phase = "waiting"
 )
 
 // Heartbeat is what a runner publishes on HeartbeatSubject every second and
@@ -391,6 +395,24 @@ type Heartbeat struct {
 	// ColdStart is the runner's own account of its start, so the control
 	// plane can explain a slow one.
 	ColdStart ColdStart `json:"cold_start,omitzero"`
+	// Devices are the ggml devices the runner loaded (CPU, each GPU it
+	// was given), with their memory at start; GPULayers is how many of
+	// the model's layers it offloaded to them. Absent from runners that
+	// predate them.
+	Devices   []Device `json:"devices,omitempty"`
+	GPULayers int      `json:"gpu_layers,omitempty"`
+}
+
+// Device is one compute device a runner's ggml loaded.
+type Device struct {
+	Name        string `json:"name"`                  // "CPU", "CUDA0"
+	Description string `json:"description,omitempty"` // "NVIDIA H200", the CPU model
+	// Kind is "cpu", "gpu" or "accel" (a helper of the CPU: BLAS, AMX).
+	Kind string `json:"kind"`
+	// TotalBytes and FreeBytes are the device's memory when the runner
+	// started (host memory for the CPU).
+	TotalBytes int64 `json:"total_bytes"`
+	FreeBytes  int64 `json:"free_bytes"`
 }
 
 // ColdStart times a runner's start on the runner's clock; a step not yet

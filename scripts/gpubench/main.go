@@ -21,6 +21,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/infer-run/infer/runner"
 )
 
 func main() {
@@ -133,7 +135,11 @@ func run(args []string) error {
 		Dry:       o.dry,
 		Bandwidth: o.bandwidth,
 		GPU:       queryGPU(context.Background()),
+		Devices:   runner.Devices(),
 		Writes:    writes,
+	}
+	for _, d := range rep.Devices {
+		fmt.Fprintf(os.Stderr, "gpubench: device %s\n", deviceLine(d))
 	}
 	for i, name := range o.sizes {
 		if o.budget > 0 && time.Since(start) > o.budget {

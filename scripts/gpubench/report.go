@@ -10,6 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/infer-run/infer/internal/wire"
+	"github.com/infer-run/infer/runner"
 )
 
 type gpuInfo struct {
@@ -40,17 +43,20 @@ func queryGPU(ctx context.Context) *gpuInfo {
 }
 
 type report struct {
-	Started   string        `json:"started"`
-	Seconds   float64       `json:"seconds"`
-	Dry       bool          `json:"dry"`
-	GPULayers int           `json:"gpu_layers"`
-	Tokens    int           `json:"tokens_per_stream"`
-	Context   int           `json:"context_per_stream"`
-	Bandwidth float64       `json:"bandwidth_bytes_per_s"`
-	GPU       *gpuInfo      `json:"gpu,omitempty"`
-	Writes    []writeResult `json:"model_writes"`
-	Models    []modelResult `json:"models"`
-	Skipped   []string      `json:"skipped,omitempty"`
+	Started   string   `json:"started"`
+	Seconds   float64  `json:"seconds"`
+	Dry       bool     `json:"dry"`
+	GPULayers int      `json:"gpu_layers"`
+	Tokens    int      `json:"tokens_per_stream"`
+	Context   int      `json:"context_per_stream"`
+	Bandwidth float64  `json:"bandwidth_bytes_per_s"`
+	GPU       *gpuInfo `json:"gpu,omitempty"`
+	// Devices are the ggml devices the runner engine loaded, as a
+	// runner reports them in its heartbeats.
+	Devices []wire.Device `json:"devices"`
+	Writes  []writeResult `json:"model_writes"`
+	Models  []modelResult `json:"models"`
+	Skipped []string      `json:"skipped,omitempty"`
 }
 
 func (r report) write(dir string) error {
@@ -74,6 +80,12 @@ func (r report) markdown() string {
 		where += fmt.Sprintf(", %s (%d MiB, driver %s)", r.GPU.Name, r.GPU.MemoryMiB, r.GPU.Driver)
 	}
 	fmt.Fprintf(&b, "gpubench %s: %s; %d output tokens per stream, greedy, context %d per stream\n\n", r.Started, where, r.Tokens, r.Context)
+	for _, d := range r.Devices {
+		fmt.Fprintf(&b, "- device %s\n", deviceLine(d))
+	}
+	if len(r.Devices) > 0 {
+		b.WriteString("\n")
+	}
 
 	b.WriteString("| model | params | F16 GB | write s | fetch ms | load ms | context ms | first decode ms | cold total ms | GPU MiB after load |\n")
 	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
@@ -133,4 +145,10 @@ func mib(g *gpuInfo) string {
 		return "-"
 	}
 	return strconv.Itoa(g.MemoryUsedMiB)
+}
+
+// deviceLine describes a ggml device: name, kind, model, memory.
+func deviceLine(d wire.Device) string {
+	return fmt.Sprintf("%s (%s, %s): %s total, %s free", d.Name, d.Kind, d.Description,
+		runner.FormatBytes(d.TotalBytes), runner.FormatBytes(d.FreeBytes))
 }
