@@ -279,7 +279,7 @@ func (s *Server) putDeployment(c echo.Context) error {
 	// The queue exists before the deployment is visible, so the first
 	// request never finds it missing.
 	// It is the deployment's ID's: a new deployment's ID is chosen here.
-	if _, err := queue.Ensure(ctx, s.js, d.ID, queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout)); err != nil {
+	if _, err := queue.Ensure(ctx, s.js, d.ID, queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout, s.replicas)); err != nil {
 		s.log.Error("creating queue", "deployment", name, "err", err)
 		return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "creating the deployment's queue failed: %v", err)
 	}

@@ -54,11 +54,11 @@ func TestEnsureAsync(t *testing.T) {
 	_, js := testenv.JetStream(t)
 	// Idempotent, and a second call may change the TTL.
 	for _, ttl := range []time.Duration{time.Hour, 2 * time.Hour} {
-		if _, _, err := queue.EnsureAsync(ctx, js, ttl); err != nil {
+		if _, _, err := queue.EnsureAsync(ctx, js, ttl, 1); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, kv, err := queue.EnsureAsync(ctx, js, 2*time.Hour)
+	_, kv, err := queue.EnsureAsync(ctx, js, 2*time.Hour, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func TestEnsureAsync(t *testing.T) {
 func TestEnsureConsumerKeepsLimits(t *testing.T) {
 	ctx := context.Background()
 	_, js := testenv.JetStream(t)
-	s, err := queue.Ensure(ctx, js, "dep", queue.DeploymentLimits(7, 3*time.Minute))
+	s, err := queue.Ensure(ctx, js, "dep", queue.DeploymentLimits(7, 3*time.Minute, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,17 +103,17 @@ func TestEnsureConsumerKeepsLimits(t *testing.T) {
 func TestCreateLeavesExistingStream(t *testing.T) {
 	ctx := context.Background()
 	_, js := testenv.JetStream(t)
-	if _, err := queue.Ensure(ctx, js, "dep", queue.DeploymentLimits(7, 3*time.Minute)); err != nil {
+	if _, err := queue.Ensure(ctx, js, "dep", queue.DeploymentLimits(7, 3*time.Minute, 1)); err != nil {
 		t.Fatal(err)
 	}
-	s, err := queue.Create(ctx, js, "dep")
+	s, err := queue.Create(ctx, js, "dep", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg := s.CachedInfo().Config; cfg.MaxMsgs != 7 || cfg.MaxAge != 6*time.Minute {
 		t.Errorf("existing stream after Create: %d jobs, %s; want 7, 6m", cfg.MaxMsgs, cfg.MaxAge)
 	}
-	s, err = queue.Create(ctx, js, "fresh")
+	s, err = queue.Create(ctx, js, "fresh", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestList(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := queue.EnsureUsage(ctx, js); err != nil {
+	if _, err := queue.EnsureUsage(ctx, js, 1); err != nil {
 		t.Fatal(err)
 	}
 	got, err := queue.List(ctx, js)
