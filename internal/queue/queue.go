@@ -72,6 +72,17 @@ func Ensure(ctx context.Context, js jetstream.JetStream, deployment string, l Li
 	return s, nil
 }
 
+// Update changes the limits of a deployment's request stream if it has
+// one; a deployment without one yet (no work so far) gets them when it is
+// created (Ensure).
+func Update(ctx context.Context, js jetstream.JetStream, deployment string, l Limits) error {
+	_, err := js.UpdateStream(ctx, streamConfig(deployment, l))
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("updating request stream for %s: %w", deployment, err)
+	}
+	return nil
+}
+
 // Create creates a deployment's request stream with default limits if it
 // does not exist, and never changes one that does: a runner, which does not
 // know the deployment's limits, uses it when the stream is missing, and
@@ -229,14 +240,12 @@ func (d Depth) Total() int { return d.Queued + d.InFlight }
 
 // GetDepth reads the runner consumer's counters.
 func GetDepth(ctx context.Context, js jetstream.JetStream, deployment string) (Depth, error) {
+	// Looking the consumer up fetches its info: one round trip, not two.
 	c, err := js.Consumer(ctx, wire.RequestStream(deployment), wire.RequestConsumer)
-	if err != nil {
-		return Depth{}, fmt.Errorf("looking up queue of %s: %w", deployment, err)
-	}
-	info, err := c.Info(ctx)
 	if err != nil {
 		return Depth{}, fmt.Errorf("reading queue depth of %s: %w", deployment, err)
 	}
+	info := c.CachedInfo()
 	return Depth{Queued: int(info.NumPending), InFlight: info.NumAckPending}, nil
 }
 
