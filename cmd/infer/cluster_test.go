@@ -115,6 +115,13 @@ func TestNATSNodeLoss(t *testing.T) {
 	second := p.startActivator()
 	p.deployStories("--idle-timeout", "5m", "--queue-timeout", clusterQueueTimeout.String(), "--parallel", "4")
 
+	// Warm the runner (and create the queue, made at the first request), so the load measures the node loss, not a cold start.
+	const body = `{"model":"stories","prompt":"Once upon a time","max_tokens":48,"stream":true}`
+	client := &http.Client{Timeout: clusterQueueTimeout + time.Minute}
+	if o := streamOnce(client, p.url, p.key, body); !o.done || !o.finished {
+		t.Fatalf("warm-up: %+v", o)
+	}
+
 	nc, err := nats.Connect(cluster.URL())
 	if err != nil {
 		t.Fatal(err)
@@ -143,12 +150,6 @@ func TestNATSNodeLoss(t *testing.T) {
 		}
 	}
 
-	// Warm the runner, so the load measures the node loss, not a cold start.
-	const body = `{"model":"stories","prompt":"Once upon a time","max_tokens":48,"stream":true}`
-	client := &http.Client{Timeout: clusterQueueTimeout + time.Minute}
-	if o := streamOnce(client, p.url, p.key, body); !o.done || !o.finished {
-		t.Fatalf("warm-up: %+v", o)
-	}
 
 	// Two clients per activator, each one request after another.
 	var (
