@@ -150,7 +150,6 @@ func TestNATSNodeLoss(t *testing.T) {
 		}
 	}
 
-
 	// Two clients per activator, each one request after another.
 	var (
 		mu       sync.Mutex
