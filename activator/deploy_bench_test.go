@@ -1,8 +1,11 @@
 package activator_test
 
 import (
+	"context"
 	"fmt"
 	"sync/atomic"
+
+	"github.com/infer-run/infer/registry"
 	"testing"
 )
 
@@ -35,4 +38,21 @@ func BenchmarkPutDeploymentConcurrent(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deployments/s")
+}
+
+// BenchmarkPutDeploymentRow is only the Postgres insert PUT ends with,
+// to tell the API's own cost from the database's commit.
+func BenchmarkPutDeploymentRow(b *testing.B) {
+	quiet(b)
+	h := newHarness(b)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := range b.N {
+		d := registry.DefaultDeployment()
+		d.ID, d.Name, d.TenantID, d.ArtifactSHA256 = registry.NewDeploymentID(), fmt.Sprintf("row-%d", i), h.tenant, h.art.SHA256
+		if _, err := h.store.PutDeployment(ctx, d); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rows/s")
 }
