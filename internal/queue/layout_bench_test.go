@@ -3,6 +3,7 @@ package queue_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"runtime"
 	"syscall"
 	"testing"
@@ -92,10 +93,15 @@ func processCPU(b *testing.B) time.Duration {
 // a stream and consumer per deployment (today's), and one work-queue
 // stream with a subject per deployment, whose consumers exist only for
 // deployments that have had work (none here: they are idle) and, as the
-// worst case, for every one. Run it with -benchtime 1x.
+// worst case, for every one. Run it with -benchtime 1x;
+// INFER_BENCH_LAYOUT_10K=1 adds 10,000 deployments.
 func BenchmarkQueueLayout(b *testing.B) {
 	l := queue.DeploymentLimits(100, 5*time.Minute, 1)
-	for _, n := range []int{1000} {
+	sizes := []int{1000}
+	if os.Getenv("INFER_BENCH_LAYOUT_10K") != "" { // ~3 more minutes
+		sizes = append(sizes, 10000)
+	}
+	for _, n := range sizes {
 		b.Run(fmt.Sprintf("stream-per-deployment/%d", n), func(b *testing.B) {
 			idleCost(b, n, func(ctx context.Context, js jetstream.JetStream, i int) error {
 				_, err := queue.Ensure(ctx, js, fmt.Sprintf("dep_%d", i), l)
