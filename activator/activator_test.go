@@ -908,6 +908,46 @@ func TestQueueRecreated(t *testing.T) {
 	}
 }
 
+// TestQueueMadeAtFirstWork: saving a deployment creates no queue (JetStream
+// makes streams one at a time, which held PUT to ~100/s); its first
+// request creates it with the deployment's limits, and a later deploy
+// that changes them updates it.
+func TestQueueMadeAtFirstWork(t *testing.T) {
+	h := newHarness(t)
+	h.deploy("later", map[string]any{"queue_limit": 3, "queue_timeout": "1s"})
+	js, err := jetstream.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := js.Stream(ctx, wire.RequestStream(h.depID("later"))); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Fatalf("queue of a deployment without work: %v; want none", err)
+	}
+	// No runner: the request is queued, then times out.
+	resp := h.do(http.MethodPost, "/v1/completions", `{"model":"later","prompt":"Once"}`)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("first request: %d %s; want 504 queue_timeout", resp.StatusCode, b)
+	}
+	limits := func() (int64, time.Duration) {
+		t.Helper()
+		stream, err := js.Stream(ctx, wire.RequestStream(h.depID("later")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := stream.CachedInfo().Config
+		return cfg.MaxMsgs, cfg.MaxAge
+	}
+	if jobs, age := limits(); jobs != 3 || age != 2*time.Second {
+		t.Errorf("queue made by the first request holds %d jobs for %s; want 3 for 2s", jobs, age)
+	}
+	h.deploy("later", map[string]any{"queue_limit": 5})
+	if jobs, age := limits(); jobs != 5 || age != 2*time.Second {
+		t.Errorf("after a deploy with queue_limit 5: %d jobs for %s; want 5 for 2s", jobs, age)
+	}
+}
+
 // TestUploadRejectsBadWeights: nothing is registered or stored.
 func TestUploadRejectsBadWeights(t *testing.T) {
 	h := newHarness(t)

@@ -225,6 +225,9 @@ func (s *Server) putDeployment(c echo.Context) error {
 	}
 	ctx := c.Request().Context()
 	d, err := s.reg.GetDeployment(ctx, key.TenantID, name)
+	// before is the queue's limits as deployed; a new deployment has no
+	// queue yet.
+	before, existed := queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout, s.replicas), err == nil
 	switch {
 	case errors.Is(err, registry.ErrNotFound):
 		d = registry.DefaultDeployment()
@@ -303,24 +306,23 @@ func (s *Server) putDeployment(c echo.Context) error {
 			return errInvalid("resources.gpus", "resources.gpus is %d, but runners here are local processes and this host has %d GPUs (nvidia-smi): ask for at most %d, or use the Kubernetes driver", d.Resources.GPUs, have, have)
 		}
 	}
-	// The queue exists before the deployment is visible, so the first
-	// request never finds it missing.
-	// It is the deployment's ID's: a new deployment's ID is chosen here.
-	if _, err := queue.Ensure(ctx, s.js, d.ID, queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout)); err != nil {
-		s.log.Error("creating queue", "deployment", name, "err", err)
-		return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "creating the deployment's queue failed: %v", err)
+	// A new deployment's queue is created when it first has work (the
+	// first request's publish finds no stream and creates it, and so does
+	// the control plane before it starts a runner), not here: JetStream
+	// creates streams one at a time, ~11 ms for a stream and its consumer
+	// on one server (internal/queue BenchmarkEnsure), which held PUT to
+	// 42–128 deployments/s from one client (410/s without, in the same
+	// conditions: BenchmarkPutDeployment), and a deployment without one
+	// costs NATS nothing. An existing queue gets changed limits now.
+	if after := queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout, s.replicas); existed && after != before {
+		if err := queue.Update(ctx, s.js, d.ID, after); err != nil {
+			s.log.Error("updating queue", "deployment", name, "err", err)
+			return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "updating the deployment's queue failed: %v", err)
+		}
 	}
-	queueID := d.ID
 	d, err = s.reg.PutDeployment(ctx, d)
 	if err != nil {
 		return s.registryError("saving deployment", err)
-	}
-	if d.ID != queueID {
-		// A concurrent PUT created the deployment first, under its own
-		// ID: the queue made for this one serves nobody.
-		if err := queue.Delete(ctx, s.js, queueID); err != nil {
-			s.log.Warn("deleting unused queue", "deployment", name, "err", err)
-		}
 	}
 	s.log.Info("deployment saved", "deployment", name, "artifact", d.ArtifactSHA256)
 	return c.JSON(http.StatusOK, s.deploymentView(c, d))

@@ -173,7 +173,7 @@ func newAsyncJobs(s *Server, cfg Config) (*asyncJobs, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cons, kv, err := queue.EnsureAsync(ctx, s.js, ttl)
+	cons, kv, err := queue.EnsureAsync(ctx, s.js, ttl, s.replicas)
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +231,7 @@ func (s *Server) submitAsync(c echo.Context, kind wire.Kind) error {
 	rec := asyncRecord{
 		ID: job.ID, Object: "async.job", Endpoint: endpoint, Model: dep.Name, Status: asyncQueued,
 		CreatedAt: now.Unix(), ExpiresAt: now.Add(s.async.ttl).Unix(), Webhook: hook,
-		TenantID: job.TenantID, Kind: kind, Deadline: job.Deadline, DroppedAt: now.Add(queue.DeploymentLimits(dep.QueueLimit, dep.QueueTimeout).MaxAge),
+		TenantID: job.TenantID, Kind: kind, Deadline: job.Deadline, DroppedAt: now.Add(queue.DeploymentLimits(dep.QueueLimit, dep.QueueTimeout, s.replicas).MaxAge),
 		KeyID: a.key.ID, KeyTPM: a.key.TokensPerMinute, KeyBudget: a.key.BudgetUSD, Prices: job.Prices,
 	}
 	recData, err := json.Marshal(rec)

@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/testenv"
 	"github.com/infer-run/infer/internal/wire"
 	"github.com/infer-run/infer/registry"
@@ -359,7 +360,7 @@ func BenchmarkAccept(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	stream, err := js.Stream(context.Background(), wire.RequestStream(h.depID("burst")))
+	stream, err := queue.Ensure(context.Background(), js, h.depID("burst"), queue.DeploymentLimits(1_000_000, time.Hour, 1))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -235,7 +235,7 @@ func (s *Server) enqueue(ctx context.Context, dep registry.Deployment, id string
 	for {
 		seq, err = queue.Publish(ctx, s.js, dep.ID, id, data)
 		if err != nil && !errors.Is(err, queue.ErrFull) && s.nc.Status() == nats.CONNECTED {
-			if _, eerr := queue.Ensure(ctx, s.js, dep.ID, queue.DeploymentLimits(dep.QueueLimit, dep.QueueTimeout)); eerr == nil {
+			if _, eerr := queue.Ensure(ctx, s.js, dep.ID, queue.DeploymentLimits(dep.QueueLimit, dep.QueueTimeout, s.replicas)); eerr == nil {
 				seq, err = queue.Publish(ctx, s.js, dep.ID, id, data)
 			}
 		}

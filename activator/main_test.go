@@ -171,7 +171,9 @@ func runInstantRunner(ctx context.Context, spec runnerProcessSpec) error {
 	if err != nil {
 		return err
 	}
-	stream, err := js.Stream(ctx, wire.RequestStream(spec.DeploymentID))
+	// As runner.consumer does: a deployment's queue is made when it first
+	// has work, and a runner may come first.
+	stream, err := queue.Create(ctx, js, spec.DeploymentID, 1)
 	if err != nil {
 		return fmt.Errorf("opening the request stream: %w", err)
 	}

@@ -105,6 +105,9 @@ type Config struct {
 	// IdleTimeout is how long Serve keeps an idle keep-alive connection;
 	// zero means DefaultIdleTimeout.
 	IdleTimeout time.Duration
+	// QueueReplicas is how many NATS servers keep each request queue, the
+	// async job stream and bucket (--queue-replicas); zero means one.
+	QueueReplicas int
 }
 
 // DefaultBodyReadTimeout is Config.BodyReadTimeout's default: an 8 MiB
@@ -148,6 +151,9 @@ type Server struct {
 	// console holds the web console's files, ready to serve.
 	console map[string]consoleAsset
 
+	// replicas is Config.QueueReplicas: the copies of every queue the
+	// activator creates.
+	replicas int
 	// grace is how long generating requests may finish at shutdown.
 	grace time.Duration
 	// bodyTimeout bounds reading a request body; idle bounds an idle
@@ -183,6 +189,7 @@ func New(cfg Config) (*Server, error) {
 		id:           wire.NewID(6),
 		limits:       newLimiter(),
 		grace:        cmp.Or(cfg.ShutdownGrace, DefaultShutdownGrace),
+		replicas:     cfg.QueueReplicas,
 		bodyTimeout:  cmp.Or(cfg.BodyReadTimeout, DefaultBodyReadTimeout),
 		idle:         cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout),
 		draining:     make(chan struct{}),

@@ -51,6 +51,8 @@ type Config struct {
 	// always listens to heartbeats but acts only while it holds the lease.
 	// Nil means it is the only one.
 	Lease Lease
+	// QueueReplicas is the copies of a request queue it re-creates.
+	QueueReplicas int
 }
 
 // ControlPlane is the autoscaler.
@@ -473,7 +475,7 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 	log := cp.log.With("deployment", d.Name, "deployment_id", d.ID)
 	depth, err := queue.GetDepth(ctx, cp.js, d.ID)
 	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-		_, err = queue.Ensure(ctx, cp.js, d.ID, queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout))
+		_, err = queue.Ensure(ctx, cp.js, d.ID, queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout, cp.cfg.QueueReplicas))
 	}
 	if err != nil {
 		log.Error("reading queue depth", "err", err)

@@ -47,7 +47,7 @@ func TestRecycledNameRunnerSeconds(t *testing.T) {
 	nc, js := testenv.JetStream(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	if _, err := queue.EnsureUsage(ctx, js); err != nil {
+	if _, err := queue.EnsureUsage(ctx, js, 1); err != nil {
 		t.Fatal(err)
 	}
 	records := make(chan *nats.Msg, 16)

@@ -29,12 +29,12 @@ type UsageWriter interface {
 // stored, so a Postgres outage delays billing and loses nothing; the
 // insert is idempotent by request ID, so a redelivered record is counted
 // once.
-func RecordUsage(ctx context.Context, nc *nats.Conn, w UsageWriter, log *slog.Logger) error {
+func RecordUsage(ctx context.Context, nc *nats.Conn, w UsageWriter, log *slog.Logger, replicas int) error {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
 	}
-	s, err := queue.EnsureUsage(ctx, js)
+	s, err := queue.EnsureUsage(ctx, js, replicas)
 	if err != nil {
 		return err
 	}

@@ -33,7 +33,7 @@ func TestRecordUsageBillsOnce(t *testing.T) {
 
 	done := make(chan error, 1)
 	rctx, stop := context.WithCancel(ctx)
-	go func() { done <- RecordUsage(rctx, nc, store, slog.Default()) }()
+	go func() { done <- RecordUsage(rctx, nc, store, slog.Default(), 1) }()
 	defer func() { stop(); <-done }()
 
 	req := wire.UsageRecord{RequestID: "chatcmpl-once", Deployment: "billed", TenantID: "tnt_a", KeyID: "key_a",

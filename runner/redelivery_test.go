@@ -122,7 +122,7 @@ func TestAdmitJobAsksTheHolder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.holds, err = queue.EnsureHolds(ctx, js); err != nil {
+	if r.holds, err = queue.EnsureHolds(ctx, js, 1); err != nil {
 		t.Fatal(err)
 	}
 	alive := "alive-" + wire.NewID(4)

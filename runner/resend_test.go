@@ -122,7 +122,7 @@ func testQueue(t *testing.T, prefix string) (*nats.Conn, jetstream.JetStream, st
 		t.Fatal(err)
 	}
 	deployment := prefix + wire.NewID(4)
-	if _, err := queue.Ensure(t.Context(), js, deployment, queue.DeploymentLimits(10, time.Minute)); err != nil {
+	if _, err := queue.Ensure(t.Context(), js, deployment, queue.DeploymentLimits(10, time.Minute, 1)); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { queue.Delete(context.Background(), js, deployment) })

@@ -42,6 +42,9 @@ type Config struct {
 	// ClientCheck is how often the runner asks whether a streaming job's
 	// activator still holds its client (default 2 s); see watchClient.
 	ClientCheck time.Duration
+	// QueueReplicas is the copies of the streams and buckets the runner
+	// creates when they are missing (--queue-replicas).
+	QueueReplicas int
 }
 
 // Runner is one model replica.
@@ -236,10 +239,10 @@ func (r *Runner) run(ctx context.Context, drain <-chan struct{}) error {
 	}
 	// Usage records must have somewhere durable to go before the first
 	// request finishes.
-	if _, err := queue.EnsureUsage(ctx, r.js); err != nil {
+	if _, err := queue.EnsureUsage(ctx, r.js, r.cfg.QueueReplicas); err != nil {
 		return err
 	}
-	if r.holds, err = queue.EnsureHolds(ctx, r.js); err != nil {
+	if r.holds, err = queue.EnsureHolds(ctx, r.js, r.cfg.QueueReplicas); err != nil {
 		return err
 	}
 	r.readyAt = time.Now()
@@ -258,7 +261,7 @@ func (r *Runner) consumer(ctx context.Context) (jetstream.Consumer, error) {
 		// does not know the deployment's limits, so it creates what is
 		// missing and never changes a stream that exists.
 		var s jetstream.Stream
-		if s, err = queue.Create(ctx, r.js, r.cfg.DeploymentID); err == nil {
+		if s, err = queue.Create(ctx, r.js, r.cfg.DeploymentID, r.cfg.QueueReplicas); err == nil {
 			c, err = queue.EnsureConsumer(ctx, s)
 		}
 	}

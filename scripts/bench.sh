@@ -284,3 +284,10 @@ sleep 5
 echo "infer-activator (standalone) VmRSS idle: $(( $(rss_kib "$APID") / 1024 )) MiB (target < 64);" \
 	"anonymous $(( $(awk '/^RssAnon/ {print $2}' "/proc/$APID/status") / 1024 )) MiB," \
 	"file-backed (the $(( $(stat -c %s "$ACTIVATOR") / 1048576 )) MiB executable) $(( $(awk '/^RssFile/ {print $2}' "/proc/$APID/status") / 1024 )) MiB"
+
+# Creating deployments and what their queues cost NATS (issue 17;
+# docs/performance.md "Many deployments").
+section "deployments: PUT rate and queue layout (go test -bench ./activator/ ./internal/queue/)"
+go test -run '^$' -bench 'BenchmarkPutDeployment' -benchtime 1000x ./activator/
+go test -run '^$' -bench 'BenchmarkEnsure$' -benchtime 300x ./internal/queue/
+go test -run '^$' -bench 'BenchmarkQueueLayout' -benchtime 1x -timeout 15m ./internal/queue/

@@ -32,6 +32,8 @@ func runnerCmd() *cobra.Command {
 		cacheDir string
 		blobDir  string
 		standby  bool
+		// envErr is $INFER_QUEUE_REPLICAS when it does not parse.
+		envErr error
 	)
 	cmd := &cobra.Command{
 		Use:   "runner",
@@ -69,6 +71,12 @@ $INFER_S3_*, or --blob-dir).`,
 				return usageError{fmt.Errorf("--deployment-id %q: want a deployment ID (a-z, 0-9, '_' and '-')", cfg.DeploymentID)}
 			}
 			if err := checkEnvInt("INFER_DECODE_NICE"); err != nil {
+				return err
+			}
+			if envErr != nil {
+				return usageError{envErr}
+			}
+			if err := checkQueueReplicas(cfg.QueueReplicas); err != nil {
 				return err
 			}
 			if cfg.Engine.DecodeNice < 0 || cfg.Engine.DecodeNice > 19 {
@@ -152,7 +160,8 @@ $INFER_S3_*, or --blob-dir).`,
 	f.IntVar(&cfg.Engine.DecodeNice, "decode-nice", envInt("INFER_DECODE_NICE", runner.DefaultDecodeNice), "nice value of the decode threads (0–19; 0: the process's priority), so that taking new requests and sending tokens preempt decoding ($INFER_DECODE_NICE)")
 	f.StringVar(&cfg.ChatTemplate, "chat-template", "", "chat template: "+strings.Join(chat.Names(), ", ")+" (default: the GGUF's own)")
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "exit after this long without requests (0: leave it to the control plane)")
-	f.StringVar(&natsURL, "nats", env("INFER_NATS_URL", nats.DefaultURL), "NATS server URL ($INFER_NATS_URL)")
+	f.StringVar(&natsURL, "nats", env("INFER_NATS_URL", nats.DefaultURL), "NATS server URL, or a comma-separated list of a cluster's servers ($INFER_NATS_URL)")
+	registerQueueReplicas(f, &cfg.QueueReplicas, &envErr)
 	f.StringVar(&cacheDir, "cache-dir", env("INFER_CACHE_DIR", ".infer/cache"), "local weights cache ($INFER_CACHE_DIR)")
 	f.StringVar(&blobDir, "blob-dir", "", "object store directory when no S3 server is configured")
 	f.BoolVar(&standby, "standby", false, "wait for the other arguments as one JSON array of strings on stdin (the local driver's spare runners)")

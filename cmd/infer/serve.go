@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/infer-run/infer/activator"
@@ -36,6 +37,9 @@ type serveFlags struct {
 	home  string
 	dbURL string
 	nats  string
+	// queueReplicas is the copies of every stream and bucket (all
+	// commands: each creates some).
+	queueReplicas int
 
 	// activator only
 	asyncTTL       string
@@ -83,7 +87,28 @@ func (f *serveFlags) register(cmd *cobra.Command, withAddr bool) {
 		"where /metrics and /healthz are served, apart from the API: the metrics name every tenant's deployments; empty serves none ($INFER_METRICS_ADDR)")
 	cmd.Flags().StringVar(&f.home, "home", env("INFER_HOME", ".infer"), "state directory: embedded NATS, blobs, weights cache, logs ($INFER_HOME)")
 	cmd.Flags().StringVar(&f.dbURL, "database-url", env("DATABASE_URL", defaultDatabaseURL), "Postgres connection string ($DATABASE_URL)")
-	cmd.Flags().StringVar(&f.nats, "nats", os.Getenv("INFER_NATS_URL"), "NATS server URL; empty embeds one with JetStream under --home ($INFER_NATS_URL)")
+	cmd.Flags().StringVar(&f.nats, "nats", os.Getenv("INFER_NATS_URL"), "NATS server URL, or a comma-separated list of a cluster's servers; empty embeds one with JetStream under --home ($INFER_NATS_URL)")
+	registerQueueReplicas(cmd.Flags(), &f.queueReplicas, &f.envErr)
+}
+
+// registerQueueReplicas adds --queue-replicas, the copies JetStream keeps
+// of every request queue, the usage stream and the async and hold buckets.
+func registerQueueReplicas(fl *pflag.FlagSet, n *int, envErr *error) {
+	def, err := envInt64("INFER_QUEUE_REPLICAS", 1)
+	if err != nil {
+		*envErr = err
+	}
+	fl.IntVar(n, "queue-replicas", int(def),
+		"NATS servers that keep a copy of each queue: 1 on a single server, 3 on a cluster so that queues survive losing a server; every process of one platform must agree ($INFER_QUEUE_REPLICAS)")
+}
+
+// checkQueueReplicas refuses a --queue-replicas JetStream has no use for:
+// it keeps 1 to 5 copies.
+func checkQueueReplicas(n int) error {
+	if n < 1 || n > 5 {
+		return usageError{fmt.Errorf("--queue-replicas %d: use 1 (a single NATS server) to 5; 3 is the usual choice on a cluster", n)}
+	}
+	return nil
 }
 
 // envInt64 reads an integer environment variable.
@@ -133,6 +158,9 @@ func activatorCmd() *cobra.Command {
 func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bool) error {
 	if f.envErr != nil {
 		return usageError{f.envErr}
+	}
+	if err := checkQueueReplicas(f.queueReplicas); err != nil {
+		return err
 	}
 	log := newLogger()
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
@@ -221,6 +249,7 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 			AllowPrivateWebhooks: f.webhookAllowPrivate,
 			LocalRunners:         withControlPlane && (f.driver == "" || f.driver == "local"),
 			LocalGPUs:            localGPUs,
+			QueueReplicas:        f.queueReplicas,
 			Registry:             cache,
 			Uploader:             &registry.Uploader{Store: store, Blobs: blobs},
 			NATS:                 nc,

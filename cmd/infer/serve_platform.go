@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -106,11 +107,12 @@ func kubeEnvFrom() []corev1.EnvFromSource {
 // a token stays out of the pod spec, which everyone who may list pods can
 // read (and which `kubectl describe` prints): the pods then read
 // INFER_NATS_URL from the Secret they get through kubeEnvFrom.
-func runnerNATSEnv(natsURL string) []corev1.EnvVar {
+func runnerNATSEnv(natsURL string, queueReplicas int) []corev1.EnvVar {
+	env := []corev1.EnvVar{{Name: "INFER_QUEUE_REPLICAS", Value: strconv.Itoa(queueReplicas)}}
 	if strings.Contains(natsURL, "@") {
-		return nil
+		return env
 	}
-	return []corev1.EnvVar{{Name: "INFER_NATS_URL", Value: natsURL}}
+	return append(env, corev1.EnvVar{Name: "INFER_NATS_URL", Value: natsURL})
 }
 
 // startControlPlane starts the control plane's goroutines in g. cleanup
@@ -131,7 +133,7 @@ func startControlPlane(ctx context.Context, g *errgroup.Group, f serveFlags, d c
 			// command line, which every local user can read (ps) and
 			// which may carry a password.
 			ExtraArgs: append([]string{"--cache-dir", filepath.Join(home, "cache")}, blobArgs...),
-			Env:       []string{"INFER_NATS_URL=" + natsURL},
+			Env:       []string{"INFER_NATS_URL=" + natsURL, "INFER_QUEUE_REPLICAS=" + strconv.Itoa(f.queueReplicas)},
 			LogDir:    filepath.Join(home, "logs"),
 			Log:       log,
 			Spares:    f.warmRunners,
@@ -157,12 +159,12 @@ func startControlPlane(ctx context.Context, g *errgroup.Group, f serveFlags, d c
 			Client:    client,
 			Namespace: f.namespace,
 			Image:     f.runnerImage,
-			Env:       runnerNATSEnv(natsURL),
+			Env:       runnerNATSEnv(natsURL, f.queueReplicas),
 			// Runners read S3 settings from the same Secret/ConfigMap.
 			EnvFrom: kubeEnvFrom(),
 			Log:     log,
 		}
-		if len(driver.(*controlplane.KubernetesDriver).Env) == 0 {
+		if strings.Contains(natsURL, "@") {
 			log.Info("the NATS URL carries credentials, so runner pods read INFER_NATS_URL from their Secret, not from the pod spec",
 				"secret", env("INFER_RUNNER_SECRET", "infer-secrets"))
 		}
@@ -179,12 +181,12 @@ func startControlPlane(ctx context.Context, g *errgroup.Group, f serveFlags, d c
 		}
 	}
 	lease := &controlplane.PostgresLease{ConnString: f.dbURL, Grace: grace, Log: log}
-	cp, err := controlplane.New(controlplane.Config{Registry: store, Driver: driver, NATS: nc, Logger: log, Registerer: reg, Lease: lease})
+	cp, err := controlplane.New(controlplane.Config{Registry: store, Driver: driver, NATS: nc, Logger: log, Registerer: reg, Lease: lease, QueueReplicas: f.queueReplicas})
 	if err != nil {
 		return cleanup, err
 	}
 	g.Go(func() error { return cp.Run(ctx) })
-	g.Go(func() error { return controlplane.RecordUsage(ctx, nc, store, log) })
+	g.Go(func() error { return controlplane.RecordUsage(ctx, nc, store, log, f.queueReplicas) })
 	return cleanup, nil
 }
 

@@ -17,8 +17,9 @@ const DefaultAsyncTTL = 24 * time.Hour
 // EnsureAsync creates or updates what async jobs need: the stream runners
 // send async job events to, the consumer the activators share to fold
 // them, and the key-value bucket of job records, whose entries expire ttl
-// after their last update. It is idempotent.
-func EnsureAsync(ctx context.Context, js jetstream.JetStream, ttl time.Duration) (jetstream.Consumer, jetstream.KeyValue, error) {
+// after their last update. Both are kept in replicas copies (the
+// --queue-replicas setting). It is idempotent.
+func EnsureAsync(ctx context.Context, js jetstream.JetStream, ttl time.Duration, replicas int) (jetstream.Consumer, jetstream.KeyValue, error) {
 	if ttl <= 0 {
 		ttl = DefaultAsyncTTL
 	}
@@ -27,6 +28,7 @@ func EnsureAsync(ctx context.Context, js jetstream.JetStream, ttl time.Duration)
 		Description: "async job records and results",
 		TTL:         ttl,
 		Storage:     jetstream.FileStorage,
+		Replicas:    Replicas(replicas),
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("creating async job bucket: %w", err)
@@ -42,6 +44,7 @@ func EnsureAsync(ctx context.Context, js jetstream.JetStream, ttl time.Duration)
 		// Events nobody folds are worthless once the record has expired.
 		MaxAge:     ttl,
 		Duplicates: min(10*time.Minute, ttl),
+		Replicas:   Replicas(replicas),
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("creating async event stream: %w", err)

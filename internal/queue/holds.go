@@ -17,13 +17,15 @@ import (
 const holdTTL = 24 * time.Hour
 
 // EnsureHolds creates the bucket where runners record who holds a
-// redelivered job (wire.HoldBucket). It is idempotent.
-func EnsureHolds(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+// redelivered job (wire.HoldBucket), kept in replicas copies (the
+// --queue-replicas setting). It is idempotent.
+func EnsureHolds(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      wire.HoldBucket,
 		Description: "which runner holds each redelivered job",
 		TTL:         holdTTL,
 		Storage:     jetstream.FileStorage,
+		Replicas:    Replicas(replicas),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating hold bucket: %w", err)

@@ -37,15 +37,25 @@ type Limits struct {
 	// MaxAge drops jobs nobody took for this long (they are past every
 	// client's queue timeout by then).
 	MaxAge time.Duration
+	// Replicas is how many NATS servers keep the queue (see Replicas);
+	// zero means one.
+	Replicas int
 }
+
+// Replicas returns the number of copies a stream or bucket is kept in,
+// from the --queue-replicas setting: at least one. On a NATS cluster 3
+// copies let a queue survive the loss of one server (JetStream's Raft
+// needs a majority of its copies up); a single server refuses more than
+// one, with an error naming the setting's cause.
+func Replicas(n int) int { return max(1, n) }
 
 // DeploymentLimits are the limits of a deployment's queue, from its queue
 // limit and queue timeout. A job nobody took within twice the queue timeout
 // is dropped: its client has had its 504 by then. Whatever creates a
 // deployment's queue uses these, so a queue re-created (after NATS lost
 // its state, say) keeps the limits it was deployed with.
-func DeploymentLimits(queueLimit int, queueTimeout time.Duration) Limits {
-	return Limits{MaxJobs: queueLimit, MaxAge: 2 * queueTimeout}
+func DeploymentLimits(queueLimit int, queueTimeout time.Duration, replicas int) Limits {
+	return Limits{MaxJobs: queueLimit, MaxAge: 2 * queueTimeout, Replicas: replicas}
 }
 
 // Ensure creates or updates a deployment's request stream and its shared
@@ -62,13 +72,25 @@ func Ensure(ctx context.Context, js jetstream.JetStream, deployment string, l Li
 	return s, nil
 }
 
+// Update changes the limits of a deployment's request stream if it has
+// one; a deployment without one yet (no work so far) gets them when it is
+// created (Ensure).
+func Update(ctx context.Context, js jetstream.JetStream, deployment string, l Limits) error {
+	_, err := js.UpdateStream(ctx, streamConfig(deployment, l))
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("updating request stream for %s: %w", deployment, err)
+	}
+	return nil
+}
+
 // Create creates a deployment's request stream with default limits if it
 // does not exist, and never changes one that does: a runner, which does not
 // know the deployment's limits, uses it when the stream is missing, and
 // must not overwrite the limits the control plane may have just set. The
-// deployment's limits arrive with its next deploy.
-func Create(ctx context.Context, js jetstream.JetStream, deployment string) (jetstream.Stream, error) {
-	s, err := js.CreateStream(ctx, streamConfig(deployment, Limits{}))
+// deployment's limits arrive with its next deploy; replicas is the
+// --queue-replicas setting.
+func Create(ctx context.Context, js jetstream.JetStream, deployment string, replicas int) (jetstream.Stream, error) {
+	s, err := js.CreateStream(ctx, streamConfig(deployment, Limits{Replicas: replicas}))
 	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		s, err = js.Stream(ctx, wire.RequestStream(deployment))
 	}
@@ -99,6 +121,7 @@ func streamConfig(deployment string, l Limits) jetstream.StreamConfig {
 		// The duplicate window catches retried publishes; JetStream
 		// wants it no longer than MaxAge.
 		Duplicates: min(2*time.Minute, l.MaxAge),
+		Replicas:   Replicas(l.Replicas),
 	}
 }
 
@@ -217,20 +240,18 @@ func (d Depth) Total() int { return d.Queued + d.InFlight }
 
 // GetDepth reads the runner consumer's counters.
 func GetDepth(ctx context.Context, js jetstream.JetStream, deployment string) (Depth, error) {
+	// Looking the consumer up fetches its info: one round trip, not two.
 	c, err := js.Consumer(ctx, wire.RequestStream(deployment), wire.RequestConsumer)
-	if err != nil {
-		return Depth{}, fmt.Errorf("looking up queue of %s: %w", deployment, err)
-	}
-	info, err := c.Info(ctx)
 	if err != nil {
 		return Depth{}, fmt.Errorf("reading queue depth of %s: %w", deployment, err)
 	}
+	info := c.CachedInfo()
 	return Depth{Queued: int(info.NumPending), InFlight: info.NumAckPending}, nil
 }
 
 // EnsureUsage creates the stream usage records travel through on their way
-// to Postgres.
-func EnsureUsage(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, error) {
+// to Postgres, kept in replicas copies (the --queue-replicas setting).
+func EnsureUsage(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.Stream, error) {
 	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        wire.UsageStream,
 		Description: "usage records waiting to be written to Postgres",
@@ -240,6 +261,7 @@ func EnsureUsage(ctx context.Context, js jetstream.JetStream) (jetstream.Stream,
 		// Deduplicate by request ID for longer than any redelivery
 		// cycle, so a request is billed once.
 		Duplicates: 10 * time.Minute,
+		Replicas:   Replicas(replicas),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating usage stream: %w", err)

@@ -3,6 +3,7 @@ package queue_test
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,11 +55,11 @@ func TestEnsureAsync(t *testing.T) {
 	_, js := testenv.JetStream(t)
 	// Idempotent, and a second call may change the TTL.
 	for _, ttl := range []time.Duration{time.Hour, 2 * time.Hour} {
-		if _, _, err := queue.EnsureAsync(ctx, js, ttl); err != nil {
+		if _, _, err := queue.EnsureAsync(ctx, js, ttl, 1); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, kv, err := queue.EnsureAsync(ctx, js, 2*time.Hour)
+	_, kv, err := queue.EnsureAsync(ctx, js, 2*time.Hour, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +77,7 @@ func TestEnsureAsync(t *testing.T) {
 func TestEnsureConsumerKeepsLimits(t *testing.T) {
 	ctx := context.Background()
 	_, js := testenv.JetStream(t)
-	s, err := queue.Ensure(ctx, js, "dep", queue.DeploymentLimits(7, 3*time.Minute))
+	s, err := queue.Ensure(ctx, js, "dep", queue.DeploymentLimits(7, 3*time.Minute, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,17 +104,17 @@ func TestEnsureConsumerKeepsLimits(t *testing.T) {
 func TestCreateLeavesExistingStream(t *testing.T) {
 	ctx := context.Background()
 	_, js := testenv.JetStream(t)
-	if _, err := queue.Ensure(ctx, js, "dep", queue.DeploymentLimits(7, 3*time.Minute)); err != nil {
+	if _, err := queue.Ensure(ctx, js, "dep", queue.DeploymentLimits(7, 3*time.Minute, 1)); err != nil {
 		t.Fatal(err)
 	}
-	s, err := queue.Create(ctx, js, "dep")
+	s, err := queue.Create(ctx, js, "dep", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg := s.CachedInfo().Config; cfg.MaxMsgs != 7 || cfg.MaxAge != 6*time.Minute {
 		t.Errorf("existing stream after Create: %d jobs, %s; want 7, 6m", cfg.MaxMsgs, cfg.MaxAge)
 	}
-	s, err = queue.Create(ctx, js, "fresh")
+	s, err = queue.Create(ctx, js, "fresh", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +133,7 @@ func TestList(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := queue.EnsureUsage(ctx, js); err != nil {
+	if _, err := queue.EnsureUsage(ctx, js, 1); err != nil {
 		t.Fatal(err)
 	}
 	got, err := queue.List(ctx, js)
@@ -149,5 +150,49 @@ func TestList(t *testing.T) {
 	slices.Sort(keys)
 	if !slices.Equal(keys, []string{"dep_one", "dep_two"}) {
 		t.Errorf("List = %v, want dep_one, dep_two", keys)
+	}
+}
+
+// A single server refuses replicated queues, and the error says why, so an
+// operator who set --queue-replicas 3 against one server learns it at start.
+func TestReplicasOnSingleServer(t *testing.T) {
+	ctx := context.Background()
+	_, js := testenv.JetStream(t)
+	_, err := queue.EnsureUsage(ctx, js, 3)
+	if err == nil || !strings.Contains(err.Error(), "replicas") {
+		t.Fatalf("EnsureUsage with 3 replicas on one server: %v; want an error naming replicas", err)
+	}
+	s, err := queue.EnsureUsage(ctx, js, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := s.CachedInfo().Config.Replicas; r != 1 {
+		t.Errorf("replicas 0 made %d copies; want 1", r)
+	}
+}
+
+// Update changes an existing queue's limits and leaves a deployment
+// without a queue (no work yet) without one.
+func TestUpdate(t *testing.T) {
+	ctx := context.Background()
+	_, js := testenv.JetStream(t)
+	if err := queue.Update(ctx, js, "idle", queue.DeploymentLimits(5, time.Minute, 1)); err != nil {
+		t.Fatalf("Update of a deployment without a queue: %v", err)
+	}
+	if _, err := js.Stream(ctx, wire.RequestStream("idle")); err == nil {
+		t.Error("Update created a queue")
+	}
+	if _, err := queue.Ensure(ctx, js, "busy", queue.DeploymentLimits(7, 3*time.Minute, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := queue.Update(ctx, js, "busy", queue.DeploymentLimits(9, time.Minute, 1)); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, wire.RequestStream("busy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := s.CachedInfo().Config; cfg.MaxMsgs != 9 || cfg.MaxAge != 2*time.Minute {
+		t.Errorf("after Update: %d jobs, %s; want 9, 2m", cfg.MaxMsgs, cfg.MaxAge)
 	}
 }

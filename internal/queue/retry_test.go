@@ -32,7 +32,7 @@ func TestPublishRetryThroughOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := queue.EnsureUsage(ctx, js)
+	s, err := queue.EnsureUsage(ctx, js, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
