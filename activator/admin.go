@@ -144,6 +144,7 @@ type deploymentSpec struct {
 	Parallel      *int     `json:"parallel"`
 	ContextLength *int     `json:"context_length"`
 	IdleTimeout   *jsonDur `json:"idle_timeout"`
+	KeepWarm      *jsonDur `json:"keep_warm"`
 	QueueLimit    *int     `json:"queue_limit"`
 	QueueTimeout  *jsonDur `json:"queue_timeout"`
 	ChatTemplate  *string  `json:"chat_template"`
@@ -182,7 +183,7 @@ type jsonDur time.Duration
 const maxJSONDur = 100 * 365 * 24 * time.Hour
 
 // errJSONDur is what a duration that is not one hears.
-var errJSONDur = &fieldDecodeError{`a duration (idle_timeout, queue_timeout) must be a string such as "10s" or a number of seconds, at most 100 years`}
+var errJSONDur = &fieldDecodeError{`a duration (idle_timeout, keep_warm, queue_timeout) must be a string such as "10s" or a number of seconds, at most 100 years`}
 
 func (d *jsonDur) UnmarshalJSON(b []byte) error {
 	if len(b) > 0 && b[0] == '"' {
@@ -256,6 +257,7 @@ func (s *Server) putDeployment(c echo.Context) error {
 	setIfPresent(&d.ContextLength, spec.ContextLength)
 	setIfPresent(&d.QueueLimit, spec.QueueLimit)
 	setIfPresent((*jsonDur)(&d.IdleTimeout), spec.IdleTimeout)
+	setIfPresent((*jsonDur)(&d.KeepWarm), spec.KeepWarm)
 	setIfPresent((*jsonDur)(&d.QueueTimeout), spec.QueueTimeout)
 	setIfPresent(&d.ChatTemplate, spec.ChatTemplate)
 	if p := spec.Prices; p != nil {
