@@ -17,7 +17,10 @@ type schedule struct {
 	at    map[string]time.Time // deployment ID → when it is due
 	ids   []string             // every deployment, sorted, for the sweep
 	next  int                  // the sweep's position in ids
-	share float64              // deployments owed to the sweep, fractional
+	// owed is what the sweep owes, in deployments × time: each tick adds
+	// len(ids) × tick, and each period of it is one visit (integers, so
+	// a period's visits add up exactly).
+	owed time.Duration
 }
 
 func newSchedule() schedule { return schedule{at: map[string]time.Time{}} }
@@ -74,9 +77,10 @@ func (s *schedule) sweep(tick, period time.Duration) []string {
 	if n == 0 || period <= 0 {
 		return nil
 	}
-	s.share += float64(n) * float64(tick) / float64(period)
-	k := min(int(s.share), n)
-	s.share -= float64(k)
+	s.owed += time.Duration(n) * tick
+	k := int(min(s.owed/period, time.Duration(n)))
+	s.owed -= time.Duration(k) * period
+	s.owed = min(s.owed, period) // a long pause is not made up for all at once
 	out := make([]string, 0, k)
 	for range k {
 		s.next %= n
