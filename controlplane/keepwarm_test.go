@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/testenv"
@@ -32,6 +33,20 @@ func (c *fakeClock) Add(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
+}
+
+// waitQueued waits until the consumer counts n jobs waiting: JetStream
+// updates the count a moment after the publish is acknowledged.
+func waitQueued(t *testing.T, js jetstream.JetStream, id string, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if d, err := queue.GetDepth(t.Context(), js, id); err == nil && d.Queued == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the queue of %s never showed %d jobs waiting", id, n)
+		}
+	}
 }
 
 // TestKeepWarm runs the control plane's executor (ticks, heartbeats,
@@ -93,6 +108,7 @@ func TestKeepWarm(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			waitQueued(t, js, id, 1)
 			cp.step(ctx)
 			r, ok := runner()
 			if !ok {
@@ -130,5 +146,48 @@ func TestKeepWarm(t *testing.T) {
 				t.Errorf("runner stopped %s after its last request, want %s (keep_warm %s, idle_timeout 10s)", stoppedAt, tt.stopAfter, tt.keepWarm)
 			}
 		})
+	}
+}
+
+// TestSweepFindsLostPoke: work queued at a deployment at rest without a
+// poke (a lost one) is found by the sweep: after RestSweepEvery, not at
+// every tick, since at rest a deployment costs nothing between sweeps.
+// A deployment with a runner is looked at every SweepEvery.
+func TestSweepFindsLostPoke(t *testing.T) {
+	nc, js := testenv.JetStream(t)
+	ctx := t.Context()
+	id := "dep_lost" + wire.NewID(4)
+	d := registry.Deployment{ID: id, Name: "lost", ArtifactSHA256: "aaaa", MaxRunners: 1, Parallel: 1,
+		IdleTimeout: time.Minute, QueueLimit: 10, QueueTimeout: time.Hour}
+	if _, err := queue.Ensure(ctx, js, id, queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { queue.Delete(context.Background(), js, id) })
+	clock := &fakeClock{now: time.Now()}
+	c := &cluster{runners: map[string]RunnerRef{}, starts: map[string]int{}}
+	cp, err := New(Config{
+		Registry: staticRegistry{[]registry.Deployment{d}}, Driver: clusterView{c, "cp"}, NATS: nc,
+		Logger: slog.Default(), Now: clock.Now, DeadAfter: time.Hour, StartTimeout: time.Hour,
+		SweepEvery: 30 * time.Second, RestSweepEvery: 5 * time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp.step(ctx) // the first tick looks at everything: nothing queued
+	if _, err := queue.Publish(ctx, js, id, "job1", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	waitQueued(t, js, id, 1)
+	var startedAt time.Duration
+	for elapsed := time.Duration(0); elapsed < 10*time.Minute && startedAt == 0; {
+		clock.Add(time.Second)
+		elapsed += time.Second
+		cp.step(ctx)
+		if n, _ := c.snapshot(); n["lost"] > 0 {
+			startedAt = elapsed
+		}
+	}
+	if startedAt < 5*time.Minute || startedAt > 5*time.Minute+30*time.Second {
+		t.Errorf("the unpoked job got a runner %s after it was queued, want between RestSweepEvery (5m) and 5m30s", startedAt)
 	}
 }

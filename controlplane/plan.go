@@ -40,6 +40,9 @@ type PlanInput struct {
 	// Hearing is since when heartbeats could have been heard without a
 	// break (natsconn.Uptime.Since): silence is judged only over it.
 	Hearing time.Time
+	// LastPoke is when the activator last said work was queued; zero if
+	// not recently.
+	LastPoke time.Time
 	// Leading is whether this control plane holds the lease; a follower
 	// decides nothing.
 	Leading bool
@@ -113,6 +116,14 @@ const (
 	ReasonIdle          = "runner idle past the idle timeout"
 )
 
+// pokeRecheck is how long after a poke a deployment without runners whose
+// queue looks empty is looked at again every tick: JetStream counts a job
+// in the consumer's pending a moment after acknowledging its publish, so
+// the reconcile the poke triggers can see none (TestKeepWarm saw it about
+// one time in ten on loopback). Without this, that job would wait for the
+// sweep.
+const pokeRecheck = 5 * time.Second
+
 // wakeSlack is added to deadlines so the look at them comes after they
 // passed, not on them (Silent is strict).
 const wakeSlack = time.Millisecond
@@ -181,6 +192,10 @@ func Plan(in PlanInput, now time.Time) Decision {
 			dec.Want, dec.StartReason = 1, "keep_warm"
 			wake(until)
 		}
+	}
+
+	if dec.Live == 0 && dec.Want == 0 && !in.LastPoke.IsZero() && now.Sub(in.LastPoke) < pokeRecheck {
+		wake(now.Add(wakeSlack)) // the next tick
 	}
 
 	switch {

@@ -220,6 +220,15 @@ func TestPlan(t *testing.T) {
 			drain: []RunnerAction{{"never", ReasonIdle}}, wake: at(10*time.Second + wakeSlack),
 		},
 		{
+			name: "poked but the queue looks empty yet: look again next tick",
+			in:   edit(base(dep(nil), 0), func(in *PlanInput) { in.LastPoke = at(-time.Second) }),
+			wake: at(wakeSlack),
+		},
+		{
+			name: "a poke long past with nothing queued: nothing to do",
+			in:   edit(base(dep(nil), 0), func(in *PlanInput) { in.LastPoke = at(-pokeRecheck) }),
+		},
+		{
 			name: "keep_warm starts nothing at zero",
 			in: edit(base(dep(func(d *registry.Deployment) { d.KeepWarm = 10 * time.Minute }), 0),
 				func(in *PlanInput) { in.LastRequest = at(-time.Minute) }),
