@@ -219,8 +219,9 @@ func Plan(in PlanInput, now time.Time) Decision {
 			}
 			if now.Sub(since) >= d.IdleTimeout {
 				dec.Drain = append(dec.Drain, RunnerAction{r.ID, ReasonIdle})
-				// The next one, if any, is looked at once this one is
-				// gone (its stopped heartbeat is an event).
+				if dec.Live-1 > dec.Want {
+					wake(now.Add(wakeSlack)) // the next one at the next tick
+				}
 				break
 			}
 			wake(since.Add(d.IdleTimeout))
