@@ -62,8 +62,9 @@ type Config struct {
 	// this. Each visit costs a queue-depth lookup in JetStream.
 	SweepEvery time.Duration
 	// RestSweepEvery is the same for a deployment at rest (no runners,
-	// min_runners 0): the sweep passes it by until this long after it
-	// was last looked at. Zero means 5 minutes. At rest, only a lost poke
+	// min_runners 0): the sweep looks at it on one pass in every
+	// RestSweepEvery/SweepEvery, the passes sharing such deployments
+	// evenly (by a hash of the ID). Zero means 5 minutes. At rest, only a lost poke
 	// could leave work unnoticed, and the ways pokes get lost that the
 	// control plane can see (its NATS connection broke, its subscription
 	// dropped messages) make it look at every deployment at once; this
@@ -148,9 +149,6 @@ type ControlPlane struct {
 	runnerDep map[string]string
 	// gauges are the runner gauge's series set last tick.
 	gauges map[[2]string]bool
-	// checked is when each deployment was last reconciled, for
-	// RestSweepEvery.
-	checked map[string]time.Time
 	// subs are the heartbeat and poke subscriptions, dropped counts the
 	// messages they had dropped, and heard the start of the connection's
 	// unbroken stretch, all as of the last tick: see lostEvents.
@@ -233,7 +231,6 @@ func New(cfg Config) (*ControlPlane, error) {
 		leading:     cfg.Lease == nil,
 		runnerDep:   map[string]string{},
 		gauges:      map[[2]string]bool{},
-		checked:     map[string]time.Time{},
 	}, nil
 }
 
@@ -401,7 +398,11 @@ func (cp *ControlPlane) step(ctx context.Context) {
 		cp.sched.takeDue(now) // all of them are looked at now
 	} else {
 		ids = cp.sched.takeDue(now)
-		swept = cp.sched.sweep(cp.cfg.Tick, cp.cfg.SweepEvery)
+		k := int(cp.cfg.RestSweepEvery / cp.cfg.SweepEvery)
+		swept = cp.sched.sweep(cp.cfg.Tick, cp.cfg.SweepEvery, func(id string, pass int) bool {
+			atRest := len(byDep[id]) == 0 && cp.deps[id].MinRunners == 0
+			return !atRest || restPass(id, pass, k)
+		})
 	}
 	deps := make([]registry.Deployment, 0, len(ids)+len(swept))
 	seen := make(map[string]bool, len(ids)+len(swept))
@@ -412,9 +413,7 @@ func (cp *ControlPlane) step(ctx context.Context) {
 		}
 	}
 	for _, id := range swept {
-		d, ok := cp.deps[id]
-		atRest := len(byDep[id]) == 0 && d.MinRunners == 0
-		if ok && !seen[id] && (!atRest || now.Sub(cp.checked[id]) >= cp.cfg.RestSweepEvery) {
+		if d, ok := cp.deps[id]; ok && !seen[id] {
 			seen[id] = true
 			deps = append(deps, d)
 		}
@@ -506,7 +505,6 @@ func (cp *ControlPlane) refreshDeployments(ctx context.Context, now time.Time, e
 			}
 			cp.metrics.runners.DeleteLabelValues(d.Name, string(wire.PhaseReady))
 			cp.sched.forget(id)
-			delete(cp.checked, id)
 		}
 	}
 	if cp.deleted == nil {
@@ -763,7 +761,6 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 		cp.wakeAt(d.ID, now.Add(cp.cfg.Tick)) // try again
 		return
 	}
-	cp.checked[d.ID] = now
 	in := cp.planInput(d, runners, depth, now)
 	if in.Limits.ScaleUpAge > 0 && depth.Queued > 0 && countServing(runners) < max(d.MaxRunners, d.MinRunners) {
 		// Only looked up when it could matter: it costs two JetStream

@@ -271,7 +271,7 @@ func TestScheduleSweep(t *testing.T) {
 	s.setAll(deps)
 	seen := map[string]int{}
 	for range 30 { // one period of 30 ticks
-		got := s.sweep(time.Second, 30*time.Second)
+		got := s.sweep(time.Second, 30*time.Second, nil)
 		if len(got) != 3 {
 			t.Fatalf("a tick swept %d deployments, want 3 (90 over 30 ticks)", len(got))
 		}
@@ -291,10 +291,33 @@ func TestScheduleSweep(t *testing.T) {
 	s.setAll(map[string]registry.Deployment{"x": {}, "y": {}})
 	n := 0
 	for range 30 {
-		n += len(s.sweep(time.Second, 30*time.Second))
+		n += len(s.sweep(time.Second, 30*time.Second, nil))
 	}
 	if n != 2 {
 		t.Errorf("2 deployments got %d visits in one period, want 2", n)
+	}
+
+	// At rest, one pass in k: over k passes each is looked at once, and
+	// each pass looks at about 1/k of them.
+	s.setAll(deps)
+	const k = 10
+	visits := map[string]int{}
+	perPass := make([]int, k)
+	for p := range k {
+		for _, id := range s.sweep(30*time.Second, 30*time.Second, func(id string, pass int) bool { return restPass(id, pass, k) }) {
+			visits[id]++
+			perPass[p]++
+		}
+	}
+	for id := range deps {
+		if visits[id] != 1 {
+			t.Errorf("%s at rest visited %d times in %d passes, want once", id, visits[id], k)
+		}
+	}
+	for p, n := range perPass {
+		if n > 20 {
+			t.Errorf("pass %d looked at %d of 90 deployments at rest, want about 9", p, n)
+		}
 	}
 
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)

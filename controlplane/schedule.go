@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"hash/fnv"
 	"slices"
 	"time"
 
@@ -17,6 +18,7 @@ type schedule struct {
 	at    map[string]time.Time // deployment ID → when it is due
 	ids   []string             // every deployment, sorted, for the sweep
 	next  int                  // the sweep's position in ids
+	pass  int                  // how many times the sweep went round
 	// owed is what the sweep owes, in deployments × time: each tick adds
 	// len(ids) × tick, and each period of it is one visit (integers, so
 	// a period's visits add up exactly).
@@ -54,25 +56,28 @@ func (s *schedule) forget(id string) { delete(s.at, id) }
 // setAll replaces the set of deployments the sweep visits, keeping its
 // place.
 func (s *schedule) setAll(deps map[string]registry.Deployment) {
-	var resume string
-	if len(s.ids) > 0 {
-		resume = s.ids[s.next%len(s.ids)]
-	}
 	ids := make([]string, 0, len(deps))
 	for id := range deps {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
-	s.ids = ids
-	s.next, _ = slices.BinarySearch(ids, resume)
+	if slices.Equal(ids, s.ids) {
+		return
+	}
+	next := len(ids) // at the end of a pass, the next one starts
+	if s.next < len(s.ids) {
+		next, _ = slices.BinarySearch(ids, s.ids[s.next])
+	}
+	s.ids, s.next = ids, next
 }
 
 // all returns every deployment.
 func (s *schedule) all() []string { return slices.Clone(s.ids) }
 
 // sweep returns the next share of deployments for one tick of a sweep
-// that visits all of them every period.
-func (s *schedule) sweep(tick, period time.Duration) []string {
+// that visits all of them every period. keep says whether a deployment is
+// looked at on this pass (see restPass).
+func (s *schedule) sweep(tick, period time.Duration, keep func(id string, pass int) bool) []string {
 	n := len(s.ids)
 	if n == 0 || period <= 0 {
 		return nil
@@ -83,9 +88,27 @@ func (s *schedule) sweep(tick, period time.Duration) []string {
 	s.owed = min(s.owed, period) // a long pause is not made up for all at once
 	out := make([]string, 0, k)
 	for range k {
-		s.next %= n
-		out = append(out, s.ids[s.next])
+		if s.next >= n {
+			s.next = 0
+			s.pass++
+		}
+		if id := s.ids[s.next]; keep == nil || keep(id, s.pass) {
+			out = append(out, id)
+		}
 		s.next++
 	}
 	return out
+}
+
+// restPass says whether a deployment at rest is looked at on a sweep's
+// pass: on one pass in every k, chosen by its ID's hash, so the passes
+// share the deployments at rest evenly and each is looked at every k
+// passes.
+func restPass(id string, pass, k int) bool {
+	if k <= 1 {
+		return true
+	}
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return (int(h.Sum32()%uint32(k))+pass)%k == 0
 }
