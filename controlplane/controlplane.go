@@ -221,6 +221,7 @@ func New(cfg Config) (*ControlPlane, error) {
 		failures: map[string]failure{},
 		started:  map[string]time.Time{},
 		deps:     map[string]registry.Deployment{},
+		deleted:  map[string]registry.Deployment{},
 		metrics:  newMetrics(cfg.Registerer),
 
 		pokedAt:     map[string]time.Time{},
@@ -506,9 +507,6 @@ func (cp *ControlPlane) refreshDeployments(ctx context.Context, now time.Time, e
 			cp.metrics.runners.DeleteLabelValues(d.Name, string(wire.PhaseReady))
 			cp.sched.forget(id)
 		}
-	}
-	if cp.deleted == nil {
-		cp.deleted = map[string]registry.Deployment{}
 	}
 	cp.deps = known
 	cp.sched.setAll(known)

@@ -144,8 +144,8 @@ func (d *noRunners) Start(context.Context, RunnerSpec) error {
 	d.starts++
 	return nil
 }
-func (d *noRunners) Stop(context.Context, string) error            { return nil }
-func (d *noRunners) Kill(context.Context, string) error            { return nil }
+func (d *noRunners) Stop(context.Context, string) error           { return nil }
+func (d *noRunners) Kill(context.Context, string) error           { return nil }
 func (d *noRunners) Runners(context.Context) ([]RunnerRef, error) { return nil, nil }
 
 // benchNATS starts nats-server as its own process when there is one, so

@@ -99,7 +99,7 @@ func TestPlan(t *testing.T) {
 		},
 		{
 			name: "runner that never reported within the start timeout is killed",
-			in: base(dep(nil), 1, RunnerStatus{RunnerRef: RunnerRef{ID: "mute", DeploymentID: "dep_x", Artifact: sha, StartedAt: at(-61 * time.Second)}}),
+			in:   base(dep(nil), 1, RunnerStatus{RunnerRef: RunnerRef{ID: "mute", DeploymentID: "dep_x", Artifact: sha, StartedAt: at(-61 * time.Second)}}),
 			kill: []RunnerAction{{"mute", ReasonNeverReported}}, start: 1, why: "work", wake: at(time.Minute + wakeSlack),
 		},
 		{
@@ -108,13 +108,13 @@ func TestPlan(t *testing.T) {
 			wake: at(40*time.Second + wakeSlack),
 		},
 		{
-			name: "draining runners do not count and are left alone",
-			in: base(dep(nil), 1, with(ready("going", 0, 0), func(r *RunnerStatus) { r.Stopping = true; r.Seen = at(-time.Hour) })),
+			name:  "draining runners do not count and are left alone",
+			in:    base(dep(nil), 1, with(ready("going", 0, 0), func(r *RunnerStatus) { r.Stopping = true; r.Seen = at(-time.Hour) })),
 			start: 1, why: "work", wake: at(time.Minute + wakeSlack),
 		},
 		{
-			name: "backoff after failures holds starts",
-			in: edit(base(dep(nil), 1), func(in *PlanInput) { in.Failures, in.LastFailure = 3, at(-time.Second) }),
+			name:    "backoff after failures holds starts",
+			in:      edit(base(dep(nil), 1), func(in *PlanInput) { in.Failures, in.LastFailure = 3, at(-time.Second) }),
 			backoff: at(3 * time.Second), wake: at(3 * time.Second),
 		},
 		{

@@ -15,10 +15,10 @@ import (
 // at zero is spread as a few lookups per tick rather than a thousand
 // every few seconds. The ControlPlane guards it with its mutex.
 type schedule struct {
-	at    map[string]time.Time // deployment ID → when it is due
-	ids   []string             // every deployment, sorted, for the sweep
-	next  int                  // the sweep's position in ids
-	pass  int                  // how many times the sweep went round
+	at   map[string]time.Time // deployment ID → when it is due
+	ids  []string             // every deployment, sorted, for the sweep
+	next int                  // the sweep's position in ids
+	pass int                  // how many times the sweep went round
 	// owed is what the sweep owes, in deployments × time: each tick adds
 	// len(ids) × tick, and each period of it is one visit (integers, so
 	// a period's visits add up exactly).
