@@ -101,6 +101,11 @@ func benchIdle(b *testing.B, n int) {
 		b.Fatal(err)
 	}
 	b.Logf("%d deployments and queues created in %s", n, time.Since(created).Round(time.Millisecond))
+	cpu0, t0 := cpuSelf(b), time.Now()
+	if _, err := store.ListDeployments(ctx, ""); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("reading the list of %d deployments: %s, %s of this process's CPU", n, time.Since(t0).Round(time.Millisecond), (cpuSelf(b) - cpu0).Round(time.Millisecond))
 
 	cp, err := New(Config{
 		Registry: store,
