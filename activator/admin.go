@@ -146,6 +146,7 @@ type deploymentSpec struct {
 	Parallel      *int     `json:"parallel"`
 	ContextLength *int     `json:"context_length"`
 	IdleTimeout   *jsonDur `json:"idle_timeout"`
+	KeepWarm      *jsonDur `json:"keep_warm"`
 	QueueLimit    *int     `json:"queue_limit"`
 	QueueTimeout  *jsonDur `json:"queue_timeout"`
 	ChatTemplate  *string  `json:"chat_template"`
@@ -184,7 +185,7 @@ type jsonDur time.Duration
 const maxJSONDur = 100 * 365 * 24 * time.Hour
 
 // errJSONDur is what a duration that is not one hears.
-var errJSONDur = &fieldDecodeError{`a duration (idle_timeout, queue_timeout) must be a string such as "10s" or a number of seconds, at most 100 years`}
+var errJSONDur = &fieldDecodeError{`a duration (idle_timeout, keep_warm, queue_timeout) must be a string such as "10s" or a number of seconds, at most 100 years`}
 
 func (d *jsonDur) UnmarshalJSON(b []byte) error {
 	if len(b) > 0 && b[0] == '"' {
@@ -263,6 +264,7 @@ func (s *Server) putDeployment(c echo.Context) error {
 	setIfPresent(&d.ContextLength, spec.ContextLength)
 	setIfPresent(&d.QueueLimit, spec.QueueLimit)
 	setIfPresent((*jsonDur)(&d.IdleTimeout), spec.IdleTimeout)
+	setIfPresent((*jsonDur)(&d.KeepWarm), spec.KeepWarm)
 	setIfPresent((*jsonDur)(&d.QueueTimeout), spec.QueueTimeout)
 	setIfPresent(&d.ChatTemplate, spec.ChatTemplate)
 	if p := spec.Prices; p != nil {
@@ -345,6 +347,7 @@ type deploymentStatus struct {
 	registry.Deployment
 	IdleTimeout  float64          `json:"idle_timeout"`
 	QueueTimeout float64          `json:"queue_timeout"`
+	KeepWarm     float64          `json:"keep_warm"`
 	Queued       int              `json:"queued"`
 	InFlight     int              `json:"in_flight"`
 	Runners      []wire.Heartbeat `json:"runners"`
@@ -354,7 +357,7 @@ type deploymentStatus struct {
 
 func (s *Server) deploymentView(c echo.Context, d registry.Deployment) deploymentStatus {
 	st := deploymentStatus{Deployment: d, Runners: s.runners.list(d.ID),
-		IdleTimeout: d.IdleTimeout.Seconds(), QueueTimeout: d.QueueTimeout.Seconds()}
+		IdleTimeout: d.IdleTimeout.Seconds(), QueueTimeout: d.QueueTimeout.Seconds(), KeepWarm: d.KeepWarm.Seconds()}
 	if st.Runners == nil {
 		st.Runners = []wire.Heartbeat{}
 	}

@@ -4,13 +4,24 @@
 // ceil(work / parallel) runners within [min, max] while work waits, and
 // stops idle runners one at a time after the deployment's idle timeout, so
 // an unused model costs nothing.
+//
+// The decision is Plan (plan.go), a pure function of what is known about
+// a deployment and the time; reconcile gathers its input and carries it
+// out. Deployments are reconciled when something happens to them (a
+// poke, a heartbeat that changes something, a runner ending, a change to
+// the deployment, the time their last plan asked to be looked at again)
+// and by a slow sweep that visits each at least every SweepEvery, spread
+// evenly, in case an event was lost (schedule.go). A deployment at zero
+// costs nothing between sweeps.
 package controlplane
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"reflect"
 	"sync"
 	"time"
 
@@ -24,7 +35,10 @@ import (
 	"github.com/infer-run/infer/registry"
 )
 
-// Registry is what the control plane reads from the records store.
+// Registry is what the control plane reads from the records store. A
+// registry that also has a Postgres pool (registry.Store's Pool) is
+// listened to for changes, so the deployment list is read when it
+// changes rather than every tick; see changes.go.
 type Registry interface {
 	ListDeployments(ctx context.Context, tenantID string) ([]registry.Deployment, error)
 	GetArtifact(ctx context.Context, sha string) (registry.Artifact, error)
@@ -36,15 +50,39 @@ type Config struct {
 	Driver   Driver
 	NATS     *nats.Conn
 	Logger   *slog.Logger
-	// Tick is how often every deployment is reconciled; pokes reconcile
-	// one deployment at once in between.
+	// Tick is how often the control plane looks at what is due: the
+	// deployments something happened to, those whose plan asked to be
+	// looked at by now, and the next share of the sweep. Pokes of a
+	// deployment without runners are acted on at once in between.
 	Tick time.Duration
+	// SweepEvery is the longest any deployment goes without being
+	// reconciled: the sweep visits every one in this period, spread
+	// evenly over its ticks (a 1/30 share per second at the default
+	// 30 s), so a lost poke or heartbeat delays a decision by at most
+	// this. Each visit costs a queue-depth lookup in JetStream.
+	SweepEvery time.Duration
+	// RestSweepEvery is the same for a deployment at rest (no runners,
+	// min_runners 0): the sweep looks at it on one pass in every
+	// RestSweepEvery/SweepEvery, the passes sharing such deployments
+	// evenly (by a hash of the ID). Zero means 5 minutes. At rest, only a lost poke
+	// could leave work unnoticed, and the ways pokes get lost that the
+	// control plane can see (its NATS connection broke, its subscription
+	// dropped messages) make it look at every deployment at once; this
+	// bounds the rest. 10,000 deployments at rest cost 33 lookups a
+	// second at 5 minutes, 333 at 30 s (docs/performance.md).
+	RestSweepEvery time.Duration
 	// DeadAfter is how long a runner may go without a heartbeat before it
 	// counts as dead (once it has sent one).
 	DeadAfter time.Duration
 	// StartTimeout bounds how long a runner may take to send its first
 	// heartbeat.
 	StartTimeout time.Duration
+	// ScaleUpAge: a request that has waited this long while every ready
+	// runner's slots are busy gets one more runner (within max_runners),
+	// even where the queue depth says there are runners enough (runners
+	// reporting fewer slots than the deployment's parallel). Zero means
+	// 2 s; negative turns it off.
+	ScaleUpAge time.Duration
 	// Registerer receives the control plane's metrics; nil drops them.
 	Registerer prometheus.Registerer
 	// Lease, when set, makes this one of several control planes: it
@@ -53,6 +91,8 @@ type Config struct {
 	Lease Lease
 	// QueueReplicas is the copies of a request queue it re-creates.
 	QueueReplicas int
+	// Now is the clock; nil means time.Now. Tests drive it.
+	Now func() time.Time
 }
 
 // ControlPlane is the autoscaler.
@@ -69,13 +109,15 @@ type ControlPlane struct {
 	// of that proves nothing: a new leader adopting another's runners has
 	// not heard them yet, and during a NATS outage nobody hears anyone.
 	hearing *natsconn.Uptime
+	// changed is signalled when the registry says deployments changed.
+	changed chan struct{}
 
 	mu       sync.Mutex
 	beats    map[string]runnerState         // runner ID → last heartbeat
 	readyAt  map[string]time.Time           // runner ID → when it was first seen ready
 	failures map[string]failure             // deployment ID → runners failing to start
 	started  map[string]time.Time           // runner ID → when the control plane started it
-	deps     map[string]registry.Deployment // by ID, as of the last tick, for pokes and billing
+	deps     map[string]registry.Deployment // by ID, as last read, for pokes and billing
 	// deleted are deployments deleted while they still had runners, by
 	// ID, until those are gone: see runnerEnded.
 	deleted map[string]registry.Deployment
@@ -87,9 +129,34 @@ type ControlPlane struct {
 	// coldStarts what is known of each runner's start: see coldstart.go.
 	pokedAt    map[string]time.Time
 	coldStarts map[string]*coldStart
-	// sweptQueues is when orphan queues were last looked for (only the
-	// reconcile loop touches it).
+	// lastRequest is, by deployment ID, the latest request its runners
+	// reported serving; keep_warm counts from it.
+	lastRequest map[string]time.Time
+	// lastPoke is when each deployment was last poked, for pokeRecheck.
+	lastPoke map[string]time.Time
+	// sched says which deployments are due; see schedule.go.
+	sched schedule
+
+	// Only the Run goroutine touches the rest.
+	//
+	// sweptQueues is when orphan queues were last looked for.
 	sweptQueues time.Time
+	// depsRead is when the deployment list was last read.
+	depsRead time.Time
+	// actedLast is whether the last tick acted (held the lease): a tick
+	// that acts after one that did not reconciles every deployment.
+	actedLast bool
+	// runnerDep is, by runner ID, the deployment of each runner the
+	// driver listed last tick: one missing now has ended.
+	runnerDep map[string]string
+	// gauges are the runner gauge's series set last tick.
+	gauges map[[2]string]bool
+	// subs are the heartbeat and poke subscriptions, dropped counts the
+	// messages they had dropped, and heard the start of the connection's
+	// unbroken stretch, all as of the last tick: see lostEvents.
+	subs    []*nats.Subscription
+	dropped int
+	heard   time.Time
 }
 
 // failure counts a deployment's consecutive runner failures, so a model
@@ -122,11 +189,23 @@ func New(cfg Config) (*ControlPlane, error) {
 	if cfg.Tick <= 0 {
 		cfg.Tick = time.Second
 	}
+	if cfg.SweepEvery <= 0 {
+		cfg.SweepEvery = 30 * time.Second
+	}
+	if cfg.RestSweepEvery <= 0 {
+		cfg.RestSweepEvery = 5 * time.Minute
+	}
 	if cfg.DeadAfter <= 0 {
 		cfg.DeadAfter = 10 * time.Second
 	}
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = 60 * time.Second
+	}
+	if cfg.ScaleUpAge == 0 {
+		cfg.ScaleUpAge = 2 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -137,15 +216,24 @@ func New(cfg Config) (*ControlPlane, error) {
 		log:      log.With("component", "controlplane"),
 		js:       js,
 		pokes:    make(chan string, 1024),
+		changed:  make(chan struct{}, 1),
+		hearing:  natsconn.NewUptime(cfg.NATS),
 		beats:    map[string]runnerState{},
 		readyAt:  map[string]time.Time{},
 		failures: map[string]failure{},
 		started:  map[string]time.Time{},
+		deps:     map[string]registry.Deployment{},
+		deleted:  map[string]registry.Deployment{},
 		metrics:  newMetrics(cfg.Registerer),
 
-		pokedAt:    map[string]time.Time{},
-		coldStarts: map[string]*coldStart{},
-		leading:    cfg.Lease == nil,
+		pokedAt:     map[string]time.Time{},
+		coldStarts:  map[string]*coldStart{},
+		lastRequest: map[string]time.Time{},
+		lastPoke:    map[string]time.Time{},
+		sched:       newSchedule(),
+		leading:     cfg.Lease == nil,
+		runnerDep:   map[string]string{},
+		gauges:      map[[2]string]bool{},
 	}, nil
 }
 
@@ -161,37 +249,33 @@ func (cp *ControlPlane) Run(ctx context.Context) error {
 		defer cp.cfg.Lease.Release()
 	}
 	pokeSub, err := cp.cfg.NATS.Subscribe(wire.WorkSubjects, func(m *nats.Msg) {
-		name := wire.WorkDeployment(m.Subject) // the deployment's ID
-		cp.mu.Lock()
-		if _, ok := cp.pokedAt[name]; !ok {
-			cp.pokedAt[name] = time.Now()
-		}
-		cp.mu.Unlock()
-		select {
-		case cp.pokes <- name:
-		default: // a full channel means a reconcile is coming anyway
-		}
+		cp.onPoke(wire.WorkDeployment(m.Subject)) // the deployment's ID
 	})
 	if err != nil {
 		return err
 	}
 	defer pokeSub.Unsubscribe()
+	cp.subs = []*nats.Subscription{hbSub, pokeSub}
+	watching := make(chan struct{})
+	if src, ok := cp.cfg.Registry.(changeSource); ok {
+		go func() {
+			defer close(watching)
+			cp.watchChanges(ctx, src)
+		}()
+	} else {
+		close(watching)
+	}
+	defer func() { <-watching }()
 
 	tick := time.NewTicker(cp.cfg.Tick)
 	defer tick.Stop()
-	if cp.lead(ctx) {
-		cp.reconcileAll(ctx)
-	}
+	cp.step(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			// Checked at every tick before acting: a control plane that
-			// lost its lease stops at once.
-			if cp.lead(ctx) {
-				cp.reconcileAll(ctx)
-			}
+			cp.step(ctx)
 		case name := <-cp.pokes:
 			// Every queued request pokes; take all pending pokes at once
 			// and act on each deployment once.
@@ -211,15 +295,37 @@ func (cp *ControlPlane) Run(ctx context.Context) error {
 	}
 }
 
+func (cp *ControlPlane) now() time.Time { return cp.cfg.Now() }
+
+// onPoke notes that work was queued for a deployment (by ID).
+func (cp *ControlPlane) onPoke(id string) {
+	now := cp.now()
+	cp.mu.Lock()
+	if _, ok := cp.pokedAt[id]; !ok {
+		cp.pokedAt[id] = now
+	}
+	cp.lastPoke[id] = now
+	cp.sched.due(id, now)
+	cp.mu.Unlock()
+	select {
+	case cp.pokes <- id:
+	default: // a full channel means a reconcile is coming anyway
+	}
+}
+
 func (cp *ControlPlane) onHeartbeat(m *nats.Msg) {
 	var hb wire.Heartbeat
 	if err := json.Unmarshal(m.Data, &hb); err != nil {
 		return
 	}
-	now := time.Now()
+	now := cp.now()
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
 	cp.observeColdStart(hb, now)
+	if hb.LastRequest.After(cp.lastRequest[hb.DeploymentID]) {
+		cp.lastRequest[hb.DeploymentID] = hb.LastRequest
+	}
+	prev, known := cp.beats[hb.RunnerID]
 	switch hb.Phase {
 	case wire.PhaseFailed:
 		cp.metrics.failures.WithLabelValues(hb.Deployment).Inc()
@@ -233,6 +339,8 @@ func (cp *ControlPlane) onHeartbeat(m *nats.Msg) {
 		cp.runnerEnded(hb, now)
 		delete(cp.beats, hb.RunnerID)
 		delete(cp.readyAt, hb.RunnerID)
+		// Its work may need another runner, or a backoff starts.
+		cp.sched.due(hb.DeploymentID, now)
 		return
 	case wire.PhaseReady:
 		delete(cp.failures, hb.DeploymentID)
@@ -247,57 +355,188 @@ func (cp *ControlPlane) onHeartbeat(m *nats.Msg) {
 			cp.readyAt[hb.RunnerID] = now
 		}
 	}
+	// A heartbeat that changes nothing the plan looks at is not an
+	// event: the plan already asked to be woken by the runner's silence
+	// deadline or idle timeout. Runners beat every second; deciding on
+	// each would cost a queue lookup per runner per second.
+	if !known || prev.hb.Phase != hb.Phase || prev.hb.InFlight != hb.InFlight || prev.hb.Slots != hb.Slots || prev.hb.Artifact != hb.Artifact {
+		cp.sched.due(hb.DeploymentID, now)
+	}
 }
 
-// snapshot reads the deployments and the driver's runners, grouped by
-// deployment ID.
-func (cp *ControlPlane) snapshot(ctx context.Context) ([]registry.Deployment, []RunnerRef, map[string][]RunnerRef, bool) {
-	deps, err := cp.cfg.Registry.ListDeployments(ctx, "")
-	if err != nil {
-		cp.log.Error("listing deployments", "err", err)
-		return nil, nil, nil, false
+// step is one tick: it refreshes the deployment list if it changed,
+// reads the driver's runners, and reconciles what is due.
+func (cp *ControlPlane) step(ctx context.Context) {
+	// Checked at every tick before acting: a control plane that lost
+	// its lease stops at once.
+	if !cp.lead(ctx) {
+		cp.actedLast = false
+		return
 	}
+	now := cp.now()
 	runners, err := cp.cfg.Driver.Runners(ctx)
 	if err != nil {
 		cp.log.Error("listing runners", "err", err)
-		return nil, nil, nil, false
+		return
 	}
 	byDep := map[string][]RunnerRef{}
 	for _, r := range runners {
 		byDep[r.DeploymentID] = append(byDep[r.DeploymentID], r)
 	}
-	return deps, runners, byDep, true
-}
-
-func (cp *ControlPlane) reconcileAll(ctx context.Context) {
-	deps, runners, byDep, ok := cp.snapshot(ctx)
-	if !ok {
+	// A control plane that starts acting (at start, or on taking the
+	// lease over) looks at every deployment at once: pokes that arrived
+	// while it did not act were not acted on.
+	everything := !cp.actedLast || cp.lostEvents(now)
+	if !cp.refreshDeployments(ctx, now, everything, byDep) {
 		return
 	}
+	cp.actedLast = true
+	cp.noticeEnded(runners, now)
+	cp.stopStrays(ctx, byDep)
+
+	cp.mu.Lock()
+	var ids, swept []string
+	if everything {
+		ids = cp.sched.all()
+		cp.sched.takeDue(now) // all of them are looked at now
+	} else {
+		ids = cp.sched.takeDue(now)
+		k := int(cp.cfg.RestSweepEvery / cp.cfg.SweepEvery)
+		swept = cp.sched.sweep(cp.cfg.Tick, cp.cfg.SweepEvery, func(id string, pass int) bool {
+			atRest := len(byDep[id]) == 0 && cp.deps[id].MinRunners == 0
+			return !atRest || restPass(id, pass, k)
+		})
+	}
+	deps := make([]registry.Deployment, 0, len(ids)+len(swept))
+	seen := make(map[string]bool, len(ids)+len(swept))
+	for _, id := range ids {
+		if d, ok := cp.deps[id]; ok && !seen[id] {
+			seen[id] = true
+			deps = append(deps, d)
+		}
+	}
+	for _, id := range swept {
+		if d, ok := cp.deps[id]; ok && !seen[id] {
+			seen[id] = true
+			deps = append(deps, d)
+		}
+	}
+	cp.mu.Unlock()
+	for _, d := range deps {
+		cp.reconcile(ctx, d, byDep[d.ID], now)
+	}
+	cp.forgetGone(runners, now)
+	cp.countPhases(runners)
+	cp.sweepQueues(ctx, runners, now)
+}
+
+// lostEvents reports whether pokes or heartbeats may have been lost since
+// the last tick: the NATS connection broke (what was published meanwhile
+// was not delivered to this control plane) or a subscription dropped
+// messages (a slow consumer). Then every deployment is looked at.
+func (cp *ControlPlane) lostEvents(now time.Time) bool {
+	lost := false
+	if cp.cfg.NATS.Status() == nats.CONNECTED {
+		if h := cp.hearing.Since(now); !h.Equal(cp.heard) {
+			lost = !cp.heard.IsZero()
+			cp.heard = h
+		}
+	}
+	dropped := 0
+	for _, sub := range cp.subs {
+		if n, err := sub.Dropped(); err == nil {
+			dropped += n
+		}
+	}
+	if dropped > cp.dropped {
+		cp.log.Warn("pokes or heartbeats were dropped (slow consumer); looking at every deployment", "dropped", dropped-cp.dropped)
+		lost = true
+	}
+	cp.dropped = dropped
+	if lost {
+		cp.log.Info("events may have been lost; looking at every deployment")
+	}
+	return lost
+}
+
+// refreshDeployments reads the deployment list when it may have changed
+// (the registry said so, or it has no way to say so), when everything is
+// to be looked at, and once every SweepEvery in case a change
+// notification was lost. Deployments that are new or changed are due at
+// once. It reports false when the list could not be read.
+func (cp *ControlPlane) refreshDeployments(ctx context.Context, now time.Time, everything bool, byDep map[string][]RunnerRef) bool {
+	_, listens := cp.cfg.Registry.(changeSource)
+	changed := false
+	select {
+	case <-cp.changed:
+		changed = true
+	default:
+	}
+	if listens && !changed && !everything && now.Sub(cp.depsRead) < cp.cfg.SweepEvery {
+		cp.forgetDeleted(byDep)
+		return true
+	}
+	deps, err := cp.cfg.Registry.ListDeployments(ctx, "")
+	if err != nil {
+		cp.log.Error("listing deployments", "err", err)
+		if changed {
+			cp.signalChanged() // read it next tick
+		}
+		return false
+	}
+	cp.depsRead = now
 	known := make(map[string]registry.Deployment, len(deps))
 	for _, d := range deps {
 		known[d.ID] = d
-		cp.reconcile(ctx, d, byDep[d.ID])
 	}
 	cp.mu.Lock()
+	for id, d := range known {
+		if old, ok := cp.deps[id]; !ok || changedDeployment(old, d) {
+			cp.sched.due(id, now)
+		}
+		if _, ok := cp.deps[id]; !ok {
+			cp.metrics.runners.WithLabelValues(d.Name, string(wire.PhaseReady)).Set(0)
+		}
+	}
 	// A deleted deployment is remembered while it has runners, so that
 	// their lifetimes are billed to it (its tenant, at its price) and
 	// never to a later deployment of the same name.
-	deleted := map[string]registry.Deployment{}
-	for _, m := range []map[string]registry.Deployment{cp.deps, cp.deleted} {
-		for id, d := range m {
-			if _, ok := known[id]; !ok && len(byDep[id]) > 0 {
-				deleted[id] = d
+	for id, d := range cp.deps {
+		if _, ok := known[id]; !ok {
+			if len(byDep[id]) > 0 {
+				cp.deleted[id] = d
 			}
+			cp.metrics.runners.DeleteLabelValues(d.Name, string(wire.PhaseReady))
+			cp.sched.forget(id)
 		}
 	}
-	cp.deps, cp.deleted = known, deleted
+	cp.deps = known
+	cp.sched.setAll(known)
 	cp.mu.Unlock()
-	// Runners of deleted deployments drain and go (they stop by
-	// themselves too once their queue is deleted). So do runners that
-	// serve no deployment ID: started before queues were keyed by ID.
+	cp.forgetDeleted(byDep)
+	return true
+}
+
+// forgetDeleted drops deleted deployments whose runners are all gone.
+func (cp *ControlPlane) forgetDeleted(byDep map[string][]RunnerRef) {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	for id := range cp.deleted {
+		if _, live := cp.deps[id]; live || len(byDep[id]) == 0 {
+			delete(cp.deleted, id)
+		}
+	}
+}
+
+// stopStrays drains runners of deleted deployments (they stop by
+// themselves too once their queue is deleted) and runners that serve no
+// deployment ID (started before queues were keyed by ID).
+func (cp *ControlPlane) stopStrays(ctx context.Context, byDep map[string][]RunnerRef) {
 	for id, rs := range byDep {
-		if _, ok := known[id]; ok {
+		cp.mu.Lock()
+		_, ok := cp.deps[id]
+		cp.mu.Unlock()
+		if ok {
 			continue
 		}
 		for _, r := range rs {
@@ -307,24 +546,32 @@ func (cp *ControlPlane) reconcileAll(ctx context.Context) {
 			}
 		}
 	}
-	cp.forgetGone(runners)
-	cp.countPhases(deps, runners)
-	live := make(map[string]bool, len(deps))
-	for _, d := range deps {
-		live[d.ID] = true
+}
+
+// noticeEnded makes the deployment of every runner the driver no longer
+// lists due: its work may need another runner.
+func (cp *ControlPlane) noticeEnded(runners []RunnerRef, now time.Time) {
+	current := make(map[string]string, len(runners))
+	for _, r := range runners {
+		current[r.ID] = r.DeploymentID
 	}
-	cp.sweepQueues(ctx, live, runners, time.Now())
+	cp.mu.Lock()
+	for id, dep := range cp.runnerDep {
+		if _, ok := current[id]; !ok {
+			cp.sched.due(dep, now)
+		}
+	}
+	cp.mu.Unlock()
+	cp.runnerDep = current
 }
 
 // countPhases sets the runners gauge from the driver's list and the
-// runners' last heartbeats.
-func (cp *ControlPlane) countPhases(deps []registry.Deployment, runners []RunnerRef) {
-	cp.metrics.runners.Reset()
-	for _, d := range deps {
-		cp.metrics.runners.WithLabelValues(d.Name, string(wire.PhaseReady)).Set(0)
-	}
+// runners' last heartbeats. Only series of deployments with runners
+// change per tick; every deployment's ready series is set to 0 when it is
+// first read (refreshDeployments).
+func (cp *ControlPlane) countPhases(runners []RunnerRef) {
+	counts := map[[2]string]int{}
 	cp.mu.Lock()
-	defer cp.mu.Unlock()
 	for _, r := range runners {
 		phase := wire.PhaseStarting
 		if st, ok := cp.beats[r.ID]; ok {
@@ -333,12 +580,28 @@ func (cp *ControlPlane) countPhases(deps []registry.Deployment, runners []Runner
 		if r.Stopping {
 			phase = wire.PhaseDraining
 		}
-		cp.metrics.runners.WithLabelValues(r.Deployment, string(phase)).Inc()
+		counts[[2]string{r.Deployment, string(phase)}]++
 	}
+	cp.mu.Unlock()
+	for key := range cp.gauges {
+		if _, ok := counts[key]; !ok {
+			if key[1] == string(wire.PhaseReady) {
+				cp.metrics.runners.WithLabelValues(key[0], key[1]).Set(0)
+			} else {
+				cp.metrics.runners.DeleteLabelValues(key[0], key[1])
+			}
+		}
+	}
+	gauges := make(map[[2]string]bool, len(counts))
+	for key, n := range counts {
+		cp.metrics.runners.WithLabelValues(key[0], key[1]).Set(float64(n))
+		gauges[key] = true
+	}
+	cp.gauges = gauges
 }
 
 // forgetGone drops heartbeat state of runners the driver no longer has.
-func (cp *ControlPlane) forgetGone(runners []RunnerRef) {
+func (cp *ControlPlane) forgetGone(runners []RunnerRef, now time.Time) {
 	alive := make(map[string]bool, len(runners))
 	for _, r := range runners {
 		alive[r.ID] = true
@@ -346,7 +609,7 @@ func (cp *ControlPlane) forgetGone(runners []RunnerRef) {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
 	for id, st := range cp.beats {
-		if !alive[id] && time.Since(st.seen) > cp.cfg.DeadAfter {
+		if !alive[id] && now.Sub(st.seen) > cp.cfg.DeadAfter {
 			cp.diedStarting(st.hb)
 			cp.runnerEnded(st.hb, st.seen)
 			delete(cp.beats, id)
@@ -354,13 +617,24 @@ func (cp *ControlPlane) forgetGone(runners []RunnerRef) {
 		}
 	}
 	for id, t := range cp.started {
-		if !alive[id] && time.Since(t) > cp.cfg.StartTimeout {
+		if !alive[id] && now.Sub(t) > cp.cfg.StartTimeout {
 			delete(cp.started, id)
 		}
 	}
 	for id, cs := range cp.coldStarts {
-		if !alive[id] && time.Since(cs.called) > cp.cfg.StartTimeout {
+		if !alive[id] && now.Sub(cs.called) > cp.cfg.StartTimeout {
 			delete(cp.coldStarts, id)
+		}
+	}
+	// keep_warm's last request matters only while the deployment has a
+	// runner to keep.
+	has := map[string]bool{}
+	for _, r := range runners {
+		has[r.DeploymentID] = true
+	}
+	for id := range cp.lastRequest {
+		if !has[id] {
+			delete(cp.lastRequest, id)
 		}
 	}
 }
@@ -399,9 +673,9 @@ func (cp *ControlPlane) diedStarting(hb wire.Heartbeat) {
 }
 
 // scaleFromZero reconciles a poked deployment (by ID) at once if it has no
-// runner.
-// A deployment that has one is left to the next tick: pokes arrive with
-// every request, and the request path must not cost a Postgres query each.
+// runner. A deployment that has one is left to the next tick (the poke
+// made it due): pokes arrive with every request, and the request path
+// must not cost a Postgres query each.
 func (cp *ControlPlane) scaleFromZero(ctx context.Context, name string) {
 	cp.mu.Lock()
 	follower := !cp.leading
@@ -431,7 +705,7 @@ func (cp *ControlPlane) scaleFromZero(ctx context.Context, name string) {
 	d, ok := cp.deps[name]
 	cp.mu.Unlock()
 	if !ok {
-		// Deployed since the last tick.
+		// Deployed since the list was read.
 		deps, err := cp.cfg.Registry.ListDeployments(ctx, "")
 		if err != nil {
 			cp.log.Error("listing deployments", "err", err)
@@ -442,9 +716,12 @@ func (cp *ControlPlane) scaleFromZero(ctx context.Context, name string) {
 				d, ok = x, true
 			}
 		}
+		if ok {
+			cp.signalChanged() // the list is stale: read it at the next tick
+		}
 	}
 	if ok && cp.lead(ctx) {
-		cp.reconcile(ctx, d, mine)
+		cp.reconcile(ctx, d, mine, cp.now())
 	}
 }
 
@@ -471,117 +748,178 @@ func Desired(d registry.Deployment, work int) int {
 	return min(max(n, d.MinRunners), max(d.MaxRunners, d.MinRunners))
 }
 
-func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, runners []RunnerRef) {
+// reconcile gathers one deployment's PlanInput, plans, and carries the
+// Decision out.
+func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, runners []RunnerRef, now time.Time) {
 	log := cp.log.With("deployment", d.Name, "deployment_id", d.ID)
 	depth, err := queue.GetDepth(ctx, cp.js, d.ID)
-	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-		_, err = queue.Ensure(ctx, cp.js, d.ID, queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout, cp.cfg.QueueReplicas))
+	// A deployment has no queue until its first request (or its first
+	// runner, below): an empty queue, not one to create. Creating them
+	// here would give every idle deployment a stream again (~84 KB of
+	// NATS heap each, docs/architecture.md "Queue layout").
+	noQueue := errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound)
+	if noQueue {
+		depth, err = queue.Depth{}, nil
 	}
 	if err != nil {
 		log.Error("reading queue depth", "err", err)
+		cp.wakeAt(d.ID, now.Add(cp.cfg.Tick)) // try again
 		return
 	}
-	now := time.Now()
-
-	heard := cp.hearing.Since(now)
-
-	// Sort runners into those that count and those on their way out.
-	var live []RunnerRef
-	for _, r := range runners {
-		if r.Stopping {
-			continue
-		}
-		st, seen := cp.state(r.ID)
-		switch {
-		case r.Artifact != d.ArtifactSHA256:
-			// New weights: the old runner finishes what it has and
-			// goes; a new one takes the queue.
-			log.Info("draining runner on old artifact", "runner", r.ID, "artifact", r.Artifact)
-			cp.cfg.Driver.Stop(ctx, r.ID)
-		case seen && natsconn.Silent(st.seen, heard, cp.cfg.DeadAfter, now):
-			log.Warn("runner stopped sending heartbeats; killing it", "runner", r.ID, "last", st.seen)
-			cp.cfg.Driver.Kill(ctx, r.ID)
-		case !seen && now.Sub(r.StartedAt) > cp.cfg.StartTimeout && natsconn.Silent(time.Time{}, heard, cp.cfg.DeadAfter, now):
-			log.Warn("runner never reported; killing it", "runner", r.ID)
-			cp.cfg.Driver.Kill(ctx, r.ID)
-		default:
-			live = append(live, r)
+	in := cp.planInput(d, runners, depth, now)
+	if in.Limits.ScaleUpAge > 0 && depth.Queued > 0 && countServing(runners) < max(d.MaxRunners, d.MinRunners) {
+		// Only looked up when it could matter: it costs two JetStream
+		// round trips.
+		if t, err := oldestQueued(ctx, cp.js, d.ID); err != nil {
+			log.Warn("reading the age of the oldest queued request", "err", err)
+		} else {
+			in.OldestQueued = t
 		}
 	}
+	dec := Plan(in, now)
 
-	want := Desired(d, depth.Total())
-	cp.mu.Lock()
-	f := cp.failures[d.ID]
-	cp.mu.Unlock()
-	switch {
-	case len(live) < want && now.Before(f.last.Add(backoff(f.count))):
-		// Backing off after failed starts.
-	case len(live) < want && !cp.lead(ctx):
+	for _, a := range dec.Drain {
+		log.Info("stopping runner: "+a.Reason, "runner", a.ID, "runners", dec.Live, "want", dec.Want, "idle_timeout", d.IdleTimeout)
+		cp.cfg.Driver.Stop(ctx, a.ID)
+	}
+	for _, a := range dec.Kill {
+		log.Warn("killing runner: "+a.Reason, "runner", a.ID)
+		cp.cfg.Driver.Kill(ctx, a.ID)
+	}
+	if dec.Start > 0 && !cp.lead(ctx) {
 		// Lost the lease since the tick began: starting a runner now
 		// could duplicate the new leader's.
-	case len(live) < want:
-		a, err := cp.cfg.Registry.GetArtifact(ctx, d.ArtifactSHA256)
-		if err != nil {
-			log.Error("looking up artifact", "err", err)
+		return
+	}
+	if dec.Start > 0 && noQueue {
+		// A runner (min_runners, keep_warm) would otherwise make the
+		// queue itself, without the deployment's limits.
+		if _, err := queue.Ensure(ctx, cp.js, d.ID, queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout, cp.cfg.QueueReplicas)); err != nil {
+			log.Error("creating queue", "err", err)
+			cp.wakeAt(d.ID, now.Add(cp.cfg.Tick))
 			return
 		}
-		for i := len(live); i < want; i++ {
-			spec := RunnerSpec{
-				ID:           wire.NewID(6),
-				DeploymentID: d.ID,
-				Deployment:   d.Name,
-				Artifact:     a.SHA256,
-				ObjectKey:    a.ObjectKey,
-				Size:         a.Size,
-				Parallel:     d.Parallel,
-				Context:      d.ContextLength,
-				ChatTemplate: d.ChatTemplate,
-				Resources:    d.Resources,
-			}
-			log.Info("starting runner", "runner", spec.ID, "queued", depth.Queued, "in_flight", depth.InFlight, "runners", len(live), "want", want)
-			cp.mu.Lock()
-			cp.started[spec.ID] = time.Now()
-			cp.noteStart(spec.ID, d, cp.started[spec.ID], depth.Total() > 0)
-			cp.mu.Unlock()
-			if err := cp.cfg.Driver.Start(ctx, spec); err != nil {
+	}
+	if dec.Start > 0 {
+		if err := cp.start(ctx, d, dec, depth, now); err != nil {
+			if IsNoCapacity(err) {
+				// No GPU has room now: not a failure (no backoff), the
+				// driver tells the waiting clients why; look again.
+				log.Info("waiting for capacity to start a runner", "err", err)
+			} else {
 				log.Error("starting runner", "err", err)
-				return
 			}
-			cp.metrics.starts.WithLabelValues(d.Name).Inc()
+			cp.wakeAt(d.ID, now.Add(cp.cfg.Tick))
+			return
 		}
-	case len(live) > want:
-		// Stop one idle runner per tick: load that comes back finds the
-		// rest still warm.
-		for _, r := range live {
-			if cp.idleFor(r.ID, now) >= d.IdleTimeout {
-				log.Info("stopping idle runner", "runner", r.ID, "idle_timeout", d.IdleTimeout, "runners", len(live), "want", want)
-				cp.cfg.Driver.Stop(ctx, r.ID)
-				break
-			}
-		}
+	}
+	if !dec.NextWake.IsZero() {
+		cp.wakeAt(d.ID, dec.NextWake)
 	}
 }
 
-func (cp *ControlPlane) state(id string) (runnerState, bool) {
-	cp.mu.Lock()
-	defer cp.mu.Unlock()
-	st, ok := cp.beats[id]
-	return st, ok
+// start starts dec.Start runners of d.
+func (cp *ControlPlane) start(ctx context.Context, d registry.Deployment, dec Decision, depth queue.Depth, now time.Time) error {
+	a, err := cp.cfg.Registry.GetArtifact(ctx, d.ArtifactSHA256)
+	if err != nil {
+		return fmt.Errorf("looking up artifact: %w", err)
+	}
+	for range dec.Start {
+		spec := RunnerSpec{
+			ID:           wire.NewID(6),
+			DeploymentID: d.ID,
+			Deployment:   d.Name,
+			Artifact:     a.SHA256,
+			ObjectKey:    a.ObjectKey,
+			Size:         a.Size,
+			Parallel:     d.Parallel,
+			Context:      d.ContextLength,
+			ChatTemplate: d.ChatTemplate,
+			Resources:    d.Resources,
+		}
+		cp.log.Info("starting runner", "deployment", d.Name, "deployment_id", d.ID, "runner", spec.ID, "why", dec.StartReason,
+			"queued", depth.Queued, "in_flight", depth.InFlight, "runners", dec.Live, "want", dec.Want)
+		cp.mu.Lock()
+		cp.started[spec.ID] = now
+		cp.noteStart(spec.ID, d, now, depth.Total() > 0)
+		cp.mu.Unlock()
+		if err := cp.cfg.Driver.Start(ctx, spec); err != nil {
+			return err
+		}
+		cp.metrics.starts.WithLabelValues(d.Name).Inc()
+	}
+	return nil
 }
 
-// idleFor is how long a ready runner has had nothing to do; a runner that
-// is not ready yet, or busy, is not idle.
-func (cp *ControlPlane) idleFor(id string, now time.Time) time.Duration {
+// planInput gathers what Plan needs from the control plane's state.
+func (cp *ControlPlane) planInput(d registry.Deployment, runners []RunnerRef, depth queue.Depth, now time.Time) PlanInput {
+	in := PlanInput{
+		Deployment: d,
+		Depth:      depth,
+		Hearing:    cp.hearing.Since(now),
+		Limits: PlanLimits{
+			DeadAfter:    cp.cfg.DeadAfter,
+			StartTimeout: cp.cfg.StartTimeout,
+			ScaleUpAge:   max(0, cp.cfg.ScaleUpAge),
+		},
+	}
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
-	st, ok := cp.beats[id]
-	ready, isReady := cp.readyAt[id]
-	if !ok || !isReady || st.hb.Phase != wire.PhaseReady || st.hb.InFlight > 0 {
-		return 0
+	in.Leading = cp.leading
+	f := cp.failures[d.ID]
+	in.Failures, in.LastFailure = f.count, f.last
+	in.LastRequest = cp.lastRequest[d.ID]
+	if t, ok := cp.lastPoke[d.ID]; ok {
+		if now.Sub(t) < pokeRecheck {
+			in.LastPoke = t
+		} else {
+			delete(cp.lastPoke, d.ID)
+		}
 	}
-	last := ready
-	if st.hb.LastRequest.After(last) {
-		last = st.hb.LastRequest
+	for _, r := range runners {
+		rs := RunnerStatus{RunnerRef: r}
+		if st, ok := cp.beats[r.ID]; ok {
+			rs.Heard, rs.Seen = true, st.seen
+			rs.Phase, rs.Slots, rs.InFlight, rs.LastRequest = st.hb.Phase, st.hb.Slots, st.hb.InFlight, st.hb.LastRequest
+		}
+		rs.ReadyAt = cp.readyAt[r.ID]
+		in.Runners = append(in.Runners, rs)
 	}
-	return now.Sub(last)
+	return in
+}
+
+// wakeAt asks for a deployment to be reconciled at t.
+func (cp *ControlPlane) wakeAt(id string, t time.Time) {
+	cp.mu.Lock()
+	cp.sched.due(id, t)
+	cp.mu.Unlock()
+}
+
+// signalChanged says the deployment list needs reading.
+func (cp *ControlPlane) signalChanged() {
+	select {
+	case cp.changed <- struct{}{}:
+	default:
+	}
+}
+
+// countServing counts the runners not draining.
+func countServing(runners []RunnerRef) int {
+	n := 0
+	for _, r := range runners {
+		if !r.Stopping {
+			n++
+		}
+	}
+	return n
+}
+
+// changedDeployment tells whether a deployment read again differs from
+// what was read before.
+func changedDeployment(old, d registry.Deployment) bool {
+	if !old.UpdatedAt.Equal(d.UpdatedAt) {
+		return true
+	}
+	old.CreatedAt, old.UpdatedAt, d.CreatedAt, d.UpdatedAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	return !reflect.DeepEqual(old, d)
 }

@@ -47,11 +47,17 @@ func orphanQueues(queues []queue.Existing, deployments map[string]bool, runners 
 }
 
 // sweepQueues deletes orphan request queues, at most every queueSweepEvery.
-func (cp *ControlPlane) sweepQueues(ctx context.Context, deployments map[string]bool, runners []RunnerRef, now time.Time) {
+func (cp *ControlPlane) sweepQueues(ctx context.Context, runners []RunnerRef, now time.Time) {
 	if now.Sub(cp.sweptQueues) < queueSweepEvery {
 		return
 	}
 	cp.sweptQueues = now
+	cp.mu.Lock()
+	deployments := make(map[string]bool, len(cp.deps))
+	for id := range cp.deps {
+		deployments[id] = true
+	}
+	cp.mu.Unlock()
 	queues, err := queue.List(ctx, cp.js)
 	if err != nil {
 		cp.log.Warn("listing request queues", "err", err)

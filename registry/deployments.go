@@ -34,6 +34,12 @@ type Deployment struct {
 	// IdleTimeout is how long a runner may sit without requests before it
 	// is stopped. Stored with millisecond precision.
 	IdleTimeout time.Duration `json:"idle_timeout"`
+	// KeepWarm keeps the deployment's last runner for this long after
+	// its last request even when IdleTimeout would stop it sooner, so a
+	// burst after a pause finds it warm; 0 leaves it to IdleTimeout. It
+	// only ever holds a runner that exists: it starts none. Stored with
+	// millisecond precision.
+	KeepWarm time.Duration `json:"keep_warm"`
 	// QueueLimit bounds requests waiting or running; more are refused.
 	QueueLimit int `json:"queue_limit"`
 	// QueueTimeout fails a request that waited this long without starting.
@@ -99,6 +105,7 @@ const (
 	minTimeout         = time.Second
 	maxQueueTimeout    = 24 * time.Hour
 	maxIdleTimeout     = 30 * 24 * time.Hour
+	maxKeepWarm        = 30 * 24 * time.Hour
 	maxDeploymentNameN = 63
 )
 
@@ -167,6 +174,8 @@ func (d Deployment) Validate() error {
 		return fieldError("context_length", "context_length is %d; it must be between 0 (the model's default) and %d", d.ContextLength, maxContextLength)
 	case d.IdleTimeout < minTimeout || d.IdleTimeout > maxIdleTimeout:
 		return fieldError("idle_timeout", "idle_timeout is %v; it must be between %v and %v", d.IdleTimeout, minTimeout, maxIdleTimeout)
+	case d.KeepWarm < 0 || d.KeepWarm > maxKeepWarm:
+		return fieldError("keep_warm", "keep_warm is %v; it must be between 0 (off) and %v", d.KeepWarm, maxKeepWarm)
 	case d.QueueLimit < 1 || d.QueueLimit > maxQueueLimit:
 		return fieldError("queue_limit", "queue_limit is %d; it must be between 1 and %d", d.QueueLimit, maxQueueLimit)
 	case d.QueueTimeout < minTimeout || d.QueueTimeout > maxQueueTimeout:
@@ -246,7 +255,7 @@ func (r Resources) validate() error {
 const deploymentColumns = `id, tenant_id, name, artifact_sha256, min_runners, max_runners, parallel,
 	context_length, idle_timeout_ms, queue_limit, queue_timeout_ms, chat_template,
 	price_prompt_per_mtok, price_completion_per_mtok, price_runner_second,
-	cpu, memory, gpus, node_selector, created_at, updated_at,
+	cpu, memory, gpus, node_selector, keep_warm_ms, created_at, updated_at,
 	(SELECT a.chat_template FROM artifacts a WHERE a.sha256 = artifact_sha256)`
 
 // NewDeploymentID returns a fresh deployment ID: "dep_" and 26 lower-case
@@ -256,17 +265,18 @@ func NewDeploymentID() string { return newID("dep") }
 
 func scanDeployment(row pgx.Row) (Deployment, error) {
 	var (
-		d               Deployment
-		idleMS, queueMS int64
-		weightsTemplate pgtype.Text
+		d                       Deployment
+		idleMS, queueMS, warmMS int64
+		weightsTemplate         pgtype.Text
 	)
 	err := row.Scan(&d.ID, &d.TenantID, &d.Name, &d.ArtifactSHA256, &d.MinRunners, &d.MaxRunners, &d.Parallel,
 		&d.ContextLength, &idleMS, &d.QueueLimit, &queueMS, &d.ChatTemplate,
 		&d.Prices.PromptPerMTok, &d.Prices.CompletionPerMTok, &d.Prices.RunnerSecond,
 		&d.Resources.CPU, &d.Resources.Memory, &d.Resources.GPUs, &d.Resources.NodeSelector,
-		&d.CreatedAt, &d.UpdatedAt, &weightsTemplate)
+		&warmMS, &d.CreatedAt, &d.UpdatedAt, &weightsTemplate)
 	d.Template = cmp.Or(d.ChatTemplate, weightsTemplate.String)
 	d.IdleTimeout = time.Duration(idleMS) * time.Millisecond
+	d.KeepWarm = time.Duration(warmMS) * time.Millisecond
 	d.QueueTimeout = time.Duration(queueMS) * time.Millisecond
 	return d, err
 }
@@ -296,8 +306,8 @@ func (s *Store) PutDeployment(ctx context.Context, d Deployment) (Deployment, er
 		INSERT INTO deployments (id, tenant_id, name, artifact_sha256, min_runners, max_runners, parallel,
 			context_length, idle_timeout_ms, queue_limit, queue_timeout_ms, chat_template,
 			price_prompt_per_mtok, price_completion_per_mtok, price_runner_second,
-			cpu, memory, gpus, node_selector)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+			cpu, memory, gpus, node_selector, keep_warm_ms)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
 		ON CONFLICT (tenant_id, name) DO UPDATE SET
 			artifact_sha256 = excluded.artifact_sha256,
 			min_runners = excluded.min_runners,
@@ -315,12 +325,13 @@ func (s *Store) PutDeployment(ctx context.Context, d Deployment) (Deployment, er
 			memory = excluded.memory,
 			gpus = excluded.gpus,
 			node_selector = excluded.node_selector,
+			keep_warm_ms = excluded.keep_warm_ms,
 			updated_at = now()
 		RETURNING `+deploymentColumns,
 		id, d.TenantID, d.Name, d.ArtifactSHA256, d.MinRunners, d.MaxRunners, d.Parallel,
 		d.ContextLength, d.IdleTimeout.Milliseconds(), d.QueueLimit, d.QueueTimeout.Milliseconds(), d.ChatTemplate,
 		d.Prices.PromptPerMTok, d.Prices.CompletionPerMTok, d.Prices.RunnerSecond,
-		d.Resources.CPU, d.Resources.Memory, d.Resources.GPUs, nodeSelector))
+		d.Resources.CPU, d.Resources.Memory, d.Resources.GPUs, nodeSelector, d.KeepWarm.Milliseconds()))
 	switch {
 	case pgCode(err) == codeForeignKey:
 		// Either the artifact or the tenant is missing; the artifact is

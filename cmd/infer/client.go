@@ -122,6 +122,7 @@ func deployCmd() *cobra.Command {
 	var (
 		weights      string
 		idleTimeout  time.Duration
+		keepWarm     time.Duration
 		queueTimeout time.Duration
 		minRunners   int
 		maxRunners   int
@@ -166,6 +167,9 @@ deploy changes the settings of an existing deployment.`,
 			fl := cmd.Flags()
 			if fl.Changed("idle-timeout") {
 				spec["idle_timeout"] = idleTimeout.String()
+			}
+			if fl.Changed("keep-warm") {
+				spec["keep_warm"] = keepWarm.String()
 			}
 			if fl.Changed("queue-timeout") {
 				spec["queue_timeout"] = queueTimeout.String()
@@ -224,6 +228,7 @@ deploy changes the settings of an existing deployment.`,
 	f := cmd.Flags()
 	f.StringVar(&weights, "weights", "", "GGUF file to upload")
 	f.DurationVar(&idleTimeout, "idle-timeout", 5*time.Minute, "stop a runner after this long without requests")
+	f.DurationVar(&keepWarm, "keep-warm", 0, "after a request, keep the last runner this long even past --idle-timeout (0: off; billed as runner-seconds)")
 	f.DurationVar(&queueTimeout, "queue-timeout", 5*time.Minute, "fail a request (504) that waited this long without starting")
 	f.IntVar(&minRunners, "min-runners", 0, "runners kept warm (0 scales to zero)")
 	f.IntVar(&maxRunners, "max-runners", 1, "most runners at once")
