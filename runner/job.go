@@ -117,7 +117,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		holdRev = r.markAlone(job.ID, adm, holdRev)
 	}
 
-	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling}
+	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling, Logprobs: job.Logprobs, TopLogprobs: job.TopLogprobs}
 	if job.Kind == wire.KindChat {
 		req.Parts = RenderChat(r.template, job.Messages)
 		req.Stop = append(req.Stop, r.stops...)
@@ -142,6 +142,8 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 			werr = &wire.Error{Status: 400, Code: "context_length_exceeded", Param: param, Message: err.Error()}
 		case errors.Is(err, ErrBadSchema):
 			werr = &wire.Error{Status: 400, Code: "invalid_schema", Param: "response_format", Message: err.Error()}
+		case errors.Is(err, ErrBadLogitBias):
+			werr = &wire.Error{Status: 400, Param: "logit_bias", Message: err.Error()}
 		}
 		if job.Async {
 			r.publishAsync(ctx, job, &wire.Event{Type: wire.EventError, Error: werr})

@@ -102,6 +102,16 @@ type replySink struct {
 	// async jobs collect their text and send it once, after Finish.
 	async bool
 	text  []byte
+
+	// lps are the logprobs of tokens sampled since the last event sent,
+	// for a job that asked (an async job's: all of them).
+	lps []wire.TokenLogprob
+}
+
+// Logprob takes a sampled token's logprob; it travels with the next
+// delta event.
+func (s *replySink) Logprob(lp wire.TokenLogprob) {
+	s.lps = append(s.lps, lp)
 }
 
 func newReplySink(nc *nats.Conn, subject string) *replySink {
@@ -133,10 +143,7 @@ func (s *replySink) Deliver(text []byte) {
 		s.text = append(s.text, text...)
 		return
 	}
-	if len(s.buf) == 0 {
-		s.buf = wire.AppendDelta(s.buf, 0, nil) // numbered when sent
-	}
-	s.buf = append(s.buf, text...)
+	s.appendText(text)
 	if s.first.IsZero() {
 		s.first = now
 	} else if now.Sub(s.sentAt) < coalesce {
@@ -145,7 +152,28 @@ func (s *replySink) Deliver(text []byte) {
 	s.flush(now)
 }
 
+func (s *replySink) appendText(text []byte) {
+	if len(s.buf) == 0 {
+		s.buf = wire.AppendDelta(s.buf, 0, nil) // numbered when sent
+	}
+	s.buf = append(s.buf, text...)
+}
+
 func (s *replySink) flush(now time.Time) {
+	if len(s.lps) > 0 && !s.async {
+		// A delta with logprobs is JSON (wire.AppendEvent); its text is
+		// what buf holds past the header. This costs an encode per event
+		// for the jobs that asked, at most one per coalesce interval.
+		s.appendText(nil)
+		ev := &wire.Event{Type: wire.EventDelta, Text: string(s.buf[wire.EventHeaderLen:]), Logprobs: s.lps}
+		if data, err := s.encode(ev); err == nil {
+			s.nc.Publish(s.subject, data)
+			s.sentAt = now
+		}
+		s.lps = s.lps[:0]
+		s.buf = s.buf[:0]
+		return
+	}
 	if len(s.buf) > wire.EventHeaderLen {
 		s.record(s.buf)
 		s.nc.Publish(s.subject, s.buf)
@@ -217,7 +245,7 @@ func (s *replySink) final() *wire.Event {
 		return &wire.Event{Type: wire.EventError, Error: &wire.Error{Status: 500, Code: "internal_error", Message: s.err.Error()}}
 	}
 	u := s.usage
-	return &wire.Event{Type: wire.EventDone, FinishReason: s.reason, Usage: &u, Text: string(s.text)}
+	return &wire.Event{Type: wire.EventDone, FinishReason: s.reason, Usage: &u, Text: string(s.text), Logprobs: s.lps}
 }
 
 func (s *replySink) send(ev *wire.Event) {
