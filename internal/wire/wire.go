@@ -251,9 +251,7 @@ type Job struct {
 	Async bool `json:"async,omitempty"`
 	// Logprobs asks for each generated token's log probability
 	// (Event.Logprobs) and, with TopLogprobs, that many of the most
-	// likely tokens at its position. A runner that does not know the
-	// field sends none, which the activator reports as an error rather
-	// than answering without them.
+	// likely tokens at its position (at most 20).
 	Logprobs    bool `json:"logprobs,omitempty"`
 	TopLogprobs int  `json:"top_logprobs,omitempty"`
 	// Prices are the deployment's token prices when the job was accepted;
