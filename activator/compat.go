@@ -170,6 +170,12 @@ func checkFields(body []byte, kind wire.Kind, async bool) *apiError {
 		case r.support == supPartial && r.inert == nil:
 			continue // decodeRequest checks its values
 		}
+		if r.support == supPartial {
+			// Some values are; say which.
+			e := unsupported(name, "%s=%s is not supported by infer (%s)", name, clip(v), plain(r.notes))
+			e.Code = strp("unsupported_value")
+			return e
+		}
 		msg := fmt.Sprintf("%s is not supported by infer", name)
 		if r.notes != "" {
 			msg += ": " + plain(r.notes)
@@ -228,6 +234,16 @@ func unsupported(param, format string, args ...any) *apiError {
 	e := errInvalid(param, format, args...)
 	e.Code = strp("unsupported_parameter")
 	return e
+}
+
+// clip is a JSON value as an error message quotes it: whole up to 40
+// bytes.
+func clip(v json.RawMessage) string {
+	s := string(bytes.TrimSpace(v))
+	if len(s) > 40 {
+		s = s[:37] + "..."
+	}
+	return strings.ToValidUTF8(s, "")
 }
 
 // plain is a note without markdown's backquotes, for an error message.

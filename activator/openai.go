@@ -158,7 +158,6 @@ type completionRequest struct {
 	TopP                *float64     `json:"top_p"`
 	TopK                *int         `json:"top_k"`
 	MinP                *float64     `json:"min_p"`
-	N                   *int         `json:"n"`
 	Stop                stopField    `json:"stop"`
 	Seed                *int64       `json:"seed"`
 	PresencePenalty     *float64     `json:"presence_penalty"`
@@ -239,9 +238,6 @@ func decodeRequest(body []byte, kind wire.Kind, async bool) (*completionRequest,
 		if req.Prompt == nil {
 			return nil, errInvalid("prompt", "you must provide a prompt")
 		}
-	}
-	if req.N != nil && *req.N != 1 {
-		return nil, errInvalid("n", "only n=1 is supported")
 	}
 	for _, f := range []struct {
 		name string

@@ -222,34 +222,34 @@ func TestSDKSamplingControls(t *testing.T) {
 	// What infer does not honour is a typed 400 naming the field.
 	hi := []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}
 	for _, tt := range []struct {
-		name, param string
-		call        func() error
+		name, param, code string
+		call              func() error
 	}{
-		{"unknown field", "frobnicate", func() error {
+		{"unknown field", "frobnicate", "unsupported_parameter", func() error {
 			_, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "stories", Messages: hi}, option.WithJSONSet("frobnicate", 1))
 			return err
 		}},
-		{"audio", "modalities", func() error {
+		{"audio", "modalities", "unsupported_value", func() error {
 			_, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "stories", Messages: hi, Modalities: []string{"text", "audio"}})
 			return err
 		}},
-		{"suffix", "suffix", func() error {
+		{"suffix", "suffix", "unsupported_parameter", func() error {
 			_, err := complete(openai.CompletionNewParams{Suffix: openai.String("The end.")})
 			return err
 		}},
-		{"best_of", "best_of", func() error {
+		{"best_of", "best_of", "unsupported_value", func() error {
 			_, err := complete(openai.CompletionNewParams{BestOf: openai.Int(3)})
 			return err
 		}},
-		{"store", "store", func() error {
+		{"store", "store", "unsupported_value", func() error {
 			_, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "stories", Messages: hi, Store: openai.Bool(true)})
 			return err
 		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var apiErr *openai.Error
-			if err := tt.call(); !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.Param != tt.param || apiErr.Code != "unsupported_parameter" || !strings.Contains(apiErr.Message, tt.param) {
-				t.Errorf("got %v; want a 400 unsupported_parameter naming %s", err, tt.param)
+			if err := tt.call(); !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.Param != tt.param || apiErr.Code != tt.code || !strings.Contains(apiErr.Message, tt.param) {
+				t.Errorf("got %v; want a 400 %s naming %s", err, tt.code, tt.param)
 			}
 		})
 	}

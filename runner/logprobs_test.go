@@ -66,6 +66,27 @@ func TestLogSumExp(t *testing.T) {
 	}
 }
 
+func TestExpNeg(t *testing.T) {
+	worst := 0.0
+	for x := float32(0); x > -87; x -= 0.0137 {
+		want := math.Exp(float64(x))
+		if rel := math.Abs(float64(expNeg(x))-want) / want; rel > worst {
+			worst = rel
+		}
+	}
+	if worst > 1e-6 {
+		t.Errorf("expNeg's worst relative error %g, want at most 1e-6", worst)
+	}
+	for _, x := range []float32{-87.5, -1000, float32(math.Inf(-1)), float32(math.NaN())} {
+		if got := expNeg(x); got != 0 {
+			t.Errorf("expNeg(%g) = %g, want 0", x, got)
+		}
+	}
+	if got := expNeg(0); got != 1 {
+		t.Errorf("expNeg(0) = %g", got)
+	}
+}
+
 func TestLogitBiasChecks(t *testing.T) {
 	if _, err := logitBias(map[int32]float32{512: 1}, 512); !errors.Is(err, ErrBadLogitBias) {
 		t.Errorf("token past the vocabulary: %v", err)
