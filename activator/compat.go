@@ -79,7 +79,7 @@ var compatTable = []paramRule{
 	{name: "messages", on: forChat, support: supYes, notes: "roles `system`, `developer` (as `system`), `user`, `assistant`, `tool`; content a string or text parts (other parts are refused)"},
 	{name: "prompt", on: forCompletion, support: supPartial, notes: "a string or an array of one string; batched prompts and token arrays are refused"},
 	{name: "max_tokens", on: forBoth, support: supYes},
-	{name: "max_completion_tokens", on: forChat, support: supYes, notes: "wins over `max_tokens`"},
+	{name: "max_completion_tokens", on: forBoth, support: supYes, notes: "wins over `max_tokens`; OpenAI's completions lack it, infer takes it on both"},
 	{name: "temperature", on: forBoth, support: supYes, notes: "0 to 2"},
 	{name: "top_p", on: forBoth, support: supYes},
 	{name: "stop", on: forBoth, support: supYes, notes: "up to 4 strings"},

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/openai/openai-go/v3"
 
 	"github.com/infer-run/infer/internal/wire"
@@ -161,5 +162,45 @@ func TestDecodeSamplingFields(t *testing.T) {
 				t.Errorf("job %+v", j)
 			}
 		})
+	}
+}
+
+// TestCompatTableMatchesOpenAPI: the request schemas of openapi.yaml
+// document every field the table supports for the endpoint and no field
+// it refuses outright. (Tool calling's fields are documented by the tools
+// work, webhook in AsyncExtension.)
+func TestCompatTableMatchesOpenAPI(t *testing.T) {
+	j, err := openAPIJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := openapi3.NewLoader().LoadFromData(j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		schema string
+		kind   wire.Kind
+		on     endpoints
+	}{{"ChatCompletionRequest", wire.KindChat, forChat}, {"CompletionRequest", wire.KindCompletion, forCompletion}} {
+		documented := map[string]bool{}
+		for _, part := range doc.Components.Schemas[tt.schema].Value.AllOf {
+			for name := range part.Value.Properties {
+				documented[name] = true
+			}
+		}
+		for name := range documented {
+			if r := compatRule(name, tt.kind, false); r == nil || r.support == supNo {
+				t.Errorf("%s documents %q, which compatTable refuses", tt.schema, name)
+			}
+		}
+		for _, r := range compatTable {
+			if r.on&tt.on == 0 || r.support != supYes || r.on&forAsync != 0 || strings.Contains(r.notes, "tools work") {
+				continue
+			}
+			if !documented[r.name] {
+				t.Errorf("%s does not document %q, which compatTable supports", tt.schema, r.name)
+			}
+		}
 	}
 }
