@@ -29,7 +29,7 @@ export INFER_MINIO_BIN ?= $(MINIO)
 
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build build-cuda gpu-bundle dev test unit vet minio bench fuzz clean
+.PHONY: jssdk all build build-cuda gpu-bundle dev test unit vet minio bench fuzz clean
 
 all: build
 
@@ -69,7 +69,7 @@ vet:
 	$(GO) vet ./...
 	$(GO) vet -tags activatoronly ./cmd/infer
 
-test: vet minio
+test: vet minio jssdk
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) fuzz
 
@@ -88,6 +88,12 @@ fuzz:
 # Unit tests only: no MinIO build, skips the end-to-end test.
 unit:
 	$(GO) test -count=1 -short ./...
+
+# The official JS SDK (pinned in scripts/jssdk/package-lock.json) for
+# TestSDKCompatTable; without npm that part of the test skips, saying so.
+jssdk:
+	@if command -v npm >/dev/null; then cd scripts/jssdk && npm ci --no-audit --no-fund --silent; \
+	else echo "npm not found: TestSDKCompatTable's JS SDK check will skip"; fi
 
 minio: $(MINIO)
 
