@@ -115,6 +115,40 @@ func TestSDKLogprobs(t *testing.T) {
 		plain = r.Choices[0].Text
 		checkLegacy(t, plain, r.Choices[0].Logprobs)
 	})
+	// A stop sequence cuts the text; the tokens of the stop sequence go
+	// with it, so the tokens still spell the text (but the last, which
+	// may run into the stop sequence).
+	t.Run("stop", func(t *testing.T) {
+		for _, stream := range []bool{false, true} {
+			p := cparams
+			p.MaxTokens = openai.Int(80)
+			p.Stop = openai.CompletionNewParamsStopUnion{OfString: openai.String(".")}
+			var text string
+			var toks []string
+			if stream {
+				s := c.Completions.NewStreaming(ctx, p)
+				for s.Next() {
+					if ch := s.Current(); len(ch.Choices) > 0 {
+						text += ch.Choices[0].Text
+						toks = append(toks, ch.Choices[0].Logprobs.Tokens...)
+					}
+				}
+				if err := s.Err(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				r, err := c.Completions.New(ctx, p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				text, toks = r.Choices[0].Text, r.Choices[0].Logprobs.Tokens
+			}
+			joined := strings.Join(toks, "")
+			if len(toks) == 0 || strings.Contains(text, ".") || !strings.HasPrefix(joined, text) || len(joined)-len(text) >= len(toks[len(toks)-1]) && len(joined) != len(text) {
+				t.Errorf("stream %v: text %q, tokens %q", stream, text, toks)
+			}
+		}
+	})
 	t.Run("completion stream", func(t *testing.T) {
 		stream := c.Completions.NewStreaming(ctx, cparams)
 		var text strings.Builder

@@ -57,7 +57,9 @@ func runConcurrentLP(b *testing.B, e *Engine, n, top int) {
 	wg.Wait()
 }
 
-func benchEngine(b *testing.B, cfg EngineConfig, concurrency int) { benchEngineLP(b, cfg, concurrency, -1) }
+func benchEngine(b *testing.B, cfg EngineConfig, concurrency int) {
+	benchEngineLP(b, cfg, concurrency, -1)
+}
 
 func benchEngineLP(b *testing.B, cfg EngineConfig, concurrency, top int) {
 	e, err := LoadEngine(slog.New(slog.DiscardHandler), cfg, nil)

@@ -223,3 +223,34 @@ func TestEngineLogitBias(t *testing.T) {
 		t.Errorf("a token past the vocabulary: %v, want ErrBadLogitBias", err)
 	}
 }
+
+// TestCovered: a token's logprob goes once its text begins to be
+// delivered; an empty token once the text before it is.
+func TestCovered(t *testing.T) {
+	lps := []wire.TokenLogprob{{Token: []byte("Once")}, {Token: []byte(" upon")}, {Token: nil}, {Token: []byte(" a.")}}
+	for _, tt := range []struct{ at, released, n, after int }{
+		{0, 0, 0, 0},
+		{0, 1, 1, 4},   // "O" of "Once"
+		{0, 4, 1, 4},   // " upon" not begun
+		{0, 5, 2, 9},   // " upon" begun
+		{0, 9, 3, 9},   // " upon" delivered, and the empty token after it
+		{0, 11, 4, 12}, // " a" delivered, "." held back: the token goes
+		{4, 9, 2, 9},
+	} {
+		if n, after := covered(lps[len(lps)-countFrom(lps, tt.at):], tt.at, tt.released); n != tt.n || after != tt.after {
+			t.Errorf("covered(at %d, released %d) = %d, %d; want %d, %d", tt.at, tt.released, n, after, tt.n, tt.after)
+		}
+	}
+}
+
+// countFrom is how many of lps start at or after text offset at.
+func countFrom(lps []wire.TokenLogprob, at int) int {
+	off := 0
+	for i, lp := range lps {
+		if off >= at {
+			return len(lps) - i
+		}
+		off += len(lp.Token)
+	}
+	return 0
+}
