@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -151,12 +152,7 @@ func checkFields(body []byte, kind wire.Kind, async bool) *apiError {
 	if json.Unmarshal(body, &fields) != nil {
 		return nil // decodeRequest says what is wrong with it
 	}
-	names := make([]string, 0, len(fields))
-	for k := range fields {
-		names = append(names, k)
-	}
-	slices.Sort(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(fields)) {
 		v := fields[name]
 		r := compatRule(name, kind, async)
 		if r == nil {
@@ -185,7 +181,7 @@ func checkFields(body []byte, kind wire.Kind, async bool) *apiError {
 	if so, ok := fields["stream_options"]; ok {
 		var opts map[string]json.RawMessage
 		if json.Unmarshal(so, &opts) == nil {
-			for _, k := range slices.Sorted(mapKeys(opts)) {
+			for _, k := range slices.Sorted(maps.Keys(opts)) {
 				switch k {
 				case "include_usage":
 				case "include_obfuscation":
@@ -199,16 +195,6 @@ func checkFields(body []byte, kind wire.Kind, async bool) *apiError {
 		}
 	}
 	return nil
-}
-
-func mapKeys(m map[string]json.RawMessage) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // elsewhere says where a field infer knows is taken, for a request that

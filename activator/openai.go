@@ -403,7 +403,10 @@ func (r *completionRequest) decodeLogprobs(kind wire.Kind, async bool) *apiError
 		}
 	}
 	if r.logprobs && async {
-		return unsupported("logprobs", "logprobs are not supported on the async endpoints")
+		// An async job's result travels as one NATS message (1 MiB by
+		// default), which 20 alternatives per token outgrow in a few
+		// thousand tokens.
+		return unsupported("logprobs", "logprobs are not supported on the async endpoints: use /v1/chat/completions or /v1/completions")
 	}
 	return nil
 }
