@@ -29,7 +29,7 @@ export INFER_MINIO_BIN ?= $(MINIO)
 
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build build-cuda gpu-bundle dev test unit vet minio bench fuzz clean
+.PHONY: jssdk all build build-cuda gpu-bundle dev test unit vet minio bench fuzz clean
 
 all: build
 
@@ -72,7 +72,7 @@ vet:
 # TestConsoleInBrowser (cmd/infer) needs Debian's chromium: it skips
 # without it, and fails instead under INFER_REQUIRE_BROWSER=1 (.ci/run
 # installs chromium and sets it).
-test: vet minio
+test: vet minio jssdk
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) fuzz
 
@@ -91,6 +91,12 @@ fuzz:
 # Unit tests only: no MinIO build, skips the end-to-end test.
 unit:
 	$(GO) test -count=1 -short ./...
+
+# The official JS SDK (pinned in scripts/jssdk/package-lock.json) for
+# TestSDKCompatTable; without npm that part of the test skips, saying so.
+jssdk:
+	@if command -v npm >/dev/null; then cd scripts/jssdk && npm ci --no-audit --no-fund --silent; \
+	else echo "npm not found: TestSDKCompatTable's JS SDK check will skip"; fi
 
 minio: $(MINIO)
 

@@ -20,8 +20,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/openai/openai-go"
-	"github.com/openai/openai-go/option"
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/infer-run/infer/activator"
@@ -557,7 +557,7 @@ func TestSDKErrors(t *testing.T) {
 		retryAfter       bool
 	}{
 		{"n=2", chat(c, openai.ChatCompletionNewParams{Model: "stories", N: openai.Int(2), Messages: hi}),
-			400, "invalid_request_error", "", "n", false},
+			400, "invalid_request_error", "unsupported_value", "n", false},
 		{"zero max_completion_tokens", chat(c, openai.ChatCompletionNewParams{Model: "stories", MaxCompletionTokens: openai.Int(0), Messages: hi}),
 			400, "invalid_request_error", "", "max_completion_tokens", false},
 		{"image content part", chat(c, openai.ChatCompletionNewParams{Model: "stories", Messages: []openai.ChatCompletionMessageParamUnion{

@@ -407,7 +407,7 @@ func (a *asyncJobs) onEvent(msg jetstream.Msg) {
 			if ev.Type == wire.EventDone {
 				enc := newChunkEncoder(r.Kind, r.ID, r.Model, r.CreatedAt)
 				enc.toolCalls = ev.ToolCalls
-				r.Status, r.Result = asyncSucceeded, enc.body(ev.Text, ev.FinishReason, u)
+				r.Status, r.Result = asyncSucceeded, enc.body(ev.Text, ev.FinishReason, u, nil)
 			} else {
 				we := ev.Error
 				if we == nil {

@@ -48,17 +48,26 @@ func (e *chunkEncoder) first() []byte {
 	return e.buf
 }
 
-func (e *chunkEncoder) delta(text string) []byte {
+func (e *chunkEncoder) delta(text string) []byte { return e.deltaWith(text, nil) }
+
+// deltaWith is a delta chunk with its tokens' logprobs object, as JSON
+// (nil: null).
+func (e *chunkEncoder) deltaWith(text string, logprobs []byte) []byte {
 	e.buf = append(e.buf[:0], e.prefix...)
 	if e.kind == wire.KindCompletion {
 		e.buf = append(e.buf, `"text":`...)
 		e.buf = appendJSONString(e.buf, text)
-		e.buf = append(e.buf, `,"logprobs":null,"finish_reason":null}]}`+"\n\n"...)
+		e.buf = append(e.buf, `,"logprobs":`...)
 	} else {
 		e.buf = append(e.buf, `"delta":{"content":`...)
 		e.buf = appendJSONString(e.buf, text)
-		e.buf = append(e.buf, `},"logprobs":null,"finish_reason":null}]}`+"\n\n"...)
+		e.buf = append(e.buf, `},"logprobs":`...)
 	}
+	if logprobs == nil {
+		logprobs = []byte("null")
+	}
+	e.buf = append(e.buf, logprobs...)
+	e.buf = append(e.buf, `,"finish_reason":null}]}`+"\n\n"...)
 	return e.buf
 }
 
@@ -95,8 +104,9 @@ func usageObject(u wire.Usage) usageJSON {
 	return usageJSON{u.PromptTokens, u.CompletionTokens, u.PromptTokens + u.CompletionTokens}
 }
 
-// body is the whole non-streaming response.
-func (e *chunkEncoder) body(text, reason string, u wire.Usage) []byte {
+// body is the whole non-streaming response; logprobs is its choice's
+// logprobs object (nil: null).
+func (e *chunkEncoder) body(text, reason string, u wire.Usage, logprobs any) []byte {
 	type message struct {
 		Role      string         `json:"role"`
 		Content   *string        `json:"content"`
@@ -118,7 +128,7 @@ func (e *chunkEncoder) body(text, reason string, u wire.Usage) []byte {
 		Choices           []choice  `json:"choices"`
 		Usage             usageJSON `json:"usage"`
 	}{ID: e.id, Created: e.created, Model: e.model, Usage: usageObject(u)}
-	ch := choice{FinishReason: reason}
+	ch := choice{FinishReason: reason, Logprobs: logprobs}
 	if e.kind == wire.KindCompletion {
 		resp.Object = "text_completion"
 		ch.Text = &text

@@ -81,6 +81,10 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		stream:  req.Stream,
 		usage:   req.StreamOptions != nil && req.StreamOptions.IncludeUsage,
 		created: time.Now().Unix(),
+		lp:      job.Logprobs,
+	}
+	if req.Echo != nil && *req.Echo {
+		rl.echo = job.Prompt
 	}
 	s.metrics.waiting.WithLabelValues(dep.Name).Inc()
 	defer func() {
@@ -144,7 +148,7 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 	if len(body) > maxBody {
 		return accepted{}, errStatus(http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large", "request body is larger than %d bytes", maxBody)
 	}
-	req, apiErr := decodeRequest(body, kind)
+	req, apiErr := decodeRequest(body, kind, async)
 	if apiErr != nil {
 		return accepted{}, apiErr
 	}
@@ -325,9 +329,18 @@ type relay struct {
 	gapRunner string
 	resentAt  time.Time
 	text      []byte
-	enc       chunkEncoder
-	queuedAt  time.Time
-	ttft      time.Duration
+	// lp says the client asked for logprobs; lps are the body's, and
+	// lpOffset the text offset of a completion stream's next token.
+	lp       bool
+	lps      []wire.TokenLogprob
+	lpOffset int
+	// echo is a completion's prompt to write before its text (echo:
+	// true); echoed, that a stream wrote it.
+	echo     string
+	echoed   bool
+	enc      chunkEncoder
+	queuedAt time.Time
+	ttft     time.Duration
 }
 
 func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
@@ -511,6 +524,7 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 			// Nothing reached the client: whatever an earlier runner
 			// produced for the body is dropped, this one starts over.
 			rl.text = rl.text[:0]
+			rl.lps, rl.lpOffset = rl.lps[:0], 0
 			rl.runner = ev.Runner
 			if r.runner != "" {
 				rl.runner = r.runner
@@ -523,10 +537,18 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 				rl.s.metrics.ttft.WithLabelValues(rl.model).Observe(rl.ttft.Seconds())
 			}
 			if rl.stream {
-				res.Write(rl.enc.delta(ev.Text))
+				rl.writeEcho()
+				if rl.lp && len(ev.Logprobs) > 0 {
+					res.Write(rl.enc.deltaWith(ev.Text, logprobsJSON(rl.kind, ev.Logprobs, &rl.lpOffset)))
+				} else {
+					res.Write(rl.enc.delta(ev.Text))
+				}
 				rl.sentText = true
 			} else {
 				rl.text = append(rl.text, ev.Text...)
+				if rl.lp {
+					rl.lps = append(rl.lps, ev.Logprobs...)
+				}
 			}
 		case wire.EventDone:
 			u := wire.Usage{}
@@ -541,6 +563,7 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 				if len(ev.ToolCalls) > 0 {
 					res.Write(rl.enc.toolCallChunks(ev.ToolCalls))
 				}
+				rl.writeEcho() // a completion of no text
 				res.Write(rl.enc.finish(ev.FinishReason))
 				if rl.usage {
 					res.Write(rl.enc.usage(u))
@@ -549,7 +572,13 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 				res.Flush()
 				return true, nil
 			}
-			return true, rl.c.JSONBlob(http.StatusOK, rl.enc.body(string(rl.text), ev.FinishReason, u))
+			var logprobs any
+			if rl.lp && rl.kind == wire.KindChat {
+				logprobs = chatLogprobsObject(rl.lps)
+			} else if rl.lp {
+				logprobs, _ = legacyLogprobsObject(rl.lps, 0)
+			}
+			return true, rl.c.JSONBlob(http.StatusOK, rl.enc.body(rl.echo+string(rl.text), ev.FinishReason, u, logprobs))
 		case wire.EventError:
 			rl.failed = true
 			rl.s.metrics.requests.WithLabelValues(rl.model, "error").Inc()
@@ -664,6 +693,15 @@ func (rl *relay) phaseComment(keepalive bool) {
 }
 
 // comment writes an SSE comment line, which clients ignore and people read.
+// writeEcho writes a completion stream's prompt (echo: true) before its
+// first text.
+func (rl *relay) writeEcho() {
+	if rl.echo != "" && !rl.echoed {
+		rl.c.Response().Write(rl.enc.delta(rl.echo))
+		rl.echoed = true
+	}
+}
+
 func (rl *relay) comment(text string) {
 	res := rl.c.Response()
 	res.Write([]byte(": " + text + "\n\n"))

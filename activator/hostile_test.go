@@ -71,7 +71,7 @@ func TestDecodeRequestHostile(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			req, e := decodeRequest([]byte(tt.body), tt.kind)
+			req, e := decodeRequest([]byte(tt.body), tt.kind, false)
 			if e == nil {
 				t.Fatalf("accepted: %+v", req)
 			}
@@ -120,7 +120,7 @@ func FuzzDecodeRequest(f *testing.F) {
 		if chat {
 			kind = wire.KindChat
 		}
-		req, e := decodeRequest(body, kind)
+		req, e := decodeRequest(body, kind, false)
 		if e != nil {
 			if e.Status != http.StatusBadRequest || e.Message == "" {
 				t.Fatalf("error %+v: want a 400 with a message", e)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -140,7 +141,8 @@ func (p *promptField) UnmarshalJSON(b []byte) error {
 }
 
 // completionRequest holds the fields of both /v1/chat/completions and
-// /v1/completions; unknown fields are ignored, as OpenAI's API does.
+// /v1/completions that infer honours; checkFields refuses the others and
+// unknown ones (compat.go).
 type completionRequest struct {
 	toolFields
 	Model    string `json:"model"`
@@ -159,14 +161,20 @@ type completionRequest struct {
 	TopP                *float64     `json:"top_p"`
 	TopK                *int         `json:"top_k"`
 	MinP                *float64     `json:"min_p"`
-	N                   *int         `json:"n"`
 	Stop                stopField    `json:"stop"`
 	Seed                *int64       `json:"seed"`
 	PresencePenalty     *float64     `json:"presence_penalty"`
 	FrequencyPenalty    *float64     `json:"frequency_penalty"`
 	RepeatPenalty       *float64     `json:"repeat_penalty"`
-	Stream              bool         `json:"stream"`
-	StreamOptions       *struct {
+	RepetitionPenalty   *float64     `json:"repetition_penalty"`
+	// Logprobs is true or false for chat, an integer 0 to 5 for
+	// completions; decodeRequest reads it into logprobs and topLogprobs.
+	Logprobs      json.RawMessage    `json:"logprobs"`
+	TopLogprobs   *int               `json:"top_logprobs"`
+	LogitBias     map[string]float64 `json:"logit_bias"`
+	Echo          *bool              `json:"echo"`
+	Stream        bool               `json:"stream"`
+	StreamOptions *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
 	User string `json:"user"`
@@ -180,6 +188,10 @@ type completionRequest struct {
 			Schema json.RawMessage `json:"schema"`
 		} `json:"json_schema"`
 	} `json:"response_format"`
+
+	logprobs    bool
+	topLogprobs int
+	logitBias   map[int32]float32
 }
 
 // maxTokensLimit bounds max_tokens before the runner checks it against the
@@ -188,7 +200,8 @@ const maxTokensLimit = 1 << 20
 
 // decodeRequest parses and validates a request body. Every problem is a 400
 // naming the offending parameter.
-func decodeRequest(body []byte, kind wire.Kind) (*completionRequest, *apiError) {
+// async says the request came to an async endpoint.
+func decodeRequest(body []byte, kind wire.Kind, async bool) (*completionRequest, *apiError) {
 	if !utf8.Valid(body) {
 		return nil, errInvalid("", "request body is not valid UTF-8")
 	}
@@ -199,6 +212,9 @@ func decodeRequest(body []byte, kind wire.Kind) (*completionRequest, *apiError) 
 	}
 	if dec.More() {
 		return nil, errInvalid("", "could not parse the JSON body: trailing data after the object")
+	}
+	if e := checkFields(body, kind, async); e != nil {
+		return nil, e
 	}
 	if req.Model == "" {
 		return nil, errInvalid("model", "you must provide a model parameter")
@@ -229,9 +245,6 @@ func decodeRequest(body []byte, kind wire.Kind) (*completionRequest, *apiError) 
 	if err := req.checkTools(kind); err != nil {
 		return nil, err
 	}
-	if req.N != nil && *req.N != 1 {
-		return nil, errInvalid("n", "only n=1 is supported")
-	}
 	for _, f := range []struct {
 		name string
 		v    *int
@@ -259,6 +272,29 @@ func decodeRequest(body []byte, kind wire.Kind) (*completionRequest, *apiError) 
 	for _, c := range checks {
 		if c.v != nil && (math.IsNaN(*c.v) || *c.v < c.min || *c.v > c.max) {
 			return nil, errInvalid(c.name, "%s must be between %g and %g", c.name, c.min, c.max)
+		}
+	}
+	if e := req.decodeLogprobs(kind, async); e != nil {
+		return nil, e
+	}
+	if e := req.decodeLogitBias(); e != nil {
+		return nil, e
+	}
+	if req.RepetitionPenalty != nil {
+		if req.RepeatPenalty != nil {
+			return nil, errInvalid("repetition_penalty", "repetition_penalty and repeat_penalty are two names for one setting; send one")
+		}
+		if v := *req.RepetitionPenalty; math.IsNaN(v) || v < 0 || v > 10 {
+			return nil, errInvalid("repetition_penalty", "repetition_penalty must be between 0 and 10")
+		}
+		req.RepeatPenalty = req.RepetitionPenalty
+	}
+	if req.Echo != nil && *req.Echo {
+		switch {
+		case async:
+			return nil, unsupported("echo", "echo is not supported on the async endpoints")
+		case req.logprobs:
+			return nil, unsupported("echo", "echo with logprobs is not supported: infer has no logprobs for prompt tokens")
 		}
 	}
 	if req.TopK != nil && *req.TopK < 0 {
@@ -316,6 +352,8 @@ func (r *completionRequest) job(kind wire.Kind) wire.Job {
 	s.RepeatPenalty = f32(r.RepeatPenalty)
 	s.TopK = r.TopK
 	s.Seed = r.Seed
+	s.LogitBias = r.logitBias
+	j.Logprobs, j.TopLogprobs = r.logprobs, r.topLogprobs
 	if rf := r.ResponseFormat; rf != nil {
 		switch rf.Type {
 		case "json_object":
@@ -333,4 +371,76 @@ func f32(p *float64) *float32 {
 	}
 	v := float32(*p)
 	return &v
+}
+
+// maxTopLogprobs is OpenAI's limit for chat's top_logprobs; completions'
+// logprobs stop at maxLegacyLogprobs.
+const (
+	maxTopLogprobs    = 20
+	maxLegacyLogprobs = 5
+)
+
+// decodeLogprobs reads logprobs and top_logprobs as the endpoint spells
+// them.
+func (r *completionRequest) decodeLogprobs(kind wire.Kind, async bool) *apiError {
+	raw := bytes.TrimSpace(r.Logprobs)
+	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+		raw = nil
+	}
+	if kind == wire.KindCompletion {
+		if raw != nil {
+			var n int
+			if json.Unmarshal(raw, &n) != nil || n < 0 || n > maxLegacyLogprobs {
+				return errInvalid("logprobs", "logprobs must be an integer between 0 and %d: the number of likeliest tokens to list at each position", maxLegacyLogprobs)
+			}
+			r.logprobs, r.topLogprobs = true, n
+		}
+	} else {
+		if raw != nil && json.Unmarshal(raw, &r.logprobs) != nil {
+			return errInvalid("logprobs", "logprobs must be true or false")
+		}
+		if r.TopLogprobs != nil {
+			if *r.TopLogprobs < 0 || *r.TopLogprobs > maxTopLogprobs {
+				return errInvalid("top_logprobs", "top_logprobs must be between 0 and %d", maxTopLogprobs)
+			}
+			if !r.logprobs && *r.TopLogprobs > 0 {
+				return errInvalid("top_logprobs", "top_logprobs needs logprobs: true")
+			}
+			r.topLogprobs = *r.TopLogprobs
+		}
+	}
+	if r.logprobs && async {
+		// An async job's result travels as one NATS message (1 MiB by
+		// default), which 20 alternatives per token outgrow in a few
+		// thousand tokens.
+		return unsupported("logprobs", "logprobs are not supported on the async endpoints: use /v1/chat/completions or /v1/completions")
+	}
+	return nil
+}
+
+// maxLogitBias bounds logit_bias's entries (OpenAI allows 300).
+const maxLogitBias = 1024
+
+// decodeLogitBias reads logit_bias: token IDs (as JSON object keys) to
+// biases from -100 to 100. Whether an ID is in the model's vocabulary
+// only the runner knows; it refuses one that is not, naming logit_bias.
+func (r *completionRequest) decodeLogitBias() *apiError {
+	if len(r.LogitBias) == 0 {
+		return nil
+	}
+	if len(r.LogitBias) > maxLogitBias {
+		return errInvalid("logit_bias", "logit_bias has %d entries; at most %d are allowed", len(r.LogitBias), maxLogitBias)
+	}
+	r.logitBias = make(map[int32]float32, len(r.LogitBias))
+	for k, v := range r.LogitBias {
+		id, err := strconv.ParseInt(k, 10, 32)
+		if err != nil || id < 0 {
+			return errInvalid("logit_bias", "logit_bias keys must be token IDs (non-negative integers), not %q", k)
+		}
+		if math.IsNaN(v) || v < -100 || v > 100 {
+			return errInvalid("logit_bias", "the bias of token %d must be between -100 and 100", id)
+		}
+		r.logitBias[int32(id)] = float32(v)
+	}
+	return nil
 }

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/openai/openai-go"
-	"github.com/openai/openai-go/shared"
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/shared"
 
 	"github.com/infer-run/infer/internal/testenv"
 	"github.com/infer-run/infer/runner"
@@ -56,7 +56,7 @@ func (h *harness) deployLlama3Tiny(name string) {
 		Artifact: runner.Artifact{SHA256: art.SHA256, ObjectKey: art.ObjectKey, Size: art.Size}})
 }
 
-var weatherTool = openai.ChatCompletionToolParam{Function: shared.FunctionDefinitionParam{
+var weatherTool = openai.ChatCompletionFunctionTool(shared.FunctionDefinitionParam{
 	Name:        "get_weather",
 	Description: openai.String("The weather in a city"),
 	Parameters: shared.FunctionParameters{
@@ -65,7 +65,7 @@ var weatherTool = openai.ChatCompletionToolParam{Function: shared.FunctionDefini
 		"required":             []string{"city", "days"},
 		"additionalProperties": false,
 	},
-}}
+})
 
 // checkWeatherArgs: arguments that the function's schema admits.
 func checkWeatherArgs(t *testing.T, args string) {
@@ -96,8 +96,8 @@ func TestSDKToolAgentLoop(t *testing.T) {
 		openai.UserMessage("What is the weather in Paris for 3 days?"),
 	}
 	first, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
-		Model: "tiny", Messages: msgs, Tools: []openai.ChatCompletionToolParam{weatherTool},
-		ToolChoice: openai.ChatCompletionToolChoiceOptionUnionParam{OfChatCompletionNamedToolChoice: &openai.ChatCompletionNamedToolChoiceParam{
+		Model: "tiny", Messages: msgs, Tools: []openai.ChatCompletionToolUnionParam{weatherTool},
+		ToolChoice: openai.ChatCompletionToolChoiceOptionUnionParam{OfFunctionToolChoice: &openai.ChatCompletionNamedToolChoiceParam{
 			Function: openai.ChatCompletionNamedToolChoiceFunctionParam{Name: "get_weather"}}},
 		MaxTokens: openai.Int(60), Temperature: openai.Float(0),
 	})
@@ -117,7 +117,7 @@ func TestSDKToolAgentLoop(t *testing.T) {
 	// The tool's result, then the answer.
 	msgs = append(msgs, ch.Message.ToParam(), openai.ToolMessage(`{"temp_c": 21, "sky": "clear"}`, call.ID))
 	final, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
-		Model: "tiny", Messages: msgs, Tools: []openai.ChatCompletionToolParam{weatherTool},
+		Model: "tiny", Messages: msgs, Tools: []openai.ChatCompletionToolUnionParam{weatherTool},
 		MaxTokens: openai.Int(8), Temperature: openai.Float(0),
 	})
 	if err != nil {
@@ -139,17 +139,12 @@ func TestSDKToolCallStreamed(t *testing.T) {
 	h := newHarness(t)
 	h.deployLlama3Tiny("tiny")
 	c := h.client()
-	// Warm the runner first: openai-go v1.12 fails a stream on the
-	// cold-start SSE comments (an event with no data reaches its JSON
-	// decoder); v3 skips them.
-	if _, err := c.Chat.Completions.New(t.Context(), openai.ChatCompletionNewParams{Model: "tiny",
-		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}, MaxTokens: openai.Int(1)}); err != nil {
-		t.Fatal(err)
-	}
+	// Cold: the stream starts with the cold-start SSE comments, which
+	// openai-go v3 skips (v1.12 failed on them).
 	stream := c.Chat.Completions.NewStreaming(t.Context(), openai.ChatCompletionNewParams{
 		Model:      "tiny",
 		Messages:   []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Weather in Oslo this week?")},
-		Tools:      []openai.ChatCompletionToolParam{weatherTool},
+		Tools:      []openai.ChatCompletionToolUnionParam{weatherTool},
 		ToolChoice: openai.ChatCompletionToolChoiceOptionUnionParam{OfAuto: openai.String("required")},
 		MaxTokens:  openai.Int(60), Temperature: openai.Float(0),
 	})

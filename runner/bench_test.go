@@ -25,17 +25,32 @@ func (countSink) Start(int)                          {}
 func (countSink) Deliver([]byte)                     {}
 func (s countSink) Finish(string, wire.Usage, error) { s.wg.Done() }
 
+// lpCountSink is a countSink that takes logprobs.
+type lpCountSink struct{ countSink }
+
+func (lpCountSink) Logprob(wire.TokenLogprob) {}
+
 const benchTokens = 128
 
 // runConcurrent submits n greedy requests at once and waits for all.
-func runConcurrent(b *testing.B, e *Engine, n int) {
+func runConcurrent(b *testing.B, e *Engine, n int) { runConcurrentLP(b, e, n, -1) }
+
+// runConcurrentLP is runConcurrent with logprobs and top alternatives
+// for each token; top -1: none asked.
+func runConcurrentLP(b *testing.B, e *Engine, n, top int) {
 	zero := float32(0)
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Add(1)
 		// Distinct prompts: no request reuses another's KV cells.
 		prompt := fmt.Sprintf("Once upon a time, story number %d", i)
-		if _, err := e.Submit(context.Background(), Request{Prompt: prompt, MaxTokens: benchTokens, Sampling: wire.Sampling{Temperature: &zero}}, countSink{&wg}); err != nil {
+		req := Request{Prompt: prompt, MaxTokens: benchTokens, Sampling: wire.Sampling{Temperature: &zero}}
+		var sink Sink = countSink{&wg}
+		if top >= 0 {
+			req.Logprobs, req.TopLogprobs = true, top
+			sink = lpCountSink{countSink{&wg}}
+		}
+		if _, err := e.Submit(context.Background(), req, sink); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -43,6 +58,10 @@ func runConcurrent(b *testing.B, e *Engine, n int) {
 }
 
 func benchEngine(b *testing.B, cfg EngineConfig, concurrency int) {
+	benchEngineLP(b, cfg, concurrency, -1)
+}
+
+func benchEngineLP(b *testing.B, cfg EngineConfig, concurrency, top int) {
 	e, err := LoadEngine(slog.New(slog.DiscardHandler), cfg, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -51,11 +70,11 @@ func benchEngine(b *testing.B, cfg EngineConfig, concurrency int) {
 	done := make(chan struct{})
 	go func() { e.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done; e.Close() }()
-	runConcurrent(b, e, concurrency) // warm up; lets background contexts load
+	runConcurrentLP(b, e, concurrency, top) // warm up; lets background contexts load
 	b.ResetTimer()
 	start := time.Now()
 	for range b.N {
-		runConcurrent(b, e, concurrency)
+		runConcurrentLP(b, e, concurrency, top)
 	}
 	b.ReportMetric(float64(b.N*concurrency*benchTokens)/time.Since(start).Seconds(), "tokens/s")
 }
@@ -68,6 +87,65 @@ func BenchmarkEngine(b *testing.B) {
 		b.Run(fmt.Sprintf("stories260K/concurrency=%d", n), func(b *testing.B) {
 			benchEngine(b, EngineConfig{ModelPath: model, Parallel: n, Context: 512}, n)
 		})
+	}
+}
+
+// BenchmarkLogprobs is what per-token logprobs cost at 16 concurrent
+// requests: each iteration runs 16 requests without logprobs and 16 with
+// logprobs and top alternatives (0, 5, 20: the most OpenAI allows), in
+// alternating order on one engine, so the two share whatever else the
+// machine is doing; it reports both rates and the overhead. The cost per
+// token is a log-softmax over the vocabulary and one pass to pick the
+// alternatives; stories260K's vocabulary is 512 tokens, a Llama 3's 128k:
+// BenchmarkLogprobStep times one token's work at that size.
+func BenchmarkLogprobs(b *testing.B) {
+	model := testenv.ModelPath(b)
+	for _, top := range []int{0, 5, 20} {
+		b.Run(fmt.Sprintf("stories260K/concurrency=16/top=%d", top), func(b *testing.B) {
+			e, err := LoadEngine(slog.New(slog.DiscardHandler), EngineConfig{ModelPath: model, Parallel: 16, Context: 512}, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { e.Run(ctx); close(done) }()
+			defer func() { cancel(); <-done; e.Close() }()
+			runConcurrentLP(b, e, 16, top) // warm up; lets background contexts load
+			var with, without time.Duration
+			timed := func(top int) time.Duration {
+				start := time.Now()
+				runConcurrentLP(b, e, 16, top)
+				return time.Since(start)
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				if i%2 == 0 {
+					without += timed(-1)
+					with += timed(top)
+				} else {
+					with += timed(top)
+					without += timed(-1)
+				}
+			}
+			tokens := float64(b.N * 16 * benchTokens)
+			b.ReportMetric(tokens/without.Seconds(), "tokens/s-plain")
+			b.ReportMetric(tokens/with.Seconds(), "tokens/s-logprobs")
+			b.ReportMetric(100*(with.Seconds()/without.Seconds()-1), "%overhead")
+		})
+	}
+}
+
+// BenchmarkLogprobStep is one token's logprob work on a Llama 3-sized
+// vocabulary (128,256 logits) with 20 alternatives.
+func BenchmarkLogprobStep(b *testing.B) {
+	logits := make([]float32, 128256)
+	for i := range logits {
+		logits[i] = float32(i%977) / 100 // spread, with many ties
+	}
+	p := &logprober{top: MaxTopLogprobs}
+	piece := func(int) string { return "x" }
+	for b.Loop() {
+		p.before(logits, piece)
 	}
 }
 

@@ -97,6 +97,19 @@ type Request struct {
 	MaxTokens int // 0: until the context is full
 	Stop      []string
 	Sampling  wire.Sampling
+	// Logprobs asks for each sampled token's logprob, with TopLogprobs
+	// alternatives (at most MaxTopLogprobs); the sink must be a
+	// LogprobSink.
+	Logprobs    bool
+	TopLogprobs int
+}
+
+// LogprobSink is a Sink that takes logprobs: the engine calls Logprob for
+// each sampled token (but an end-of-generation one) before it delivers
+// the text that token released, from its decode loop.
+type LogprobSink interface {
+	Sink
+	Logprob(lp wire.TokenLogprob)
 }
 
 // Sink receives one sequence's output. The engine calls it from its decode
@@ -186,6 +199,10 @@ type sequence struct {
 	sampler   *llama.SamplingContext
 	maxTokens int
 	text      stopBuffer
+	bias      []biasEntry // logit_bias, by token
+	raw       []float32   // the logits bias changed, before it did
+	lp        *logprober  // nil: no logprobs asked
+	lpSink    LogprobSink
 
 	slot      int
 	prefilled int // prompt tokens already in the KV cache
@@ -476,6 +493,18 @@ func (e *Engine) Submit(ctx context.Context, req Request, sink Sink) (promptToke
 		return len(tokens), fmt.Errorf("%w: max_tokens is %d, but the context holds %d tokens and the prompt uses %d, which leaves %d; lower max_tokens, or leave it out to generate until the context is full",
 			ErrMaxTokens, req.MaxTokens, e.nCtx, len(tokens), left)
 	}
+	bias, err := logitBias(req.Sampling.LogitBias, e.model.NumVocab())
+	if err != nil {
+		return len(tokens), err
+	}
+	var lp *logprober
+	lpSink, _ := sink.(LogprobSink)
+	if req.Logprobs {
+		if lpSink == nil {
+			return len(tokens), errors.New("logprobs asked with a sink that takes none")
+		}
+		lp = &logprober{top: min(max(req.TopLogprobs, 0), MaxTopLogprobs)}
+	}
 	params := samplingParams(req.Sampling)
 	if len(req.Sampling.JSONSchema) > 0 {
 		// Our own converter, never llama.SchemaToGrammar: its grammars
@@ -506,6 +535,10 @@ func (e *Engine) Submit(ctx context.Context, req Request, sink Sink) (promptToke
 		maxTokens: req.MaxTokens,
 		text:      newStopBuffer(req.Stop),
 		batchIdx:  -1,
+		bias:      bias,
+		raw:       make([]float32, len(bias)),
+		lp:        lp,
+		lpSink:    lpSink,
 	}
 	sink.Start(len(tokens))
 	e.firsts.Add(1)
@@ -876,8 +909,25 @@ func (d *decoder) fillBatch(slots []slot) bool {
 // and reports whether the sequence finished.
 func (d *decoder) sample(sl *slot) bool {
 	s := sl.seq
+	var (
+		logits []float32
+		lse    float32
+		top    []wire.TokenLogprob
+	)
+	if s.lp != nil || s.bias != nil {
+		logits = logitsAt(d.lctx, s.batchIdx, len(d.pieces))
+	}
+	if s.lp != nil && logits != nil {
+		lse, top = s.lp.before(logits, d.piece) // from the raw logits
+	}
+	if s.bias != nil && logits != nil {
+		applyBias(logits, s.bias, s.raw)
+	}
 	tok := s.sampler.Sample(d.lctx, s.batchIdx)
 	s.sampler.Accept(tok, true)
+	if s.lp != nil && logits != nil && !d.model.TokenIsEog(tok) {
+		s.lpSink.Logprob(wire.TokenLogprob{Token: []byte(d.piece(tok)), Logprob: clampLogprob(rawLogit(logits, s.bias, s.raw, tok) - lse), Top: top})
+	}
 	s.batchIdx = -1
 	if !s.decoding {
 		d.firsts.Add(-1)

@@ -118,7 +118,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		holdRev = r.markAlone(job.ID, adm, holdRev)
 	}
 
-	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling}
+	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling, Logprobs: job.Logprobs, TopLogprobs: job.TopLogprobs}
 	var renderErr error
 	var run Sink = sink
 	if job.Kind == wire.KindChat {
@@ -169,6 +169,8 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 				param = "tools" // a required call's schema is the function's
 			}
 			werr = &wire.Error{Status: 400, Code: "invalid_schema", Param: param, Message: err.Error()}
+		case errors.Is(err, ErrBadLogitBias):
+			werr = &wire.Error{Status: 400, Param: "logit_bias", Message: err.Error()}
 		}
 		if job.Async {
 			r.publishAsync(ctx, job, &wire.Event{Type: wire.EventError, Error: werr})

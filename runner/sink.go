@@ -106,6 +106,32 @@ type replySink struct {
 	// toolCalls are the reply's tool calls (toolSink), sent with the last
 	// event.
 	toolCalls []wire.ToolCall
+	// lps are the logprobs of tokens sampled and not sent yet, for a job
+	// that asked (an async job's: all of them). A token's logprob is sent
+	// once its text begins to be (see covered): the stop buffer holds
+	// back text that may begin a stop sequence, and the tokens of a
+	// matched one, whose text never comes, are dropped with it.
+	// released counts the bytes of text delivered, lpAt the text offset
+	// of lps[0].
+	lps      []wire.TokenLogprob
+	released int
+	lpAt     int
+}
+
+// Logprob takes a sampled token's logprob; it travels with the delta
+// event that carries its text.
+func (s *replySink) Logprob(lp wire.TokenLogprob) {
+	s.lps = append(s.lps, lp)
+}
+
+// covered is how many of lps have had their text begin to be delivered,
+// and the text offset after them.
+func covered(lps []wire.TokenLogprob, at, released int) (n, after int) {
+	for n < len(lps) && (at < released || len(lps[n].Token) == 0 && at <= released) {
+		at += len(lps[n].Token)
+		n++
+	}
+	return n, at
 }
 
 // setToolCalls gives the reply tool calls; Finish("tool_calls") follows.
@@ -133,6 +159,7 @@ const coalesce = 2 * time.Millisecond
 // one decode step.
 func (s *replySink) Deliver(text []byte) {
 	now := time.Now()
+	s.released += len(text)
 	if s.async {
 		if s.first.IsZero() {
 			s.first = now
@@ -140,10 +167,7 @@ func (s *replySink) Deliver(text []byte) {
 		s.text = append(s.text, text...)
 		return
 	}
-	if len(s.buf) == 0 {
-		s.buf = wire.AppendDelta(s.buf, 0, nil) // numbered when sent
-	}
-	s.buf = append(s.buf, text...)
+	s.appendText(text)
 	if s.first.IsZero() {
 		s.first = now
 	} else if now.Sub(s.sentAt) < coalesce {
@@ -152,7 +176,29 @@ func (s *replySink) Deliver(text []byte) {
 	s.flush(now)
 }
 
+func (s *replySink) appendText(text []byte) {
+	if len(s.buf) == 0 {
+		s.buf = wire.AppendDelta(s.buf, 0, nil) // numbered when sent
+	}
+	s.buf = append(s.buf, text...)
+}
+
 func (s *replySink) flush(now time.Time) {
+	if n, after := covered(s.lps, s.lpAt, s.released); n > 0 && !s.async {
+		// A delta with logprobs is JSON (wire.AppendEvent); its text is
+		// what buf holds past the header. This costs an encode per event
+		// for the jobs that asked, at most one per coalesce interval.
+		s.appendText(nil)
+		ev := &wire.Event{Type: wire.EventDelta, Text: string(s.buf[wire.EventHeaderLen:]), Logprobs: s.lps[:n]}
+		if data, err := s.encode(ev); err == nil {
+			s.nc.Publish(s.subject, data)
+			s.sentAt = now
+		}
+		s.lps = append(s.lps[:0], s.lps[n:]...)
+		s.lpAt = after
+		s.buf = s.buf[:0]
+		return
+	}
 	if len(s.buf) > wire.EventHeaderLen {
 		s.record(s.buf)
 		s.nc.Publish(s.subject, s.buf)
@@ -224,7 +270,8 @@ func (s *replySink) final() *wire.Event {
 		return &wire.Event{Type: wire.EventError, Error: &wire.Error{Status: 500, Code: "internal_error", Message: s.err.Error()}}
 	}
 	u := s.usage
-	return &wire.Event{Type: wire.EventDone, FinishReason: s.reason, Usage: &u, Text: string(s.text), ToolCalls: s.toolCalls}
+	n, _ := covered(s.lps, 0, len(s.text))
+	return &wire.Event{Type: wire.EventDone, FinishReason: s.reason, Usage: &u, Text: string(s.text), ToolCalls: s.toolCalls, Logprobs: s.lps[:n]}
 }
 
 func (s *replySink) send(ev *wire.Event) {

@@ -38,6 +38,15 @@ type toolSink struct {
 
 func (s *toolSink) Start(promptTokens int) { s.next.Start(promptTokens) }
 
+// Logprob passes a token's logprob on (a job may ask for logprobs and
+// offer tools): the reply sink sends those of text it delivers, so a
+// reply that became a tool call carries none.
+func (s *toolSink) Logprob(lp wire.TokenLogprob) {
+	if l, ok := s.next.(LogprobSink); ok {
+		l.Logprob(lp)
+	}
+}
+
 func (s *toolSink) Deliver(text []byte) {
 	if s.decided && !s.holding {
 		s.next.Deliver(text)

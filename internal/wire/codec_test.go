@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"encoding/json"
 	"reflect"
 	"testing"
 )
@@ -14,6 +15,11 @@ func TestEventRoundTrip(t *testing.T) {
 		{Type: EventPhase, Phase: "fetching weights 40%"},
 		{Type: EventDone, FinishReason: "length", Usage: &Usage{PromptTokens: 5, CompletionTokens: 7}, Seq: 9},
 		{Type: EventError, Error: &Error{Status: 400, Code: "context_length_exceeded", Param: "messages", Message: "too long"}},
+		// Logprobs, with a token that is half a UTF-8 character.
+		{Type: EventDelta, Text: "é", Seq: 3, Logprobs: []TokenLogprob{
+			{Token: []byte{0xc3}, Logprob: -0.5, Top: []TokenLogprob{{Token: []byte{0xc3}, Logprob: -0.5}, {Token: []byte("a"), Logprob: -1.25}}},
+			{Token: []byte{0xa9}, Logprob: -0.01},
+		}},
 	}
 	for _, ev := range events {
 		data, err := AppendEvent(nil, &ev)
@@ -33,6 +39,16 @@ func TestEventRoundTrip(t *testing.T) {
 	SetSeq(data, 42)
 	if got, err := DecodeEvent(data); err != nil || got.Seq != 42 || got.Text != "abc" {
 		t.Errorf("SetSeq(42): decoded %+v, %v", got, err)
+	}
+	// An activator that predates logprobs reads a delta carrying them as
+	// JSON, which it always could decode: its text arrives.
+	data, _ = AppendEvent(nil, &Event{Type: EventDelta, Text: "hi", Logprobs: []TokenLogprob{{Token: []byte("hi")}}})
+	var old struct {
+		Type EventType `json:"t"`
+		Text string    `json:"text"`
+	}
+	if data[0] != tagJSON || json.Unmarshal(data[EventHeaderLen:], &old) != nil || old.Type != EventDelta || old.Text != "hi" {
+		t.Errorf("delta with logprobs encoded as %q", data)
 	}
 	for _, bad := range [][]byte{nil, []byte("x"), []byte("d\x00\x00\x00"), []byte("j\x00\x00\x00\x00{"), []byte("x\x00\x00\x00\x00")} {
 		if _, err := DecodeEvent(bad); err == nil {

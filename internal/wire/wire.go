@@ -247,6 +247,9 @@ type Sampling struct {
 	// (response_format json_object or json_schema); the runner turns it
 	// into a llama.cpp grammar.
 	JSONSchema json.RawMessage `json:"json_schema,omitempty"`
+	// LogitBias adds a bias to token IDs' logits before sampling
+	// (OpenAI's logit_bias); -100 bans a token.
+	LogitBias map[int32]float32 `json:"logit_bias,omitempty"`
 }
 
 // Job is one queued inference request.
@@ -280,6 +283,11 @@ type Job struct {
 	// it is stored before the job is acknowledged. A redelivered async job
 	// can then restart from scratch without repeating text.
 	Async bool `json:"async,omitempty"`
+	// Logprobs asks for each generated token's log probability
+	// (Event.Logprobs) and, with TopLogprobs, that many of the most
+	// likely tokens at its position (at most 20).
+	Logprobs    bool `json:"logprobs,omitempty"`
+	TopLogprobs int  `json:"top_logprobs,omitempty"`
 	// Prices are the deployment's token prices when the job was accepted;
 	// the runner copies them into the usage record, so the cost is fixed
 	// at the prices in force, however late the record is ingested.
@@ -326,9 +334,25 @@ type Event struct {
 	ToolCalls []ToolCall `json:"tool_calls,omitempty"`
 	Usage     *Usage     `json:"usage,omitempty"`
 	Error     *Error     `json:"error,omitempty"`
+	// Logprobs are the tokens sampled since the previous event, for a
+	// job that asked (Job.Logprobs). A token whose text is held back (it
+	// may begin a stop sequence) comes in the event that sampled it, so
+	// an event may carry logprobs before its text. The end-of-generation
+	// token has none: it has no text.
+	Logprobs []TokenLogprob `json:"logprobs,omitempty"`
 	// Seq numbers the events one runner sends for one job, from 0; it
 	// travels in the event's header (see AppendEvent).
 	Seq uint32 `json:"-"`
+}
+
+// TokenLogprob is one token and its log probability under the model (its
+// raw logits, before temperature, penalties and logit_bias), with, for
+// a sampled token, the most likely tokens at its position, most likely
+// first. Token is its bytes: a token may hold part of a UTF-8 character.
+type TokenLogprob struct {
+	Token   []byte         `json:"b"`
+	Logprob float32        `json:"l"`
+	Top     []TokenLogprob `json:"top,omitempty"`
 }
 
 // Usage counts tokens for one request.
