@@ -115,9 +115,11 @@ const closeAfterGrace = 5 * time.Second
 
 // Server is one activator.
 type Server struct {
-	log      *slog.Logger
-	reg      Registry
-	keys     KeyManager
+	log  *slog.Logger
+	reg  Registry
+	keys KeyManager
+	// tenants is the registry's tenant management, when it has one.
+	tenants  TenantManager
 	uploader *registry.Uploader
 	// maxUpload bounds a weights upload, in bytes.
 	maxUpload int64
@@ -158,6 +160,7 @@ func New(cfg Config) (*Server, error) {
 		log:         log.With("component", "activator"),
 		reg:         cfg.Registry,
 		keys:        cfg.Registry,
+		tenants:     tenantManager(cfg.Registry),
 		uploader:    cfg.Uploader,
 		maxUpload:   cmp.Or(cfg.MaxUploadBytes, DefaultMaxUploadBytes),
 		nc:          cfg.NATS,
@@ -323,6 +326,7 @@ func (s *Server) routes() *echo.Echo {
 	v1.POST("/keys", s.createKey)
 	v1.GET("/keys", s.listKeys)
 	v1.DELETE("/keys/:id", s.revokeKey)
+	s.tenantRoutes(v1)
 	return e
 }
 
@@ -377,6 +381,9 @@ func (s *Server) authenticate(c echo.Context) (registry.APIKey, error) {
 	if err != nil {
 		s.log.Error("authenticating", "err", err)
 		return registry.APIKey{}, errStatus(http.StatusServiceUnavailable, "server_error", "registry_unavailable", "could not check the API key; try again")
+	}
+	if key.Tenant.Suspended {
+		return registry.APIKey{}, errSuspended()
 	}
 	return key, nil
 }
