@@ -163,6 +163,10 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 		s.metrics.requests.WithLabelValues(dep.Name, deref(e.Code)).Inc()
 		return accepted{}, e
 	}
+	if e := s.limits.admitTenant(key); e != nil {
+		s.metrics.requests.WithLabelValues(dep.Name, deref(e.Code)).Inc()
+		return accepted{}, e
+	}
 
 	prefix := "chatcmpl-"
 	if kind == wire.KindCompletion {
@@ -518,6 +522,7 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 				u = *ev.Usage
 			}
 			rl.s.limits.charge(rl.key, u, rl.prices)
+			rl.s.limits.chargeTenant(rl.key, u)
 			rl.done = &u
 			rl.s.metrics.finished(rl.model, "ok", time.Since(rl.queuedAt), rl.ttft, u)
 			if rl.stream {
