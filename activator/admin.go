@@ -83,6 +83,7 @@ func (s *Server) uploadArtifact(c echo.Context) error {
 	// before a byte is read; a body of unknown length is cut at it.
 	quotaLeft, err := s.uploadQuota(req.Context(), key.TenantID, req.ContentLength)
 	if err != nil {
+		refuseUnread(c)
 		return err
 	}
 	body := &cappedReader{r: req.Body, left: s.maxUpload}

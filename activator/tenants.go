@@ -434,6 +434,16 @@ func (s *Server) uploadQuota(ctx context.Context, tenantID string, declared int6
 	return left, nil
 }
 
+// refuseUnread answers without reading the body: a client that sent
+// Expect: 100-continue then sends none of it (net/http sends 100 Continue
+// only when a handler reads the body, which the error handler's drain
+// would), and the connection is closed rather than reused mid-body.
+func refuseUnread(c echo.Context) {
+	c.Request().Body = http.NoBody
+	c.Set(rawBodyKey, nil)
+	c.Response().Header().Set("Connection", "close")
+}
+
 func (s *Server) quotaLookupErr(err error) error {
 	if err == nil {
 		return nil
