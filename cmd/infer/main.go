@@ -39,6 +39,7 @@ admin key 'infer dev' wrote to $INFER_HOME/admin-key).
 	}
 	root.AddCommand(
 		activatorCmd(), deployCmd(), lsCmd(), rmCmd(), usageCmd(), keysCmd(), benchCmd(),
+		tenantsCmd(), artifactsCmd(),
 	)
 	root.AddCommand(platformCommands()...)
 	addExamples(root)
