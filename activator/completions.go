@@ -641,6 +641,9 @@ func (rl *relay) beginSSE() {
 // for a keepalive, else only when it differs from the last one written.
 func (rl *relay) phaseComment(keepalive bool) {
 	p := rl.s.runners.coldStartPhase(rl.depID)
+	if q := rl.s.runnerQuotaPhase(rl.c.Request().Context(), rl.key, rl.depID); q != "" {
+		p = q
+	}
 	if !keepalive && p == rl.phase {
 		return
 	}

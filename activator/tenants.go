@@ -458,3 +458,26 @@ func errQuota(quota, format string, args ...any) *apiError {
 	e.Param = strp(quota)
 	return e
 }
+
+// runnerQuotaPhase is what a request waits for when its deployment has no
+// runner because its tenant's runners are at the tenant's quota (the
+// control plane starts no more: controlplane/quota.go), or "" otherwise.
+// It costs nothing for tenants without a runner quota.
+func (s *Server) runnerQuotaPhase(ctx context.Context, key registry.APIKey, depID string) string {
+	limit := key.Tenant.MaxRunners
+	if limit == 0 || len(s.runners.list(depID)) > 0 {
+		return ""
+	}
+	deps, err := s.reg.ListDeployments(ctx, key.TenantID)
+	if err != nil {
+		return ""
+	}
+	n := 0
+	for _, d := range deps {
+		n += len(s.runners.list(d.ID))
+	}
+	if n < limit {
+		return ""
+	}
+	return fmt.Sprintf("queued: this tenant runs %d runners, its quota (max_runners %d); the request starts when one of them frees up or the quota is raised", n, limit)
+}

@@ -419,3 +419,49 @@ func TestArtifactLifecycle(t *testing.T) {
 		t.Errorf("deleting again: %d", code)
 	}
 }
+
+// TestRunnerQuotaComment: the tenant (the harness's) has max_runners 1 and
+// one runner, on "busy"; a streamed request to its other deployment
+// "waiting" queues and its SSE comments say it waits for the tenant's
+// runner quota.
+func TestRunnerQuotaComment(t *testing.T) {
+	h := newHarness(t)
+	h.deploy("busy", map[string]any{})
+	h.deploy("waiting", map[string]any{})
+	h.startRunner("busy", 1, 256)
+	if code, _, out := call(t, h.url, adminKey, http.MethodPatch, "/v1/tenants/"+h.tenant, `{"quotas":{"max_runners":1}}`); code != 200 {
+		t.Fatalf("setting the quota: %d %v", code, out)
+	}
+	// The runner's heartbeat reaches the activator.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, _, out := call(t, h.url, adminKey, http.MethodGet, "/v1/deployments/busy", "")
+		if rs, _ := out["runners"].([]any); code == 200 && len(rs) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("busy's runner never showed: %v", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, h.url+"/v1/completions",
+		strings.NewReader(`{"model":"waiting","prompt":"a","max_tokens":1,"stream":true}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+adminKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 4096)
+	var got strings.Builder
+	for !strings.Contains(got.String(), "max_runners 1") {
+		n, err := resp.Body.Read(buf)
+		got.Write(buf[:n])
+		if err != nil {
+			t.Fatalf("the stream never said why it waits (%v):\n%s", err, got.String())
+		}
+	}
+}

@@ -508,6 +508,7 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 	}
 
 	want := Desired(d, depth.Total())
+	want = cp.capByTenant(ctx, d, len(live), want)
 	cp.mu.Lock()
 	f := cp.failures[d.ID]
 	cp.mu.Unlock()

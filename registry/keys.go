@@ -207,7 +207,7 @@ func scanKey(row pgx.Row, extra ...any) (APIKey, error) {
 	var k APIKey
 	dst := append(extra, &k.ID, &k.TenantID, &k.Name, &k.Role, &k.Prefix, &k.CreatedAt, &k.RevokedAt,
 		&k.Deployments, &k.RequestsPerMinute, &k.TokensPerMinute, &k.BudgetUSD,
-		&k.Tenant.Suspended, &k.Tenant.Operator, &k.Tenant.RequestsPerMinute, &k.Tenant.TokensPerMinute)
+		&k.Tenant.Suspended, &k.Tenant.Operator, &k.Tenant.RequestsPerMinute, &k.Tenant.TokensPerMinute, &k.Tenant.MaxRunners)
 	err := row.Scan(dst...)
 	if k.Deployments == nil {
 		k.Deployments = []string{}

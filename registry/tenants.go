@@ -30,6 +30,9 @@ type TenantState struct {
 	// across all its keys; 0 is unlimited.
 	RequestsPerMinute int
 	TokensPerMinute   int
+	// MaxRunners is the tenant's runner quota (0: none), which the
+	// activator names in a queued request's SSE comments.
+	MaxRunners int
 }
 
 // keyTenantColumns reads TenantState for an api_keys row (in SELECT and in
@@ -38,7 +41,8 @@ const keyTenantColumns = `
 	coalesce((SELECT t.suspended_at IS NOT NULL FROM tenants t WHERE t.id = api_keys.tenant_id), false),
 	coalesce((SELECT t.name = '` + OperatorTenant + `' FROM tenants t WHERE t.id = api_keys.tenant_id), false),
 	coalesce((SELECT t.requests_per_min FROM tenants t WHERE t.id = api_keys.tenant_id), 0),
-	coalesce((SELECT t.tokens_per_min FROM tenants t WHERE t.id = api_keys.tenant_id), 0)`
+	coalesce((SELECT t.tokens_per_min FROM tenants t WHERE t.id = api_keys.tenant_id), 0),
+	coalesce((SELECT t.max_runners FROM tenants t WHERE t.id = api_keys.tenant_id), 0)`
 
 // Quotas bound what a tenant may use. Zero values (nil for the budget) do
 // not bound.
