@@ -60,6 +60,17 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		return errStatus(http.StatusInternalServerError, "server_error", "", "encoding job: %v", err)
 	}
 	ctx := c.Request().Context()
+	// A place in the deployment's queue, shared fairly between keys
+	// (fair.go).
+	release, err := s.fair.admit(ctx, dep, a.key.ID, job.Deadline)
+	if err != nil {
+		if ctx.Err() != nil {
+			s.metrics.requests.WithLabelValues(dep.Name, "cancelled").Inc()
+			return nil
+		}
+		return err
+	}
+	defer release()
 	seq, err := s.enqueue(ctx, dep, id, data, job.Deadline)
 	if err != nil {
 		return err

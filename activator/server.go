@@ -131,6 +131,7 @@ type Server struct {
 	async     *asyncJobs
 	metrics   *metrics
 	limits    *limiter
+	fair      *fairGates
 	echo      *echo.Echo
 	openapi   []byte // the API reference as JSON, for GET /openapi.json
 
@@ -185,6 +186,7 @@ func New(cfg Config) (*Server, error) {
 		reg = prometheus.NewRegistry()
 	}
 	s.metrics = newMetrics(reg)
+	s.fair = newFairGates(reg)
 	if s.async, err = newAsyncJobs(s, cfg); err != nil {
 		s.replies.close()
 		s.runners.close()
