@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -60,23 +61,6 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		return errStatus(http.StatusInternalServerError, "server_error", "", "encoding job: %v", err)
 	}
 	ctx := c.Request().Context()
-	// A place in the deployment's queue, shared fairly between keys
-	// (fair.go).
-	release, err := s.fair.admit(ctx, dep, a.key.ID, job.Deadline)
-	if err != nil {
-		if ctx.Err() != nil {
-			s.metrics.requests.WithLabelValues(dep.Name, "cancelled").Inc()
-			return nil
-		}
-		return err
-	}
-	defer release()
-	seq, err := s.enqueue(ctx, dep, id, data, job.Deadline)
-	if err != nil {
-		return err
-	}
-	s.metrics.queued.WithLabelValues(dep.Name).Inc()
-
 	rl = &relay{
 		s:       s,
 		c:       c,
@@ -90,6 +74,44 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		usage:   req.StreamOptions != nil && req.StreamOptions.IncludeUsage,
 		created: time.Now().Unix(),
 	}
+	// A place in the deployment's queue, shared fairly between keys
+	// (fair.go); a stream waiting for one hears why.
+	release, err := s.fair.admit(ctx, dep, a.key.ID, job.Deadline, s.draining, func(waiting int) {
+		if !rl.stream {
+			return
+		}
+		if !rl.sse {
+			rl.beginSSE()
+		}
+		rl.comment(fmt.Sprintf("queued: %d requests wait for this deployment; its places are shared fairly between API keys", waiting))
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			rl = nil
+			s.metrics.requests.WithLabelValues(dep.Name, "cancelled").Inc()
+			return nil
+		}
+		var ae *apiError
+		if errors.As(err, &ae) {
+			s.metrics.requests.WithLabelValues(dep.Name, deref(ae.Code)).Inc()
+			fail := rl.fail(ae)
+			rl = nil
+			return fail
+		}
+		return err
+	}
+	defer release()
+	seq, err := s.enqueue(ctx, dep, id, data, job.Deadline)
+	if err != nil {
+		if rl.sse {
+			var ae *apiError
+			if errors.As(err, &ae) {
+				return rl.fail(ae)
+			}
+		}
+		return err
+	}
+	s.metrics.queued.WithLabelValues(dep.Name).Inc()
 	s.metrics.waiting.WithLabelValues(dep.Name).Inc()
 	defer func() {
 		if rl.started {

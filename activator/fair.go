@@ -18,10 +18,11 @@ import (
 // synchronous requests to the queue through a gate:
 //
 //   - At most window requests per deployment are in the queue or running
-//     from this activator at once, where window is the most the deployment
-//     can ever run at once (parallel × max(max_runners, min_runners)). The
-//     control plane still sees enough queued work to scale to the maximum,
-//     and nothing the runners could take waits here.
+//     from this activator at once, where window is twice the most the
+//     deployment can ever run at once (2 × parallel × max(max_runners,
+//     min_runners); see fairWindow). The control plane still sees enough
+//     queued work to scale to the maximum, and nothing the runners could
+//     take waits here.
 //   - Beyond it, requests wait here in one first-in-first-out line per key,
 //     and each freed place goes to the key with the fewest requests in the
 //     queue or running, ties to the key served longest ago (max-min
@@ -70,9 +71,13 @@ type fairGate struct {
 }
 
 // fairWindow is how many of a deployment's requests the gate lets into its
-// queue at once: what the deployment can run at once.
+// queue at once: twice what the deployment can run at once. The second
+// half keeps a batch queued behind the running one, so a runner that
+// finishes a request takes the next from JetStream at once rather than
+// waiting for this activator to publish it (and a cold deployment's queue
+// shows the control plane work for every runner it may start).
 func fairWindow(d registry.Deployment) int {
-	return max(1, d.Parallel) * max(1, d.MaxRunners, d.MinRunners)
+	return 2 * max(1, d.Parallel) * max(1, d.MaxRunners, d.MinRunners)
 }
 
 // keyLoad is one waiting key, as nextKey sees it.
@@ -96,8 +101,11 @@ func nextKey(keys []keyLoad) int {
 }
 
 // admit waits for the request's place in its deployment's queue and
-// returns the function that gives it back when the request ends.
-func (g *fairGates) admit(ctx context.Context, d registry.Deployment, keyID string, deadline time.Time) (func(), error) {
+// returns the function that gives it back when the request ends. While it
+// waits, it calls wait every keepaliveEvery (a stream writes an SSE comment
+// saying why it waits) and gives up when draining is closed (shutdown).
+func (g *fairGates) admit(ctx context.Context, d registry.Deployment, keyID string, deadline time.Time,
+	draining <-chan struct{}, wait func(waiting int)) (func(), error) {
 	g.mu.Lock()
 	gate := g.gates[d.ID]
 	if gate == nil {
@@ -125,15 +133,32 @@ func (g *fairGates) admit(ctx context.Context, d registry.Deployment, keyID stri
 
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
+	tick := time.NewTicker(keepaliveEvery)
+	defer tick.Stop()
+	if wait != nil {
+		wait(g.waitingFor(d.ID))
+	}
 	var err error
-	select {
-	case <-ch:
-		return release, nil
-	case <-ctx.Done():
-		err = ctx.Err()
-	case <-timer.C:
-		err = errStatus(http.StatusGatewayTimeout, "server_error", "queue_timeout",
-			"no runner started the request within the deployment's queue timeout (%s); other requests were ahead of it", d.QueueTimeout)
+wait:
+	for {
+		select {
+		case <-ch:
+			return release, nil
+		case <-ctx.Done():
+			err = ctx.Err()
+			break wait
+		case <-draining:
+			err = errShuttingDown(false)
+			break wait
+		case <-timer.C:
+			err = errStatus(http.StatusGatewayTimeout, "server_error", "queue_timeout",
+				"no runner started the request within the deployment's queue timeout (%s); other requests were ahead of it", d.QueueTimeout)
+			break wait
+		case <-tick.C:
+			if wait != nil {
+				wait(g.waitingFor(d.ID))
+			}
+		}
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -160,6 +185,16 @@ func (g *fairGates) admit(ctx context.Context, d registry.Deployment, keyID stri
 		g.waiting.WithLabelValues(d.Name).Dec()
 	}
 	return nil, err
+}
+
+// waitingFor is how many requests wait in the deployment's gate.
+func (g *fairGates) waitingFor(depID string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if gate := g.gates[depID]; gate != nil {
+		return gate.waiting
+	}
+	return 0
 }
 
 // take admits one request of key. Called with g.mu held.

@@ -79,12 +79,14 @@ func TestFairSharing(t *testing.T) {
 		wg.Add(1)
 		go send("A", keyA)
 	}
-	waitGauge(199) // one is in the queue: the deployment runs one at a time
+	// Two are in the queue (the gate's window: twice the one request the
+	// deployment runs at a time), the rest wait in the gate.
+	waitGauge(198)
 	for range 5 {
 		wg.Add(1)
 		go send("B", keyB)
 	}
-	waitGauge(204)
+	waitGauge(203)
 	h.startRunnerProcessSpec(runnerProcessSpec{Deployment: "fair", Engine: runner.EngineConfig{Parallel: 1}, Instant: true})
 	wg.Wait()
 	last := 0
@@ -94,9 +96,14 @@ func TestFairSharing(t *testing.T) {
 		}
 	}
 	t.Logf("B's 5 requests were done by slot %d of %d", last, len(order))
-	// A's first request was queued before B arrived; then the two keys
-	// alternate: B's fifth is the 10th or 11th to start.
-	if len(order) != 205 || last > 12 {
-		t.Errorf("B's last request started in slot %d of %d, want within the first 12: %v", last, len(order), order[:min(len(order), 20)])
+	// A's first two requests were queued before B arrived; then the keys
+	// alternate (A A B A B A B A B A B): B's fifth gets the 11th place. The
+	// order requests finish in trails the order of places by up to the
+	// window (the instant runner answers a queued job while it sends the
+	// last one's reply), and a loaded machine shuffles a little more: 20 of
+	// 205 still says B's requests did not wait behind A's 200 (without the
+	// gate they are the last five).
+	if len(order) != 205 || last > 20 {
+		t.Errorf("B's last request started in slot %d of %d, want within the first 20: %v", last, len(order), order[:min(len(order), 20)])
 	}
 }

@@ -332,7 +332,7 @@ func (s *Server) getArtifact(c echo.Context) error {
 		return err
 	}
 	sha := c.Param("sha")
-	if err := artifactParam(sha); err != nil {
+	if err := shaParam(sha); err != nil {
 		return err
 	}
 	a, err := s.reg.GetTenantArtifact(c.Request().Context(), key.TenantID, sha)
@@ -343,6 +343,16 @@ func (s *Server) getArtifact(c echo.Context) error {
 		return s.registryError("looking up artifact", err)
 	}
 	return c.JSON(http.StatusOK, a)
+}
+
+// shaParam checks the {sha} of an artifact route.
+func shaParam(sha string) error {
+	if e := artifactParam(sha); e != nil {
+		e.Param = strp("sha")
+		e.Message = "sha must be the sha256 of uploaded weights: 64 lowercase hexadecimal digits"
+		return e
+	}
+	return nil
 }
 
 func errArtifactNotFound(sha string) *apiError {
@@ -363,7 +373,7 @@ func (s *Server) deleteArtifact(c echo.Context) error {
 		return err
 	}
 	sha := c.Param("sha")
-	if err := artifactParam(sha); err != nil {
+	if err := shaParam(sha); err != nil {
 		return err
 	}
 	ctx := c.Request().Context()
