@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -80,8 +81,21 @@ func (s *Server) uploadArtifact(c echo.Context) error {
 	if req.ContentLength > s.maxUpload {
 		return s.errUploadTooLarge()
 	}
+	// The tenant's byte quota is checked against the declared length
+	// before a byte is read; a body of unknown length is cut at it.
+	quotaLeft, err := s.uploadQuota(req.Context(), key.TenantID, req.ContentLength)
+	if err != nil {
+		refuseUnread(c)
+		return err
+	}
 	body := &cappedReader{r: req.Body, left: s.maxUpload}
+	if quotaLeft >= 0 && quotaLeft < body.left {
+		body.left = quotaLeft
+	}
 	a, err := s.uploader.Upload(req.Context(), body, req.ContentLength)
+	if body.exceeded && body.left < s.maxUpload && quotaLeft >= 0 {
+		return errQuota("max_artifact_bytes", "the upload is larger than the %d bytes the tenant may still hold; delete unused weights (infer artifacts rm) or ask the platform operator for more", quotaLeft)
+	}
 	if body.exceeded {
 		// Whatever the uploader made of the cut-off body, it stored
 		// nothing and recorded nothing.
@@ -220,6 +234,13 @@ func (s *Server) putDeployment(c echo.Context) error {
 	if err := registry.ValidName(name); err != nil {
 		return errInvalid("name", "%v", err)
 	}
+	// dry_run=true checks the name, the settings and the quota and saves
+	// nothing; a new deployment may then omit its artifact, so a client
+	// learns of a refusal before it uploads the weights.
+	dryRun, err := boolParam(c, "dry_run")
+	if err != nil {
+		return err
+	}
 	var spec deploymentSpec
 	if err := bind(c, &spec, "deployment"); err != nil {
 		return err
@@ -235,8 +256,11 @@ func (s *Server) putDeployment(c echo.Context) error {
 		d.ID = registry.NewDeploymentID()
 		d.Name = name
 		d.TenantID = key.TenantID
-		if spec.Artifact == "" {
+		if spec.Artifact == "" && !dryRun {
 			return errInvalid("artifact", "a new deployment needs an artifact (the sha256 of uploaded weights)")
+		}
+		if err := s.deploymentQuota(ctx, key.TenantID); err != nil {
+			return err
 		}
 	case err != nil:
 		return s.registryError("looking up deployment", err)
@@ -278,12 +302,17 @@ func (s *Server) putDeployment(c echo.Context) error {
 		setIfPresent(&d.Resources.GPUs, r.GPUs)
 		setIfPresent(&d.Resources.NodeSelector, r.NodeSelector)
 	}
-	if err := d.Validate(); err != nil {
+	check := d
+	if dryRun && check.ArtifactSHA256 == "" {
+		// Weights not uploaded yet: every other setting is checked.
+		check.ArtifactSHA256 = strings.Repeat("0", 64)
+	}
+	if err := check.Validate(); err != nil {
 		return fieldInvalid(err)
 	}
 	// What the weights and this platform can honour, which Validate
 	// cannot know.
-	if d.ContextLength > 0 && art == nil {
+	if d.ContextLength > 0 && art == nil && d.ArtifactSHA256 != "" {
 		a, err := s.reg.GetTenantArtifact(ctx, key.TenantID, d.ArtifactSHA256)
 		if err != nil {
 			return s.registryError("looking up artifact", err)
@@ -307,6 +336,9 @@ func (s *Server) putDeployment(c echo.Context) error {
 		if d.Resources.GPUs > have {
 			return errInvalid("resources.gpus", "resources.gpus is %d, but runners here are local processes and this host has %d GPUs (nvidia-smi): ask for at most %d, or use the Kubernetes driver", d.Resources.GPUs, have, have)
 		}
+	}
+	if dryRun {
+		return c.JSON(http.StatusOK, map[string]any{"object": "deployment", "dry_run": true, "deployment": d})
 	}
 	// A new deployment's queue is created when it first has work (the
 	// first request's publish finds no stream and creates it, and so does

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -63,12 +64,6 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		return errStatus(http.StatusInternalServerError, "server_error", "", "encoding job: %v", err)
 	}
 	ctx := c.Request().Context()
-	seq, err := s.enqueue(ctx, dep, id, data, job.Deadline)
-	if err != nil {
-		return err
-	}
-	s.metrics.queued.WithLabelValues(dep.Name).Inc()
-
 	rl = &relay{
 		s:       s,
 		c:       c,
@@ -86,6 +81,44 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 	if req.Echo != nil && *req.Echo {
 		rl.echo = job.Prompt
 	}
+	// A place in the deployment's queue, shared fairly between keys
+	// (fair.go); a stream waiting for one hears why.
+	release, err := s.fair.admit(ctx, dep, a.key.ID, job.Deadline, s.draining, func(waiting int) {
+		if !rl.stream {
+			return
+		}
+		if !rl.sse {
+			rl.beginSSE()
+		}
+		rl.comment(fmt.Sprintf("queued: %d requests wait for this deployment; its places are shared fairly between API keys", waiting))
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			rl = nil
+			s.metrics.requests.WithLabelValues(dep.Name, "cancelled").Inc()
+			return nil
+		}
+		var ae *apiError
+		if errors.As(err, &ae) {
+			s.metrics.requests.WithLabelValues(dep.Name, deref(ae.Code)).Inc()
+			fail := rl.fail(ae)
+			rl = nil
+			return fail
+		}
+		return err
+	}
+	defer release()
+	seq, err := s.enqueue(ctx, dep, id, data, job.Deadline)
+	if err != nil {
+		if rl.sse {
+			var ae *apiError
+			if errors.As(err, &ae) {
+				return rl.fail(ae)
+			}
+		}
+		return err
+	}
+	s.metrics.queued.WithLabelValues(dep.Name).Inc()
 	s.metrics.waiting.WithLabelValues(dep.Name).Inc()
 	defer func() {
 		if rl.started {
@@ -180,6 +213,10 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 	// On the answer and on a 429 alike, as OpenAI sends them.
 	s.limits.setRateHeaders(key, c.Response().Header())
 	if e != nil {
+		s.metrics.requests.WithLabelValues(dep.Name, deref(e.Code)).Inc()
+		return accepted{}, e
+	}
+	if e := s.limits.admitTenant(key); e != nil {
 		s.metrics.requests.WithLabelValues(dep.Name, deref(e.Code)).Inc()
 		return accepted{}, e
 	}
@@ -556,6 +593,7 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 				u = *ev.Usage
 			}
 			rl.s.limits.charge(rl.key, u, rl.prices)
+			rl.s.limits.chargeTenant(rl.key, u)
 			rl.done = &u
 			rl.s.metrics.finished(rl.model, "ok", time.Since(rl.queuedAt), rl.ttft, u)
 			rl.enc.toolCalls = ev.ToolCalls
@@ -685,6 +723,9 @@ func (rl *relay) beginSSE() {
 // for a keepalive, else only when it differs from the last one written.
 func (rl *relay) phaseComment(keepalive bool) {
 	p := rl.s.runners.coldStartPhase(rl.depID)
+	if q := rl.s.runnerQuotaPhase(rl.c.Request().Context(), rl.key, rl.depID); q != "" {
+		p = q
+	}
 	if !keepalive && p == rl.phase {
 		return
 	}

@@ -33,6 +33,7 @@ func TestHostileInputsEveryRoute(t *testing.T) {
 	noInput := map[string]bool{
 		"GET /healthz": true, "GET /openapi.json": true, "GET /v1/models": true,
 		"GET /v1/deployments": true, "GET /v1/keys": true, "GET /v1/me": true,
+		"GET /v1/tenants": true, "GET /v1/artifacts": true,
 	}
 	cases := []struct {
 		op, path, body string
@@ -92,6 +93,21 @@ func TestHostileInputsEveryRoute(t *testing.T) {
 		{"POST /v1/async/completions", "/v1/async/completions", `{"model":"a\u0000","prompt":"x"}`, 400, "model"},
 		{"GET /v1/async/{id}", "/v1/async/a%00b", "", 404, "id"},
 		{"POST /v1/artifacts", "/v1/artifacts", "GGUF\x00\x00\x00\x00not really", 400, "file"},
+		{"GET /v1/artifacts/{sha}", "/v1/artifacts/a%00b", "", 400, "sha"},
+		{"DELETE /v1/artifacts/{sha}", "/v1/artifacts/" + strings.Repeat("f", 63) + "%FF", "", 400, "sha"},
+
+		{"POST /v1/tenants", "/v1/tenants", `{"name":"a\u0000b"}`, 400, "name"},
+		{"POST /v1/tenants", "/v1/tenants", `{"name":"ok","quotas":{"max_runners":1e400}}`, 400, "quotas.max_runners"},
+		{"POST /v1/tenants", "/v1/tenants", `{"name":"ok","quotas":{"max_artifact_bytes":-1}}`, 400, "max_artifact_bytes"},
+		{"POST /v1/tenants", "/v1/tenants", `{"name":"ok","quotas":{"monthly_budget_usd":1e308}}`, 400, "monthly_budget_usd"},
+		{"GET /v1/tenants/{id}", "/v1/tenants/a%00b", "", 400, "id"},
+		{"PATCH /v1/tenants/{id}", "/v1/tenants/%FF", `{"quotas":{}}`, 400, "id"},
+		{"PATCH /v1/tenants/{id}", "/v1/tenants/" + h.tenant, `{"quotas":{"tokens_per_minute":"many"}}`, 400, "quotas.tokens_per_minute"},
+		{"DELETE /v1/tenants/{id}", "/v1/tenants/a%00b", "", 400, "id"},
+		{"POST /v1/tenants/{id}/suspend", "/v1/tenants/a%00b/suspend", "", 400, "id"},
+		{"POST /v1/tenants/{id}/resume", "/v1/tenants/%C3%28/resume", "", 400, "id"},
+		{"GET /v1/tenants/{id}/invoice", "/v1/tenants/a%00b/invoice", "", 400, "id"},
+		{"GET /v1/tenants/{id}/invoice", "/v1/tenants/" + h.tenant + "/invoice?month=%00", "", 400, "month"},
 	}
 
 	resp, err := http.Get(h.url + "/openapi.json")

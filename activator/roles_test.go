@@ -138,6 +138,14 @@ func TestRoleTable(t *testing.T) {
 		victimKeys[c], _ = h.newKey(adminKey, `{"name":"victim"}`)
 	}
 
+	// Tenants, created through the API by the operator (the admin key of
+	// the tenant "default"); each caller deletes a victim of its own.
+	victimTenants := map[string]string{}
+	for _, c := range callers {
+		victimTenants[c] = h.newTenant(adminKey, "victim-tenant-"+c).ID
+	}
+	suspendee := h.newTenant(adminKey, "suspendee").ID
+
 	const (
 		ok, created, accepted             = 200, 201, 202
 		forbidden, notFound, unauthorized = 403, 404, 401
@@ -187,6 +195,29 @@ func TestRoleTable(t *testing.T) {
 		{op: "POST /v1/keys", path: "/v1/keys", body: `{"name":"new"}`, want: statuses(created, forbidden, forbidden, created, unauthorized, unauthorized)},
 		{op: "DELETE /v1/keys/{id}", pathFor: func(c string) string { return "/v1/keys/" + victimKeys[c] },
 			want: statuses(ok, forbidden, forbidden, notFound, unauthorized, unauthorized)},
+
+		// The operator's routes: the other tenant's admin is a tenant
+		// admin, not the operator.
+		{op: "POST /v1/tenants", path: "/v1/tenants", body: `{"name":"newcorp"}`, want: statuses(created, forbidden, forbidden, forbidden, unauthorized, unauthorized)},
+		{op: "GET /v1/tenants", path: "/v1/tenants", want: statuses(ok, forbidden, forbidden, forbidden, unauthorized, unauthorized)},
+		{op: "GET /v1/tenants/{id}", path: "/v1/tenants/" + other.TenantID, want: statuses(ok, forbidden, forbidden, ok, unauthorized, unauthorized)},
+		{op: "GET /v1/tenants/{id}", path: "/v1/tenants/" + owner.TenantID, want: statuses(ok, forbidden, forbidden, notFound, unauthorized, unauthorized)},
+		{op: "PATCH /v1/tenants/{id}", path: "/v1/tenants/" + other.TenantID, body: `{"quotas":{"max_runners":5}}`, want: statuses(ok, forbidden, forbidden, forbidden, unauthorized, unauthorized)},
+		{op: "POST /v1/tenants/{id}/suspend", path: "/v1/tenants/" + suspendee + "/suspend", want: statuses(ok, forbidden, forbidden, forbidden, unauthorized, unauthorized)},
+		{op: "POST /v1/tenants/{id}/resume", path: "/v1/tenants/" + suspendee + "/resume", want: statuses(ok, forbidden, forbidden, forbidden, unauthorized, unauthorized)},
+		{op: "DELETE /v1/tenants/{id}", pathFor: func(c string) string { return "/v1/tenants/" + victimTenants[c] },
+			want: statuses(ok, forbidden, forbidden, forbidden, unauthorized, unauthorized)},
+		// An invoice: the operator reads any tenant's, an admin its own.
+		{op: "GET /v1/tenants/{id}/invoice", path: "/v1/tenants/" + other.TenantID + "/invoice?month=2026-12", want: statuses(ok, forbidden, forbidden, ok, unauthorized, unauthorized)},
+		{op: "GET /v1/tenants/{id}/invoice", path: "/v1/tenants/" + owner.TenantID + "/invoice?format=csv", want: statuses(ok, forbidden, forbidden, notFound, unauthorized, unauthorized)},
+
+		// Artifacts. The other tenant uploaded the same weights in the
+		// POST /v1/artifacts row above, so it holds them too; only the
+		// owner's deployments use them.
+		{op: "GET /v1/artifacts", path: "/v1/artifacts", want: statuses(ok, forbidden, forbidden, ok, unauthorized, unauthorized)},
+		{op: "GET /v1/artifacts/{sha}", path: "/v1/artifacts/" + h.art.SHA256, want: statuses(ok, forbidden, forbidden, ok, unauthorized, unauthorized)},
+		{op: "GET /v1/artifacts/{sha}", path: "/v1/artifacts/" + strings.Repeat("ab", 32), want: statuses(notFound, forbidden, forbidden, notFound, unauthorized, unauthorized)},
+		{op: "DELETE /v1/artifacts/{sha}", path: "/v1/artifacts/" + h.art.SHA256, want: statuses(conflict, forbidden, forbidden, ok, unauthorized, unauthorized)},
 	}
 
 	// Every operation of the document has a row, and its x-infer-access
@@ -229,8 +260,12 @@ func TestRoleTable(t *testing.T) {
 					if r.want[asNone] != unauthorized || r.want[asRevoked] != unauthorized {
 						t.Errorf("%s needs a key in the document but its row wants %d without one", name, r.want[asNone])
 					}
+				case "operator":
+					if r.want[asOther] != forbidden || r.want[asUser] != forbidden || r.want[asNone] != unauthorized {
+						t.Errorf("%s is the operator's in the document but its row wants %d for another tenant's admin key", name, r.want[asOther])
+					}
 				default:
-					t.Errorf("%s: x-infer-access is %q; want public, key or admin", name, access)
+					t.Errorf("%s: x-infer-access is %q; want public, key, admin or operator", name, access)
 				}
 			}
 		}

@@ -129,9 +129,11 @@ const closeAfterGrace = 5 * time.Second
 
 // Server is one activator.
 type Server struct {
-	log      *slog.Logger
-	reg      Registry
-	keys     KeyManager
+	log  *slog.Logger
+	reg  Registry
+	keys KeyManager
+	// tenants is the registry's tenant management, when it has one.
+	tenants  TenantManager
 	uploader *registry.Uploader
 	// maxUpload bounds a weights upload, in bytes.
 	maxUpload int64
@@ -146,6 +148,7 @@ type Server struct {
 	async        *asyncJobs
 	metrics      *metrics
 	limits       *limiter
+	fair         *fairGates
 	echo         *echo.Echo
 	openapi      []byte // the API reference as JSON, for GET /openapi.json
 	// console holds the web console's files, ready to serve.
@@ -180,6 +183,7 @@ func New(cfg Config) (*Server, error) {
 		log:          log.With("component", "activator"),
 		reg:          cfg.Registry,
 		keys:         cfg.Registry,
+		tenants:      tenantManager(cfg.Registry),
 		uploader:     cfg.Uploader,
 		maxUpload:    cmp.Or(cfg.MaxUploadBytes, DefaultMaxUploadBytes),
 		localRunners: cfg.LocalRunners,
@@ -207,6 +211,7 @@ func New(cfg Config) (*Server, error) {
 		reg = prometheus.NewRegistry()
 	}
 	s.metrics = newMetrics(reg)
+	s.fair = newFairGates(reg)
 	if s.async, err = newAsyncJobs(s, cfg); err != nil {
 		s.replies.close()
 		s.runners.close()
@@ -356,6 +361,7 @@ func (s *Server) routes() *echo.Echo {
 	v1.GET("/keys", s.listKeys)
 	v1.DELETE("/keys/:id", s.revokeKey)
 	v1.GET("/me", s.me)
+	s.tenantRoutes(v1)
 	return e
 }
 
@@ -410,6 +416,9 @@ func (s *Server) authenticate(c echo.Context) (registry.APIKey, error) {
 	if err != nil {
 		s.log.Error("authenticating", "err", err)
 		return registry.APIKey{}, errStatus(http.StatusServiceUnavailable, "server_error", "registry_unavailable", "could not check the API key; try again")
+	}
+	if key.Tenant.Suspended {
+		return registry.APIKey{}, errSuspended()
 	}
 	return key, nil
 }

@@ -778,6 +778,16 @@ func (cp *ControlPlane) reconcile(ctx context.Context, d registry.Deployment, ru
 	}
 	dec := Plan(in, now)
 
+	if dec.Start > 0 {
+		// The tenant's runner quota (quota.go) is the one input Plan does
+		// not have: it spans the tenant's other deployments.
+		if allowed := cp.capByTenant(ctx, d, dec.Live, dec.Live+dec.Start) - dec.Live; allowed < dec.Start {
+			dec.Start = max(0, allowed)
+			// Nothing of this deployment's own says when a runner of
+			// another one stops: look again.
+			cp.wakeAt(d.ID, now.Add(cp.cfg.Tick))
+		}
+	}
 	for _, a := range dec.Drain {
 		log.Info("stopping runner: "+a.Reason, "runner", a.ID, "runners", dec.Live, "want", dec.Want, "idle_timeout", d.IdleTimeout)
 		cp.cfg.Driver.Stop(ctx, a.ID)

@@ -273,7 +273,9 @@ func (c *Cache) listen(ctx context.Context) error {
 
 func (c *Cache) reload(ctx context.Context, table string) error {
 	switch table {
-	case "api_keys":
+	case "api_keys", "tenants":
+		// A key carries its tenant's state (suspended, quotas), so a
+		// tenant's change reloads the keys.
 		keys, err := c.loadKeys(ctx)
 		if err != nil {
 			return err

@@ -45,6 +45,11 @@ type Tenant struct {
 	ID        string    `json:"id"`
 	Name      string    `json:"name"`
 	CreatedAt time.Time `json:"created_at"`
+	// SuspendedAt is set while an operator has suspended the tenant.
+	SuspendedAt *time.Time `json:"suspended_at"`
+	// Operator marks the platform operator's tenant (see OperatorTenant).
+	Operator bool   `json:"operator"`
+	Quotas   Quotas `json:"quotas"`
 }
 
 // APIKey is a key's record. The secret itself is never stored.
@@ -57,6 +62,9 @@ type APIKey struct {
 	CreatedAt time.Time  `json:"created_at"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
 	Limits
+	// Tenant is the state of the key's tenant when the key was loaded
+	// (see tenants.go); a change to the tenant reloads cached keys.
+	Tenant TenantState `json:"-"`
 }
 
 // Limits restrict what a key may do. Zero values do not restrict.
@@ -193,12 +201,13 @@ func validRole(role string) error {
 }
 
 const keyColumns = `id, tenant_id, name, role, prefix, created_at, revoked_at,
-	deployments, requests_per_min, tokens_per_min, budget_usd::float8`
+	deployments, requests_per_min, tokens_per_min, budget_usd::float8, ` + keyTenantColumns
 
 func scanKey(row pgx.Row, extra ...any) (APIKey, error) {
 	var k APIKey
 	dst := append(extra, &k.ID, &k.TenantID, &k.Name, &k.Role, &k.Prefix, &k.CreatedAt, &k.RevokedAt,
-		&k.Deployments, &k.RequestsPerMinute, &k.TokensPerMinute, &k.BudgetUSD)
+		&k.Deployments, &k.RequestsPerMinute, &k.TokensPerMinute, &k.BudgetUSD,
+		&k.Tenant.Suspended, &k.Tenant.Operator, &k.Tenant.RequestsPerMinute, &k.Tenant.TokensPerMinute, &k.Tenant.MaxRunners)
 	err := row.Scan(dst...)
 	if k.Deployments == nil {
 		k.Deployments = []string{}

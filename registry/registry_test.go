@@ -593,7 +593,7 @@ func TestUsage(t *testing.T) {
 	}
 }
 
-// TestNotifications checks that changing deployments or keys notifies
+// TestNotifications checks that changing tenants, deployments or keys notifies
 // listeners on ChangesChannel.
 func TestNotifications(t *testing.T) {
 	s, dsn := openStore(t)
@@ -620,6 +620,7 @@ func TestNotifications(t *testing.T) {
 	}
 
 	tenant, _ := s.EnsureTenant(ctx, "acme")
+	expect("tenants") // keys carry their tenant's state (tenants.go)
 	art := putArtifact(t, s, strings.Repeat("1", 64))
 	d := DefaultDeployment()
 	d.TenantID, d.Name, d.ArtifactSHA256 = tenant.ID, "stories", art.SHA256
@@ -666,4 +667,3 @@ func TestInvalidInput(t *testing.T) {
 		}
 	}
 }
-

@@ -46,7 +46,7 @@ func newClient() (*client, error) {
 	return &client{
 		base: strings.TrimRight(env("INFER_URL", "http://127.0.0.1:8080"), "/"),
 		key:  key,
-		http: &http.Client{},
+		http: &http.Client{Transport: uploadTransport()},
 	}, nil
 }
 
@@ -78,6 +78,11 @@ func (c *client) do(ctx context.Context, method, path string, body io.Reader, si
 	}
 	if size >= 0 && body != nil {
 		req.ContentLength = size
+	}
+	if body != nil && size > expectContinueBytes {
+		// The server can refuse (quota, size, key) before a byte is
+		// sent.
+		req.Header.Set("Expect", "100-continue")
 	}
 	req.Header.Set("Authorization", "Bearer "+c.key)
 	if contentType != "" {
@@ -121,6 +126,7 @@ func (c *client) json(ctx context.Context, method, path string, in, out any) err
 func deployCmd() *cobra.Command {
 	var (
 		weights      string
+		artifact     string
 		idleTimeout  time.Duration
 		keepWarm     time.Duration
 		queueTimeout time.Duration
@@ -137,12 +143,15 @@ func deployCmd() *cobra.Command {
 		nodeSelector map[string]string
 	)
 	cmd := &cobra.Command{
-		Use:   "deploy NAME --weights FILE",
+		Use:   "deploy NAME [--weights FILE | --artifact SHA256]",
 		Short: "Upload GGUF weights and create or update a deployment",
 		Long: `deploy uploads a GGUF file (validated on the way; nothing is stored if it is
 not valid GGUF) and points deployment NAME at it. NAME becomes the "model" of
 OpenAI requests. No runner starts until a request arrives. Without --weights,
-deploy changes the settings of an existing deployment.`,
+deploy changes the settings of an existing deployment; with --artifact SHA256 it
+points the deployment at weights uploaded before (a rollback). Before
+uploading, deploy asks the server to check the name, settings and quotas, and
+hashes the file: weights the server already holds are not sent again.`,
 		Example: `  infer deploy stories --weights ../shared/models/stories260K.gguf --idle-timeout 10s`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -157,12 +166,13 @@ deploy changes the settings of an existing deployment.`,
 			}
 			ctx := cmd.Context()
 			spec := map[string]any{}
-			if weights != "" {
-				a, err := upload(ctx, c, weights)
-				if err != nil {
-					return err
-				}
-				spec["artifact"] = a.SHA256
+			if weights != "" && artifact != "" {
+				return usageError{errors.New("give --weights FILE or --artifact SHA256, not both")}
+			}
+			if artifact != "" {
+				// Weights uploaded before: a rollback, or a second
+				// deployment of them.
+				spec["artifact"] = artifact
 			}
 			fl := cmd.Flags()
 			if fl.Changed("idle-timeout") {
@@ -206,6 +216,13 @@ deploy changes the settings of an existing deployment.`,
 			setNested("resources", "memory", "memory", memory)
 			setNested("resources", "gpus", "gpus", gpus)
 			setNested("resources", "node_selector", "node-selector", nodeSelector)
+			if weights != "" {
+				sha, err := uploadChecked(ctx, c, args[0], spec, weights)
+				if err != nil {
+					return err
+				}
+				spec["artifact"] = sha
+			}
 			// --json prints the API's whole answer, not just the fields
 			// the human summary uses.
 			var raw json.RawMessage
@@ -226,7 +243,8 @@ deploy changes the settings of an existing deployment.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&weights, "weights", "", "GGUF file to upload")
+	f.StringVar(&weights, "weights", "", "GGUF file to upload (skipped when the server holds it already)")
+	f.StringVar(&artifact, "artifact", "", "sha256 of weights uploaded before (see infer artifacts ls), e.g. to roll back")
 	f.DurationVar(&idleTimeout, "idle-timeout", 5*time.Minute, "stop a runner after this long without requests")
 	f.DurationVar(&keepWarm, "keep-warm", 0, "after a request, keep the last runner this long even past --idle-timeout (0: off; billed as runner-seconds)")
 	f.DurationVar(&queueTimeout, "queue-timeout", 5*time.Minute, "fail a request (504) that waited this long without starting")

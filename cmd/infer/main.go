@@ -41,6 +41,7 @@ admin key 'infer dev' wrote to $INFER_HOME/admin-key).
 	}
 	root.AddCommand(
 		activatorCmd(), deployCmd(), lsCmd(), showCmd(), chatCmd(), rmCmd(), usageCmd(), keysCmd(), benchCmd(),
+		tenantsCmd(), artifactsCmd(),
 	)
 	root.AddCommand(platformCommands()...)
 	addExamples(root)
