@@ -272,6 +272,11 @@ func TestBilling(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitKey(t, p, foreign)
+		// Our tenant: the one INFER_ADMIN_KEY's key belongs to.
+		home, err := store.EnsureTenant(ctx, registry.OperatorTenant)
+		if err != nil {
+			t.Fatal(err)
+		}
 		ownKeyID, _ := createKey("victim")
 		// An async job of ours, to look for.
 		code, _, body := p.do(http.MethodPost, "/v1/async/chat/completions", p.key, `{"model":"priced","messages":[{"role":"user","content":"Hi"}],"max_tokens":4}`)
@@ -321,6 +326,20 @@ func TestBilling(t *testing.T) {
 			{"PUT", "/v1/deployments/stolen", `{"artifact":"` + priced.Artifact + `"}`, []int{400}},
 			// Uploads are the tenant's own: a broken one is refused.
 			{"POST", "/v1/artifacts", "not a GGUF file", []int{400}},
+			// Weights: the intruder's own list, never ours by digest.
+			{"GET", "/v1/artifacts", "", []int{200}},
+			{"GET", "/v1/artifacts/" + priced.Artifact, "", []int{404}},
+			{"DELETE", "/v1/artifacts/" + priced.Artifact, "", []int{404}},
+			// Tenants are the operator's (tenant default's admin keys): a
+			// tenant admin may read only its own, and never ours.
+			{"GET", "/v1/tenants", "", []int{403}},
+			{"POST", "/v1/tenants", `{"name":"sneaky"}`, []int{403}},
+			{"GET", "/v1/tenants/" + home.ID, "", []int{403, 404}},
+			{"PATCH", "/v1/tenants/" + home.ID, `{"quotas":{"max_runners":1}}`, []int{403, 404}},
+			{"DELETE", "/v1/tenants/" + home.ID, "", []int{403, 404}},
+			{"POST", "/v1/tenants/" + home.ID + "/suspend", "", []int{403, 404}},
+			{"POST", "/v1/tenants/" + home.ID + "/resume", "", []int{403, 404}},
+			{"GET", "/v1/tenants/" + home.ID + "/invoice?month=2026-12", "", []int{403, 404}},
 			// Every tenant's deployment names are in the metrics, which
 			// the API port does not serve.
 			{"GET", "/metrics", "", []int{404}},
