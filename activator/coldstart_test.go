@@ -1,9 +1,7 @@
 package activator_test
 
 import (
-	"bufio"
 	"encoding/json"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -25,47 +23,7 @@ func TestColdStartComments(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	lines := make(chan string, 256)
-	go func() {
-		defer close(lines)
-		req, _ := http.NewRequest(http.MethodPost, h.url+"/v1/completions",
-			strings.NewReader(`{"model":"cold","prompt":"Once","max_tokens":5,"stream":true}`))
-		req.Header.Set("Authorization", "Bearer "+adminKey)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			if sc.Text() != "" {
-				lines <- sc.Text()
-			}
-		}
-	}()
-	// expect reads the stream up to want (skipping other lines) and
-	// returns what it skipped.
-	expect := func(want string) []string {
-		t.Helper()
-		var skipped []string
-		deadline := time.After(20 * time.Second)
-		for {
-			select {
-			case l, ok := <-lines:
-				if !ok {
-					t.Fatalf("the stream ended before %q; it had %q", want, skipped)
-				}
-				if l == want {
-					return skipped
-				}
-				skipped = append(skipped, l)
-			case <-deadline:
-				t.Fatalf("no %q within 20 s; the stream had %q", want, skipped)
-			}
-		}
-	}
+	s := h.stream(t, "/v1/completions", `{"model":"cold","prompt":"Once","max_tokens":5,"stream":true}`)
 	started := time.Now()
 	phase := func(p wire.Phase, detail string) {
 		t.Helper()
@@ -75,13 +33,13 @@ func TestColdStartComments(t *testing.T) {
 		}
 	}
 
-	expect(": starting runner")
+	s.expect(": starting runner")
 	phase(wire.PhaseFetching, "fetching weights 40%")
-	expect(": fetching weights 40%")
+	s.expect(": fetching weights 40%")
 	phase(wire.PhaseFetching, "fetching weights 100%")
-	expect(": fetching weights 100%")
+	s.expect(": fetching weights 100%")
 	phase(wire.PhaseLoading, "")
-	expect(": loading model")
+	s.expect(": loading model")
 
 	phase(wire.PhaseReady, "")
 	heartbeat(t, h.nc, h.depID("cold"), "r1")
@@ -90,7 +48,7 @@ func TestColdStartComments(t *testing.T) {
 	r.start()
 	r.delta(" upon")
 	r.done()
-	skipped := expect("data: [DONE]")
+	skipped := s.expect("data: [DONE]")
 	var text strings.Builder
 	for _, l := range skipped {
 		if payload, ok := strings.CutPrefix(l, "data: "); ok {

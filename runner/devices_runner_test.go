@@ -1,48 +1,18 @@
 package runner
 
 import (
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
-	"github.com/infer-run/infer/internal/testenv"
 	"github.com/infer-run/infer/internal/wire"
 )
-
-// watchHeartbeats starts a runner with engine settings e and returns its
-// heartbeats.
-func watchHeartbeats(t *testing.T, e EngineConfig) <-chan wire.Heartbeat {
-	t.Helper()
-	art, dir := storedModel(t)
-	nc, err := nats.Connect(testenv.NATS(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	deployment, id := "devices-"+wire.NewID(4), wire.NewID(4)
-	beats := make(chan wire.Heartbeat, 1024)
-	sub, err := nc.Subscribe(wire.HeartbeatSubject(deployment, id), func(m *nats.Msg) {
-		var hb wire.Heartbeat
-		if json.Unmarshal(m.Data, &hb) == nil {
-			beats <- hb
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sub.Unsubscribe() })
-	runRunner(t, Config{ID: id, DeploymentID: deployment, Deployment: deployment, Artifact: art, Cache: &Cache{Dir: t.TempDir(), Blobs: dir}, Engine: e}, nc)
-	return beats
-}
 
 // TestHeartbeatsReportDevices: a runner's heartbeats name the real ggml
 // devices it loaded (here the CPU, with the host's memory) and no layers
 // offloaded.
 func TestHeartbeatsReportDevices(t *testing.T) {
-	beats := watchHeartbeats(t, EngineConfig{Parallel: 1, Context: 256})
+	beats := watchHeartbeats(t, EngineConfig{Parallel: 1, Context: 256}, nil)
 	memTotal := hostMemTotal(t)
 	deadline := time.After(60 * time.Second)
 	for {
@@ -76,7 +46,7 @@ func TestRunnerRefusesWhatDoesNotFit(t *testing.T) {
 		{Name: "CPU", Kind: "cpu", TotalBytes: 64 << 30, FreeBytes: 64 << 30},
 		{Name: "CUDA0", Kind: "gpu", Description: "fake GPU", TotalBytes: GPUReserve + 1<<20, FreeBytes: GPUReserve + 1<<20},
 	}
-	beats := watchHeartbeats(t, EngineConfig{Parallel: 4, Context: 1024, GPULayers: AutoGPULayers, Devices: fake})
+	beats := watchHeartbeats(t, EngineConfig{Parallel: 4, Context: 1024, GPULayers: AutoGPULayers, Devices: fake}, nil)
 	deadline := time.After(60 * time.Second)
 	for {
 		select {

@@ -80,18 +80,22 @@ func runRunner(t *testing.T, cfg Config, nc *nats.Conn) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-// TestColdStartPhasesPublished: a starting runner reports each phase in
-// its heartbeats as it begins — fetching with the share of the weights
-// downloaded so far, then loading, then ready — which the activator turns
-// into the comments waiting streams see.
-func TestColdStartPhasesPublished(t *testing.T) {
+// watchHeartbeats starts a runner with engine settings e, its weights in
+// a new store (seen through wrap when not nil), and returns its
+// heartbeats.
+func watchHeartbeats(t *testing.T, e EngineConfig, wrap func(*blob.Dir) Blobs) <-chan wire.Heartbeat {
+	t.Helper()
 	art, dir := storedModel(t)
+	var store Blobs = dir
+	if wrap != nil {
+		store = wrap(dir)
+	}
 	nc, err := nats.Connect(testenv.NATS(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	deployment, id := "phases-"+wire.NewID(4), wire.NewID(4)
+	deployment, id := "beats-"+wire.NewID(4), wire.NewID(4)
 	beats := make(chan wire.Heartbeat, 1024)
 	sub, err := nc.Subscribe(wire.HeartbeatSubject(deployment, id), func(m *nats.Msg) {
 		var hb wire.Heartbeat
@@ -102,12 +106,21 @@ func TestColdStartPhasesPublished(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sub.Unsubscribe()
+	t.Cleanup(func() { sub.Unsubscribe() })
+	runRunner(t, Config{ID: id, DeploymentID: deployment, Deployment: deployment, Artifact: art, Cache: &Cache{Dir: t.TempDir(), Blobs: store}, Engine: e}, nc)
+	return beats
+}
 
+// TestColdStartPhasesPublished: a starting runner reports each phase in
+// its heartbeats as it begins — fetching with the share of the weights
+// downloaded so far, then loading, then ready — which the activator turns
+// into the comments waiting streams see.
+func TestColdStartPhasesPublished(t *testing.T) {
 	// ~1.2 MB in 32 KiB reads 50 ms apart: about two seconds of fetching,
 	// so the 250 ms progress reports fall between 0 and 100%.
-	cache := &Cache{Dir: t.TempDir(), Blobs: slowStore{Store: dir, chunk: 32 << 10, pause: 50 * time.Millisecond}}
-	runRunner(t, Config{ID: id, DeploymentID: deployment, Deployment: deployment, Artifact: art, Cache: cache, Engine: EngineConfig{Parallel: 1, Context: 256}}, nc)
+	beats := watchHeartbeats(t, EngineConfig{Parallel: 1, Context: 256}, func(d *blob.Dir) Blobs {
+		return slowStore{Store: d, chunk: 32 << 10, pause: 50 * time.Millisecond}
+	})
 
 	var seen []string // phase, or phase and detail, each change once
 	deadline := time.After(60 * time.Second)
