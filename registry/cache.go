@@ -35,6 +35,8 @@ type Cache struct {
 	// spend is what each budgeted key has spent, as of spendAt; see Spend.
 	spend   map[string]float64
 	spendAt time.Time
+	// tenantSpend is what each budgeted tenant spent in spendAt's month.
+	tenantSpend map[string]float64
 }
 
 // tenantName keys deployments: a name is unique only within its tenant.
@@ -67,7 +69,8 @@ func (ix keyIndex) find(h [sha256.Size]byte) (APIKey, bool) {
 	return APIKey{}, false
 }
 
-// SpendRefresh is how often Run reloads what budgeted keys have spent.
+// SpendRefresh is how often Run reloads what budgeted keys have spent, and
+// budgeted tenants this month.
 const SpendRefresh = 5 * time.Second
 
 // Spend returns what the key's requests cost as of the returned time (zero
@@ -80,6 +83,16 @@ func (c *Cache) Spend(keyID string) (float64, time.Time) {
 	return c.spend[keyID], c.spendAt
 }
 
+// TenantSpend returns what the tenant's usage cost in the calendar month
+// (UTC) of the returned time, as of that time (zero if never loaded), for
+// a tenant with a monthly budget. As with Spend, callers add what they saw
+// finish since; a figure from an earlier month than now's is worth zero.
+func (c *Cache) TenantSpend(tenantID string) (float64, time.Time) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.tenantSpend[tenantID], c.spendAt
+}
+
 // refreshSpend reloads spend every SpendRefresh until ctx is done.
 func (c *Cache) refreshSpend(ctx context.Context) {
 	t := time.NewTicker(SpendRefresh)
@@ -87,9 +100,13 @@ func (c *Cache) refreshSpend(ctx context.Context) {
 	for {
 		at := time.Now()
 		spend, err := c.Store.SpendByKey(ctx)
+		var tenants map[string]float64
+		if err == nil {
+			tenants, err = c.Store.TenantMonthSpend(ctx, at)
+		}
 		if err == nil {
 			c.mu.Lock()
-			c.spend, c.spendAt = spend, at
+			c.spend, c.tenantSpend, c.spendAt = spend, tenants, at
 			c.mu.Unlock()
 		} else if ctx.Err() == nil {
 			c.log.Warn("refreshing key spend; budgets use the last known spend", "err", err)
