@@ -78,13 +78,13 @@ type asyncRecord struct {
 	// What the job's tokens are charged to when its result is folded in,
 	// as sync requests are charged when they finish: the submitting key
 	// with its limits at submission, and the deployment's prices.
-	KeyID     string      `json:"key_id,omitempty"`
-	KeyTPM    int         `json:"key_tokens_per_minute,omitempty"`
-	KeyBudget *float64    `json:"key_budget_usd,omitempty"`
+	KeyID     string   `json:"key_id,omitempty"`
+	KeyTPM    int      `json:"key_tokens_per_minute,omitempty"`
+	KeyBudget *float64 `json:"key_budget_usd,omitempty"`
 	// TenantBudget is the tenant's monthly budget at submission, so the
 	// activator folding the result adds its cost to the tenant's spend.
-	TenantBudget *float64 `json:"tenant_budget_usd,omitempty"`
-	Prices    wire.Prices `json:"prices,omitzero"`
+	TenantBudget *float64    `json:"tenant_budget_usd,omitempty"`
+	Prices       wire.Prices `json:"prices,omitzero"`
 }
 
 func (r *asyncRecord) terminal() bool { return r.Status == asyncSucceeded || r.Status == asyncFailed }

@@ -70,9 +70,9 @@ type fairGate struct {
 	lines    map[string][]chan struct{}
 	served   map[string]uint64
 	shares   map[string]int // each waiting key's share, as it last asked
-	total    int    // requests admitted, all keys
-	waiting  int    // requests in lines, all keys
-	clock    uint64 // counts places given, ordering served
+	total    int            // requests admitted, all keys
+	waiting  int            // requests in lines, all keys
+	clock    uint64         // counts places given, ordering served
 }
 
 // fairWindow is how many of a deployment's requests the gate lets into its
