@@ -2,6 +2,7 @@ package activator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 
@@ -95,19 +96,22 @@ func (s *Server) updateKey(c echo.Context) error {
 	if err := textParam("id", id); err != nil {
 		return err
 	}
-	var req struct {
-		Share *int `json:"share"`
-	}
+	var req map[string]json.RawMessage
 	if err := bind(c, &req, "request"); err != nil {
 		return err
 	}
-	if req.Share == nil {
+	for f := range req {
+		if f != "share" {
+			return errInvalid(f, "%s cannot be changed on an existing key, only share; create a new key with the limits it should have", f)
+		}
+	}
+	var share int
+	if raw, ok := req["share"]; !ok {
 		return errInvalid("share", "nothing to change: give share (1 to %d), the key's weight in fair sharing", registry.MaxShare)
+	} else if err := json.Unmarshal(raw, &share); err != nil || share < 1 || share > registry.MaxShare {
+		return errInvalid("share", "share is %s; it must be a whole number between 1 and %d", raw, registry.MaxShare)
 	}
-	if *req.Share < 1 || *req.Share > registry.MaxShare {
-		return errInvalid("share", "share is %d; it must be between 1 and %d", *req.Share, registry.MaxShare)
-	}
-	k, err := s.keys.SetKeyShare(c.Request().Context(), key.TenantID, id, *req.Share)
+	k, err := s.keys.SetKeyShare(c.Request().Context(), key.TenantID, id, share)
 	if errors.Is(err, registry.ErrNotFound) {
 		return errStatus(http.StatusNotFound, "invalid_request_error", "key_not_found", "no key %q", id)
 	}

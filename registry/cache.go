@@ -202,6 +202,51 @@ func (c *Cache) RevokeKey(ctx context.Context, tenantID, keyID string) error {
 	return err
 }
 
+// reloadKeysNow reloads the keys after a change this activator made to a
+// tenant or a key, so it sees the change at once (others see it when the
+// notification arrives, milliseconds later): a tenant resumed through one
+// activator then works there on the very next request. A failed reload is
+// left to the notification.
+func (c *Cache) reloadKeysNow(ctx context.Context) {
+	c.mu.RLock()
+	loaded := c.keys != nil
+	c.mu.RUnlock()
+	if !loaded {
+		return
+	}
+	if err := c.reload(ctx, "api_keys"); err != nil {
+		c.log.Warn("reloading keys after a change; the change notification will", "err", err)
+	}
+}
+
+// SuspendTenant writes through (see reloadKeysNow).
+func (c *Cache) SuspendTenant(ctx context.Context, id string, suspend bool) (Tenant, error) {
+	t, err := c.Store.SuspendTenant(ctx, id, suspend)
+	if err == nil {
+		c.reloadKeysNow(ctx)
+	}
+	return t, err
+}
+
+// SetTenantQuotas writes through (see reloadKeysNow): a budget raised
+// through this activator admits the tenant here at once.
+func (c *Cache) SetTenantQuotas(ctx context.Context, id string, q Quotas) (Tenant, error) {
+	t, err := c.Store.SetTenantQuotas(ctx, id, q)
+	if err == nil {
+		c.reloadKeysNow(ctx)
+	}
+	return t, err
+}
+
+// SetKeyShare writes through (see reloadKeysNow).
+func (c *Cache) SetKeyShare(ctx context.Context, tenantID, keyID string, share int) (APIKey, error) {
+	k, err := c.Store.SetKeyShare(ctx, tenantID, keyID, share)
+	if err == nil {
+		c.reloadKeysNow(ctx)
+	}
+	return k, err
+}
+
 // PutDeployment writes through, so the writer sees its change at once
 // (other activators see it when the notification arrives).
 func (c *Cache) PutDeployment(ctx context.Context, d Deployment) (Deployment, error) {
