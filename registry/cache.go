@@ -238,6 +238,16 @@ func (c *Cache) SetTenantQuotas(ctx context.Context, id string, q Quotas) (Tenan
 	return t, err
 }
 
+// DeleteTenant writes through (see reloadKeysNow): the tenant's keys stop
+// working here at once.
+func (c *Cache) DeleteTenant(ctx context.Context, id string) error {
+	err := c.Store.DeleteTenant(ctx, id)
+	if err == nil {
+		c.reloadKeysNow(ctx)
+	}
+	return err
+}
+
 // SetKeyShare writes through (see reloadKeysNow).
 func (c *Cache) SetKeyShare(ctx context.Context, tenantID, keyID string, share int) (APIKey, error) {
 	k, err := c.Store.SetKeyShare(ctx, tenantID, keyID, share)
