@@ -156,6 +156,7 @@ func TestTenantIsolation(t *testing.T) {
 			{"GET /v1/keys", "/v1/keys", "", 200, 403},
 			{"GET /v1/me", "/v1/me", "", 200, 200}, // its own key only: nothing to name of the other's
 			{"POST /v1/keys", "/v1/keys", `{"name":"x","deployments":["` + o.only + `"]}`, 400, 403},
+			{"PATCH /v1/keys/{id}", "/v1/keys/" + o.userID, `{"share":2}`, 404, 403},
 			{"DELETE /v1/keys/{id}", "/v1/keys/" + o.userID, "", 404, 403},
 			{"GET /v1/artifacts", "/v1/artifacts", "", 200, 403},
 			{"GET /v1/artifacts/{sha}", "/v1/artifacts/" + o.sha, "", 404, 403},
