@@ -202,3 +202,31 @@ func TestMonthSpend(t *testing.T) {
 		}
 	}
 }
+
+type fakeTenantSpend struct {
+	usd float64
+	at  time.Time
+}
+
+func (f *fakeTenantSpend) TenantSpend(string) (float64, time.Time) { return f.usd, f.at }
+
+// BenchmarkAdmitTenantBudget is the monthly budget's cost per request: a
+// tenant under its budget, the cache's figure loaded a moment ago and ten
+// of this activator's own costs since.
+func BenchmarkAdmitTenantBudget(b *testing.B) {
+	now := time.Now()
+	l := newLimiter()
+	l.now = func() time.Time { return now }
+	budget := 100.0
+	key := registry.APIKey{ID: "key_a", TenantID: "tnt_a", Tenant: registry.TenantState{MonthlyBudgetUSD: &budget}}
+	ts := &fakeTenantSpend{usd: 12, at: now.Add(-time.Second)}
+	for range 10 {
+		l.chargeTenant(key, wire.Usage{PromptTokens: 100, CompletionTokens: 100}, wire.Prices{PromptPerMTok: 1, CompletionPerMTok: 2})
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if e := l.admitTenant(key, ts); e != nil {
+			b.Fatal(e)
+		}
+	}
+}

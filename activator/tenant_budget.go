@@ -16,7 +16,9 @@ import (
 // exact as usage and runner records are stored; the limiter adds the cost
 // of the requests this activator saw finish since (under the tenant's
 // bucket, tenantBucket). A tenant whose month-to-date cost has reached its
-// budget is refused on the inference routes, sync and async.
+// budget is refused on the inference routes, sync and async. The check
+// costs about 0.7 µs and two small allocations per request
+// (BenchmarkAdmitTenantBudget, shared 2-core machine).
 //
 // What holds with several activators: every activator reads the same
 // figure within one refresh plus ingestion (the control plane stores
