@@ -36,12 +36,13 @@ import (
 // The gate is per activator: with N activators behind a load balancer a
 // deployment can have N windows in its queue, and fairness holds within
 // each activator's share (a burst spread over all of them is shared fairly
-// on each); see docs/architecture.md, "Fair sharing", for what holds
-// across activators. Async jobs bypass the gate: they are durable in
-// JetStream and wait there in order (see the same section). A request waiting here counts against its queue
-// timeout (504 queue_timeout) and, with those queued, its queue limit
-// (429 queue_full); a streamed one gets its SSE headers only once admitted.
-// See docs/architecture.md, "Fair sharing".
+// on each); docs/architecture.md, "Fair sharing between keys", says
+// precisely what holds across activators. Async jobs bypass the gate: they
+// are durable in JetStream and wait there in order (the same section says
+// why, and what making them fair would take). A request waiting here
+// counts against its queue timeout (504 queue_timeout) and, with those
+// queued, its queue limit (429 queue_full); a streamed one gets its SSE
+// headers only once admitted.
 
 // fairGates holds one gate per deployment ID.
 type fairGates struct {
