@@ -78,10 +78,13 @@ type asyncRecord struct {
 	// What the job's tokens are charged to when its result is folded in,
 	// as sync requests are charged when they finish: the submitting key
 	// with its limits at submission, and the deployment's prices.
-	KeyID     string      `json:"key_id,omitempty"`
-	KeyTPM    int         `json:"key_tokens_per_minute,omitempty"`
-	KeyBudget *float64    `json:"key_budget_usd,omitempty"`
-	Prices    wire.Prices `json:"prices,omitzero"`
+	KeyID     string   `json:"key_id,omitempty"`
+	KeyTPM    int      `json:"key_tokens_per_minute,omitempty"`
+	KeyBudget *float64 `json:"key_budget_usd,omitempty"`
+	// TenantBudget is the tenant's monthly budget at submission, so the
+	// activator folding the result adds its cost to the tenant's spend.
+	TenantBudget *float64    `json:"tenant_budget_usd,omitempty"`
+	Prices       wire.Prices `json:"prices,omitzero"`
 }
 
 func (r *asyncRecord) terminal() bool { return r.Status == asyncSucceeded || r.Status == asyncFailed }
@@ -122,14 +125,15 @@ func (a *asyncJobs) runnerGone(runner string, now time.Time) bool {
 
 // key is the submitting key, as far as charging the job needs it.
 func (r *asyncRecord) key() registry.APIKey {
-	return registry.APIKey{ID: r.KeyID, TenantID: r.TenantID, Limits: registry.Limits{TokensPerMinute: r.KeyTPM, BudgetUSD: r.KeyBudget}}
+	return registry.APIKey{ID: r.KeyID, TenantID: r.TenantID, Limits: registry.Limits{TokensPerMinute: r.KeyTPM, BudgetUSD: r.KeyBudget},
+		Tenant: registry.TenantState{MonthlyBudgetUSD: r.TenantBudget}}
 }
 
 // view is what clients see.
 func (r asyncRecord) view() asyncRecord {
 	r.TenantID, r.Kind, r.Deadline, r.DroppedAt, r.WebhookSent, r.Swept, r.Runner = "", "", time.Time{}, time.Time{}, false, false, ""
 	r.WebhookClaimed = time.Time{}
-	r.KeyID, r.KeyTPM, r.KeyBudget, r.Prices = "", 0, nil, wire.Prices{}
+	r.KeyID, r.KeyTPM, r.KeyBudget, r.TenantBudget, r.Prices = "", 0, nil, nil, wire.Prices{}
 	return r
 }
 
@@ -232,7 +236,7 @@ func (s *Server) submitAsync(c echo.Context, kind wire.Kind) error {
 		ID: job.ID, Object: "async.job", Endpoint: endpoint, Model: dep.Name, Status: asyncQueued,
 		CreatedAt: now.Unix(), ExpiresAt: now.Add(s.async.ttl).Unix(), Webhook: hook,
 		TenantID: job.TenantID, Kind: kind, Deadline: job.Deadline, DroppedAt: now.Add(queue.DeploymentLimits(dep.QueueLimit, dep.QueueTimeout, s.replicas).MaxAge),
-		KeyID: a.key.ID, KeyTPM: a.key.TokensPerMinute, KeyBudget: a.key.BudgetUSD, Prices: job.Prices,
+		KeyID: a.key.ID, KeyTPM: a.key.TokensPerMinute, KeyBudget: a.key.BudgetUSD, TenantBudget: a.key.Tenant.MonthlyBudgetUSD, Prices: job.Prices,
 	}
 	recData, err := json.Marshal(rec)
 	if err != nil {
@@ -423,6 +427,7 @@ func (a *asyncJobs) onEvent(msg jetstream.Msg) {
 				// This activator folded the result, so its limiter holds
 				// the charge (limits are per activator, see limits.go).
 				a.s.limits.charge(rec.key(), u, rec.Prices)
+				a.s.limits.chargeTenant(rec.key(), u, rec.Prices)
 				a.s.endHold(rec.ID, rec.KeyBudget != nil, &u, rec.Prices, true)
 			} else {
 				a.s.metrics.requests.WithLabelValues(rec.Model, "error").Inc()

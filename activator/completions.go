@@ -83,7 +83,7 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 	}
 	// A place in the deployment's queue, shared fairly between keys
 	// (fair.go); a stream waiting for one hears why.
-	release, err := s.fair.admit(ctx, dep, a.key.ID, job.Deadline, s.draining, func(waiting int) {
+	release, err := s.fair.admit(ctx, dep, a.key.ID, a.key.Share, job.Deadline, s.draining, func(waiting int) {
 		if !rl.stream {
 			return
 		}
@@ -216,7 +216,7 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 		s.metrics.requests.WithLabelValues(dep.Name, deref(e.Code)).Inc()
 		return accepted{}, e
 	}
-	if e := s.limits.admitTenant(key); e != nil {
+	if e := s.limits.admitTenant(key, s.tenantSpender()); e != nil {
 		s.metrics.requests.WithLabelValues(dep.Name, deref(e.Code)).Inc()
 		return accepted{}, e
 	}
@@ -593,7 +593,7 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 				u = *ev.Usage
 			}
 			rl.s.limits.charge(rl.key, u, rl.prices)
-			rl.s.limits.chargeTenant(rl.key, u)
+			rl.s.limits.chargeTenant(rl.key, u, rl.prices)
 			rl.done = &u
 			rl.s.metrics.finished(rl.model, "ok", time.Since(rl.queuedAt), rl.ttft, u)
 			rl.enc.toolCalls = ev.ToolCalls

@@ -24,20 +24,25 @@ import (
 //     queued work to scale to the maximum, and nothing the runners could
 //     take waits here.
 //   - Beyond it, requests wait here in one first-in-first-out line per key,
-//     and each freed place goes to the key with the fewest requests in the
-//     queue or running, ties to the key served longest ago (max-min
-//     fairness: every key gets an equal share of the slots, a key alone
-//     gets them all). Each key has the same weight; all the keys of a
+//     and each freed place goes to the waiting key with the fewest requests
+//     in the queue or running per unit of its share (the key's "share",
+//     1 by default), ties to the key served longest ago: weighted max-min
+//     fairness. Saturating keys hold places in proportion to their shares
+//     (share 3 against share 1: three places to one), a key alone gets
+//     them all, and a key that asks for less than its share gets all it
+//     asks. Weights are per key, not per tenant: all the keys of a
 //     deployment belong to its tenant.
 //
 // The gate is per activator: with N activators behind a load balancer a
 // deployment can have N windows in its queue, and fairness holds within
 // each activator's share (a burst spread over all of them is shared fairly
-// on each). Async jobs bypass the gate: they are durable in JetStream and
-// wait there in order. A request waiting here counts against its queue
-// timeout (504 queue_timeout) and, with those queued, its queue limit
-// (429 queue_full); a streamed one gets its SSE headers only once admitted.
-// See docs/architecture.md, "Fair sharing".
+// on each); docs/architecture.md, "Fair sharing between keys", says
+// precisely what holds across activators. Async jobs bypass the gate: they
+// are durable in JetStream and wait there in order (the same section says
+// why, and what making them fair would take). A request waiting here
+// counts against its queue timeout (504 queue_timeout) and, with those
+// queued, its queue limit (429 queue_full); a streamed one gets its SSE
+// headers only once admitted.
 
 // fairGates holds one gate per deployment ID.
 type fairGates struct {
@@ -65,9 +70,10 @@ type fairGate struct {
 	admitted map[string]int
 	lines    map[string][]chan struct{}
 	served   map[string]uint64
-	total    int    // requests admitted, all keys
-	waiting  int    // requests in lines, all keys
-	clock    uint64 // counts places given, ordering served
+	shares   map[string]int // each waiting key's share, as it last asked
+	total    int            // requests admitted, all keys
+	waiting  int            // requests in lines, all keys
+	clock    uint64         // counts places given, ordering served
 }
 
 // fairWindow is how many of a deployment's requests the gate lets into its
@@ -84,16 +90,24 @@ func fairWindow(d registry.Deployment) int {
 type keyLoad struct {
 	key      string
 	admitted int    // its requests in the queue or running
+	share    int    // its weight (below 1 counts as 1)
 	served   uint64 // when it last got a place (0: never)
 }
 
-// nextKey picks the key that gets the next place: the fewest admitted,
-// then the longest unserved, then the first listed. It is -1 for none.
+// nextKey picks the key that gets the next place: the fewest admitted per
+// unit of share, then the longest unserved, then the first listed. It is
+// -1 for none. (Compared by cross-multiplying, exactly: admitted and share
+// are small integers.)
 func nextKey(keys []keyLoad) int {
 	best := -1
 	for i, k := range keys {
-		if best < 0 || k.admitted < keys[best].admitted ||
-			(k.admitted == keys[best].admitted && k.served < keys[best].served) {
+		if best < 0 {
+			best = i
+			continue
+		}
+		b := keys[best]
+		l, r := k.admitted*max(1, b.share), b.admitted*max(1, k.share)
+		if l < r || (l == r && k.served < b.served) {
 			best = i
 		}
 	}
@@ -104,12 +118,12 @@ func nextKey(keys []keyLoad) int {
 // returns the function that gives it back when the request ends. While it
 // waits, it calls wait every keepaliveEvery (a stream writes an SSE comment
 // saying why it waits) and gives up when draining is closed (shutdown).
-func (g *fairGates) admit(ctx context.Context, d registry.Deployment, keyID string, deadline time.Time,
+func (g *fairGates) admit(ctx context.Context, d registry.Deployment, keyID string, share int, deadline time.Time,
 	draining <-chan struct{}, wait func(waiting int)) (func(), error) {
 	g.mu.Lock()
 	gate := g.gates[d.ID]
 	if gate == nil {
-		gate = &fairGate{admitted: map[string]int{}, lines: map[string][]chan struct{}{}, served: map[string]uint64{}}
+		gate = &fairGate{admitted: map[string]int{}, lines: map[string][]chan struct{}{}, served: map[string]uint64{}, shares: map[string]int{}}
 		g.gates[d.ID] = gate
 	}
 	gate.window = fairWindow(d) // follows the deployment's settings
@@ -127,6 +141,7 @@ func (g *fairGates) admit(ctx context.Context, d registry.Deployment, keyID stri
 	}
 	ch := make(chan struct{})
 	gate.lines[keyID] = append(gate.lines[keyID], ch)
+	gate.shares[keyID] = share
 	gate.waiting++
 	g.waiting.WithLabelValues(d.Name).Inc()
 	g.mu.Unlock()
@@ -180,6 +195,7 @@ wait:
 		}
 		if len(gate.lines[keyID]) == 0 {
 			delete(gate.lines, keyID)
+			delete(gate.shares, keyID)
 		}
 		gate.waiting--
 		g.waiting.WithLabelValues(d.Name).Dec()
@@ -225,13 +241,14 @@ func (g *fairGates) dispatch(d registry.Deployment, gate *fairGate) {
 	for gate.total < gate.window && gate.waiting > 0 {
 		keys := make([]keyLoad, 0, len(gate.lines))
 		for k := range gate.lines {
-			keys = append(keys, keyLoad{key: k, admitted: gate.admitted[k], served: gate.served[k]})
+			keys = append(keys, keyLoad{key: k, admitted: gate.admitted[k], share: gate.shares[k], served: gate.served[k]})
 		}
 		k := keys[nextKey(keys)].key
 		line := gate.lines[k]
 		ch := line[0]
 		if len(line) == 1 {
 			delete(gate.lines, k)
+			delete(gate.shares, k)
 		} else {
 			gate.lines[k] = line[1:]
 		}

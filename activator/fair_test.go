@@ -107,3 +107,49 @@ func TestFairSharing(t *testing.T) {
 		t.Errorf("B's last request started in slot %d of %d, want within the first 20: %v", last, len(order), order[:min(len(order), 20)])
 	}
 }
+
+// TestKeyShare: a key's share is set when it is created and changed in
+// place by PATCH /v1/keys/{id}; nothing else of a key changes there.
+func TestKeyShare(t *testing.T) {
+	h := newHarness(t)
+	id, _ := h.newKey(adminKey, `{"name":"heavy","share":3}`)
+	share := func() any {
+		_, _, out := call(t, h.url, adminKey, http.MethodGet, "/v1/keys", "")
+		for _, k := range out["data"].([]any) {
+			if k := k.(map[string]any); k["id"] == id {
+				return k["share"]
+			}
+		}
+		return nil
+	}
+	if got := share(); got != 3.0 {
+		t.Errorf("created with share 3: listed with %v", got)
+	}
+	for _, c := range []struct {
+		body  string
+		want  int
+		param string
+	}{
+		{`{"share":5}`, 200, ""},
+		{`{"share":0}`, 400, "share"},
+		{`{"share":1001}`, 400, "share"},
+		{`{"share":2.5}`, 400, "share"},
+		{`{}`, 400, "share"},
+		{`{"share":2,"budget_usd":1}`, 400, "budget_usd"},
+	} {
+		code, _, out := call(t, h.url, adminKey, http.MethodPatch, "/v1/keys/"+id, c.body)
+		e, _ := out["error"].(map[string]any)
+		if code != c.want || (c.param != "" && e["param"] != c.param) {
+			t.Errorf("PATCH %s: %d %v, want %d param %q", c.body, code, out, c.want, c.param)
+		}
+	}
+	if got := share(); got != 5.0 {
+		t.Errorf("after PATCH share 5 (and refused changes): share %v", got)
+	}
+	if code, _, out := call(t, h.url, adminKey, http.MethodPatch, "/v1/keys/key_nosuchkey", `{"share":2}`); code != http.StatusNotFound {
+		t.Errorf("PATCH of a missing key: %d %v", code, out)
+	}
+	if code, _, out := call(t, h.url, adminKey, http.MethodPost, "/v1/keys", `{"name":"x","share":-1}`); code != http.StatusBadRequest {
+		t.Errorf("creating a key with share -1: %d %v", code, out)
+	}
+}

@@ -2,6 +2,7 @@ package activator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 
@@ -15,11 +16,12 @@ type KeyManager interface {
 	CreateLimitedKey(ctx context.Context, tenantID, name, role string, l registry.Limits) (registry.APIKey, string, error)
 	ListKeys(ctx context.Context, tenantID string) ([]registry.APIKey, error)
 	RevokeKey(ctx context.Context, tenantID, keyID string) error
+	SetKeyShare(ctx context.Context, tenantID, keyID string, share int) (registry.APIKey, error)
 }
 
 // createKey is POST /v1/keys {"name":…, "role":"user"|"admin",
 // "deployments":[…], "requests_per_minute":N, "tokens_per_minute":N,
-// "budget_usd":X}. The secret is in this response only; the registry keeps
+// "budget_usd":X, "share":N}. The secret is in this response only; the registry keeps
 // its hash.
 func (s *Server) createKey(c echo.Context) error {
 	key, err := s.adminKey(c)
@@ -80,6 +82,43 @@ func (s *Server) listKeys(c echo.Context) error {
 		keys = []registry.APIKey{}
 	}
 	return c.JSON(http.StatusOK, map[string]any{"object": "list", "data": keys})
+}
+
+// updateKey is PATCH /v1/keys/{id} {"share":N}: a key's weight in fair
+// sharing is the one setting that changes without a new key (a key's
+// limits are what its holder was given; a new key carries new ones).
+func (s *Server) updateKey(c echo.Context) error {
+	key, err := s.adminKey(c)
+	if err != nil {
+		return err
+	}
+	id := c.Param("id")
+	if err := textParam("id", id); err != nil {
+		return err
+	}
+	var req map[string]json.RawMessage
+	if err := bind(c, &req, "request"); err != nil {
+		return err
+	}
+	for f := range req {
+		if f != "share" {
+			return errInvalid(f, "%s cannot be changed on an existing key, only share; create a new key with the limits it should have", f)
+		}
+	}
+	var share int
+	if raw, ok := req["share"]; !ok {
+		return errInvalid("share", "nothing to change: give share (1 to %d), the key's weight in fair sharing", registry.MaxShare)
+	} else if err := json.Unmarshal(raw, &share); err != nil || share < 1 || share > registry.MaxShare {
+		return errInvalid("share", "share is %s; it must be a whole number between 1 and %d", raw, registry.MaxShare)
+	}
+	k, err := s.keys.SetKeyShare(c.Request().Context(), key.TenantID, id, share)
+	if errors.Is(err, registry.ErrNotFound) {
+		return errStatus(http.StatusNotFound, "invalid_request_error", "key_not_found", "no key %q", id)
+	}
+	if err != nil {
+		return s.registryError("updating key", err)
+	}
+	return c.JSON(http.StatusOK, k)
 }
 
 // revokeKey is DELETE /v1/keys/{id}[?allow_self=true].

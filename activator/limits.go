@@ -157,16 +157,24 @@ func (st *keyState) spend(id string, sp spender) float64 {
 	if sp != nil {
 		base, asOf = sp.Spend(id)
 	}
-	keep := st.local[:0]
+	total, keep := addLocal(base, asOf, st.local)
+	st.local = keep
+	return total
+}
+
+// addLocal is base, a spend loaded as of asOf, plus the costs in local
+// seen finish after asOf, and those costs (the others are in base). It
+// reuses local's array.
+func addLocal(base float64, asOf time.Time, local []spent) (float64, []spent) {
+	keep := local[:0]
 	total := base
-	for _, s := range st.local {
+	for _, s := range local {
 		if s.at.After(asOf) {
 			keep = append(keep, s)
 			total += s.usd
 		}
 	}
-	st.local = keep
-	return total
+	return total, keep
 }
 
 // charge records a finished request's tokens and cost against its key.

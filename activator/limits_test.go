@@ -170,3 +170,63 @@ func TestRateHeaders(t *testing.T) {
 		t.Errorf("no limits: %v", h)
 	}
 }
+
+func TestMonthSpend(t *testing.T) {
+	dec1 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	local := func() []spent {
+		return []spent{
+			{at: dec1.Add(-time.Second), usd: 1},  // November
+			{at: dec1.Add(time.Minute), usd: 2},   // December, before the load
+			{at: dec1.Add(time.Hour), usd: 4},     // December, after the load
+			{at: dec1.Add(2 * time.Hour), usd: 8}, // December, after the load
+		}
+	}
+	for _, c := range []struct {
+		name     string
+		base     float64
+		asOf     time.Time
+		now      time.Time
+		want     float64
+		wantKept int
+	}{
+		{"loaded this month: base plus what finished since", 100, dec1.Add(30 * time.Minute), dec1.Add(3 * time.Hour), 112, 2},
+		{"never loaded: every cost of this month", 0, time.Time{}, dec1.Add(3 * time.Hour), 14, 3},
+		{"loaded last month: its figure is worth nothing", 100, dec1.Add(-time.Minute), dec1.Add(3 * time.Hour), 14, 3},
+		{"loaded after everything", 100, dec1.Add(3 * time.Hour), dec1.Add(4 * time.Hour), 100, 0},
+		{"a new month starts from nothing", 100, dec1.Add(3 * time.Hour), dec1.AddDate(0, 1, 0), 0, 0},
+		{"other time zones are the same instant", 100, dec1.Add(30 * time.Minute).In(time.FixedZone("x", -8*3600)), dec1.Add(3 * time.Hour).In(time.FixedZone("y", 9*3600)), 112, 2},
+	} {
+		got, kept := monthSpend(c.base, c.asOf, local(), c.now)
+		if got != c.want || len(kept) != c.wantKept {
+			t.Errorf("%s: monthSpend = %v keeping %d, want %v keeping %d", c.name, got, len(kept), c.want, c.wantKept)
+		}
+	}
+}
+
+type fakeTenantSpend struct {
+	usd float64
+	at  time.Time
+}
+
+func (f *fakeTenantSpend) TenantSpend(string) (float64, time.Time) { return f.usd, f.at }
+
+// BenchmarkAdmitTenantBudget is the monthly budget's cost per request: a
+// tenant under its budget, the cache's figure loaded a moment ago and ten
+// of this activator's own costs since.
+func BenchmarkAdmitTenantBudget(b *testing.B) {
+	now := time.Now()
+	l := newLimiter()
+	l.now = func() time.Time { return now }
+	budget := 100.0
+	key := registry.APIKey{ID: "key_a", TenantID: "tnt_a", Tenant: registry.TenantState{MonthlyBudgetUSD: &budget}}
+	ts := &fakeTenantSpend{usd: 12, at: now.Add(-time.Second)}
+	for range 10 {
+		l.chargeTenant(key, wire.Usage{PromptTokens: 100, CompletionTokens: 100}, wire.Prices{PromptPerMTok: 1, CompletionPerMTok: 2})
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if e := l.admitTenant(key, ts); e != nil {
+			b.Fatal(e)
+		}
+	}
+}

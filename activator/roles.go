@@ -21,7 +21,8 @@ import (
 //     its own requests' usage only; runner-seconds, which belong to no key,
 //     are an admin's).
 //   - Admin keys only: POST /v1/artifacts, PUT and DELETE
-//     /v1/deployments/{name}, GET and POST /v1/keys, DELETE /v1/keys/{id}.
+//     /v1/deployments/{name}, GET and POST /v1/keys, PATCH and DELETE
+//     /v1/keys/{id}.
 //
 // Another tenant's deployments, jobs and keys answer 404, as missing ones
 // do, so names do not leak; a revoked or unknown key answers 401.

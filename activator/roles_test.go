@@ -193,6 +193,7 @@ func TestRoleTable(t *testing.T) {
 		{op: "GET /v1/me", path: "/v1/me", want: statuses(ok, ok, ok, ok, unauthorized, unauthorized)},
 		{op: "GET /v1/keys", path: "/v1/keys", want: statuses(ok, forbidden, forbidden, ok, unauthorized, unauthorized)},
 		{op: "POST /v1/keys", path: "/v1/keys", body: `{"name":"new"}`, want: statuses(created, forbidden, forbidden, created, unauthorized, unauthorized)},
+		{op: "PATCH /v1/keys/{id}", path: "/v1/keys/" + userID, body: `{"share":2}`, want: statuses(ok, forbidden, forbidden, notFound, unauthorized, unauthorized)},
 		{op: "DELETE /v1/keys/{id}", pathFor: func(c string) string { return "/v1/keys/" + victimKeys[c] },
 			want: statuses(ok, forbidden, forbidden, notFound, unauthorized, unauthorized)},
 

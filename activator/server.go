@@ -359,6 +359,7 @@ func (s *Server) routes() *echo.Echo {
 	v1.GET("/usage", s.usage)
 	v1.POST("/keys", s.createKey)
 	v1.GET("/keys", s.listKeys)
+	v1.PATCH("/keys/:id", s.updateKey)
 	v1.DELETE("/keys/:id", s.revokeKey)
 	v1.GET("/me", s.me)
 	s.tenantRoutes(v1)

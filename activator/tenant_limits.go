@@ -16,15 +16,18 @@ import (
 func tenantBucket(key registry.APIKey) string { return "tenant:" + key.TenantID }
 
 // admitTenant takes one request from the key's tenant's allowance, or says
-// why not.
-func (l *limiter) admitTenant(key registry.APIKey) *apiError {
+// why not: its monthly budget (tenant_budget.go), then its rates.
+func (l *limiter) admitTenant(key registry.APIKey, ts tenantSpender) *apiError {
 	rpm, tpm := key.Tenant.RequestsPerMinute, key.Tenant.TokensPerMinute
-	if rpm == 0 && tpm == 0 {
+	if rpm == 0 && tpm == 0 && key.Tenant.MonthlyBudgetUSD == nil {
 		return nil
 	}
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if e := l.admitBudget(key, ts, now); e != nil {
+		return e
+	}
 	st := l.state(tenantBucket(key))
 	if tpm > 0 {
 		st.tokens.refill(tpm, now)
@@ -42,15 +45,20 @@ func (l *limiter) admitTenant(key registry.APIKey) *apiError {
 	return nil
 }
 
-// chargeTenant records a finished request's tokens against its tenant.
-func (l *limiter) chargeTenant(key registry.APIKey, u wire.Usage) {
+// chargeTenant records a finished request's tokens and cost against its
+// tenant.
+func (l *limiter) chargeTenant(key registry.APIKey, u wire.Usage, p wire.Prices) {
 	tpm := key.Tenant.TokensPerMinute
-	if tpm == 0 {
+	if tpm == 0 && key.Tenant.MonthlyBudgetUSD == nil {
 		return
 	}
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.chargeBudget(key, u, p, now)
+	if tpm == 0 {
+		return
+	}
 	st := l.state(tenantBucket(key))
 	st.tokens.refill(tpm, now)
 	st.tokens.level -= float64(u.PromptTokens + u.CompletionTokens)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/infer-run/infer/internal/blob"
 	"github.com/infer-run/infer/registry"
 )
 
@@ -335,12 +336,30 @@ func (s *Server) getArtifact(c echo.Context) error {
 	if err := shaParam(sha); err != nil {
 		return err
 	}
-	a, err := s.reg.GetTenantArtifact(c.Request().Context(), key.TenantID, sha)
+	ctx := c.Request().Context()
+	a, err := s.reg.GetTenantArtifact(ctx, key.TenantID, sha)
 	if errors.Is(err, registry.ErrNotFound) {
 		return errArtifactNotFound(sha)
 	}
 	if err != nil {
 		return s.registryError("looking up artifact", err)
+	}
+	// The CLI skips uploading weights this answers 200 for, and runners
+	// fetch them from the object: a record whose object is gone (a bucket
+	// emptied, a dev blob directory deleted) must say 404, so the weights
+	// are sent again, and that upload re-points the record
+	// (registry.Uploader.Upload).
+	if s.uploader != nil && s.uploader.Blobs != nil {
+		if _, err := s.uploader.Blobs.Stat(ctx, a.ObjectKey); errors.Is(err, blob.ErrNotFound) {
+			s.log.Warn("artifact's object is missing from the blob store; answering 404 so it is uploaded again", "sha256", sha, "object", a.ObjectKey)
+			e := errArtifactNotFound(sha)
+			e.Message = fmt.Sprintf("artifact %q is recorded but its object is missing from the blob store; upload the weights again (POST /v1/artifacts) to restore it", sha)
+			return e
+		} else if err != nil {
+			e := errStatus(http.StatusServiceUnavailable, "server_error", "blob_store_unavailable", "cannot check artifact %q in the blob store: %v", sha, err)
+			e.RetryAfter = 1
+			return e
+		}
 	}
 	return c.JSON(http.StatusOK, a)
 }

@@ -156,6 +156,7 @@ func TestTenantIsolation(t *testing.T) {
 			{"GET /v1/keys", "/v1/keys", "", 200, 403},
 			{"GET /v1/me", "/v1/me", "", 200, 200}, // its own key only: nothing to name of the other's
 			{"POST /v1/keys", "/v1/keys", `{"name":"x","deployments":["` + o.only + `"]}`, 400, 403},
+			{"PATCH /v1/keys/{id}", "/v1/keys/" + o.userID, `{"share":2}`, 404, 403},
 			{"DELETE /v1/keys/{id}", "/v1/keys/" + o.userID, "", 404, 403},
 			{"GET /v1/artifacts", "/v1/artifacts", "", 200, 403},
 			{"GET /v1/artifacts/{sha}", "/v1/artifacts/" + o.sha, "", 404, 403},
@@ -464,5 +465,53 @@ func TestRunnerQuotaComment(t *testing.T) {
 		if err != nil {
 			t.Fatalf("the stream never said why it waits (%v):\n%s", err, got.String())
 		}
+	}
+}
+
+// TestArtifactObjectMissing: a record whose object is gone from the blob
+// store answers 404 on GET /v1/artifacts/{sha} (so the CLI uploads the
+// weights again rather than pointing runners at nothing), and the next
+// upload of the same bytes re-points the record at a new object, which
+// serves.
+func TestArtifactObjectMissing(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	weights := otherWeights(t)
+	sha := h.uploadAs(adminKey, weights)
+	before, err := h.store.GetArtifact(ctx, sha)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _, out := call(t, h.url, adminKey, http.MethodGet, "/v1/artifacts/"+sha, ""); code != http.StatusOK {
+		t.Fatalf("GET of stored weights: %d %v", code, out)
+	}
+	if err := h.blobs.Delete(ctx, before.ObjectKey); err != nil {
+		t.Fatal(err)
+	}
+	code, _, out := call(t, h.url, adminKey, http.MethodGet, "/v1/artifacts/"+sha, "")
+	e, _ := out["error"].(map[string]any)
+	if code != http.StatusNotFound || e["code"] != "artifact_not_found" || !strings.Contains(e["message"].(string), "missing from the blob store") {
+		t.Fatalf("GET of weights whose object is gone: %d %v, want 404 artifact_not_found saying so", code, out)
+	}
+	// Uploaded again: the same digest, a new object, the record follows.
+	if again := h.uploadAs(adminKey, weights); again != sha {
+		t.Fatalf("the upload again has digest %s, want %s", again, sha)
+	}
+	after, err := h.store.GetArtifact(ctx, sha)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.ObjectKey == before.ObjectKey {
+		t.Errorf("the record still points at the deleted object %s", before.ObjectKey)
+	}
+	if size, err := h.blobs.Stat(ctx, after.ObjectKey); err != nil || size != int64(len(weights)) {
+		t.Errorf("the record's object %s: %d bytes, %v; want %d", after.ObjectKey, size, err, len(weights))
+	}
+	if code, _, out := call(t, h.url, adminKey, http.MethodGet, "/v1/artifacts/"+sha, ""); code != http.StatusOK || out["object_key"] != after.ObjectKey {
+		t.Errorf("GET after the upload again: %d %v", code, out)
+	}
+	// A deployment on it is accepted (cmd/infer's TestTenantsCLI serves one).
+	if code, _, out := call(t, h.url, adminKey, http.MethodPut, "/v1/deployments/restored", `{"artifact":"`+sha+`"}`); code != http.StatusOK {
+		t.Fatalf("deploying the restored weights: %d %v", code, out)
 	}
 }

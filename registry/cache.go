@@ -35,6 +35,8 @@ type Cache struct {
 	// spend is what each budgeted key has spent, as of spendAt; see Spend.
 	spend   map[string]float64
 	spendAt time.Time
+	// tenantSpend is what each budgeted tenant spent in spendAt's month.
+	tenantSpend map[string]float64
 }
 
 // tenantName keys deployments: a name is unique only within its tenant.
@@ -67,7 +69,8 @@ func (ix keyIndex) find(h [sha256.Size]byte) (APIKey, bool) {
 	return APIKey{}, false
 }
 
-// SpendRefresh is how often Run reloads what budgeted keys have spent.
+// SpendRefresh is how often Run reloads what budgeted keys have spent, and
+// budgeted tenants this month.
 const SpendRefresh = 5 * time.Second
 
 // Spend returns what the key's requests cost as of the returned time (zero
@@ -80,6 +83,16 @@ func (c *Cache) Spend(keyID string) (float64, time.Time) {
 	return c.spend[keyID], c.spendAt
 }
 
+// TenantSpend returns what the tenant's usage cost in the calendar month
+// (UTC) of the returned time, as of that time (zero if never loaded), for
+// a tenant with a monthly budget. As with Spend, callers add what they saw
+// finish since; a figure from an earlier month than now's is worth zero.
+func (c *Cache) TenantSpend(tenantID string) (float64, time.Time) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.tenantSpend[tenantID], c.spendAt
+}
+
 // refreshSpend reloads spend every SpendRefresh until ctx is done.
 func (c *Cache) refreshSpend(ctx context.Context) {
 	t := time.NewTicker(SpendRefresh)
@@ -87,9 +100,13 @@ func (c *Cache) refreshSpend(ctx context.Context) {
 	for {
 		at := time.Now()
 		spend, err := c.Store.SpendByKey(ctx)
+		var tenants map[string]float64
+		if err == nil {
+			tenants, err = c.Store.TenantMonthSpend(ctx, at)
+		}
 		if err == nil {
 			c.mu.Lock()
-			c.spend, c.spendAt = spend, at
+			c.spend, c.tenantSpend, c.spendAt = spend, tenants, at
 			c.mu.Unlock()
 		} else if ctx.Err() == nil {
 			c.log.Warn("refreshing key spend; budgets use the last known spend", "err", err)
@@ -183,6 +200,61 @@ func (c *Cache) RevokeKey(ctx context.Context, tenantID, keyID string) error {
 		c.mu.Unlock()
 	}
 	return err
+}
+
+// reloadKeysNow reloads the keys after a change this activator made to a
+// tenant or a key, so it sees the change at once (others see it when the
+// notification arrives, milliseconds later): a tenant resumed through one
+// activator then works there on the very next request. A failed reload is
+// left to the notification.
+func (c *Cache) reloadKeysNow(ctx context.Context) {
+	c.mu.RLock()
+	loaded := c.keys != nil
+	c.mu.RUnlock()
+	if !loaded {
+		return
+	}
+	if err := c.reload(ctx, "api_keys"); err != nil {
+		c.log.Warn("reloading keys after a change; the change notification will", "err", err)
+	}
+}
+
+// SuspendTenant writes through (see reloadKeysNow).
+func (c *Cache) SuspendTenant(ctx context.Context, id string, suspend bool) (Tenant, error) {
+	t, err := c.Store.SuspendTenant(ctx, id, suspend)
+	if err == nil {
+		c.reloadKeysNow(ctx)
+	}
+	return t, err
+}
+
+// SetTenantQuotas writes through (see reloadKeysNow): a budget raised
+// through this activator admits the tenant here at once.
+func (c *Cache) SetTenantQuotas(ctx context.Context, id string, q Quotas) (Tenant, error) {
+	t, err := c.Store.SetTenantQuotas(ctx, id, q)
+	if err == nil {
+		c.reloadKeysNow(ctx)
+	}
+	return t, err
+}
+
+// DeleteTenant writes through (see reloadKeysNow): the tenant's keys stop
+// working here at once.
+func (c *Cache) DeleteTenant(ctx context.Context, id string) error {
+	err := c.Store.DeleteTenant(ctx, id)
+	if err == nil {
+		c.reloadKeysNow(ctx)
+	}
+	return err
+}
+
+// SetKeyShare writes through (see reloadKeysNow).
+func (c *Cache) SetKeyShare(ctx context.Context, tenantID, keyID string, share int) (APIKey, error) {
+	k, err := c.Store.SetKeyShare(ctx, tenantID, keyID, share)
+	if err == nil {
+		c.reloadKeysNow(ctx)
+	}
+	return k, err
 }
 
 // PutDeployment writes through, so the writer sees its change at once

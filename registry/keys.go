@@ -50,6 +50,10 @@ type Tenant struct {
 	// Operator marks the platform operator's tenant (see OperatorTenant).
 	Operator bool   `json:"operator"`
 	Quotas   Quotas `json:"quotas"`
+	// MonthSpentUSD is what the tenant's usage has cost this calendar
+	// month (UTC) so far, as a decimal string: the figure its monthly
+	// budget is checked against, and the current month's invoice total.
+	MonthSpentUSD string `json:"month_spent_usd"`
 }
 
 // APIKey is a key's record. The secret itself is never stored.
@@ -79,6 +83,10 @@ type Limits struct {
 	// BudgetUSD caps what the key's requests may cost in total; nil is
 	// unlimited.
 	BudgetUSD *float64 `json:"budget_usd,omitempty"`
+	// Share is the key's weight in fair sharing: while a deployment is
+	// saturated, each key gets places in proportion to its share
+	// (activator/fair.go). 0 on create means 1.
+	Share int `json:"share"`
 }
 
 // Allows reports whether the key may call the named deployment (tenancy is
@@ -90,6 +98,10 @@ func (l Limits) Allows(deployment string) bool {
 // MaxRatePerMinute bounds a key's requests and tokens per minute: the
 // columns are 32-bit. (No real limit comes near it; larger means none.)
 const MaxRatePerMinute = math.MaxInt32
+
+// MaxShare bounds a key's fair-sharing weight (the column's CHECK): a
+// thousand to one is more skew than any sharing policy needs.
+const MaxShare = 1000
 
 // MaxBudgetUSD bounds a key's budget, well inside its column
 // (numeric(20, 9): below 10^11) and above any real one.
@@ -105,6 +117,9 @@ func (l Limits) Validate() error {
 		if f.v < 0 || f.v > MaxRatePerMinute {
 			return fieldError(f.name, "%s is %d; it must be between 0 (unlimited) and %d", f.name, f.v, MaxRatePerMinute)
 		}
+	}
+	if l.Share < 0 || l.Share > MaxShare {
+		return fieldError("share", "share is %d; it must be between 1 and %d (0 or unset: 1)", l.Share, MaxShare)
 	}
 	// The negated comparison also refuses NaN.
 	if l.BudgetUSD != nil && !(*l.BudgetUSD >= 0 && *l.BudgetUSD <= MaxBudgetUSD) {
@@ -201,13 +216,14 @@ func validRole(role string) error {
 }
 
 const keyColumns = `id, tenant_id, name, role, prefix, created_at, revoked_at,
-	deployments, requests_per_min, tokens_per_min, budget_usd::float8, ` + keyTenantColumns
+	deployments, requests_per_min, tokens_per_min, budget_usd::float8, share, ` + keyTenantColumns
 
 func scanKey(row pgx.Row, extra ...any) (APIKey, error) {
 	var k APIKey
 	dst := append(extra, &k.ID, &k.TenantID, &k.Name, &k.Role, &k.Prefix, &k.CreatedAt, &k.RevokedAt,
-		&k.Deployments, &k.RequestsPerMinute, &k.TokensPerMinute, &k.BudgetUSD,
-		&k.Tenant.Suspended, &k.Tenant.Operator, &k.Tenant.RequestsPerMinute, &k.Tenant.TokensPerMinute, &k.Tenant.MaxRunners)
+		&k.Deployments, &k.RequestsPerMinute, &k.TokensPerMinute, &k.BudgetUSD, &k.Share,
+		&k.Tenant.Suspended, &k.Tenant.Operator, &k.Tenant.RequestsPerMinute, &k.Tenant.TokensPerMinute, &k.Tenant.MaxRunners,
+		&k.Tenant.MonthlyBudgetUSD)
 	err := row.Scan(dst...)
 	if k.Deployments == nil {
 		k.Deployments = []string{}
@@ -240,11 +256,11 @@ func (s *Store) CreateLimitedKey(ctx context.Context, tenantID, name, role strin
 	rand.Read(raw[:]) // never fails, per crypto/rand
 	secret := keyPrefix + hex.EncodeToString(raw[:])
 	k, err := scanKey(s.pool.QueryRow(ctx, `
-		INSERT INTO api_keys (id, tenant_id, name, role, prefix, hash, deployments, requests_per_min, tokens_per_min, budget_usd)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+		INSERT INTO api_keys (id, tenant_id, name, role, prefix, hash, deployments, requests_per_min, tokens_per_min, budget_usd, share)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, greatest($11::int, 1))
 		RETURNING `+keyColumns,
 		newID("key"), tenantID, name, role, displayPrefix(secret), hashKey(secret),
-		deps, l.RequestsPerMinute, l.TokensPerMinute, l.BudgetUSD))
+		deps, l.RequestsPerMinute, l.TokensPerMinute, l.BudgetUSD, l.Share))
 	if pgCode(err) == codeForeignKey {
 		return APIKey{}, "", fmt.Errorf("creating key: tenant %q: %w", tenantID, ErrNotFound)
 	}
@@ -375,6 +391,22 @@ func (s *Store) RevokeKey(ctx context.Context, tenantID, keyID string) error {
 		return notFound(err, "key "+keyID)
 	}
 	return nil
+}
+
+// SetKeyShare sets the tenant's key's fair-sharing weight (1 to MaxShare).
+// The change notifies every activator's cache like any key change, so the
+// gates weigh the key anew within a notification.
+func (s *Store) SetKeyShare(ctx context.Context, tenantID, keyID string, share int) (APIKey, error) {
+	if share < 1 || share > MaxShare {
+		return APIKey{}, fieldError("share", "share is %d; it must be between 1 and %d", share, MaxShare)
+	}
+	k, err := scanKey(s.pool.QueryRow(ctx, `
+		UPDATE api_keys SET share = $3 WHERE id = $1 AND tenant_id = $2
+		RETURNING `+keyColumns, keyID, tenantID, share))
+	if err != nil {
+		return APIKey{}, notFound(err, "key "+keyID)
+	}
+	return k, nil
 }
 
 // HasAnyKey reports whether any key can still authenticate.

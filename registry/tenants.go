@@ -33,6 +33,9 @@ type TenantState struct {
 	// MaxRunners is the tenant's runner quota (0: none), which the
 	// activator names in a queued request's SSE comments.
 	MaxRunners int
+	// MonthlyBudgetUSD is the tenant's monthly budget (nil: none), which
+	// the activator enforces from Cache.TenantSpend.
+	MonthlyBudgetUSD *float64
 }
 
 // keyTenantColumns reads TenantState for an api_keys row (in SELECT and in
@@ -42,7 +45,8 @@ const keyTenantColumns = `
 	coalesce((SELECT t.name = '` + OperatorTenant + `' FROM tenants t WHERE t.id = api_keys.tenant_id), false),
 	coalesce((SELECT t.requests_per_min FROM tenants t WHERE t.id = api_keys.tenant_id), 0),
 	coalesce((SELECT t.tokens_per_min FROM tenants t WHERE t.id = api_keys.tenant_id), 0),
-	coalesce((SELECT t.max_runners FROM tenants t WHERE t.id = api_keys.tenant_id), 0)`
+	coalesce((SELECT t.max_runners FROM tenants t WHERE t.id = api_keys.tenant_id), 0),
+	(SELECT t.monthly_budget_usd::float8 FROM tenants t WHERE t.id = api_keys.tenant_id)`
 
 // Quotas bound what a tenant may use. Zero values (nil for the budget) do
 // not bound.
@@ -60,7 +64,9 @@ type Quotas struct {
 	RequestsPerMinute int `json:"requests_per_minute"`
 	TokensPerMinute   int `json:"tokens_per_minute"`
 	// MonthlyBudgetUSD is what the tenant's usage may cost in a calendar
-	// month (UTC); see Invoice.OverBudget.
+	// month (UTC): once the month's cost reaches it, the tenant's
+	// inference requests are refused until the month ends or the budget
+	// is raised (activator/tenant_budget.go); see also Invoice.OverBudget.
 	MonthlyBudgetUSD *float64 `json:"monthly_budget_usd,omitempty"`
 }
 
@@ -85,13 +91,16 @@ func (q Quotas) Validate() error {
 }
 
 const tenantColumns = `id, name, created_at, suspended_at, name = '` + OperatorTenant + `',
-	max_deployments, max_runners, max_artifact_bytes, requests_per_min, tokens_per_min, monthly_budget_usd::float8`
+	max_deployments, max_runners, max_artifact_bytes, requests_per_min, tokens_per_min, monthly_budget_usd::float8,
+	coalesce((SELECT m.spent_usd FROM tenant_month_spend m WHERE m.tenant_id = tenants.id
+		AND m.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date), 0)::text`
 
 func scanTenant(row pgx.Row) (Tenant, error) {
 	var t Tenant
 	q := &t.Quotas
 	err := row.Scan(&t.ID, &t.Name, &t.CreatedAt, &t.SuspendedAt, &t.Operator,
-		&q.MaxDeployments, &q.MaxRunners, &q.MaxArtifactBytes, &q.RequestsPerMinute, &q.TokensPerMinute, &q.MonthlyBudgetUSD)
+		&q.MaxDeployments, &q.MaxRunners, &q.MaxArtifactBytes, &q.RequestsPerMinute, &q.TokensPerMinute, &q.MonthlyBudgetUSD,
+		&t.MonthSpentUSD)
 	return t, err
 }
 
@@ -359,4 +368,30 @@ func SumInvoiceLines(lines []InvoiceLine) (InvoiceLine, error) {
 	tot.RequestCostUSD, tot.RunnerSeconds = reqCost.FloatString(9), secs.FloatString(3)
 	tot.RunnerCostUSD, tot.CostUSD = runCost.FloatString(9), cost.FloatString(9)
 	return tot, nil
+}
+
+// TenantMonthSpend returns what each tenant with a monthly budget has
+// spent in the calendar month (UTC) holding at: its requests' and runners'
+// cost, from tenant_month_spend (kept by triggers as usage is recorded, so
+// this reads one row per budgeted tenant, not their usage).
+func (s *Store) TenantMonthSpend(ctx context.Context, at time.Time) (map[string]float64, error) {
+	at = at.UTC()
+	month := time.Date(at.Year(), at.Month(), 1, 0, 0, 0, 0, time.UTC)
+	rows, err := s.pool.Query(ctx, `
+		SELECT t.id, coalesce(m.spent_usd, 0)::float8
+		FROM tenants t LEFT JOIN tenant_month_spend m ON m.tenant_id = t.id AND m.month = $1::date
+		WHERE t.monthly_budget_usd IS NOT NULL`, month)
+	if err != nil {
+		return nil, fmt.Errorf("reading tenants' spend this month: %w", err)
+	}
+	spend := map[string]float64{}
+	var id string
+	var usd float64
+	if _, err := pgx.ForEachRow(rows, []any{&id, &usd}, func() error {
+		spend[id] = usd
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("reading tenants' spend this month: %w", err)
+	}
+	return spend, nil
 }

@@ -111,6 +111,35 @@ func TestInvoiceTotalsAreTheSumOfRows(t *testing.T) {
 	if requests != 9 || wantAll.Sign() <= 0 {
 		t.Errorf("the month holds %d requests costing %s; the test's data is wrong", requests, wantAll.FloatString(9))
 	}
+	// The per-month totals the triggers keep (what monthly budgets are
+	// checked against) are the invoices' totals to the last digit, for
+	// this month and the ones either side.
+	for _, m := range []time.Time{month.AddDate(0, -1, 0), month, month.AddDate(0, 1, 0)} {
+		minv, err := s.Invoice(ctx, tenant.ID, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var kept string
+		if err := s.pool.QueryRow(ctx, `SELECT coalesce((SELECT spent_usd FROM tenant_month_spend WHERE tenant_id = $1 AND month = $2::date), 0)::text`,
+			tenant.ID, m).Scan(&kept); err != nil {
+			t.Fatal(err)
+		}
+		check(m.Format("2006-01")+" tenant_month_spend", kept, func() *big.Rat { r, _ := new(big.Rat).SetString(minv.Total.CostUSD); return r }())
+	}
+	if _, err := s.SetTenantQuotas(ctx, tenant.ID, Quotas{MonthlyBudgetUSD: new(float64)}); err != nil {
+		t.Fatal(err)
+	}
+	spend, err := s.TenantMonthSpend(ctx, month.Add(20*24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := spend[other.ID]; ok || len(spend) == 0 {
+		t.Errorf("TenantMonthSpend lists %v; want only the budgeted tenant", spend)
+	}
+	if got := new(big.Rat).SetFloat64(spend[tenant.ID]); new(big.Rat).Sub(got, wantAll).Abs(new(big.Rat).Sub(got, wantAll)).Cmp(big.NewRat(1, 1e9)) > 0 {
+		t.Errorf("TenantMonthSpend = %v, want %s", spend[tenant.ID], wantAll.FloatString(9))
+	}
+
 	// An empty month is a zero invoice, not an error.
 	empty, err := s.Invoice(ctx, tenant.ID, month.AddDate(-5, 0, 0))
 	if err != nil || len(empty.Lines) != 0 || empty.Total.CostUSD != "0.000000000" {

@@ -88,13 +88,9 @@ section "whole path: infer bench against infer dev"
 MEDIUM=$($GO run ./scripts/ggufgen 2>/dev/null)
 export INFER_HOME=$WORK/home INFER_ADMIN_KEY=bench-admin-key-$RANDOM$RANDOM$RANDOM
 export INFER_API_KEY=$INFER_ADMIN_KEY INFER_LOG_LEVEL=warn
-if [[ -z ${DATABASE_URL:-} ]]; then
-	# A fresh scratch database each run: its artifact records must match
-	# this run's blob directory (under $WORK), or infer deploy, which skips
-	# uploading weights the server already records, would point runners
-	# at objects a previous run deleted.
-	psql -q -h 127.0.0.1 -U root -d postgres -c 'DROP DATABASE IF EXISTS infer_bench' >/dev/null 2>&1 || true
-fi
+# The scratch database outlives this run's blob directory (under $WORK):
+# its artifact records point at objects that are gone, which GET
+# /v1/artifacts/{sha} checks, so infer deploy uploads them again.
 export DATABASE_URL=${DATABASE_URL:-postgres://root@127.0.0.1:5432/infer_bench?sslmode=disable}
 DEVPORT=$(port)
 export INFER_URL=http://127.0.0.1:$DEVPORT

@@ -20,6 +20,7 @@ type keyLimitFlags struct {
 	deployments string
 	rpm, tpm    int
 	budget      float64
+	share       int
 }
 
 func (f *keyLimitFlags) add(cmd *cobra.Command) {
@@ -27,6 +28,7 @@ func (f *keyLimitFlags) add(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&f.rpm, "rpm", 0, "requests per minute the key may make (0: unlimited)")
 	cmd.Flags().IntVar(&f.tpm, "tpm", 0, "prompt plus completion tokens per minute the key may use (0: unlimited)")
 	cmd.Flags().Float64Var(&f.budget, "budget", -1, "US dollars the key may spend in total (default: unlimited)")
+	cmd.Flags().IntVar(&f.share, "share", 0, "the key's weight in fair sharing, 1 to 1000: while a deployment is saturated, places go to keys in proportion to their shares (default 1)")
 }
 
 // body is the POST /v1/keys request.
@@ -46,6 +48,9 @@ func (f *keyLimitFlags) body(name, role string) (map[string]any, error) {
 	}
 	if f.budget >= 0 {
 		b["budget_usd"] = f.budget
+	}
+	if f.share != 0 {
+		b["share"] = f.share
 	}
 	return b, nil
 }
@@ -129,6 +134,9 @@ func keyLimits(k map[string]any) string {
 	}
 	if v, ok := k["budget_usd"].(float64); ok {
 		parts = append(parts, fmt.Sprintf("budget=$%g", v))
+	}
+	if v := num(k["share"]); v > 1 {
+		parts = append(parts, fmt.Sprintf("share=%.0f", v))
 	}
 	if len(parts) == 0 {
 		return "-"

@@ -577,7 +577,7 @@ func printJSON(v any) error {
 func keysCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "keys",
-		Short: "Create, list and revoke API keys (admin key required)",
+		Short: "Create, list and revoke API keys, set their shares (admin key required)",
 	}
 	var role string
 	var asJSON bool
@@ -615,29 +615,13 @@ func keysCmd() *cobra.Command {
 		Short:   "List the tenant's API keys",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := newClient()
-			if err != nil {
-				return err
-			}
-			var out struct {
-				Data []map[string]any `json:"data"`
-			}
-			if err := c.json(cmd.Context(), http.MethodGet, "/v1/keys", nil, &out); err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(out.Data)
-			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tROLE\tPREFIX\tCREATED\tREVOKED\tLIMITS")
-			for _, k := range out.Data {
+			return listTable(cmd.Context(), "/v1/keys", asJSON, "ID\tNAME\tROLE\tPREFIX\tCREATED\tREVOKED\tLIMITS", func(k map[string]any) string {
 				revoked := "-"
 				if k["revoked_at"] != nil {
 					revoked = fmt.Sprint(k["revoked_at"])
 				}
-				fmt.Fprintf(tw, "%v\t%v\t%v\t%v…\t%v\t%s\t%s\n", k["id"], k["name"], k["role"], k["prefix"], k["created_at"], revoked, keyLimits(k))
-			}
-			return tw.Flush()
+				return fmt.Sprintf("%v\t%v\t%v\t%v…\t%v\t%s\t%s", k["id"], k["name"], k["role"], k["prefix"], k["created_at"], revoked, keyLimits(k))
+			})
 		},
 	}
 	ls.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -651,6 +635,34 @@ func keysCmd() *cobra.Command {
 		return ""
 	})
 	revoke.Flags().BoolVar(&allowSelf, "allow-self", false, "allow revoking the key this command authenticates with (it stops working at once)")
-	cmd.AddCommand(create, ls, revoke)
+	var share int
+	var shareJSON bool
+	setShare := &cobra.Command{
+		Use:     "share ID",
+		Short:   "Change a key's share: its weight when a saturated deployment's places are shared between keys",
+		Example: "  infer keys share key_abc --share 3",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("share") {
+				return usageError{fmt.Errorf("give --share N (1 to %d)", registry.MaxShare)}
+			}
+			c, err := newClient()
+			if err != nil {
+				return err
+			}
+			var out map[string]any
+			if err := c.json(cmd.Context(), http.MethodPatch, "/v1/keys/"+url.PathEscape(args[0]), map[string]any{"share": share}, &out); err != nil {
+				return err
+			}
+			if shareJSON {
+				return printJSON(out)
+			}
+			fmt.Printf("key %v (%v) has share %v\n", out["id"], out["name"], out["share"])
+			return nil
+		},
+	}
+	setShare.Flags().IntVar(&share, "share", 1, fmt.Sprintf("the key's weight, 1 to %d: a key with share 3 gets three places for each one a key with share 1 gets", registry.MaxShare))
+	setShare.Flags().BoolVar(&shareJSON, "json", false, "print JSON")
+	cmd.AddCommand(create, ls, revoke, setShare)
 	return cmd
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -78,6 +79,31 @@ func (c *client) list(ctx context.Context, path string, pg pageFlags) (items []j
 			return items, after, nil
 		}
 	}
+}
+
+// listTable is an `ls` command's whole work for an unpaged list: it GETs
+// path ({"data": [...]}) into T and prints the items as JSON with asJSON,
+// else as a table of header and one row per item (tab-separated cells).
+func listTable[T any](ctx context.Context, path string, asJSON bool, header string, row func(T) string) error {
+	c, err := newClient()
+	if err != nil {
+		return err
+	}
+	var out struct {
+		Data []T `json:"data"`
+	}
+	if err := c.json(ctx, http.MethodGet, path, nil, &out); err != nil {
+		return err
+	}
+	if asJSON {
+		return printJSON(out.Data)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	for _, it := range out.Data {
+		fmt.Fprintln(tw, row(it))
+	}
+	return tw.Flush()
 }
 
 // parseWhen reads a point in time as an RFC 3339 time, or as an age before

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -31,7 +33,7 @@ func (q *quotaFlags) add(cmd *cobra.Command) {
 	f.Int64Var(&q.maxArtifactBytes, "max-artifact-bytes", 0, "most bytes of weights held (0: unlimited)")
 	f.IntVar(&q.rpm, "requests-per-minute", 0, "requests per minute across all its keys (0: unlimited)")
 	f.IntVar(&q.tpm, "tokens-per-minute", 0, "tokens per minute across all its keys (0: unlimited)")
-	f.Float64Var(&q.budget, "monthly-budget", 0, "US dollars a month; the invoice flags a month over it")
+	f.Float64Var(&q.budget, "monthly-budget", 0, "US dollars a month (UTC); once the month's cost reaches it, the tenant's inference requests get 429 budget_exceeded until the month ends")
 }
 
 func (q *quotaFlags) body(cmd *cobra.Command) map[string]any {
@@ -97,28 +99,15 @@ own admin key may read its tenant and its invoice.`,
 		Example: "  infer tenants ls",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := newClient()
-			if err != nil {
-				return err
+			type tenant struct {
+				ID            string         `json:"id"`
+				Name          string         `json:"name"`
+				SuspendedAt   *string        `json:"suspended_at"`
+				Operator      bool           `json:"operator"`
+				Quotas        map[string]any `json:"quotas"`
+				MonthSpentUSD string         `json:"month_spent_usd"`
 			}
-			var out struct {
-				Data []struct {
-					ID          string         `json:"id"`
-					Name        string         `json:"name"`
-					SuspendedAt *string        `json:"suspended_at"`
-					Operator    bool           `json:"operator"`
-					Quotas      map[string]any `json:"quotas"`
-				} `json:"data"`
-			}
-			if err := c.json(cmd.Context(), http.MethodGet, "/v1/tenants", nil, &out); err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(out.Data)
-			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tSTATE\tDEPLOYMENTS\tRUNNERS\tARTIFACT BYTES\tRPM\tTPM\tMONTHLY BUDGET")
-			for _, t := range out.Data {
+			return listTable(cmd.Context(), "/v1/tenants", asJSON, "ID\tNAME\tSTATE\tDEPLOYMENTS\tRUNNERS\tARTIFACT BYTES\tRPM\tTPM\tMONTHLY BUDGET\tSPENT THIS MONTH", func(t tenant) string {
 				state := "active"
 				if t.SuspendedAt != nil {
 					state = "suspended"
@@ -132,10 +121,13 @@ own admin key may read its tenant and its invoice.`,
 					}
 					return "-"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, state, qv("max_deployments"), qv("max_runners"),
-					qv("max_artifact_bytes"), qv("requests_per_minute"), qv("tokens_per_minute"), qv("monthly_budget_usd"))
-			}
-			return tw.Flush()
+				budget := qv("monthly_budget_usd")
+				if b, ok := t.Quotas["monthly_budget_usd"]; ok && overBudget(t.MonthSpentUSD, num(b)) {
+					budget += " (reached: requests refused)"
+				}
+				return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", t.ID, t.Name, state, qv("max_deployments"), qv("max_runners"),
+					qv("max_artifact_bytes"), qv("requests_per_minute"), qv("tokens_per_minute"), budget, t.MonthSpentUSD)
+			})
 		},
 	}
 	ls.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -250,6 +242,14 @@ never floating point). --format csv prints the CSV to keep as an invoice's basis
 	return cmd
 }
 
+// overBudget reports whether spent (a decimal string) has reached budget.
+func overBudget(spent string, budget float64) bool {
+	// The budget as the decimal it was typed as, not its binary float.
+	s, ok := new(big.Rat).SetString(spent)
+	b, bok := new(big.Rat).SetString(strconv.FormatFloat(budget, 'f', -1, 64))
+	return ok && bok && s.Cmp(b) >= 0
+}
+
 // raw GETs path and copies the answer (such as CSV) to w.
 func (c *client) raw(ctx context.Context, path string, w io.Writer) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
@@ -284,36 +284,21 @@ func artifactsCmd() *cobra.Command {
 		Example: "  infer artifacts ls",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := newClient()
-			if err != nil {
-				return err
+			type artifact struct {
+				SHA256       string   `json:"sha256"`
+				Size         int64    `json:"size"`
+				Architecture string   `json:"architecture"`
+				Quantization string   `json:"quantization"`
+				CreatedAt    string   `json:"created_at"`
+				Deployments  []string `json:"deployments"`
 			}
-			var out struct {
-				Data []struct {
-					SHA256       string   `json:"sha256"`
-					Size         int64    `json:"size"`
-					Architecture string   `json:"architecture"`
-					Quantization string   `json:"quantization"`
-					CreatedAt    string   `json:"created_at"`
-					Deployments  []string `json:"deployments"`
-				} `json:"data"`
-			}
-			if err := c.json(cmd.Context(), http.MethodGet, "/v1/artifacts", nil, &out); err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(out.Data)
-			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SHA256\tSIZE\tARCH\tQUANT\tCREATED\tUSED BY")
-			for _, a := range out.Data {
+			return listTable(cmd.Context(), "/v1/artifacts", asJSON, "SHA256\tSIZE\tARCH\tQUANT\tCREATED\tUSED BY", func(a artifact) string {
 				used := "-"
 				if len(a.Deployments) > 0 {
 					used = fmt.Sprint(a.Deployments)
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", a.SHA256, a.Size, a.Architecture, a.Quantization, a.CreatedAt, used)
-			}
-			return tw.Flush()
+				return fmt.Sprintf("%s\t%d\t%s\t%s\t%s\t%s", a.SHA256, a.Size, a.Architecture, a.Quantization, a.CreatedAt, used)
+			})
 		},
 	}
 	ls.Flags().BoolVar(&asJSON, "json", false, "print JSON")

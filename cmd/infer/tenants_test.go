@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"encoding/csv"
 	"encoding/json"
+	"net/http"
 	"os/exec"
 	"strings"
 	"testing"
 
+	"github.com/infer-run/infer/internal/blob"
 	"github.com/infer-run/infer/internal/testenv"
 )
 
@@ -73,6 +76,30 @@ func TestTenantsCLI(t *testing.T) {
 	}
 	must(p.cliAs(key, "deploy", "stories", "--artifact", arts[0].SHA256))
 
+	// The object behind the record goes missing (a bucket emptied): the
+	// server says it does not hold the weights, so deploying again sends
+	// them, the record follows the new object, and the deployment serves.
+	blobs, err := blob.NewS3(context.Background(), p.s3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var object string
+	if code, _, b := p.do(http.MethodGet, "/v1/artifacts/"+arts[0].SHA256, key, ""); code != http.StatusOK ||
+		json.Unmarshal(b, &struct {
+			ObjectKey *string `json:"object_key"`
+		}{&object}) != nil || object == "" {
+		t.Fatalf("GET the artifact: %d %s", code, b)
+	}
+	if err := blobs.Delete(context.Background(), object); err != nil {
+		t.Fatal(err)
+	}
+	if out := must(p.cliAs(key, "deploy", "stories", "--weights", model)); strings.Contains(out, "not uploading it again") {
+		t.Errorf("deploying weights whose object is gone skipped the upload:\n%s", out)
+	}
+	if code, _, b := p.do(http.MethodPost, "/v1/chat/completions", key, `{"model":"stories","messages":[{"role":"user","content":"hi"}],"max_tokens":2}`); code != http.StatusOK {
+		t.Errorf("a request on the weights uploaded again: %d %s", code, b)
+	}
+
 	// Suspended, its key is refused; resumed, it works again.
 	must(p.cli("tenants", "suspend", id))
 	if out, err := p.cliAs(key, "ls"); err == nil || !strings.Contains(out, "suspended") {
@@ -81,8 +108,28 @@ func TestTenantsCLI(t *testing.T) {
 	must(p.cli("tenants", "resume", id))
 	must(p.cliAs(key, "ls"))
 
-	if out := must(p.cli("tenants", "ls")); !strings.Contains(out, "acme") || !strings.Contains(out, "(operator)") {
+	if out := must(p.cli("tenants", "ls")); !strings.Contains(out, "acme") || !strings.Contains(out, "(operator)") ||
+		!strings.Contains(out, "SPENT THIS MONTH") {
 		t.Errorf("tenants ls:\n%s", out)
+	}
+
+	// A key's share: set at creation, changed in place, shown by keys ls.
+	var heavy struct {
+		ID    string `json:"id"`
+		Share int    `json:"share"`
+	}
+	p.cliJSON(t, &heavy, "keys", "create", "heavy", "--share", "3")
+	if heavy.Share != 3 {
+		t.Errorf("keys create --share 3: share %d", heavy.Share)
+	}
+	if out := must(p.cli("keys", "share", heavy.ID, "--share", "5")); !strings.Contains(out, "share 5") {
+		t.Errorf("keys share:\n%s", out)
+	}
+	if out := must(p.cli("keys", "ls")); !strings.Contains(out, "share=5") {
+		t.Errorf("keys ls does not show the share:\n%s", out)
+	}
+	if out, err := p.cli("keys", "share", heavy.ID, "--share", "0"); err == nil || !strings.Contains(out, "share") {
+		t.Errorf("keys share --share 0: %v\n%s", err, out)
 	}
 	cmd = exec.Command(p.bin, "tenants", "invoice", id, "--format", "csv")
 	cmd.Env = p.env
