@@ -174,7 +174,7 @@ func (d *downloader) fetch(ctx context.Context, rawURL string, s source) (string
 		os.Remove(metaPath)
 		return "", "", fmt.Errorf("downloading %s: %w", shown, err)
 	}
-	done := filepath.Join(d.dir, key+".gguf")
+	done := filepath.Join(d.dir, strings.TrimSuffix(key, ".gguf")+".gguf")
 	if err := os.Rename(partial, done); err != nil {
 		return "", "", err
 	}
