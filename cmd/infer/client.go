@@ -244,19 +244,23 @@ stores).`,
 					if err := dryRun(ctx, c, args[0], spec); err != nil {
 						return err
 					}
-					if path, sha, err = fetchWeights(ctx, weights, s3Endpoint, asJSON); err != nil {
+					if path, sha, err = fetchWeights(ctx, c, weights, s3Endpoint, asJSON); err != nil {
 						return err
 					}
 				}
-				sha, err := uploadChecked(ctx, c, args[0], spec, path, sha)
-				if err != nil {
+				if remote && path == "" {
+					// The source declared a digest the server holds.
+					if !asJSON {
+						fmt.Fprintf(os.Stderr, "the server holds %s already (%s); not downloading it\n", cacheKeyShown(weights), short(sha))
+					}
+				} else if sha, err = uploadChecked(ctx, c, args[0], spec, path, sha); err != nil {
 					if remote {
 						return fmt.Errorf("%w (the downloaded weights are in %s: deploy them with --weights %s)", err, path, path)
 					}
 					return err
 				}
 				spec["artifact"] = sha
-				if remote {
+				if remote && path != "" {
 					// The server holds them now; the copy here is not needed.
 					os.Remove(path)
 				}

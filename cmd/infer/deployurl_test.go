@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"net/http/httptest"
 	"os"
@@ -73,6 +75,17 @@ func TestDeployFromURLAndBenchRate(t *testing.T) {
 		t.Errorf("downloads left after deploying: %v", left)
 	}
 	chat("web")
+
+	// A source that declares its sha256 (Repr-Digest here; Hugging Face's
+	// X-Linked-Etag) is not downloaded when the server holds it.
+	sum := sha256Sum(content)
+	srv.mu.Lock()
+	srv.digest = sum
+	srv.mu.Unlock()
+	stdout, stderr, status = p.run(p.env, "deploy", "again", "--weights", ts.URL+"/stories260K.gguf")
+	if status != 0 || !strings.Contains(stderr, "not downloading it") || !strings.Contains(stdout, "deployment again") {
+		t.Errorf("deploy of held weights from a URL: exit %d\n%s\n%s", status, stdout, stderr)
+	}
 
 	// s3:// from MinIO, with the AWS variables and --s3-endpoint.
 	mc, err := minio.New(p.s3.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(p.s3.AccessKey, p.s3.SecretKey, "")})
@@ -170,4 +183,9 @@ func s3EndpointFor(u, endpoint string) string {
 		return "http://" + endpoint
 	}
 	return ""
+}
+
+func sha256Sum(b []byte) string {
+	h := sha256.Sum256(b)
+	return base64.StdEncoding.EncodeToString(h[:])
 }

@@ -19,6 +19,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -79,7 +80,16 @@ type downloader struct {
 	// one run; retryWait is the first pause, doubled each time.
 	retries   int
 	retryWait time.Duration
+	// held, if not nil, is asked about a sha256 the source declares before
+	// its bytes are downloaded: true skips the download (the server holds
+	// the weights already).
+	held func(ctx context.Context, sha string) (bool, error)
 }
+
+// errHeld stops a download whose declared digest the server holds.
+type errHeld struct{ sha string }
+
+func (e errHeld) Error() string { return "the server holds " + e.sha }
 
 // downloadsDir is where unfinished downloads wait to be resumed:
 // $INFER_HOME/downloads, else the user's cache directory.
@@ -127,12 +137,24 @@ var errNotGGUF = errors.New("not a GGUF file")
 // fetch downloads src into the downloads directory and returns the
 // complete file's path and the sha256 of its bytes. A download cut short
 // is resumed where it stopped, by this run (d.retries times) or the next
-// one with the same source.
+// one with the same source. The path is empty when d.held said the server
+// holds the digest the source declared: nothing was downloaded.
 func (d *downloader) fetch(ctx context.Context, rawURL string, s source) (string, string, error) {
 	if err := os.MkdirAll(d.dir, 0o700); err != nil {
 		return "", "", err
 	}
 	key, shown := cacheKey(rawURL)
+	// Two runs appending to one file would corrupt it; the lock goes with
+	// the process, so a killed run leaves none behind.
+	lock, err := os.OpenFile(filepath.Join(d.dir, key+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return "", "", err
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return "", "", fmt.Errorf("another infer is downloading %s into %s; wait for it or stop it (%w)", shown, d.dir, err)
+	}
+	defer os.Remove(lock.Name())
 	partial := filepath.Join(d.dir, key+".partial")
 	metaPath := filepath.Join(d.dir, key+".json")
 	prev := readMeta(metaPath, shown)
@@ -146,6 +168,10 @@ func (d *downloader) fetch(ctx context.Context, rawURL string, s source) (string
 		if err == nil {
 			prev = meta
 			break
+		}
+		var h errHeld
+		if errors.As(err, &h) {
+			return "", h.sha, nil
 		}
 		var ue usageError
 		if errors.As(err, &ue) || ctx.Err() != nil || attempt >= d.retries {
@@ -197,8 +223,23 @@ func (d *downloader) once(ctx context.Context, s source, partial, metaPath, show
 	}
 	defer o.body.Close()
 	o.meta.Source = shown
+	if o.meta.SHA256 != "" && d.held != nil {
+		held, err := d.held(ctx, o.meta.SHA256)
+		if err != nil {
+			return prev, err
+		}
+		if held {
+			os.Remove(partial)
+			os.Remove(metaPath)
+			return prev, errHeld{o.meta.SHA256}
+		}
+	}
 	flags := os.O_WRONLY | os.O_CREATE | os.O_APPEND
 	switch {
+	case o.start == 0 && off > 0 && prev.ETag == "" && prev.LastModified == "":
+		d.note("%s has no ETag or Last-Modified to resume by; downloading it again from the start", shown)
+		flags |= os.O_TRUNC
+		off = 0
 	case o.start == 0 && off > 0:
 		d.note("%s changed since the download began (it was %s); starting again", shown, validatorOf(prev))
 		flags |= os.O_TRUNC
@@ -591,12 +632,16 @@ func orText(a, b string) string {
 // fetchWeights downloads a --weights URL for deploy, with a progress bar
 // on a terminal and a line on stderr when it starts, resumes or restarts
 // (neither with --json).
-func fetchWeights(ctx context.Context, raw, s3Endpoint string, quiet bool) (string, string, error) {
+func fetchWeights(ctx context.Context, c *client, raw, s3Endpoint string, quiet bool) (string, string, error) {
 	dir, err := downloadsDir()
 	if err != nil {
 		return "", "", err
 	}
 	d := &downloader{dir: dir, retries: 3, retryWait: time.Second}
+	d.held = func(ctx context.Context, sha string) (bool, error) {
+		_, held, err := heldArtifact(ctx, c, sha)
+		return held, err
+	}
 	if !quiet {
 		d.notes = os.Stderr
 		if term.IsTerminal(int(os.Stderr.Fd())) {

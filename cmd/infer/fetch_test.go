@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -316,4 +317,63 @@ func TestFetchS3(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "access denied") || exitCode(err) != exitUsage {
 		t.Errorf("wrong secret: %v (exit %d), want access denied, exit %d", err, exitCode(err), exitUsage)
 	}
+}
+
+// TestFetchDeclaredDigest: a source that declares its sha256 is not
+// downloaded when the server holds it, and is checked against it when not.
+func TestFetchDeclaredDigest(t *testing.T) {
+	content := storiesBytes(t)
+	sum := sha256.Sum256(content)
+	srv := &weightsServer{content: content, etag: `"e"`, digest: base64.StdEncoding.EncodeToString(sum[:])}
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+	for _, held := range []bool{true, false} {
+		d := newTestDownloader(t, 0)
+		var asked string
+		d.held = func(_ context.Context, sha string) (bool, error) { asked = sha; return held, nil }
+		path, sha, err := httpFetch(t, d, ts.URL+"/m.gguf")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if asked != sha256Hex(content) || sha != asked {
+			t.Errorf("held %v: asked about %q, returned %q; want %s", held, asked, sha, sha256Hex(content))
+		}
+		if held {
+			if path != "" {
+				t.Errorf("held weights were downloaded to %s", path)
+			}
+			if left, _ := filepath.Glob(filepath.Join(d.dir, "*.partial")); len(left) != 0 {
+				t.Errorf("left: %v", left)
+			}
+			continue
+		}
+		checkFile(t, path, content)
+	}
+}
+
+// TestFetchLocked: a second run on the same source while one downloads is
+// refused instead of appending to the same file.
+func TestFetchLocked(t *testing.T) {
+	content := storiesBytes(t)
+	ts := httptest.NewServer(&weightsServer{content: content, etag: `"e"`})
+	defer ts.Close()
+	d := newTestDownloader(t, 0)
+	os.MkdirAll(d.dir, 0o700)
+	key, _ := cacheKey(ts.URL + "/m.gguf")
+	f, err := os.OpenFile(filepath.Join(d.dir, key+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := httpFetch(t, d, ts.URL+"/m.gguf"); err == nil || !strings.Contains(err.Error(), "another infer is downloading") {
+		t.Fatalf("fetch under another's lock: %v", err)
+	}
+	f.Close()
+	path, _, err := httpFetch(t, d, ts.URL+"/m.gguf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFile(t, path, content)
 }
