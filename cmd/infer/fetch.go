@@ -240,6 +240,10 @@ func (d *downloader) once(ctx context.Context, s source, partial, metaPath, show
 		d.note("%s has no ETag or Last-Modified to resume by; downloading it again from the start", shown)
 		flags |= os.O_TRUNC
 		off = 0
+	case o.start == 0 && off > 0 && o.meta.ETag == prev.ETag && o.meta.LastModified == prev.LastModified:
+		d.note("the server of %s does not resume downloads (it ignored Range); downloading it again from the start", shown)
+		flags |= os.O_TRUNC
+		off = 0
 	case o.start == 0 && off > 0:
 		d.note("%s changed since the download began (it was %s); starting again", shown, validatorOf(prev))
 		flags |= os.O_TRUNC

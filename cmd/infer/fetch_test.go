@@ -377,3 +377,37 @@ func TestFetchLocked(t *testing.T) {
 	}
 	checkFile(t, path, content)
 }
+
+// TestFetchServerWithoutRanges: a server that ignores Range (as Python's
+// http.server does) sends the whole file again; the partial bytes are
+// replaced, not appended to, and the note says why.
+func TestFetchServerWithoutRanges(t *testing.T) {
+	content := storiesBytes(t)
+	var mu sync.Mutex
+	requests := 0
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		requests++
+		first := requests == 1
+		mu.Unlock()
+		w.Header().Set("Last-Modified", "Fri, 04 Dec 2026 10:00:00 GMT")
+		w.Header().Set("Content-Length", strconv.Itoa(len(content)))
+		var out http.ResponseWriter = w
+		if first {
+			out = &droppingWriter{ResponseWriter: w, left: len(content) / 2}
+		}
+		out.Write(content)
+	}))
+	defer ts.Close()
+	d := newTestDownloader(t, 1)
+	var notes bytes.Buffer
+	d.notes = &notes
+	path, _, err := httpFetch(t, d, ts.URL+"/m.gguf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFile(t, path, content)
+	if !strings.Contains(notes.String(), "does not resume downloads") {
+		t.Errorf("notes:\n%s", notes.String())
+	}
+}
