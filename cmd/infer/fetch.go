@@ -209,7 +209,7 @@ func (d *downloader) fetch(ctx context.Context, rawURL string, s source) (string
 }
 
 // once makes one request and appends what it brings to partial.
-func (d *downloader) once(ctx context.Context, s source, partial, metaPath, shown string, prev downloadMeta) (downloadMeta, error) {
+func (d *downloader) once(ctx context.Context, s source, partial, metaPath, shown string, prev downloadMeta) (_ downloadMeta, err error) {
 	var off int64
 	if st, err := os.Stat(partial); err == nil {
 		off = st.Size()
@@ -283,19 +283,35 @@ func (d *downloader) once(ctx context.Context, s source, partial, metaPath, show
 	}
 	var w io.Writer = f
 	if d.bar != nil {
-		bar := d.bar(o.meta.Size, "downloading "+path.Base(shown))
-		bar.Set64(off)
+		// The bar counts this response's bytes only, so that its rate is
+		// the network's, not inflated by the bytes resumed.
+		size, desc := o.meta.Size, "downloading "+path.Base(shown)
+		if off > 0 && size >= 0 {
+			size -= off
+			desc += " (from " + humanBytes(off) + ")"
+		}
+		bar := d.bar(size, desc)
 		w = io.MultiWriter(f, bar)
-		defer bar.Finish()
+		defer func() {
+			if err == nil {
+				bar.Finish()
+				return
+			}
+			// Where it stopped, not the 100% Finish would draw.
+			bar.Exit()
+			d.note("")
+		}()
 	}
 	n, err := io.Copy(w, body)
 	if err != nil {
 		return o.meta, err
 	}
 	if o.meta.Size >= 0 && off+n < o.meta.Size {
-		return o.meta, fmt.Errorf("the connection closed after %s of %s: %w", humanBytes(off+n), humanBytes(o.meta.Size), io.ErrUnexpectedEOF)
+		err = fmt.Errorf("the connection closed after %s of %s: %w", humanBytes(off+n), humanBytes(o.meta.Size), io.ErrUnexpectedEOF)
+		return o.meta, err
 	}
-	return o.meta, f.Close()
+	err = f.Close()
+	return o.meta, err
 }
 
 func (d *downloader) note(format string, args ...any) {
@@ -649,11 +665,9 @@ func fetchWeights(ctx context.Context, c *client, raw, s3Endpoint string, quiet 
 	if !quiet {
 		d.notes = os.Stderr
 		if term.IsTerminal(int(os.Stderr.Fd())) {
-			d.bar = func(size int64, desc string) *progressbar.ProgressBar {
-				return progressbar.NewOptions64(size, progressbar.OptionSetDescription(desc), progressbar.OptionSetWriter(os.Stderr),
-					progressbar.OptionShowBytes(true), progressbar.OptionShowTotalBytes(true), progressbar.OptionThrottle(100*time.Millisecond),
-					progressbar.OptionClearOnFinish())
-			}
+			// The upload's bar (progressbar.DefaultBytes), which a
+			// download of unknown size shows as a spinner.
+			d.bar = func(size int64, desc string) *progressbar.ProgressBar { return progressbar.DefaultBytes(size, desc) }
 		}
 	}
 	var s source
