@@ -134,7 +134,7 @@ var ggufMagic = []byte("GGUF")
 // errNotGGUF is a source whose first bytes are not GGUF's magic.
 var errNotGGUF = errors.New("not a GGUF file")
 
-// fetch downloads src into the downloads directory and returns the
+// fetch downloads rawURL from s into the downloads directory and returns the
 // complete file's path and the sha256 of its bytes. A download cut short
 // is resumed where it stopped, by this run (d.retries times) or the next
 // one with the same source. The path is empty when d.held said the server
@@ -174,10 +174,10 @@ func (d *downloader) fetch(ctx context.Context, rawURL string, s source) (string
 			return "", h.sha, nil
 		}
 		var ue usageError
-		if errors.As(err, &ue) || ctx.Err() != nil || attempt >= d.retries {
-			if errors.As(err, &ue) {
-				return "", "", err
-			}
+		if errors.As(err, &ue) {
+			return "", "", err // the URL's fault: trying again changes nothing
+		}
+		if ctx.Err() != nil || attempt >= d.retries {
 			if st, serr := os.Stat(partial); serr == nil && st.Size() > 0 {
 				return "", "", fmt.Errorf("downloading %s: %w (%s kept in %s; run the same command again to resume)", shown, err, humanBytes(st.Size()), d.dir)
 			}
