@@ -162,7 +162,7 @@ percentile) as JSON; --compare prints each figure's ratio to a saved run.`,
 				prompt:    prompt,
 				maxTokens: maxTokens,
 				logprobs:  tokenCount == countLogprobs,
-				http:      &http.Client{Timeout: timeout},
+				http:      &http.Client{Timeout: timeout, Transport: benchTransport()},
 			}
 			ctx := cmd.Context()
 			started := time.Now()
@@ -272,6 +272,16 @@ percentile) as JSON; --compare prints each figure's ratio to a saved run.`,
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	f.DurationVar(&timeout, "timeout", 10*time.Minute, "per-request timeout")
 	return cmd
+}
+
+// benchTransport keeps up to 100 idle connections to the endpoint, as
+// OpenAI's SDKs do (max_keepalive_connections=100); Go's default keeps 2,
+// so at concurrency 16, or under a --rate, most requests would open a new
+// connection and TTFT would include the connect.
+func benchTransport() http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 100
+	return t
 }
 
 // levelName is how tables name a row's level.
