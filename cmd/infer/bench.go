@@ -232,9 +232,16 @@ percentile) as JSON; --compare prints each figure's ratio to a saved run.`,
 					r.TTFTp50ms, r.TTFTp90ms, r.TTFTp99ms, r.TPOTp50ms, r.TPOTp99ms, r.ITLmeanms, r.E2Ep50ms, r.E2Ep90ms, r.E2Ep99ms, r.TokensPerSec, r.RequestsPerS)
 			}
 			tw.Flush()
+			why := "the endpoint sent no logprobs"
+			if tokenCount != countLogprobs {
+				why = "--token-count " + tokenCount
+			}
 			for _, r := range rows {
-				if r.TokenCounts != "" && r.TokenCounts != countLogprobs {
-					fmt.Printf("%s: tokens per chunk %s (%s)\n", levelName(r), map[string]string{countUsage: "estimated from the final usage", countChunks: "unknown: one per chunk"}[r.TokenCounts], "the endpoint sent no logprobs")
+				switch r.TokenCounts {
+				case countUsage:
+					fmt.Printf("%s: TPOT counts tokens per chunk from the final usage, an estimate (%s)\n", levelName(r), why)
+				case countChunks:
+					fmt.Printf("%s: TPOT counts one token per chunk: the endpoint sent neither logprobs nor usage\n", levelName(r))
 				}
 			}
 			for _, r := range rows {
