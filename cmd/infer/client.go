@@ -253,7 +253,7 @@ stores).`,
 					if !asJSON {
 						fmt.Fprintf(os.Stderr, "the server holds %s already (%s); not downloading it\n", cacheKeyShown(weights), short(sha))
 					}
-				} else if sha, err = uploadChecked(ctx, c, args[0], spec, path, sha); err != nil {
+				} else if sha, err = uploadChecked(ctx, c, args[0], spec, path, sha, asJSON); err != nil {
 					if remote {
 						return fmt.Errorf("%w (the downloaded weights are in %s: deploy them with --weights %s)", err, path, path)
 					}
@@ -336,8 +336,8 @@ type artifactInfo struct {
 }
 
 // upload streams a weights file to the API with a progress bar on a
-// terminal.
-func upload(ctx context.Context, c *client, path string) (artifactInfo, error) {
+// terminal (not when quiet).
+func upload(ctx context.Context, c *client, path string, quiet bool) (artifactInfo, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return artifactInfo{}, err
@@ -348,7 +348,7 @@ func upload(ctx context.Context, c *client, path string) (artifactInfo, error) {
 		return artifactInfo{}, err
 	}
 	var body io.Reader = f
-	if term.IsTerminal(int(os.Stderr.Fd())) {
+	if !quiet && term.IsTerminal(int(os.Stderr.Fd())) {
 		bar := progressbar.DefaultBytes(st.Size(), "uploading "+filepath.Base(path))
 		body = io.TeeReader(f, bar)
 		defer bar.Finish()

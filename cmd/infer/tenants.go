@@ -374,8 +374,9 @@ func dryRun(ctx context.Context, c *client, name string, spec map[string]any) er
 // uploadChecked uploads weights for deployment name only once the server
 // has accepted the deployment's name, settings and quota (a dry run) and
 // does not hold the weights already; it returns their digest.
-// sha, when not empty, is the file's digest already computed.
-func uploadChecked(ctx context.Context, c *client, name string, spec map[string]any, path, sha string) (string, error) {
+// sha, when not empty, is the file's digest already computed; quiet
+// (--json) shows no progress bar and no note.
+func uploadChecked(ctx context.Context, c *client, name string, spec map[string]any, path, sha string, quiet bool) (string, error) {
 	if err := dryRun(ctx, c, name, spec); err != nil {
 		return "", err
 	}
@@ -388,10 +389,12 @@ func uploadChecked(ctx context.Context, c *client, name string, spec map[string]
 	if _, held, err := heldArtifact(ctx, c, sha); err != nil {
 		return "", err
 	} else if held {
-		fmt.Fprintf(os.Stderr, "the server holds %s already (%s); not uploading it again\n", path, short(sha))
+		if !quiet {
+			fmt.Fprintf(os.Stderr, "the server holds %s already (%s); not uploading it again\n", path, short(sha))
+		}
 		return sha, nil
 	}
-	a, err := upload(ctx, c, path)
+	a, err := upload(ctx, c, path, quiet)
 	if err != nil {
 		return "", err
 	}
