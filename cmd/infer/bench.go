@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"slices"
@@ -28,20 +30,36 @@ type benchResult struct {
 	total   time.Duration
 	tokens  int
 	itl     []time.Duration // gaps between content chunks
+	chunks  []tokenChunk    // the chunks with output, with their token counts
+	counted string          // how the tokens were counted: countLogprobs, countUsage, countChunks
 	err     error
 	started time.Time
 }
 
 // benchRow summarises one concurrency level.
 type benchRow struct {
-	Concurrency  int     `json:"concurrency"`
-	Cold         bool    `json:"cold,omitempty"`
-	Requests     int     `json:"requests"`
-	Errors       int     `json:"errors"`
-	TTFTp50ms    float64 `json:"ttft_p50_ms"`
-	TTFTp90ms    float64 `json:"ttft_p90_ms"`
-	TTFTp99ms    float64 `json:"ttft_p99_ms"`
-	ITLmeanms    float64 `json:"itl_mean_ms"`
+	Concurrency int `json:"concurrency"` // 0 for a --rate level
+	// Rate is a --rate level's requests per second (Poisson arrivals).
+	Rate      float64 `json:"rate,omitempty"`
+	Cold      bool    `json:"cold,omitempty"`
+	Requests  int     `json:"requests"`
+	Errors    int     `json:"errors"`
+	TTFTp50ms float64 `json:"ttft_p50_ms"`
+	TTFTp90ms float64 `json:"ttft_p90_ms"`
+	TTFTp99ms float64 `json:"ttft_p99_ms"`
+	ITLmeanms float64 `json:"itl_mean_ms"` // between chunks, as before TPOT
+	ITLp50ms  float64 `json:"itl_p50_ms"`
+	ITLp90ms  float64 `json:"itl_p90_ms"`
+	ITLp99ms  float64 `json:"itl_p99_ms"`
+	// Time per output token, per token (tokenGaps), not per chunk.
+	TPOTmeanms float64 `json:"tpot_mean_ms"`
+	TPOTp50ms  float64 `json:"tpot_p50_ms"`
+	TPOTp90ms  float64 `json:"tpot_p90_ms"`
+	TPOTp99ms  float64 `json:"tpot_p99_ms"`
+	// TokenCounts says how tokens were counted per chunk: logprobs
+	// (exact), usage (estimated) or chunks (one each); the least exact of
+	// the level's requests.
+	TokenCounts  string  `json:"token_counts,omitempty"`
 	E2Ep50ms     float64 `json:"e2e_p50_ms"`
 	E2Ep90ms     float64 `json:"e2e_p90_ms"`
 	E2Ep99ms     float64 `json:"e2e_p99_ms"`
@@ -59,25 +77,40 @@ type benchRow struct {
 func benchCmd() *cobra.Command {
 	var (
 		url, model, key, prompt, levels string
+		rates, tokenCount, out, compare string
 		requests, maxTokens             int
 		cold, asJSON                    bool
-		timeout                         time.Duration
+		timeout, duration               time.Duration
+		seed                            int64
 	)
 	cmd := &cobra.Command{
 		Use:   "bench --model NAME",
-		Short: "Benchmark any OpenAI-compatible endpoint: TTFT, inter-token latency, p50/p90/p99, tokens/s",
+		Short: "Benchmark any OpenAI-compatible endpoint: TTFT, time per output token, p50/p90/p99, tokens/s",
 		Long: `bench drives an OpenAI-compatible /chat/completions endpoint (this platform or
 another: Ollama, vLLM, …) with streaming requests at each concurrency level and
-reports time to first token, inter-token latency, end-to-end latency
+reports time to first token, time per output token, end-to-end latency
 percentiles, output tokens/s, requests/s and errors. --cold first waits until the
-deployment has no runners (infer only) and measures the first request alone.`,
+deployment has no runners (infer only) and measures the first request alone.
+
+--rate R sends requests at R per second with Poisson arrivals (exponential
+gaps from a seeded generator, --seed), however many are still running, for
+--requests requests or --duration, instead of the concurrency levels (give
+--concurrency as well to run both). Time per output token (TPOT) is measured
+per token: each chunk's tokens are counted from its logprobs (the request asks
+for them; --token-count usage spreads the final usage over the chunks
+instead), and a chunk of k tokens that came g after the one before counts k
+gaps of g/k. --out saves the run (settings, machine, version, every
+percentile) as JSON; --compare prints each figure's ratio to a saved run.`,
 		Example: `  infer bench --model stories --concurrency 1,4,16 --requests 64 --max-tokens 128
+  infer bench --model stories --rate 2,8 --duration 60s --out run.json
+  infer bench --model stories --rate 8 --requests 200 --compare run.json
   infer bench --url http://127.0.0.1:11434/v1 --model stories --api-key ollama`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if model == "" {
 				return usageError{errors.New("--model is required")}
 			}
+			fl := cmd.Flags()
 			var conc []int
 			for _, f := range strings.Split(levels, ",") {
 				n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -85,6 +118,37 @@ deployment has no runners (infer only) and measures the first request alone.`,
 					return usageError{fmt.Errorf("--concurrency: %q is not a positive number", f)}
 				}
 				conc = append(conc, n)
+			}
+			var rateLevels []float64
+			if rates != "" {
+				for _, f := range strings.Split(rates, ",") {
+					r, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+					if err != nil || r <= 0 || math.IsInf(r, 0) || math.IsNaN(r) {
+						return usageError{fmt.Errorf("--rate: %q is not a positive number of requests per second", f)}
+					}
+					rateLevels = append(rateLevels, r)
+				}
+			}
+			if duration < 0 || duration > 0 && rates == "" {
+				return usageError{errors.New("--duration goes with --rate (a positive duration)")}
+			}
+			if requests < 1 && !(rates != "" && duration > 0) {
+				return usageError{errors.New("--requests must be at least 1")}
+			}
+			if tokenCount != countLogprobs && tokenCount != countUsage {
+				return usageError{fmt.Errorf("--token-count %q: want logprobs or usage", tokenCount)}
+			}
+			// With --duration, --requests caps a rate level only if given.
+			rateRequests := requests
+			if duration > 0 && !fl.Changed("requests") {
+				rateRequests = 0
+			}
+			var baseline *benchRun
+			if compare != "" {
+				var err error
+				if baseline, err = readBenchRun(compare); err != nil {
+					return usageError{fmt.Errorf("--compare: %w", err)}
+				}
 			}
 			if key == "" {
 				if c, err := newClient(); err == nil {
@@ -97,9 +161,11 @@ deployment has no runners (infer only) and measures the first request alone.`,
 				model:     model,
 				prompt:    prompt,
 				maxTokens: maxTokens,
-				http:      &http.Client{Timeout: timeout},
+				logprobs:  tokenCount == countLogprobs,
+				http:      &http.Client{Timeout: timeout, Transport: benchTransport()},
 			}
 			ctx := cmd.Context()
+			started := time.Now()
 			var rows []benchRow
 			if cold {
 				// A burst at zero: as many requests as the first level's
@@ -111,40 +177,85 @@ deployment has no runners (infer only) and measures the first request alone.`,
 				row.Cold, row.Phases = true, phases
 				rows = append(rows, row)
 			}
-			for _, n := range conc {
-				var bar *progressbar.ProgressBar
-				if !asJSON && term.IsTerminal(int(os.Stderr.Fd())) {
-					bar = progressbar.NewOptions(requests, progressbar.OptionSetDescription(fmt.Sprintf("concurrency %d", n)),
-						progressbar.OptionSetWriter(os.Stderr), progressbar.OptionClearOnFinish(), progressbar.OptionShowCount())
+			newBar := func(n int, desc string) *progressbar.ProgressBar {
+				if asJSON || !term.IsTerminal(int(os.Stderr.Fd())) {
+					return nil
 				}
-				rows = append(rows, b.level(ctx, n, requests, bar))
+				return progressbar.NewOptions(n, progressbar.OptionSetDescription(desc),
+					progressbar.OptionSetWriter(os.Stderr), progressbar.OptionClearOnFinish(), progressbar.OptionShowCount())
+			}
+			if rates == "" || fl.Changed("concurrency") {
+				for _, n := range conc {
+					rows = append(rows, b.level(ctx, n, requests, newBar(requests, fmt.Sprintf("concurrency %d", n))))
+				}
+			}
+			rng := rand.New(rand.NewPCG(uint64(seed), uint64(seed)))
+			for _, r := range rateLevels {
+				at := poissonArrivals(r, rateRequests, duration, rng)
+				rows = append(rows, b.rateLevel(ctx, r, at, newBar(len(at), fmt.Sprintf("rate %g/s", r))))
+			}
+			if out != "" {
+				run := benchRun{
+					Version: version(), Time: started.UTC(), Machine: thisMachine(),
+					Settings: benchSettings{
+						URL: redactURL(url), Model: model, Prompt: prompt, MaxTokens: maxTokens, Timeout: timeout.String(),
+						Cold: cold, TokenCount: tokenCount,
+					},
+					Rows: rows,
+				}
+				if rates == "" || fl.Changed("concurrency") {
+					run.Settings.Concurrency, run.Settings.Requests = conc, requests
+				}
+				if rates != "" {
+					run.Settings.Rates, run.Settings.RateRequests, run.Settings.Seed = rateLevels, rateRequests, seed
+					if duration > 0 {
+						run.Settings.Duration = duration.String()
+					}
+				}
+				if err := writeBenchRun(out, run); err != nil {
+					return err
+				}
 			}
 			if asJSON {
 				if err := printJSON(rows); err != nil {
 					return err
 				}
+				if baseline != nil {
+					printComparison(os.Stderr, compare, *baseline, rows)
+				}
 				return allFailed(rows)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintln(tw, "CONCURRENCY\tREQUESTS\tERRORS\tTTFT p50\tp90\tp99\tITL mean\tE2E p50\tp90\tp99\tTOKENS/S\tREQ/S\t")
+			fmt.Fprintln(tw, "LEVEL\tREQUESTS\tERRORS\tTTFT p50\tp90\tp99\tTPOT p50\tp99\tITL mean\tE2E p50\tp90\tp99\tTOKENS/S\tREQ/S\t")
 			for _, r := range rows {
-				c := strconv.Itoa(r.Concurrency)
-				if r.Cold {
-					c = "cold ×" + c
-				}
-				fmt.Fprintf(tw, "%s\t%d\t%d\t%.1fms\t%.1fms\t%.1fms\t%.2fms\t%.0fms\t%.0fms\t%.0fms\t%.0f\t%.1f\t\n", c, r.Requests, r.Errors,
-					r.TTFTp50ms, r.TTFTp90ms, r.TTFTp99ms, r.ITLmeanms, r.E2Ep50ms, r.E2Ep90ms, r.E2Ep99ms, r.TokensPerSec, r.RequestsPerS)
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%.1fms\t%.1fms\t%.1fms\t%.2fms\t%.2fms\t%.2fms\t%.0fms\t%.0fms\t%.0fms\t%.0f\t%.1f\t\n", levelName(r), r.Requests, r.Errors,
+					r.TTFTp50ms, r.TTFTp90ms, r.TTFTp99ms, r.TPOTp50ms, r.TPOTp99ms, r.ITLmeanms, r.E2Ep50ms, r.E2Ep90ms, r.E2Ep99ms, r.TokensPerSec, r.RequestsPerS)
 			}
 			tw.Flush()
+			why := "the endpoint sent no logprobs"
+			if tokenCount != countLogprobs {
+				why = "--token-count " + tokenCount
+			}
+			for _, r := range rows {
+				switch r.TokenCounts {
+				case countUsage:
+					fmt.Printf("%s: TPOT counts tokens per chunk from the final usage, an estimate (%s)\n", levelName(r), why)
+				case countChunks:
+					fmt.Printf("%s: TPOT counts one token per chunk: the endpoint sent neither logprobs nor usage\n", levelName(r))
+				}
+			}
 			for _, r := range rows {
 				if len(r.Phases) > 0 {
 					fmt.Printf("cold start phases of the first runner: process %.0fms, fetch %.0fms, load %.0fms, ready %.0fms, first token %.0fms\n",
 						r.Phases["process"], r.Phases["fetch"], r.Phases["load"], r.Phases["ready"], r.Phases["first_token"])
 				}
 			}
+			if baseline != nil {
+				printComparison(os.Stdout, compare, *baseline, rows)
+			}
 			for _, r := range rows {
 				if r.FirstError != "" {
-					fmt.Fprintf(os.Stderr, "concurrency %d: first error: %s\n", r.Concurrency, r.FirstError)
+					fmt.Fprintf(os.Stderr, "%s: first error: %s\n", levelName(r), r.FirstError)
 				}
 			}
 			return allFailed(rows)
@@ -156,7 +267,13 @@ deployment has no runners (infer only) and measures the first request alone.`,
 	f.StringVar(&key, "api-key", os.Getenv("INFER_API_KEY"), "API key (default: $INFER_API_KEY or the dev admin key)")
 	f.StringVar(&prompt, "prompt", "Once upon a time", "user message of every request")
 	f.StringVar(&levels, "concurrency", "1,4,16", "comma-separated concurrency levels")
-	f.IntVar(&requests, "requests", 32, "requests per concurrency level")
+	f.IntVar(&requests, "requests", 32, "requests per level (with --rate and --duration: a cap only when given)")
+	f.StringVar(&rates, "rate", "", "comma-separated request rates (requests/s, Poisson arrivals) to run instead of the concurrency levels")
+	f.DurationVar(&duration, "duration", 0, "with --rate: send requests for this long (e.g. 60s)")
+	f.Int64Var(&seed, "seed", 1, "with --rate: seed of the arrival times (the same seed repeats them)")
+	f.StringVar(&tokenCount, "token-count", countLogprobs, "how tokens per chunk are counted for TPOT: logprobs (asks for them: exact) or usage (the final usage spread over the chunks by bytes)")
+	f.StringVar(&out, "out", "", "save the run (settings, machine, infer version, every level's percentiles) as JSON to this file")
+	f.StringVar(&compare, "compare", "", "print each figure's ratio to a run saved with --out")
 	f.IntVar(&maxTokens, "max-tokens", 128, "max_tokens of every request")
 	f.BoolVar(&cold, "cold", false, "first wait for zero runners, then send a burst as large as the first --concurrency level at once and report its TTFT and the runner's start phases (infer endpoints only)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
@@ -164,9 +281,31 @@ deployment has no runners (infer only) and measures the first request alone.`,
 	return cmd
 }
 
+// benchTransport keeps up to 100 idle connections to the endpoint, as
+// OpenAI's SDKs do (max_keepalive_connections=100); Go's default keeps 2,
+// so at concurrency 16, or under a --rate, most requests would open a new
+// connection and TTFT would include the connect.
+func benchTransport() http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 100
+	return t
+}
+
+// levelName is how tables name a row's level.
+func levelName(r benchRow) string {
+	switch {
+	case r.Cold:
+		return "cold ×" + strconv.Itoa(r.Concurrency)
+	case r.Rate > 0:
+		return fmt.Sprintf("rate %g/s", r.Rate)
+	}
+	return "concurrency " + strconv.Itoa(r.Concurrency)
+}
+
 type bencher struct {
 	url, key, model, prompt string
 	maxTokens               int
+	logprobs                bool // ask for logprobs to count each chunk's tokens
 	http                    *http.Client
 }
 
@@ -198,13 +337,19 @@ func (b *bencher) level(ctx context.Context, c, n int, bar *progressbar.Progress
 
 // one sends a streaming request and times it.
 func (b *bencher) one(ctx context.Context) (r benchResult) {
-	body, _ := json.Marshal(map[string]any{
+	fields := map[string]any{
 		"model":          b.model,
 		"messages":       []map[string]string{{"role": "user", "content": b.prompt}},
 		"max_tokens":     b.maxTokens,
 		"stream":         true,
 		"stream_options": map[string]bool{"include_usage": true},
-	})
+	}
+	if b.logprobs {
+		// One entry per token in each chunk: the exact count per chunk
+		// that TPOT needs (servers coalesce tokens into chunks).
+		fields["logprobs"] = true
+	}
+	body, _ := json.Marshal(fields)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.url, bytes.NewReader(body))
 	if err != nil {
 		return benchResult{err: err}
@@ -223,6 +368,9 @@ func (b *bencher) one(ctx context.Context) (r benchResult) {
 		var e apiErr
 		e.Status = resp.StatusCode
 		json.NewDecoder(resp.Body).Decode(&e.Body)
+		if b.logprobs && e.Body.Error.Param != nil && *e.Body.Error.Param == "logprobs" {
+			return benchResult{err: fmt.Errorf("%w (the endpoint refuses logprobs: use --token-count usage)", &e)}
+		}
 		return benchResult{err: &e}
 	}
 	sc := bufio.NewScanner(resp.Body)
@@ -246,6 +394,9 @@ func (b *bencher) one(ctx context.Context) (r benchResult) {
 				Delta struct {
 					Content string `json:"content"`
 				} `json:"delta"`
+				Logprobs *struct {
+					Content []json.RawMessage `json:"content"`
+				} `json:"logprobs"`
 			} `json:"choices"`
 			Usage *struct {
 				CompletionTokens int `json:"completion_tokens"`
@@ -263,8 +414,18 @@ func (b *bencher) one(ctx context.Context) (r benchResult) {
 		if ch.Usage != nil {
 			usageTokens = ch.Usage.CompletionTokens
 		}
-		if len(ch.Choices) > 0 && ch.Choices[0].Delta.Content != "" {
-			now := time.Now()
+		if len(ch.Choices) == 0 {
+			continue
+		}
+		now := time.Now()
+		tc := tokenChunk{at: now.Sub(r.started), bytes: len(ch.Choices[0].Delta.Content), tokens: -1}
+		if lp := ch.Choices[0].Logprobs; lp != nil && lp.Content != nil {
+			tc.tokens = len(lp.Content)
+		}
+		if tc.bytes > 0 || tc.tokens > 0 {
+			r.chunks = append(r.chunks, tc)
+		}
+		if tc.bytes > 0 {
 			if chunks == 0 {
 				r.ttft = now.Sub(r.started)
 			} else {
@@ -284,12 +445,13 @@ func (b *bencher) one(ctx context.Context) (r benchResult) {
 	if usageTokens >= 0 {
 		r.tokens = usageTokens // chunks may carry several tokens
 	}
+	r.counted = countTokens(r.chunks, usageTokens)
 	return r
 }
 
 func summarize(c int, results []benchResult, wall time.Duration) benchRow {
 	row := benchRow{Concurrency: c, Requests: len(results), WallSeconds: wall.Seconds()}
-	var ttft, e2e, itl []float64
+	var ttft, e2e, itl, tpot []float64
 	for _, r := range results {
 		if r.err != nil {
 			row.Errors++
@@ -303,23 +465,40 @@ func summarize(c int, results []benchResult, wall time.Duration) benchRow {
 		for _, d := range r.itl {
 			itl = append(itl, ms(d))
 		}
+		for _, d := range tokenGaps(r.chunks) {
+			tpot = append(tpot, ms(d))
+		}
+		if countRank[r.counted] > countRank[row.TokenCounts] {
+			row.TokenCounts = r.counted
+		}
 		row.OutputTokens += r.tokens
 	}
 	row.TTFTp50ms, row.TTFTp90ms, row.TTFTp99ms = pct(ttft, 50), pct(ttft, 90), pct(ttft, 99)
 	row.E2Ep50ms, row.E2Ep90ms, row.E2Ep99ms = pct(e2e, 50), pct(e2e, 90), pct(e2e, 99)
-	if len(itl) > 0 {
-		sum := 0.0
-		for _, v := range itl {
-			sum += v
-		}
-		row.ITLmeanms = sum / float64(len(itl))
-	}
+	row.ITLmeanms, row.TPOTmeanms = mean(itl), mean(tpot)
+	row.ITLp50ms, row.ITLp90ms, row.ITLp99ms = pct(itl, 50), pct(itl, 90), pct(itl, 99)
+	row.TPOTp50ms, row.TPOTp90ms, row.TPOTp99ms = pct(tpot, 50), pct(tpot, 90), pct(tpot, 99)
 	row.TokensPerSec = float64(row.OutputTokens) / wall.Seconds()
 	row.RequestsPerS = float64(len(results)-row.Errors) / wall.Seconds()
 	return row
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// countRank orders the ways of counting tokens from exact to rough: a
+// level reports its roughest.
+var countRank = map[string]int{"": 0, countLogprobs: 1, countUsage: 2, countChunks: 3}
+
+func mean(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	sum := 0.0
+	for _, x := range v {
+		sum += x
+	}
+	return sum / float64(len(v))
+}
 
 // pct is the nearest-rank percentile.
 func pct(v []float64, p float64) float64 {
@@ -425,7 +604,7 @@ func waitForZero(ctx context.Context, model string, timeout time.Duration) error
 func allFailed(rows []benchRow) error {
 	for _, r := range rows {
 		if r.Requests > 0 && r.Errors == r.Requests {
-			level := fmt.Sprintf("concurrency %d", r.Concurrency)
+			level := levelName(r)
 			if r.Cold {
 				level = "the cold burst"
 			}

@@ -137,13 +137,14 @@ func deployCmd() *cobra.Command {
 		queueLimit   int
 		chatTemplate string
 		asJSON       bool
+		s3Endpoint   string
 		prices       [3]float64 // prompt, completion, runner-second
 		cpu, memory  string
 		gpus         int
 		nodeSelector map[string]string
 	)
 	cmd := &cobra.Command{
-		Use:   "deploy NAME [--weights FILE | --artifact SHA256]",
+		Use:   "deploy NAME [--weights FILE|URL | --artifact SHA256]",
 		Short: "Upload GGUF weights and create or update a deployment",
 		Long: `deploy uploads a GGUF file (validated on the way; nothing is stored if it is
 not valid GGUF) and points deployment NAME at it. NAME becomes the "model" of
@@ -151,14 +152,32 @@ OpenAI requests. No runner starts until a request arrives. Without --weights,
 deploy changes the settings of an existing deployment; with --artifact SHA256 it
 points the deployment at weights uploaded before (a rollback). Before
 uploading, deploy asks the server to check the name, settings and quotas, and
-hashes the file: weights the server already holds are not sent again.`,
-		Example: `  infer deploy stories --weights ../shared/models/stories260K.gguf --idle-timeout 10s`,
-		Args:    cobra.ExactArgs(1),
+hashes the file: weights the server already holds are not sent again.
+
+--weights also takes an http://, https:// or s3://BUCKET/KEY URL: deploy
+downloads it into $INFER_HOME/downloads (else the user's cache directory),
+checking that it is GGUF from its first bytes, then uploads it as a file.
+An interrupted download is resumed where it stopped, by the same run a few
+times and by running the same command again, as long as the source's ETag
+or Last-Modified is unchanged (otherwise it starts again). The size, and
+the digest when the source declares one (Repr-Digest, Digest, Hugging
+Face's X-Linked-Etag, a plain S3 object's MD5 ETag), are checked before the
+upload. s3:// uses $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY, $AWS_REGION
+and --s3-endpoint or $AWS_ENDPOINT_URL (MinIO and other S3-compatible
+stores).`,
+		Example: `  infer deploy stories --weights ../shared/models/stories260K.gguf --idle-timeout 10s
+  infer deploy qwen --weights https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct-GGUF/resolve/main/qwen2.5-0.5b-instruct-q4_k_m.gguf
+  AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=… infer deploy llama --weights s3://models/llama.gguf --s3-endpoint http://minio:9000`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if weights != "" {
+			remote := remoteWeights(weights)
+			if weights != "" && !remote {
 				if err := checkWeightsFile(weights); err != nil {
 					return err
 				}
+			}
+			if s3Endpoint != "" && !strings.HasPrefix(weights, "s3://") {
+				return usageError{errors.New("--s3-endpoint goes with --weights s3://BUCKET/KEY")}
 			}
 			c, err := newClient()
 			if err != nil {
@@ -217,11 +236,34 @@ hashes the file: weights the server already holds are not sent again.`,
 			setNested("resources", "gpus", "gpus", gpus)
 			setNested("resources", "node_selector", "node-selector", nodeSelector)
 			if weights != "" {
-				sha, err := uploadChecked(ctx, c, args[0], spec, weights)
-				if err != nil {
+				path, sha := weights, ""
+				if remote {
+					// The server checks the name, settings and quota
+					// before gigabytes are downloaded, not only before
+					// they are uploaded.
+					if err := dryRun(ctx, c, args[0], spec); err != nil {
+						return err
+					}
+					if path, sha, err = fetchWeights(ctx, c, weights, s3Endpoint, asJSON); err != nil {
+						return err
+					}
+				}
+				if remote && path == "" {
+					// The source declared a digest the server holds.
+					if !asJSON {
+						fmt.Fprintf(os.Stderr, "the server holds %s already (%s); not downloading it\n", cacheKeyShown(weights), short(sha))
+					}
+				} else if sha, err = uploadChecked(ctx, c, args[0], spec, path, sha, asJSON); err != nil {
+					if remote {
+						return fmt.Errorf("%w (the downloaded weights are in %s: deploy them with --weights %s)", err, path, path)
+					}
 					return err
 				}
 				spec["artifact"] = sha
+				if remote && path != "" {
+					// The server holds them now; the copy here is not needed.
+					os.Remove(path)
+				}
 			}
 			// --json prints the API's whole answer, not just the fields
 			// the human summary uses.
@@ -243,7 +285,8 @@ hashes the file: weights the server already holds are not sent again.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&weights, "weights", "", "GGUF file to upload (skipped when the server holds it already)")
+	f.StringVar(&weights, "weights", "", "GGUF file, or http(s):// or s3://BUCKET/KEY URL to download (resumable), to upload (skipped when the server holds it already)")
+	f.StringVar(&s3Endpoint, "s3-endpoint", "", "S3-compatible endpoint of an s3:// --weights, e.g. http://127.0.0.1:9000 (default $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS)")
 	f.StringVar(&artifact, "artifact", "", "sha256 of weights uploaded before (see infer artifacts ls), e.g. to roll back")
 	f.DurationVar(&idleTimeout, "idle-timeout", 5*time.Minute, "stop a runner after this long without requests")
 	f.DurationVar(&keepWarm, "keep-warm", 0, "after a request, keep the last runner this long even past --idle-timeout (0: off; billed as runner-seconds)")
@@ -293,8 +336,8 @@ type artifactInfo struct {
 }
 
 // upload streams a weights file to the API with a progress bar on a
-// terminal.
-func upload(ctx context.Context, c *client, path string) (artifactInfo, error) {
+// terminal (not when quiet).
+func upload(ctx context.Context, c *client, path string, quiet bool) (artifactInfo, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return artifactInfo{}, err
@@ -305,7 +348,7 @@ func upload(ctx context.Context, c *client, path string) (artifactInfo, error) {
 		return artifactInfo{}, err
 	}
 	var body io.Reader = f
-	if term.IsTerminal(int(os.Stderr.Fd())) {
+	if !quiet && term.IsTerminal(int(os.Stderr.Fd())) {
 		bar := progressbar.DefaultBytes(st.Size(), "uploading "+filepath.Base(path))
 		body = io.TeeReader(f, bar)
 		defer bar.Finish()

@@ -347,24 +347,39 @@ func uploadTransport() http.RoundTripper {
 	return t
 }
 
+// dryRun asks the server to check deployment name's settings and quota
+// without changing anything.
+func dryRun(ctx context.Context, c *client, name string, spec map[string]any) error {
+	if err := c.json(ctx, http.MethodPut, "/v1/deployments/"+url.PathEscape(name)+"?dry_run=true", spec, nil); err != nil {
+		return fmt.Errorf("the server refuses deployment %s (nothing was uploaded): %w", name, err)
+	}
+	return nil
+}
+
 // uploadChecked uploads weights for deployment name only once the server
 // has accepted the deployment's name, settings and quota (a dry run) and
 // does not hold the weights already; it returns their digest.
-func uploadChecked(ctx context.Context, c *client, name string, spec map[string]any, path string) (string, error) {
-	if err := c.json(ctx, http.MethodPut, "/v1/deployments/"+url.PathEscape(name)+"?dry_run=true", spec, nil); err != nil {
-		return "", fmt.Errorf("the server refuses deployment %s (nothing was uploaded): %w", name, err)
-	}
-	sha, err := fileSHA256(path)
-	if err != nil {
+// sha, when not empty, is the file's digest already computed; quiet
+// (--json) shows no progress bar and no note.
+func uploadChecked(ctx context.Context, c *client, name string, spec map[string]any, path, sha string, quiet bool) (string, error) {
+	if err := dryRun(ctx, c, name, spec); err != nil {
 		return "", err
+	}
+	if sha == "" {
+		var err error
+		if sha, err = fileSHA256(path); err != nil {
+			return "", err
+		}
 	}
 	if _, held, err := heldArtifact(ctx, c, sha); err != nil {
 		return "", err
 	} else if held {
-		fmt.Fprintf(os.Stderr, "the server holds %s already (%s); not uploading it again\n", path, short(sha))
+		if !quiet {
+			fmt.Fprintf(os.Stderr, "the server holds %s already (%s); not uploading it again\n", path, short(sha))
+		}
 		return sha, nil
 	}
-	a, err := upload(ctx, c, path)
+	a, err := upload(ctx, c, path, quiet)
 	if err != nil {
 		return "", err
 	}
