@@ -35,8 +35,10 @@ func (r *Runner) embedJob(ctx, jobCtx context.Context, cancel context.CancelFunc
 		if job.Kind == wire.KindCompletion {
 			param = "prompt"
 		}
+		// (No leading slash: the activator redacts what looks like a
+		// server path from runners' messages.)
 		return fail(&wire.Error{Status: 400, Code: "model_not_supported", Param: "model", Message: fmt.Sprintf(
-			"deployment %s serves an embedding model (%s), which writes no text; send its %s to /v1/embeddings instead", job.Deployment, r.engine.Info().Architecture, param)}, 0)
+			"deployment %s serves an embedding model (%s), which writes no text; send its %s as input to the embeddings endpoint (v1/embeddings) instead", job.Deployment, r.engine.Info().Architecture, param)}, 0)
 	}
 	if job.Async {
 		// The activator has no async embeddings endpoint.
