@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -127,6 +128,15 @@ func (e *Engine) embedderNow() (*embedder, error) {
 	if err == nil && em.pooled && contextUbatch(lctx) != em.nCtx {
 		freeContext(lctx)
 		err = fmt.Errorf("the embeddings context has a physical batch of %d tokens, not %d: llama_context_params' layout differs from what setUbatch expects", contextUbatch(lctx), em.nCtx)
+	}
+	if err == nil && em.pooled && contextPooling(lctx) == 0 {
+		// An encoder that pools nothing (pooling_type none, or none
+		// said): one vector per token, which OpenAI's list cannot carry.
+		freeContext(lctx)
+		if em.ownModel {
+			llama.FreeModel(em.model)
+		}
+		return nil, fmt.Errorf("%w: this %s model pools no vector per input (pooling type %q): it makes one per token", ErrNotEmbedding, e.info.Architecture, cmp.Or(e.info.Pooling, "none"))
 	}
 	if err == nil && ((contextPooling(lctx) != 0) != em.pooled || want >= 0 && contextPooling(lctx) != want) {
 		freeContext(lctx)

@@ -215,3 +215,22 @@ func BenchmarkEmbed(b *testing.B) {
 		e.Close()
 	}
 }
+
+// TestEmbedRefusesReranker: a model that pools by rank is an embedding
+// model (no chat) that makes no embeddings.
+func TestEmbedRefusesReranker(t *testing.T) {
+	c := ggufgen.Small
+	c.Name = "ggufgen-small-rank"
+	c.KV = map[string]any{"llama.pooling_type": uint32(4)}
+	path := filepath.Join(t.TempDir(), "rank.gguf")
+	if err := ggufgen.WriteFile(path, c); err != nil {
+		t.Fatal(err)
+	}
+	e := startEngine(t, EngineConfig{ModelPath: path, Parallel: 1, Context: 64})
+	if !e.EmbeddingOnly() {
+		t.Fatal("a reranker serves text")
+	}
+	if _, err := embedAll(t, e, [][]int{{1, 2}}, 0); !errors.Is(err, ErrNotEmbedding) {
+		t.Fatalf("embeddings of a reranker: %v, want ErrNotEmbedding", err)
+	}
+}
