@@ -26,6 +26,7 @@ var ownBodyLimit = map[string]bool{
 	"/v1/completions":            true,
 	"/v1/async/chat/completions": true,
 	"/v1/async/completions":      true,
+	"/v1/embeddings":             true,
 	"/v1/artifacts":              true,
 }
 

@@ -116,6 +116,9 @@ func (s *Server) holdBudget(ctx context.Context, key registry.APIKey, dep regist
 		ctxLen = defaultRequestContext
 	}
 	usd := maxCost(promptBound(job), job.MaxTokens, ctxLen, job.Prices)
+	if job.Kind == wire.KindEmbedding {
+		usd = float64(embedPromptBound(job, ctxLen)) * job.Prices.PromptPerMTok / 1e6
+	}
 	res, err := h.HoldBudget(ctx, key.ID, job.ID, usd, job.Deadline.Add(holdOverrun))
 	if err != nil {
 		s.log.Error("holding budget", "key", key.ID, "err", err)

@@ -11,7 +11,8 @@ import (
 	"github.com/infer-run/infer/internal/wire"
 )
 
-// The request fields of /v1/chat/completions and /v1/completions, each with
+// The request fields of /v1/chat/completions, /v1/completions and
+// /v1/embeddings, each with
 // what infer does with it. This table is the one definition: decodeRequest
 // refuses by it, and docs/api.md's compatibility table is rendered from it
 // (TestCompatTableMatchesDocs fails when the two differ). A field infer does
@@ -38,7 +39,8 @@ const (
 	forChat endpoints = 1 << iota
 	forCompletion
 	forAsync // only the async endpoints (POST /v1/async/...)
-	forBoth  = forChat | forCompletion
+	forEmbedding
+	forBoth = forChat | forCompletion
 )
 
 // paramRule is one row of the table.
@@ -76,7 +78,7 @@ func textOnly(v json.RawMessage) bool {
 // tool_choice, parallel_tool_calls) are rows of the tools work, which
 // renders and parses them; they are listed so that this table stays whole.
 var compatTable = []paramRule{
-	{name: "model", on: forBoth, support: supYes, notes: "the deployment's name"},
+	{name: "model", on: forBoth | forEmbedding, support: supYes, notes: "the deployment's name"},
 	{name: "messages", on: forChat, support: supYes, notes: "roles `system`, `developer` (as `system`), `user`, `assistant`, `tool`; content a string or text parts (other parts are refused)"},
 	{name: "prompt", on: forCompletion, support: supPartial, notes: "a string or an array of one string; batched prompts and token arrays are refused"},
 	{name: "max_tokens", on: forBoth, support: supYes},
@@ -97,7 +99,7 @@ var compatTable = []paramRule{
 	{name: "best_of", on: forCompletion, support: supPartial, inert: isJSON("1"), notes: "1 only"},
 	{name: "echo", on: forCompletion, support: supYes, notes: "`true` puts the prompt before the completion's text; refused with `logprobs` (prompt tokens have no logprobs)"},
 	{name: "suffix", on: forCompletion, support: supNo, inert: isJSON(`""`), notes: "fill-in-the-middle is not supported"},
-	{name: "user", on: forBoth, support: supYes, notes: "accepted; not used"},
+	{name: "user", on: forBoth | forEmbedding, support: supYes, notes: "accepted; not used"},
 	{name: "safety_identifier", on: forChat, support: supYes, notes: "accepted; not used"},
 	{name: "prompt_cache_key", on: forChat, support: supYes, notes: "accepted; not needed: each runner reuses the longest cached prefix of a prompt by itself"},
 	{name: "store", on: forChat, support: supPartial, inert: isJSON("false"), notes: "`false` only: infer keeps no completions"},
@@ -117,6 +119,9 @@ var compatTable = []paramRule{
 	{name: "tools", on: forChat, support: supYes, notes: "tool calling (the tools work)"},
 	{name: "tool_choice", on: forChat, support: supYes, notes: "tool calling (the tools work)"},
 	{name: "parallel_tool_calls", on: forChat, support: supYes, notes: "tool calling (the tools work)"},
+	{name: "input", on: forEmbedding, support: supYes, notes: "a string, an array of strings, an array of token IDs or an array of arrays of token IDs; up to 2048 inputs, none empty, each within the deployment's context (longer is a 400, never cut short)"},
+	{name: "encoding_format", on: forEmbedding, support: supYes, notes: "`float` (the default) or `base64` (little-endian float32s, as OpenAI sends them)"},
+	{name: "dimensions", on: forEmbedding, support: supYes, notes: "keeps the first `dimensions` values and normalises them again, as OpenAI shortens embeddings; meaningful for models trained for it (Matryoshka), at most the model's embedding size"},
 	// infer's own fields.
 	{name: "top_k", on: forBoth, support: supYes, notes: "infer extension (as vLLM and llama.cpp): keep the k most likely tokens; 0 keeps all"},
 	{name: "min_p", on: forBoth, support: supYes, notes: "infer extension: 0 to 1"},
@@ -136,7 +141,8 @@ func compatRule(name string, kind wire.Kind, async bool) *paramRule {
 		if r.on&forAsync != 0 && !async {
 			return nil
 		}
-		if kind == wire.KindChat && r.on&forChat == 0 || kind == wire.KindCompletion && r.on&forCompletion == 0 {
+		if kind == wire.KindChat && r.on&forChat == 0 || kind == wire.KindCompletion && r.on&forCompletion == 0 ||
+			kind == wire.KindEmbedding && r.on&forEmbedding == 0 {
 			return nil
 		}
 		return r
@@ -207,6 +213,10 @@ func elsewhere(name string, kind wire.Kind, async bool) string {
 		switch {
 		case r.on&forAsync != 0 && !async:
 			return "; it is taken by the async endpoints only"
+		case kind == wire.KindEmbedding:
+			return "; it is taken by /v1/chat/completions or /v1/completions, not /v1/embeddings"
+		case r.on&(forChat|forCompletion) == 0:
+			return "; it is taken by /v1/embeddings"
 		case kind == wire.KindChat:
 			return "; it is taken by /v1/completions, not /v1/chat/completions"
 		default:
@@ -238,8 +248,8 @@ func plain(s string) string { return strings.ReplaceAll(s, "`", "") }
 // compatMarkdown renders the table for docs/api.md.
 func compatMarkdown() string {
 	var sb strings.Builder
-	sb.WriteString("| Parameter | Chat | Completions | Supported | Notes |\n")
-	sb.WriteString("|-----------|------|-------------|-----------|-------|\n")
+	sb.WriteString("| Parameter | Chat | Completions | Embeddings | Supported | Notes |\n")
+	sb.WriteString("|-----------|------|-------------|------------|-----------|-------|\n")
 	mark := func(ok bool) string {
 		if ok {
 			return "✓"
@@ -247,7 +257,7 @@ func compatMarkdown() string {
 		return ""
 	}
 	for _, r := range compatTable {
-		fmt.Fprintf(&sb, "| `%s` | %s | %s | %s | %s |\n", r.name, mark(r.on&forChat != 0), mark(r.on&forCompletion != 0), r.support, r.notes)
+		fmt.Fprintf(&sb, "| `%s` | %s | %s | %s | %s | %s |\n", r.name, mark(r.on&forChat != 0), mark(r.on&forCompletion != 0), mark(r.on&forEmbedding != 0), r.support, r.notes)
 	}
 	return sb.String()
 }

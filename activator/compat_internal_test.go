@@ -41,6 +41,7 @@ func TestCompatCoversSDK(t *testing.T) {
 	}{
 		{wire.KindChat, openai.ChatCompletionNewParams{}},
 		{wire.KindCompletion, openai.CompletionNewParams{}},
+		{wire.KindEmbedding, openai.EmbeddingNewParams{}},
 	} {
 		typ := reflect.TypeOf(tt.params)
 		for i := range typ.NumField() {
@@ -66,6 +67,10 @@ func TestCheckFields(t *testing.T) {
 		param string // "" accepted
 	}{
 		{"unknown", chat, false, `{"model":"m","frobnicate":1}`, "frobnicate"},
+		{"embeddings: unknown", wire.KindEmbedding, false, `{"model":"m","input":"a","frobnicate":1}`, "frobnicate"},
+		{"embeddings: a sampling field", wire.KindEmbedding, false, `{"model":"m","input":"a","temperature":1}`, "temperature"},
+		{"embeddings: all of its own", wire.KindEmbedding, false, `{"model":"m","input":"a","encoding_format":"base64","dimensions":8,"user":"u"}`, ""},
+		{"input on chat", chat, false, `{"model":"m","input":"a"}`, "input"},
 		{"n 2", chat, false, `{"model":"m","n":2}`, "n"},
 		{"n 1", chat, false, `{"model":"m","n":1}`, ""},
 		{"n null", chat, false, `{"model":"m","n":null}`, ""},

@@ -48,6 +48,12 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 	if err != nil {
 		return err
 	}
+	return s.serveJob(c, kind, a, nil)
+}
+
+// serveJob queues an accepted request's job and relays its runner's
+// answer: a completion's, or (emb set) an embedding request's.
+func (s *Server) serveJob(c echo.Context, kind wire.Kind, a accepted, emb *embedReply) error {
 	req, dep, job := a.req, a.dep, a.job
 	id := job.ID
 	// Every answer from here on names the request, streamed or not, as
@@ -77,6 +83,7 @@ func (s *Server) complete(c echo.Context, kind wire.Kind) error {
 		usage:   req.StreamOptions != nil && req.StreamOptions.IncludeUsage,
 		created: time.Now().Unix(),
 		lp:      job.Logprobs,
+		emb:     emb,
 	}
 	if req.Echo != nil && *req.Echo {
 		rl.echo = job.Prompt
@@ -373,8 +380,10 @@ type relay struct {
 	lpOffset int
 	// echo is a completion's prompt to write before its text (echo:
 	// true); echoed, that a stream wrote it.
-	echo     string
-	echoed   bool
+	echo   string
+	echoed bool
+	// emb collects an embedding request's vectors (nil for completions).
+	emb      *embedReply
 	enc      chunkEncoder
 	queuedAt time.Time
 	ttft     time.Duration
@@ -562,6 +571,7 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 			// produced for the body is dropped, this one starts over.
 			rl.text = rl.text[:0]
 			rl.lps, rl.lpOffset = rl.lps[:0], 0
+			rl.emb.reset()
 			rl.runner = ev.Runner
 			if r.runner != "" {
 				rl.runner = r.runner
@@ -587,6 +597,8 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 					rl.lps = append(rl.lps, ev.Logprobs...)
 				}
 			}
+		case wire.EventEmbedding:
+			rl.emb.add(ev.Embedding)
 		case wire.EventDone:
 			u := wire.Usage{}
 			if ev.Usage != nil {
@@ -596,6 +608,14 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 			rl.s.limits.chargeTenant(rl.key, u, rl.prices)
 			rl.done = &u
 			rl.s.metrics.finished(rl.model, "ok", time.Since(rl.queuedAt), rl.ttft, u)
+			if rl.emb != nil {
+				body, err := rl.emb.body(rl.model, u)
+				if err != nil {
+					rl.gaveUp = true
+					return true, rl.fail(errStatus(http.StatusBadGateway, "server_error", "output_lost", "%v", err))
+				}
+				return true, rl.c.JSONBlob(http.StatusOK, body)
+			}
 			rl.enc.toolCalls = ev.ToolCalls
 			if rl.stream {
 				if len(ev.ToolCalls) > 0 {

@@ -4,6 +4,7 @@ package activator
 type CompatRow struct {
 	Name                            string
 	Chat, Completion, AsyncOnly     bool
+	Embedding                       bool
 	Supported, Partial, Unsupported bool
 	// Tools marks the rows of tool calling, which the tools work tests.
 	Tools bool
@@ -14,7 +15,7 @@ func CompatRows() []CompatRow {
 	out := make([]CompatRow, len(compatTable))
 	for i, r := range compatTable {
 		out[i] = CompatRow{
-			Name: r.name, Chat: r.on&forChat != 0, Completion: r.on&forCompletion != 0, AsyncOnly: r.on&forAsync != 0,
+			Name: r.name, Chat: r.on&forChat != 0, Completion: r.on&forCompletion != 0, AsyncOnly: r.on&forAsync != 0, Embedding: r.on&forEmbedding != 0,
 			Supported: r.support == supYes, Partial: r.support == supPartial, Unsupported: r.support == supNo,
 			Tools: r.name == "tools" || r.name == "tool_choice" || r.name == "parallel_tool_calls",
 		}

@@ -204,6 +204,14 @@ func runInstantRunner(ctx context.Context, spec runnerProcessSpec) error {
 				{Type: wire.EventDelta, Text: " Once"},
 				{Type: wire.EventDone, FinishReason: "length", Usage: &wire.Usage{PromptTokens: 1, CompletionTokens: 1}},
 			}
+			if job.Kind == wire.KindEmbedding {
+				// One vector of one value, 1.0, per input.
+				events = events[:1]
+				for i := range max(len(job.Inputs), len(job.InputTokens)) {
+					events = append(events, &wire.Event{Type: wire.EventEmbedding, Embedding: &wire.Embedding{Index: i, Vector: []byte{0, 0, 0x80, 0x3f}}})
+				}
+				events = append(events, &wire.Event{Type: wire.EventDone, FinishReason: "stop", Usage: &wire.Usage{PromptTokens: 1}})
+			}
 			for i, ev := range events {
 				ev.Seq = uint32(i)
 				data, err := wire.AppendEvent(nil, ev)

@@ -129,6 +129,7 @@ func TestRoleTable(t *testing.T) {
 		return `{"model":"` + m + `","messages":[{"role":"user","content":"hi"}],"max_tokens":1}`
 	}
 	prompt := func(m string) string { return `{"model":"` + m + `","prompt":"a","max_tokens":1}` }
+	embed := func(m string) string { return `{"model":"` + m + `","input":"a"}` }
 	// Each caller deletes its own victim: a deployment and a key that
 	// nothing else uses.
 	victim := func(c string) string { return "victim-" + c }
@@ -159,6 +160,8 @@ func TestRoleTable(t *testing.T) {
 		{op: "POST /v1/chat/completions", path: "/v1/chat/completions", body: chat("closed"), want: statuses(ok, forbidden, ok, notFound, unauthorized, unauthorized)},
 		{op: "POST /v1/completions", path: "/v1/completions", body: prompt("open"), want: statuses(ok, ok, ok, notFound, unauthorized, unauthorized)},
 		{op: "POST /v1/completions", path: "/v1/completions", body: prompt("closed"), want: statuses(ok, forbidden, ok, notFound, unauthorized, unauthorized)},
+		{op: "POST /v1/embeddings", path: "/v1/embeddings", body: embed("open"), want: statuses(ok, ok, ok, notFound, unauthorized, unauthorized)},
+		{op: "POST /v1/embeddings", path: "/v1/embeddings", body: embed("closed"), want: statuses(ok, forbidden, ok, notFound, unauthorized, unauthorized)},
 		{op: "GET /v1/models", path: "/v1/models", want: statuses(ok, ok, ok, ok, unauthorized, unauthorized)},
 		{op: "GET /v1/models/{name}", path: "/v1/models/open", want: statuses(ok, ok, ok, notFound, unauthorized, unauthorized)},
 		{op: "GET /v1/models/{name}", path: "/v1/models/closed", want: statuses(ok, forbidden, ok, notFound, unauthorized, unauthorized)},

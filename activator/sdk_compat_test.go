@@ -66,11 +66,21 @@ var compatExamples = map[string]struct{ chatOK, compOK, refused string }{
 	"webhook":                {"", "", `{"webhook":"https://example.com/hook"}`}, // sync: async only
 }
 
+// embedExamples holds, for every row of the compatibility table that
+// /v1/embeddings takes, a value it takes ("" for the request's own).
+var embedExamples = map[string]string{
+	"model":           "",
+	"input":           `{"input":["Once upon a time","The end"]}`,
+	"encoding_format": `{"encoding_format":"base64"}`,
+	"dimensions":      `{"dimensions":8}`,
+	"user":            `{"user":"u-1"}`,
+}
+
 // compatCase is one request of the compatibility check: fields added to a
 // minimal request, and the field a 400 must name ("" for a 200).
 type compatCase struct {
 	Name     string          `json:"name"`
-	Endpoint string          `json:"endpoint"` // chat or completions
+	Endpoint string          `json:"endpoint"` // chat, completions or embeddings
 	Fields   json.RawMessage `json:"fields"`
 	Refused  string          `json:"refused"`
 }
@@ -87,6 +97,16 @@ func compatCases(t *testing.T) []compatCase {
 	for _, r := range activator.CompatRows() {
 		if r.Tools {
 			continue // the tools work's tests
+		}
+		if r.Embedding {
+			ex, ok := embedExamples[r.Name]
+			if !ok {
+				t.Errorf("compatibility row %q has no embeddings example: add one to embedExamples", r.Name)
+			}
+			add(r.Name, "embeddings", ex, "")
+			if !r.Chat && !r.Completion {
+				continue
+			}
 		}
 		ex, ok := compatExamples[r.Name]
 		if !ok {
@@ -115,6 +135,8 @@ func compatCases(t *testing.T) []compatCase {
 	add("unknown field", "chat", `{"frobnicate":1}`, "frobnicate")
 	add("unknown field", "completions", `{"frobnicate":1}`, "frobnicate")
 	add("echo on chat", "chat", `{"echo":true}`, "echo")
+	add("unknown field", "embeddings", `{"frobnicate":1}`, "frobnicate")
+	add("temperature on embeddings", "embeddings", `{"temperature":1}`, "temperature")
 	return cases
 }
 
@@ -140,10 +162,14 @@ func TestSDKCompatTable(t *testing.T) {
 				opts = append(opts, option.WithJSONSet(k, v))
 			}
 			var err error
-			if tc.Endpoint == "chat" {
+			switch tc.Endpoint {
+			case "embeddings":
+				_, err = c.Embeddings.New(ctx, openai.EmbeddingNewParams{Model: "stories",
+					Input: openai.EmbeddingNewParamsInputUnion{OfString: openai.String("Once upon a time")}}, opts...)
+			case "chat":
 				_, err = c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "stories",
 					Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Once upon a time")}, MaxTokens: openai.Int(3)}, opts...)
-			} else {
+			default:
 				_, err = c.Completions.New(ctx, openai.CompletionNewParams{Model: "stories",
 					Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("Once upon a time")}, MaxTokens: openai.Int(3)}, opts...)
 			}

@@ -345,6 +345,7 @@ func (s *Server) routes() *echo.Echo {
 	v1 := e.Group("/v1")
 	v1.POST("/chat/completions", s.chatCompletions)
 	v1.POST("/completions", s.completions)
+	v1.POST("/embeddings", s.embeddings)
 	v1.GET("/models", s.listModels)
 	v1.GET("/models/:name", s.getModel)
 	v1.POST("/async/chat/completions", s.asyncChatCompletions)

@@ -141,6 +141,7 @@ func TestTenantIsolation(t *testing.T) {
 			{"GET /v1/models/{name}", "/v1/models/" + o.only, "", 404, 404},
 			{"POST /v1/chat/completions", "/v1/chat/completions", `{"model":"` + o.only + `","messages":[{"role":"user","content":"hi"}]}`, 404, 404},
 			{"POST /v1/completions", "/v1/completions", `{"model":"` + o.only + `","prompt":"a"}`, 404, 404},
+			{"POST /v1/embeddings", "/v1/embeddings", `{"model":"` + o.only + `","input":"a"}`, 404, 404},
 			{"POST /v1/async/chat/completions", "/v1/async/chat/completions", `{"model":"` + o.only + `","messages":[{"role":"user","content":"hi"}]}`, 404, 404},
 			{"POST /v1/async/completions", "/v1/async/completions", `{"model":"` + o.only + `","prompt":"a"}`, 404, 404},
 			{"GET /v1/async/{id}", "/v1/async/" + o.jobID, "", 404, 404},

@@ -158,6 +158,9 @@ type Engine struct {
 	// alphabet is what the model can write (modelAlphabet), read at the
 	// first response_format schema.
 	alphabet func() *jsonschema.Alphabet
+	// emb is the embeddings context, made at the first embedding
+	// request (embed.go).
+	emb embedState
 }
 
 // decoder is one llama context and its decode loop.
@@ -237,6 +240,14 @@ func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*En
 	}
 	if cfg.Contexts <= 0 {
 		cfg.Contexts = DefaultContexts(uint64(info.ParameterCount), cfg.Parallel)
+	}
+	if EmbeddingOnly(info) {
+		// Its generation contexts never decode (embed.go): one, for the
+		// model it lends the embedder, and no thread measurement.
+		cfg.Contexts = 1
+		if cfg.Threads <= 0 {
+			cfg.Threads = DefaultThreads(uint64(info.ParameterCount), 1)
+		}
 	}
 	cfg.Contexts = min(cfg.Contexts, cfg.Parallel)
 	measure := ""
@@ -1002,6 +1013,7 @@ func (d *decoder) piece(tok int) string {
 
 // Close frees the contexts and models. Run must have returned.
 func (e *Engine) Close() {
+	e.closeEmbedder()
 	for _, d := range e.decoders {
 		if d.growTo != 0 {
 			// A larger context still being built: wait for it and free it.

@@ -118,6 +118,10 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		holdRev = r.markAlone(job.ID, adm, holdRev)
 	}
 
+	if job.Kind == wire.KindEmbedding || r.engine.EmbeddingOnly() {
+		handedBack = r.embedJob(ctx, jobCtx, cancel, job, msg, sink, enqueued, log)
+		return
+	}
 	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling, Logprobs: job.Logprobs, TopLogprobs: job.TopLogprobs}
 	var renderErr error
 	var run Sink = sink

@@ -116,6 +116,18 @@ func TestBilling(t *testing.T) {
 		}
 		resp.Body.Close()
 	}
+	// And an embeddings request: billed as its prompt tokens.
+	code, _, eb := p.do(http.MethodPost, "/v1/embeddings", p.key, `{"model":"priced","input":["Once upon a time","The end"]}`)
+	var emb struct {
+		Usage struct {
+			PromptTokens int `json:"prompt_tokens"`
+		} `json:"usage"`
+	}
+	if code != 200 || json.Unmarshal(eb, &emb) != nil || emb.Usage.PromptTokens == 0 {
+		t.Fatalf("embeddings: %d %s", code, eb)
+	}
+	prompt += emb.Usage.PromptTokens
+	const requests = 7
 	if prompt == 0 || completion == 0 {
 		t.Fatalf("clients were told %d prompt and %d completion tokens", prompt, completion)
 	}
@@ -130,11 +142,11 @@ func TestBilling(t *testing.T) {
 		if len(groups) == 1 {
 			g = groups[0]
 		}
-		if g.Requests == 6 && g.RunnerSeconds > 0 {
+		if g.Requests == requests && g.RunnerSeconds > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("usage by deployment never showed 6 requests and runner time: %+v", groups)
+			t.Fatalf("usage by deployment never showed %d requests and runner time: %+v", requests, groups)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -163,7 +175,7 @@ func TestBilling(t *testing.T) {
 	}
 	for _, r := range rows[1:] {
 		if r[0] == "priced" {
-			if r[1] != "6" || r[2] != strconv.Itoa(prompt) || r[3] != strconv.Itoa(completion) {
+			if r[1] != strconv.Itoa(requests) || r[2] != strconv.Itoa(prompt) || r[3] != strconv.Itoa(completion) {
 				t.Errorf("CSV row %v", r)
 			}
 			if c, _ := strconv.ParseFloat(r[6], 64); math.Abs(c-wantCost) > 1e-6 {
@@ -305,6 +317,7 @@ func TestBilling(t *testing.T) {
 			{"GET", "/v1/models/priced", "", []int{404}},
 			{"POST", "/v1/chat/completions", `{"model":"priced","messages":[{"role":"user","content":"Hi"}]}`, []int{404}},
 			{"POST", "/v1/completions", `{"model":"priced","prompt":"Hi"}`, []int{404}},
+			{"POST", "/v1/embeddings", `{"model":"priced","input":"Hi"}`, []int{404}},
 			{"POST", "/v1/async/chat/completions", `{"model":"priced","messages":[{"role":"user","content":"Hi"}]}`, []int{404}},
 			{"POST", "/v1/async/completions", `{"model":"priced","prompt":"Hi"}`, []int{404}},
 			{"GET", "/v1/async/" + job.ID, "", []int{404}},

@@ -23,6 +23,32 @@ type ModelInfo struct {
 	// ChatTemplate is the Jinja chat template (tokenizer.chat_template),
 	// empty for base models.
 	ChatTemplate string `json:"chat_template"`
+	// Pooling is how the model pools token vectors into one embedding
+	// (<arch>.pooling_type: "none", "mean", "cls", "last", "rank"), ""
+	// when the file does not say. A file that says is an embedding (or
+	// reranking) model, as Ollama and llama.cpp take it.
+	Pooling string `json:"pooling,omitempty"`
+}
+
+// poolingNames are llama.cpp's llama_pooling_type values, by number.
+var poolingNames = []string{"none", "mean", "cls", "last", "rank"}
+
+// pooling reads <arch>.pooling_type, which writers store as a uint32 or
+// an int32.
+func pooling(kv ggml.KV) string {
+	var n int64 = -1
+	switch v := kv[kv.Architecture()+".pooling_type"].(type) {
+	case uint32:
+		n = int64(v)
+	case int32:
+		n = int64(v)
+	case nil:
+		return ""
+	}
+	if n < 0 || n >= int64(len(poolingNames)) {
+		return "unknown"
+	}
+	return poolingNames[n]
 }
 
 // Describe reads a decoded header.
@@ -35,6 +61,7 @@ func Describe(f *ggml.GGML) ModelInfo {
 		Quantization:   quantization(kv, tensors),
 		ContextLength:  int(kv.ContextLength()),
 		ChatTemplate:   kv.ChatTemplate(),
+		Pooling:        pooling(kv),
 	}
 	if info.ParameterCount == 0 {
 		// Decode fills general.parameter_count in from the tensors today;

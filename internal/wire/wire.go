@@ -196,6 +196,9 @@ type Kind string
 const (
 	KindChat       Kind = "chat"
 	KindCompletion Kind = "completion"
+	// KindEmbedding is a /v1/embeddings request: Job.Inputs or
+	// Job.InputTokens, answered with one EventEmbedding per input.
+	KindEmbedding Kind = "embedding"
 )
 
 // Message is one chat message, already flattened to text.
@@ -288,6 +291,12 @@ type Job struct {
 	// likely tokens at its position (at most 20).
 	Logprobs    bool `json:"logprobs,omitempty"`
 	TopLogprobs int  `json:"top_logprobs,omitempty"`
+	// Inputs (text) or InputTokens (token IDs, used as given) are an
+	// embedding job's inputs, one vector each; Dimensions, when not
+	// zero, truncates each vector to that many and normalises it again.
+	Inputs      []string `json:"inputs,omitempty"`
+	InputTokens [][]int  `json:"input_tokens,omitempty"`
+	Dimensions  int      `json:"dimensions,omitempty"`
 	// Prices are the deployment's token prices when the job was accepted;
 	// the runner copies them into the usage record, so the cost is fixed
 	// at the prices in force, however late the record is ingested.
@@ -317,6 +326,9 @@ const (
 	EventDone EventType = "done"
 	// EventError ends the job with an error.
 	EventError EventType = "error"
+	// EventEmbedding carries one input's vector of an embedding job
+	// (Event.Embedding); a done event with the usage follows the last.
+	EventEmbedding EventType = "embedding"
 )
 
 // Event is one message a runner sends back for a job. Deltas are coalesced
@@ -340,6 +352,8 @@ type Event struct {
 	// an event may carry logprobs before its text. The end-of-generation
 	// token has none: it has no text.
 	Logprobs []TokenLogprob `json:"logprobs,omitempty"`
+	// Embedding is an embedding event's vector.
+	Embedding *Embedding `json:"embedding,omitempty"`
 	// Seq numbers the events one runner sends for one job, from 0; it
 	// travels in the event's header (see AppendEvent).
 	Seq uint32 `json:"-"`
@@ -353,6 +367,15 @@ type TokenLogprob struct {
 	Token   []byte         `json:"b"`
 	Logprob float32        `json:"l"`
 	Top     []TokenLogprob `json:"top,omitempty"`
+}
+
+// Embedding is the vector of one input of an embedding job: L2-normalised
+// float32s, little-endian, as OpenAI's base64 encoding_format sends them
+// (JSON carries the bytes as base64: a third of the size of decimal
+// floats, and exact).
+type Embedding struct {
+	Index  int    `json:"i"`
+	Vector []byte `json:"v"`
 }
 
 // Usage counts tokens for one request.

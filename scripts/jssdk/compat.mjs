@@ -8,13 +8,22 @@ let input = '';
 for await (const chunk of process.stdin) input += chunk;
 const results = [];
 for (const c of JSON.parse(input)) {
-  const base = c.endpoint === 'chat'
-    ? { model: 'stories', messages: [{ role: 'user', content: 'Once upon a time' }], max_tokens: 3 }
-    : { model: 'stories', prompt: 'Once upon a time', max_tokens: 3 };
+  const base = {
+    chat: { model: 'stories', messages: [{ role: 'user', content: 'Once upon a time' }], max_tokens: 3 },
+    completions: { model: 'stories', prompt: 'Once upon a time', max_tokens: 3 },
+    embeddings: { model: 'stories', input: 'Once upon a time' },
+  }[c.endpoint];
   const params = { ...base, ...c.fields };
   try {
     if (c.endpoint === 'chat') await client.chat.completions.create(params);
-    else await client.completions.create(params);
+    else if (c.endpoint === 'embeddings') {
+      // The SDK asks for base64 unless told otherwise and decodes it.
+      const res = await client.embeddings.create(params);
+      const want = params.dimensions ?? 64; // stories260K's embedding size
+      // Asked for base64 by the caller, it hands the string over as is.
+      const size = (e) => (typeof e === 'string' ? Buffer.from(e, 'base64').length / 4 : e.length);
+      if (res.data.some((d) => size(d.embedding) !== want)) throw new Error(`embeddings of ${res.data.map((d) => size(d.embedding))} values, want ${want}`);
+    } else await client.completions.create(params);
     results.push({ status: 200 });
   } catch (e) {
     if (!(e instanceof OpenAI.APIError)) throw e;
