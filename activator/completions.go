@@ -198,13 +198,9 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 			return accepted{}, apiErr
 		}
 	}
-	dep, err := s.deployment(c.Request().Context(), key, req.Model)
+	dep, err := s.allowedDeployment(c.Request().Context(), key, req.Model)
 	if err != nil {
 		return accepted{}, err
-	}
-	if !key.Allows(dep.Name) {
-		s.metrics.requests.WithLabelValues(dep.Name, "permission_denied").Inc()
-		return accepted{}, errDeploymentDenied(dep.Name)
 	}
 	// A deployment that sets its context says, before any runner starts,
 	// that a max_tokens as large can never fit next to a prompt. (The
@@ -216,16 +212,8 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 		e.Code = strp("context_length_exceeded")
 		return accepted{}, e
 	}
-	e := s.limits.admit(key, s.spender())
-	// On the answer and on a 429 alike, as OpenAI sends them.
-	s.limits.setRateHeaders(key, c.Response().Header())
-	if e != nil {
-		s.metrics.requests.WithLabelValues(dep.Name, deref(e.Code)).Inc()
-		return accepted{}, e
-	}
-	if e := s.limits.admitTenant(key, s.tenantSpender()); e != nil {
-		s.metrics.requests.WithLabelValues(dep.Name, deref(e.Code)).Inc()
-		return accepted{}, e
+	if err := s.admitKey(c, key, dep); err != nil {
+		return accepted{}, err
 	}
 
 	prefix := "chatcmpl-"
@@ -233,13 +221,7 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 		prefix = "cmpl-"
 	}
 	job := req.job(kind)
-	job.ID = prefix + wire.NewID(12)
-	job.Deployment = dep.Name
-	job.DeploymentID = dep.ID
-	job.TenantID = key.TenantID
-	job.KeyID = key.ID
-	job.Deadline = time.Now().Add(dep.QueueTimeout)
-	job.Prices = wire.Prices{PromptPerMTok: dep.Prices.PromptPerMTok, CompletionPerMTok: dep.Prices.CompletionPerMTok}
+	stamp(&job, prefix+wire.NewID(12), dep, key)
 	hold, apiErr := s.holdBudget(c.Request().Context(), key, dep, job)
 	if apiErr != nil {
 		s.metrics.requests.WithLabelValues(dep.Name, deref(apiErr.Code)).Inc()

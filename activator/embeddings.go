@@ -10,7 +10,6 @@ import (
 	"math"
 	"net/http"
 	"strconv"
-	"time"
 	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
@@ -173,36 +172,15 @@ func (s *Server) embeddings(c echo.Context) error {
 	if apiErr != nil {
 		return apiErr
 	}
-	dep, err := s.deployment(c.Request().Context(), key, req.Model)
+	dep, err := s.allowedDeployment(c.Request().Context(), key, req.Model)
 	if err != nil {
 		return err
 	}
-	if !key.Allows(dep.Name) {
-		s.metrics.requests.WithLabelValues(dep.Name, "permission_denied").Inc()
-		return errDeploymentDenied(dep.Name)
+	if err := s.admitKey(c, key, dep); err != nil {
+		return err
 	}
-	e := s.limits.admit(key, s.spender())
-	s.limits.setRateHeaders(key, c.Response().Header())
-	if e != nil {
-		s.metrics.requests.WithLabelValues(dep.Name, deref(e.Code)).Inc()
-		return e
-	}
-	if e := s.limits.admitTenant(key); e != nil {
-		s.metrics.requests.WithLabelValues(dep.Name, deref(e.Code)).Inc()
-		return e
-	}
-	job := wire.Job{
-		ID:           "embd-" + wire.NewID(12),
-		Kind:         wire.KindEmbedding,
-		Inputs:       req.texts,
-		InputTokens:  req.tokens,
-		Deployment:   dep.Name,
-		DeploymentID: dep.ID,
-		TenantID:     key.TenantID,
-		KeyID:        key.ID,
-		Deadline:     time.Now().Add(dep.QueueTimeout),
-		Prices:       wire.Prices{PromptPerMTok: dep.Prices.PromptPerMTok, CompletionPerMTok: dep.Prices.CompletionPerMTok},
-	}
+	job := wire.Job{Kind: wire.KindEmbedding, Inputs: req.texts, InputTokens: req.tokens}
+	stamp(&job, "embd-"+wire.NewID(12), dep, key)
 	if req.Dimensions != nil {
 		job.Dimensions = *req.Dimensions
 	}
