@@ -116,6 +116,11 @@ func (s *Server) holdBudget(ctx context.Context, key registry.APIKey, dep regist
 		ctxLen = defaultRequestContext
 	}
 	usd := maxCost(promptBound(job), job.MaxTokens, ctxLen, job.Prices)
+	if job.N > 1 {
+		// Each further completion may cost as much as the longest one
+		// (a prompt of one token leaves it the most room).
+		usd += float64(job.N-1) * maxCost(1, job.MaxTokens, ctxLen, wire.Prices{CompletionPerMTok: job.Prices.CompletionPerMTok})
+	}
 	res, err := h.HoldBudget(ctx, key.ID, job.ID, usd, job.Deadline.Add(holdOverrun))
 	if err != nil {
 		s.log.Error("holding budget", "key", key.ID, "err", err)

@@ -208,8 +208,8 @@ func toolCallsJSON(calls []wire.ToolCall) []toolCallJSON {
 // empty arguments first, then the arguments in pieces.
 const argumentPiece = 32
 
-// toolCallChunks streams calls as OpenAI does.
-func (e *chunkEncoder) toolCallChunks(calls []wire.ToolCall) []byte {
+// toolCallChunks streams choice ci's calls as OpenAI does.
+func (e *chunkEncoder) toolCallChunks(ci int, calls []wire.ToolCall) []byte {
 	var out []byte
 	type fn struct {
 		Name      string `json:"name,omitempty"`
@@ -225,7 +225,7 @@ func (e *chunkEncoder) toolCallChunks(calls []wire.ToolCall) []byte {
 		d, _ := json.Marshal(struct {
 			ToolCalls []call `json:"tool_calls"`
 		}{[]call{c}})
-		out = append(out, e.prefix...)
+		out = e.open(out, ci)
 		out = append(out, `"delta":`...)
 		out = append(out, d...)
 		out = append(out, `,"logprobs":null,"finish_reason":null}]}`+"\n\n"...)

@@ -91,23 +91,31 @@ func (s *toolSink) Finish(reason string, u wire.Usage, err error) {
 
 // toolRequest prepares a chat with tools: the tools the template shows,
 // and for a required call the schema the reply is constrained to. It
-// returns the sink to run the request with.
-func (p *prompter) toolRequest(job wire.Job, req *Request, sink toolCaller) (Sink, error) {
+// returns the sinks to run the request's completions with.
+func (p *prompter) toolRequest(job wire.Job, req *Request, sinks []*choiceSink) ([]Sink, error) {
+	out := make([]Sink, len(sinks))
+	for i, s := range sinks {
+		out[i] = s
+	}
 	choice := wire.ToolChoice{Mode: "auto"}
 	if job.ToolChoice != nil {
 		choice = *job.ToolChoice
 	}
 	if len(job.Tools) == 0 || choice.Mode == "none" {
-		return sink, nil
+		return out, nil
 	}
-	ts := &toolSink{next: sink, format: chat.ToolFormatFor(p.name, p.source), single: choice.Single}
+	forced := false
 	if choice.Mode == "required" || choice.Mode == "function" {
 		schema, err := chat.ForcedFormat().Schema(job.Tools, choice)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", errToolChoice, err)
 		}
 		req.Sampling.JSONSchema = json.RawMessage(schema)
-		ts.forced = true
+		forced = true
 	}
-	return ts, nil
+	format := chat.ToolFormatFor(p.name, p.source)
+	for i, s := range sinks {
+		out[i] = &toolSink{next: s, format: format, single: choice.Single, forced: forced}
+	}
+	return out, nil
 }

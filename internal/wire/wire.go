@@ -288,6 +288,11 @@ type Job struct {
 	// likely tokens at its position (at most 20).
 	Logprobs    bool `json:"logprobs,omitempty"`
 	TopLogprobs int  `json:"top_logprobs,omitempty"`
+	// N is how many completions to generate (OpenAI's n; 0 is 1).
+	N int `json:"n,omitempty"`
+	// Suffix asks a completion for fill-in-the-middle: the text between
+	// Prompt and Suffix.
+	Suffix string `json:"suffix,omitempty"`
 	// Prices are the deployment's token prices when the job was accepted;
 	// the runner copies them into the usage record, so the cost is fixed
 	// at the prices in force, however late the record is ingested.
@@ -340,9 +345,27 @@ type Event struct {
 	// an event may carry logprobs before its text. The end-of-generation
 	// token has none: it has no text.
 	Logprobs []TokenLogprob `json:"logprobs,omitempty"`
+	// Index is the completion a delta belongs to, for a job of N > 1.
+	Index int `json:"i,omitempty"`
+	// Choices end a job of N > 1 (done events): each completion's end, in
+	// index order; the event's Usage counts the prompt once and every
+	// completion's tokens.
+	Choices []Choice `json:"choices,omitempty"`
 	// Seq numbers the events one runner sends for one job, from 0; it
 	// travels in the event's header (see AppendEvent).
 	Seq uint32 `json:"-"`
+}
+
+// Choice is how one of a job's N > 1 completions ended; for async jobs
+// with its whole text and logprobs.
+type Choice struct {
+	Index        int            `json:"i"`
+	FinishReason string         `json:"finish_reason"`
+	ToolCalls    []ToolCall     `json:"tool_calls,omitempty"`
+	Text         string         `json:"text,omitempty"`
+	Logprobs     []TokenLogprob `json:"logprobs,omitempty"`
+	// CompletionTokens are this completion's tokens.
+	CompletionTokens int `json:"completion_tokens"`
 }
 
 // TokenLogprob is one token and its log probability under the model (its
