@@ -191,6 +191,9 @@ type decoder struct {
 	firsts          *atomic.Int32 // the engine's
 	queue           chan *sequence
 	load            atomic.Int32 // sequences submitted and not finished
+	// promptDecoded counts the prompt tokens this context decoded (what
+	// the prefix cache and n's sharing save shows in it).
+	promptDecoded atomic.Int64
 
 	// pieces maps token → text, filled lazily by the decode loop (its only
 	// user) so per-token work does not allocate.
@@ -435,6 +438,16 @@ func (e *Engine) KVCells() int {
 	return n
 }
 
+// PromptTokensDecoded is how many prompt tokens the engine's contexts
+// have decoded (a step undone for want of KV cells counts twice).
+func (e *Engine) PromptTokensDecoded() int64 {
+	var n int64
+	for _, d := range e.decodersNow() {
+		n += d.promptDecoded.Load()
+	}
+	return n
+}
+
 // Info describes the loaded model.
 func (e *Engine) Info() gguf.ModelInfo { return e.info }
 
@@ -605,19 +618,49 @@ func (e *Engine) SubmitN(ctx context.Context, req Request, sinks []Sink) (prompt
 			}
 		}
 	}
-	for i, s := range seqs {
+	for _, s := range seqs {
 		s.sink.Start(len(tokens))
-		e.firsts.Add(1)
+	}
+	e.firsts.Add(int32(len(seqs)))
+	// The first waits for room in its context's queue, as Submit always
+	// did; completions beyond the free sequences are queued behind it
+	// in the background, in order, so the caller does not wait for
+	// other requests to finish.
+	select {
+	case ds[0].queue <- seqs[0]:
+	case <-ctx.Done():
+		e.firsts.Add(int32(-len(seqs)))
+		release(0)
+		return len(tokens), ctx.Err()
+	}
+	for i := 1; i < len(seqs); i++ {
+		select {
+		case ds[i].queue <- seqs[i]:
+			continue
+		default:
+		}
+		go e.enqueue(ctx, ds[i:], seqs[i:])
+		break
+	}
+	return len(tokens), nil
+}
+
+// enqueue queues sequences in order, waiting for room; ones left when ctx
+// ends finish cancelled.
+func (e *Engine) enqueue(ctx context.Context, ds []*decoder, seqs []*sequence) {
+	for i, s := range seqs {
 		select {
 		case ds[i].queue <- s:
 		case <-ctx.Done():
-			// The ones queued already see ctx and leave at the next step.
-			e.firsts.Add(int32(-(len(seqs) - i)))
-			release(i)
-			return len(tokens), ctx.Err()
+			for j := i; j < len(seqs); j++ {
+				e.firsts.Add(-1)
+				ds[j].load.Add(-1)
+				seqs[j].done = true
+				seqs[j].sink.Finish("cancelled", wire.Usage{PromptTokens: len(seqs[j].prompt)}, nil)
+			}
+			return
 		}
 	}
-	return len(tokens), nil
 }
 
 // seedFor is the sampler seed of completion i > 0 of a request with a
@@ -1060,6 +1103,7 @@ func (d *decoder) fillBatch(slots []slot) bool {
 		s.prefilled += n
 		s.nPast = s.prefilled
 		budget -= n
+		d.promptDecoded.Add(int64(n))
 	}
 	return d.batch.NumTokens() > 0
 }
