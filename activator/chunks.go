@@ -161,8 +161,12 @@ func (e *chunkEncoder) bodyOf(choices []choiceOut, u wire.Usage) []byte {
 		} else {
 			ch.Message = &message{Role: "assistant", Content: &c.text}
 			if len(c.toolCalls) > 0 {
-				// A reply that calls tools has no content (OpenAI: null).
-				ch.Message.Content, ch.Message.ToolCalls = nil, toolCallsJSON(c.toolCalls)
+				// A reply that only calls tools has no content (OpenAI:
+				// null); text it wrote before its calls is its content.
+				ch.Message.ToolCalls = toolCallsJSON(c.toolCalls)
+				if c.text == "" {
+					ch.Message.Content = nil
+				}
 			}
 		}
 		resp.Choices = append(resp.Choices, ch)

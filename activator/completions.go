@@ -580,7 +580,14 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 			ch := &rl.ch[ev.Index]
 			if rl.stream {
 				rl.writeEcho(ev.Index)
-				if rl.lp && len(ev.Logprobs) > 0 {
+				if len(ev.Calls) > 0 {
+					// Text before the calls, then the calls' pieces.
+					if ev.Text != "" {
+						res.Write(rl.enc.delta(ev.Index, ev.Text))
+					}
+					res.Write(rl.enc.callDeltaChunks(ev.Index, ev.Calls))
+					ch.streamed = addCallDeltas(ch.streamed, ev.Calls)
+				} else if rl.lp && len(ev.Logprobs) > 0 {
 					res.Write(rl.enc.deltaWith(ev.Index, ev.Text, logprobsJSON(rl.kind, ev.Logprobs, &ch.lpOffset)))
 				} else {
 					res.Write(rl.enc.delta(ev.Index, ev.Text))
@@ -611,7 +618,8 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 						continue
 					}
 					if len(c.ToolCalls) > 0 {
-						res.Write(rl.enc.toolCallChunks(c.Index, c.ToolCalls))
+						// What the calls' pieces streamed before did not say.
+						res.Write(rl.enc.toolCallRest(c.Index, c.ToolCalls, rl.ch[c.Index].streamed))
 					}
 					rl.writeEcho(c.Index) // a completion of no text
 					res.Write(rl.enc.finish(c.Index, c.FinishReason))
@@ -760,6 +768,8 @@ type relayChoice struct {
 	lps      []wire.TokenLogprob
 	lpOffset int
 	echoed   bool // a stream wrote the prompt before its text (echo)
+	// streamed are the tool calls as their pieces streamed so far.
+	streamed []wire.ToolCall
 }
 
 // resetChoices drops what an earlier runner produced: the next starts
@@ -767,7 +777,7 @@ type relayChoice struct {
 func (rl *relay) resetChoices() {
 	for i := range rl.ch {
 		c := &rl.ch[i]
-		c.text, c.lps, c.lpOffset = c.text[:0], c.lps[:0], 0
+		c.text, c.lps, c.lpOffset, c.streamed = c.text[:0], c.lps[:0], 0, nil
 	}
 }
 

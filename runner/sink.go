@@ -157,6 +157,24 @@ func covered(lps []wire.TokenLogprob, at, released int) (n, after int) {
 // follows.
 func (s *choiceSink) setToolCalls(calls []wire.ToolCall) { s.toolCalls = calls }
 
+// callDeltas sends pieces of the tool calls being written at once, after
+// the text delivered before them (an async job's calls come whole, with
+// its result).
+func (s *choiceSink) callDeltas(d []wire.ToolCallDelta) {
+	if s.r.async {
+		return
+	}
+	now := time.Now()
+	s.flush(now)
+	if data, err := wire.AppendEvent(nil, &wire.Event{Type: wire.EventDelta, Index: s.index, Calls: d}); err == nil {
+		s.r.publish(data)
+		s.sentAt = now
+	}
+	if s.first.IsZero() {
+		s.first = now
+	}
+}
+
 // newReplySink makes the sink of a job of n completions (at least 1).
 func newReplySink(nc *nats.Conn, subject string, n int) *replySink {
 	r := &replySink{nc: nc, subject: subject, done: make(chan struct{}), left: max(1, n)}

@@ -216,6 +216,16 @@ type ToolCall struct {
 	Arguments string `json:"arguments"`
 }
 
+// ToolCallDelta is a piece of a tool call being written: Index is the
+// call's place in the reply; its first piece has ID and Name, later ones
+// pieces of Arguments.
+type ToolCallDelta struct {
+	Index     int    `json:"n"`
+	ID        string `json:"id,omitempty"`
+	Name      string `json:"name,omitempty"`
+	Arguments string `json:"args,omitempty"`
+}
+
 // ToolChoice is OpenAI's tool_choice.
 type ToolChoice struct {
 	// Mode is "auto", "none", "required", or "function" (call Name).
@@ -345,6 +355,10 @@ type Event struct {
 	// an event may carry logprobs before its text. The end-of-generation
 	// token has none: it has no text.
 	Logprobs []TokenLogprob `json:"logprobs,omitempty"`
+	// Calls are pieces of the tool calls a reply is writing (delta
+	// events): each call's ID and name first, then its arguments as they
+	// are written. The done event's ToolCalls are the whole calls.
+	Calls []ToolCallDelta `json:"calls,omitempty"`
 	// Index is the completion a delta belongs to, for a job of N > 1.
 	Index int `json:"i,omitempty"`
 	// Choices end a job of N > 1 (done events): each completion's end, in
