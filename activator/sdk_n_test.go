@@ -3,13 +3,21 @@ package activator_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+
+	"github.com/infer-run/infer/activator"
+	"github.com/infer-run/infer/internal/testenv"
+	"github.com/infer-run/infer/internal/wire"
+	"github.com/infer-run/infer/runner"
 )
 
 // TestSDKN: n > 1 through openai-go v3 on a real runner, chat and
@@ -204,5 +212,51 @@ func TestAsyncLogprobsAndN(t *testing.T) {
 				t.Errorf("choice %d token %d: %v; sync %+v", i, j, lp, want)
 			}
 		}
+	}
+}
+
+// TestAsyncResultTooLarge: on a NATS server with a 16 KiB max_payload, an
+// async job whose logprobs outgrow it fails with result_too_large naming
+// logprobs (the runner cannot publish it), rather than run until swept;
+// the same job without logprobs succeeds.
+func TestAsyncResultTooLarge(t *testing.T) {
+	h := newHarness(t)
+	ns := testenv.StartNATS(t, &server.Options{MaxPayload: 16 << 10})
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	url, _ := h.startActivator(activator.Config{NATS: nc})
+	if code, _, body := call(t, url, adminKey, http.MethodPut, "/v1/deployments/small", `{"artifact":"`+h.art.SHA256+`","parallel":1}`); code != 200 {
+		t.Fatalf("deploy: %d %v", code, body)
+	}
+	r, err := runner.New(runner.Config{ID: wire.NewID(4), Deployment: "small", DeploymentID: h.depID("small"),
+		Artifact: runner.Artifact{SHA256: h.art.SHA256, ObjectKey: h.art.ObjectKey, Size: h.art.Size},
+		Cache:    &runner.Cache{Dir: t.TempDir(), Blobs: h.blobs}, Engine: runner.EngineConfig{Parallel: 1, Context: 256}}, nc, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx, nil); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	submit := func(extra string) map[string]any {
+		t.Helper()
+		status, _, job := call(t, url, adminKey, http.MethodPost, "/v1/async/completions",
+			`{"model":"small","prompt":"Once upon a time","max_tokens":200,"temperature":0`+extra+`}`)
+		if status != http.StatusAccepted {
+			t.Fatalf("POST async: %d %v", status, job)
+		}
+		return awaitAsync(t, url, adminKey, job["id"].(string))
+	}
+	job := submit(`,"logprobs":5`)
+	e, _ := job["error"].(map[string]any)
+	if job["status"] != "failed" || e["code"] != "result_too_large" || e["param"] != "logprobs" {
+		t.Errorf("a result over max_payload: %v; want failed with result_too_large naming logprobs", job)
+	}
+	if job := submit(""); job["status"] != "succeeded" {
+		t.Errorf("the same job without logprobs: %v", job)
 	}
 }
