@@ -556,8 +556,8 @@ func TestSDKErrors(t *testing.T) {
 		typ, code, param string
 		retryAfter       bool
 	}{
-		{"n=2", chat(c, openai.ChatCompletionNewParams{Model: "stories", N: openai.Int(2), Messages: hi}),
-			400, "invalid_request_error", "unsupported_value", "n", false},
+		{"n beyond parallel", chat(c, openai.ChatCompletionNewParams{Model: "stories", N: openai.Int(2), Messages: hi}),
+			400, "invalid_request_error", "", "n", false},
 		{"zero max_completion_tokens", chat(c, openai.ChatCompletionNewParams{Model: "stories", MaxCompletionTokens: openai.Int(0), Messages: hi}),
 			400, "invalid_request_error", "", "max_completion_tokens", false},
 		{"image content part", chat(c, openai.ChatCompletionNewParams{Model: "stories", Messages: []openai.ChatCompletionMessageParamUnion{

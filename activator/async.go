@@ -78,6 +78,8 @@ type asyncRecord struct {
 	// What the job's tokens are charged to when its result is folded in,
 	// as sync requests are charged when they finish: the submitting key
 	// with its limits at submission, and the deployment's prices.
+	// Logprobs says the job asked for logprobs, so its result shows them.
+	Logprobs  bool     `json:"logprobs_asked,omitempty"`
 	KeyID     string   `json:"key_id,omitempty"`
 	KeyTPM    int      `json:"key_tokens_per_minute,omitempty"`
 	KeyBudget *float64 `json:"key_budget_usd,omitempty"`
@@ -133,7 +135,7 @@ func (r *asyncRecord) key() registry.APIKey {
 func (r asyncRecord) view() asyncRecord {
 	r.TenantID, r.Kind, r.Deadline, r.DroppedAt, r.WebhookSent, r.Swept, r.Runner = "", "", time.Time{}, time.Time{}, false, false, ""
 	r.WebhookClaimed = time.Time{}
-	r.KeyID, r.KeyTPM, r.KeyBudget, r.TenantBudget, r.Prices = "", 0, nil, nil, wire.Prices{}
+	r.KeyID, r.KeyTPM, r.KeyBudget, r.TenantBudget, r.Prices, r.Logprobs = "", 0, nil, nil, wire.Prices{}, false
 	return r
 }
 
@@ -237,6 +239,7 @@ func (s *Server) submitAsync(c echo.Context, kind wire.Kind) error {
 		CreatedAt: now.Unix(), ExpiresAt: now.Add(s.async.ttl).Unix(), Webhook: hook,
 		TenantID: job.TenantID, Kind: kind, Deadline: job.Deadline, DroppedAt: now.Add(queue.DeploymentLimits(dep.QueueLimit, dep.QueueTimeout, s.replicas).MaxAge),
 		KeyID: a.key.ID, KeyTPM: a.key.TokensPerMinute, KeyBudget: a.key.BudgetUSD, TenantBudget: a.key.Tenant.MonthlyBudgetUSD, Prices: job.Prices,
+		Logprobs: job.Logprobs,
 	}
 	recData, err := json.Marshal(rec)
 	if err != nil {
@@ -409,9 +412,11 @@ func (a *asyncJobs) onEvent(msg jetstream.Msg) {
 				r.StartedAt = r.FinishedAt
 			}
 			if ev.Type == wire.EventDone {
-				enc := newChunkEncoder(r.Kind, r.ID, r.Model, r.CreatedAt)
-				enc.toolCalls = ev.ToolCalls
-				r.Status, r.Result = asyncSucceeded, enc.body(ev.Text, ev.FinishReason, u, nil)
+				r.Status, r.Result = asyncSucceeded, asyncResult(r, &ev, u)
+				if limit := a.s.nc.MaxPayload() - asyncRecordRoom; limit > 0 && len(r.Result) > int(limit) {
+					r.Status, r.Result = asyncFailed, nil
+					r.Error = errResultTooLarge(r.Logprobs, len(r.Result), int(limit))
+				}
 			} else {
 				we := ev.Error
 				if we == nil {
@@ -423,6 +428,8 @@ func (a *asyncJobs) onEvent(msg jetstream.Msg) {
 		})
 		if err == nil && folded {
 			if ev.Type == wire.EventDone {
+				// A result too large to store ran all the same, and the
+				// runner bills its tokens: so does the key's limiter.
 				a.s.metrics.requests.WithLabelValues(rec.Model, "ok").Inc()
 				// This activator folded the result, so its limiter holds
 				// the charge (limits are per activator, see limits.go).
@@ -531,4 +538,40 @@ func (a *asyncJobs) post(rec asyncRecord, body []byte) error {
 		return fmt.Errorf("webhook answered %s", resp.Status)
 	}
 	return nil
+}
+
+// asyncRecordRoom is what a job's record needs besides its result, kept
+// free below the NATS max payload that bounds a stored record.
+const asyncRecordRoom = 4 << 10
+
+// asyncResult is a finished async job's result: the response body the
+// sync endpoint would have answered, its choices' logprobs included when
+// the job asked for them.
+func asyncResult(r *asyncRecord, ev *wire.Event, u wire.Usage) json.RawMessage {
+	enc := newChunkEncoder(r.Kind, r.ID, r.Model, r.CreatedAt)
+	ends := ev.Choices
+	if len(ends) == 0 {
+		ends = []wire.Choice{{FinishReason: ev.FinishReason, ToolCalls: ev.ToolCalls, Text: ev.Text, Logprobs: ev.Logprobs}}
+	}
+	out := make([]choiceOut, len(ends))
+	for i, c := range ends {
+		out[i] = choiceOut{text: c.Text, reason: c.FinishReason, toolCalls: c.ToolCalls, logprobs: choiceLogprobs(r.Kind, r.Logprobs, c.Logprobs)}
+	}
+	return enc.bodyOf(out, u)
+}
+
+// errResultTooLarge fails an async job whose result does not fit a
+// record: with logprobs (20 alternatives a token), a few thousand tokens
+// outgrow NATS's default 1 MiB.
+func errResultTooLarge(logprobs bool, size, limit int) *apiError {
+	hint := "lower max_tokens"
+	if logprobs {
+		hint = "lower max_tokens or top_logprobs, or leave logprobs out"
+	}
+	e := errStatus(http.StatusBadRequest, "invalid_request_error", "result_too_large",
+		"the job's result is %d bytes, more than an async job can store (%d bytes, the NATS max payload); %s, or use the sync endpoint", size, limit, hint)
+	if logprobs {
+		e.Param = strp("logprobs")
+	}
+	return e
 }

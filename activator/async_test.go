@@ -195,7 +195,7 @@ func TestAsyncJobs(t *testing.T) {
 	}{
 		{"no key", "/v1/async/chat/completions", "", `{"model":"stories","messages":[{"role":"user","content":"hi"}]}`, 401, ""},
 		{"unknown model", "/v1/async/chat/completions", adminKey, `{"model":"nope","messages":[{"role":"user","content":"hi"}]}`, 404, "model"},
-		{"bad n", "/v1/async/completions", adminKey, `{"model":"stories","prompt":"hi","n":2}`, 400, "n"},
+		{"bad n", "/v1/async/completions", adminKey, `{"model":"stories","prompt":"hi","n":17}`, 400, "n"},
 		{"stream", "/v1/async/chat/completions", adminKey, `{"model":"stories","stream":true,"messages":[{"role":"user","content":"hi"}]}`, 400, "stream"},
 		{"bad webhook", "/v1/async/completions", adminKey, `{"model":"stories","prompt":"hi","webhook":"ftp://example.com/x"}`, 400, "webhook"},
 		{"webhook type", "/v1/async/completions", adminKey, `{"model":"stories","prompt":"hi","webhook":3}`, 400, "webhook"},

@@ -119,6 +119,11 @@ func (s *Server) holdBudget(ctx context.Context, key registry.APIKey, dep regist
 	if job.Kind == wire.KindEmbedding {
 		usd = float64(embedPromptBound(job, ctxLen)) * job.Prices.PromptPerMTok / 1e6
 	}
+	if job.N > 1 {
+		// Each further completion may cost as much as the longest one
+		// (a prompt of one token leaves it the most room).
+		usd += float64(job.N-1) * maxCost(1, job.MaxTokens, ctxLen, wire.Prices{CompletionPerMTok: job.Prices.CompletionPerMTok})
+	}
 	res, err := h.HoldBudget(ctx, key.ID, job.ID, usd, job.Deadline.Add(holdOverrun))
 	if err != nil {
 		s.log.Error("holding budget", "key", key.ID, "err", err)

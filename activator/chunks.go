@@ -16,11 +16,18 @@ type chunkEncoder struct {
 	id      string
 	model   string
 	created int64
-	prefix  []byte // `data: {"id":…,"choices":[{"index":0,`
+	prefix  []byte // `data: {"id":…,"choices":[{"index":`
 	buf     []byte
 	// toolCalls are the reply's tool calls, for body (set from the done
 	// event).
 	toolCalls []wire.ToolCall
+}
+
+// open starts a chunk of choice i in buf.
+func (e *chunkEncoder) open(buf []byte, i int) []byte {
+	buf = append(buf, e.prefix...)
+	buf = strconv.AppendInt(buf, int64(i), 10)
+	return append(buf, ',')
 }
 
 func newChunkEncoder(kind wire.Kind, id, model string, created int64) chunkEncoder {
@@ -34,26 +41,27 @@ func newChunkEncoder(kind wire.Kind, id, model string, created int64) chunkEncod
 	p = strconv.AppendInt(p, created, 10)
 	p = append(p, `,"model":`...)
 	p = appendJSONString(p, model)
-	p = append(p, `,"system_fingerprint":null,"choices":[{"index":0,`...)
+	p = append(p, `,"system_fingerprint":null,"choices":[{"index":`...)
 	return chunkEncoder{kind: kind, id: id, model: model, created: created, prefix: p, buf: make([]byte, 0, 512)}
 }
 
-// first is the opening chunk: chat streams announce the assistant role.
-func (e *chunkEncoder) first() []byte {
+// first is choice i's opening chunk: chat streams announce the assistant
+// role.
+func (e *chunkEncoder) first(i int) []byte {
 	if e.kind == wire.KindCompletion {
 		return nil
 	}
-	e.buf = append(e.buf[:0], e.prefix...)
+	e.buf = e.open(e.buf[:0], i)
 	e.buf = append(e.buf, `"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}`+"\n\n"...)
 	return e.buf
 }
 
-func (e *chunkEncoder) delta(text string) []byte { return e.deltaWith(text, nil) }
+func (e *chunkEncoder) delta(i int, text string) []byte { return e.deltaWith(i, text, nil) }
 
-// deltaWith is a delta chunk with its tokens' logprobs object, as JSON
-// (nil: null).
-func (e *chunkEncoder) deltaWith(text string, logprobs []byte) []byte {
-	e.buf = append(e.buf[:0], e.prefix...)
+// deltaWith is a delta chunk of choice i with its tokens' logprobs
+// object, as JSON (nil: null).
+func (e *chunkEncoder) deltaWith(i int, text string, logprobs []byte) []byte {
+	e.buf = e.open(e.buf[:0], i)
 	if e.kind == wire.KindCompletion {
 		e.buf = append(e.buf, `"text":`...)
 		e.buf = appendJSONString(e.buf, text)
@@ -71,8 +79,8 @@ func (e *chunkEncoder) deltaWith(text string, logprobs []byte) []byte {
 	return e.buf
 }
 
-func (e *chunkEncoder) finish(reason string) []byte {
-	e.buf = append(e.buf[:0], e.prefix...)
+func (e *chunkEncoder) finish(i int, reason string) []byte {
+	e.buf = e.open(e.buf[:0], i)
 	if e.kind == wire.KindCompletion {
 		e.buf = append(e.buf, `"text":"","logprobs":null,"finish_reason":`...)
 	} else {
@@ -87,7 +95,7 @@ func (e *chunkEncoder) finish(reason string) []byte {
 // choices and the request's usage.
 func (e *chunkEncoder) usage(u wire.Usage) []byte {
 	b, _ := json.Marshal(usageObject(u))
-	e.buf = append(e.buf[:0], e.prefix[:len(e.prefix)-len(`{"index":0,`)]...)
+	e.buf = append(e.buf[:0], e.prefix[:len(e.prefix)-len(`{"index":`)]...)
 	e.buf = append(e.buf, `],"usage":`...)
 	e.buf = append(e.buf, b...)
 	e.buf = append(e.buf, "}\n\n"...)
@@ -104,9 +112,23 @@ func usageObject(u wire.Usage) usageJSON {
 	return usageJSON{u.PromptTokens, u.CompletionTokens, u.PromptTokens + u.CompletionTokens}
 }
 
-// body is the whole non-streaming response; logprobs is its choice's
+// choiceOut is one choice of a whole response.
+type choiceOut struct {
+	text      string
+	reason    string
+	toolCalls []wire.ToolCall
+	logprobs  any // its logprobs object (nil: null)
+}
+
+// body is the whole non-streaming response of one choice; logprobs is its
 // logprobs object (nil: null).
 func (e *chunkEncoder) body(text, reason string, u wire.Usage, logprobs any) []byte {
+	return e.bodyOf([]choiceOut{{text: text, reason: reason, toolCalls: e.toolCalls, logprobs: logprobs}}, u)
+}
+
+// bodyOf is the whole non-streaming response of its choices, in index
+// order.
+func (e *chunkEncoder) bodyOf(choices []choiceOut, u wire.Usage) []byte {
 	type message struct {
 		Role      string         `json:"role"`
 		Content   *string        `json:"content"`
@@ -127,20 +149,28 @@ func (e *chunkEncoder) body(text, reason string, u wire.Usage, logprobs any) []b
 		SystemFingerprint any       `json:"system_fingerprint"`
 		Choices           []choice  `json:"choices"`
 		Usage             usageJSON `json:"usage"`
-	}{ID: e.id, Created: e.created, Model: e.model, Usage: usageObject(u)}
-	ch := choice{FinishReason: reason, Logprobs: logprobs}
+	}{ID: e.id, Created: e.created, Model: e.model, Usage: usageObject(u), Choices: []choice{}}
+	resp.Object = "chat.completion"
 	if e.kind == wire.KindCompletion {
 		resp.Object = "text_completion"
-		ch.Text = &text
-	} else {
-		resp.Object = "chat.completion"
-		ch.Message = &message{Role: "assistant", Content: &text}
-		if len(e.toolCalls) > 0 {
-			// A reply that calls tools has no content (OpenAI: null).
-			ch.Message.Content, ch.Message.ToolCalls = nil, toolCallsJSON(e.toolCalls)
-		}
 	}
-	resp.Choices = []choice{ch}
+	for i, c := range choices {
+		ch := choice{Index: i, FinishReason: c.reason, Logprobs: c.logprobs}
+		if e.kind == wire.KindCompletion {
+			ch.Text = &c.text
+		} else {
+			ch.Message = &message{Role: "assistant", Content: &c.text}
+			if len(c.toolCalls) > 0 {
+				// A reply that only calls tools has no content (OpenAI:
+				// null); text it wrote before its calls is its content.
+				ch.Message.ToolCalls = toolCallsJSON(c.toolCalls)
+				if c.text == "" {
+					ch.Message.Content = nil
+				}
+			}
+		}
+		resp.Choices = append(resp.Choices, ch)
+	}
 	b, _ := json.Marshal(resp)
 	return b
 }

@@ -84,6 +84,7 @@ func (s *Server) serveJob(c echo.Context, kind wire.Kind, a accepted, emb *embed
 		created: time.Now().Unix(),
 		lp:      job.Logprobs,
 		emb:     emb,
+		ch:      make([]relayChoice, req.choices()),
 	}
 	if req.Echo != nil && *req.Echo {
 		rl.echo = job.Prompt
@@ -211,6 +212,9 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 			*req.MaxTokens, dep.Name, dep.ContextLength)
 		e.Code = strp("context_length_exceeded")
 		return accepted{}, e
+	}
+	if n := req.choices(); n > 1 && dep.Parallel > 0 && n > dep.Parallel {
+		return accepted{}, errInvalid("n", "n is %d, but deployment %s decodes at most %d sequences at once (its parallel); lower n", n, dep.Name, dep.Parallel)
 	}
 	if err := s.admitKey(c, key, dep); err != nil {
 		return accepted{}, err
@@ -354,16 +358,13 @@ type relay struct {
 	gapSince  time.Time
 	gapRunner string
 	resentAt  time.Time
-	text      []byte
-	// lp says the client asked for logprobs; lps are the body's, and
-	// lpOffset the text offset of a completion stream's next token.
-	lp       bool
-	lps      []wire.TokenLogprob
-	lpOffset int
+	// ch are the choices (n), by index.
+	ch []relayChoice
+	// lp says the client asked for logprobs.
+	lp bool
 	// echo is a completion's prompt to write before its text (echo:
-	// true); echoed, that a stream wrote it.
-	echo   string
-	echoed bool
+	// true).
+	echo string
 	// emb collects an embedding request's vectors (nil for completions).
 	emb      *embedReply
 	enc      chunkEncoder
@@ -429,7 +430,7 @@ func (rl *relay) run(ctx context.Context, w *waiter, deadline time.Time) error {
 				// for its start event. A body's text buffered so far is
 				// the lost runner's: the next runner starts over.
 				rl.runner = ""
-				rl.text = rl.text[:0]
+				rl.resetChoices()
 				rl.gapSince = time.Time{} // the next runner starts over
 				rl.w.disown()
 				if rl.s.shuttingDown() {
@@ -551,8 +552,7 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 			}
 			// Nothing reached the client: whatever an earlier runner
 			// produced for the body is dropped, this one starts over.
-			rl.text = rl.text[:0]
-			rl.lps, rl.lpOffset = rl.lps[:0], 0
+			rl.resetChoices()
 			rl.emb.reset()
 			rl.runner = ev.Runner
 			if r.runner != "" {
@@ -565,18 +565,30 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 				rl.ttft = time.Since(rl.queuedAt)
 				rl.s.metrics.ttft.WithLabelValues(rl.model).Observe(rl.ttft.Seconds())
 			}
+			if ev.Index < 0 || ev.Index >= len(rl.ch) {
+				rl.s.log.Error("event of a choice the request has not", "request", rl.id, "index", ev.Index, "n", len(rl.ch))
+				continue
+			}
+			ch := &rl.ch[ev.Index]
 			if rl.stream {
-				rl.writeEcho()
-				if rl.lp && len(ev.Logprobs) > 0 {
-					res.Write(rl.enc.deltaWith(ev.Text, logprobsJSON(rl.kind, ev.Logprobs, &rl.lpOffset)))
+				rl.writeEcho(ev.Index)
+				if len(ev.Calls) > 0 {
+					// Text before the calls, then the calls' pieces.
+					if ev.Text != "" {
+						res.Write(rl.enc.delta(ev.Index, ev.Text))
+					}
+					res.Write(rl.enc.callDeltaChunks(ev.Index, ev.Calls))
+					ch.streamed = addCallDeltas(ch.streamed, ev.Calls)
+				} else if rl.lp && len(ev.Logprobs) > 0 {
+					res.Write(rl.enc.deltaWith(ev.Index, ev.Text, logprobsJSON(rl.kind, ev.Logprobs, &ch.lpOffset)))
 				} else {
-					res.Write(rl.enc.delta(ev.Text))
+					res.Write(rl.enc.delta(ev.Index, ev.Text))
 				}
 				rl.sentText = true
 			} else {
-				rl.text = append(rl.text, ev.Text...)
+				ch.text = append(ch.text, ev.Text...)
 				if rl.lp {
-					rl.lps = append(rl.lps, ev.Logprobs...)
+					ch.lps = append(ch.lps, ev.Logprobs...)
 				}
 			}
 		case wire.EventEmbedding:
@@ -598,13 +610,22 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 				}
 				return true, rl.c.JSONBlob(http.StatusOK, body)
 			}
-			rl.enc.toolCalls = ev.ToolCalls
+			ends := ev.Choices
+			if len(ends) == 0 {
+				ends = []wire.Choice{{FinishReason: ev.FinishReason, ToolCalls: ev.ToolCalls}}
+			}
 			if rl.stream {
-				if len(ev.ToolCalls) > 0 {
-					res.Write(rl.enc.toolCallChunks(ev.ToolCalls))
+				for _, c := range ends {
+					if c.Index < 0 || c.Index >= len(rl.ch) {
+						continue
+					}
+					if len(c.ToolCalls) > 0 {
+						// What the calls' pieces streamed before did not say.
+						res.Write(rl.enc.toolCallRest(c.Index, c.ToolCalls, rl.ch[c.Index].streamed))
+					}
+					rl.writeEcho(c.Index) // a completion of no text
+					res.Write(rl.enc.finish(c.Index, c.FinishReason))
 				}
-				rl.writeEcho() // a completion of no text
-				res.Write(rl.enc.finish(ev.FinishReason))
 				if rl.usage {
 					res.Write(rl.enc.usage(u))
 				}
@@ -612,13 +633,17 @@ func (rl *relay) handle(events []reply) (done bool, err error) {
 				res.Flush()
 				return true, nil
 			}
-			var logprobs any
-			if rl.lp && rl.kind == wire.KindChat {
-				logprobs = chatLogprobsObject(rl.lps)
-			} else if rl.lp {
-				logprobs, _ = legacyLogprobsObject(rl.lps, 0)
+			out := make([]choiceOut, len(rl.ch))
+			for _, c := range ends {
+				if c.Index >= 0 && c.Index < len(out) {
+					out[c.Index].reason, out[c.Index].toolCalls = c.FinishReason, c.ToolCalls
+				}
 			}
-			return true, rl.c.JSONBlob(http.StatusOK, rl.enc.body(rl.echo+string(rl.text), ev.FinishReason, u, logprobs))
+			for i := range out {
+				out[i].text = rl.echo + string(rl.ch[i].text)
+				out[i].logprobs = choiceLogprobs(rl.kind, rl.lp, rl.ch[i].lps)
+			}
+			return true, rl.c.JSONBlob(http.StatusOK, rl.enc.bodyOf(out, u))
 		case wire.EventError:
 			rl.failed = true
 			rl.s.metrics.requests.WithLabelValues(rl.model, "error").Inc()
@@ -705,7 +730,9 @@ func (rl *relay) start() {
 		if !rl.sse {
 			rl.beginSSE()
 		}
-		rl.c.Response().Write(rl.enc.first())
+		for i := range rl.ch {
+			rl.c.Response().Write(rl.enc.first(i))
+		}
 	}
 }
 
@@ -735,15 +762,49 @@ func (rl *relay) phaseComment(keepalive bool) {
 	rl.comment(p)
 }
 
-// comment writes an SSE comment line, which clients ignore and people read.
-// writeEcho writes a completion stream's prompt (echo: true) before its
-// first text.
-func (rl *relay) writeEcho() {
-	if rl.echo != "" && !rl.echoed {
-		rl.c.Response().Write(rl.enc.delta(rl.echo))
-		rl.echoed = true
+// relayChoice is what the relay holds of one choice.
+type relayChoice struct {
+	text []byte // a body's text
+	// lps are a body's logprobs, and lpOffset the text offset of a
+	// completion stream's next token.
+	lps      []wire.TokenLogprob
+	lpOffset int
+	echoed   bool // a stream wrote the prompt before its text (echo)
+	// streamed are the tool calls as their pieces streamed so far.
+	streamed []wire.ToolCall
+}
+
+// resetChoices drops what an earlier runner produced: the next starts
+// over.
+func (rl *relay) resetChoices() {
+	for i := range rl.ch {
+		c := &rl.ch[i]
+		c.text, c.lps, c.lpOffset, c.streamed = c.text[:0], c.lps[:0], 0, nil
 	}
 }
+
+// choiceLogprobs is a choice's logprobs object in a body (nil: null).
+func choiceLogprobs(kind wire.Kind, asked bool, lps []wire.TokenLogprob) any {
+	switch {
+	case !asked:
+		return nil
+	case kind == wire.KindChat:
+		return chatLogprobsObject(lps)
+	}
+	obj, _ := legacyLogprobsObject(lps, 0)
+	return obj
+}
+
+// writeEcho writes a completion stream's prompt (echo: true) before
+// choice i's first text.
+func (rl *relay) writeEcho(i int) {
+	if rl.echo != "" && !rl.ch[i].echoed {
+		rl.c.Response().Write(rl.enc.delta(i, rl.echo))
+		rl.ch[i].echoed = true
+	}
+}
+
+// comment writes an SSE comment line, which clients ignore and people read.
 
 func (rl *relay) comment(text string) {
 	res := rl.c.Response()

@@ -173,6 +173,9 @@ type completionRequest struct {
 	TopLogprobs   *int               `json:"top_logprobs"`
 	LogitBias     map[string]float64 `json:"logit_bias"`
 	Echo          *bool              `json:"echo"`
+	N             *int               `json:"n"`
+	BestOf        *int               `json:"best_of"`
+	Suffix        *string            `json:"suffix"`
 	Stream        bool               `json:"stream"`
 	StreamOptions *struct {
 		IncludeUsage bool `json:"include_usage"`
@@ -297,6 +300,9 @@ func decodeRequest(body []byte, kind wire.Kind, async bool) (*completionRequest,
 			return nil, unsupported("echo", "echo with logprobs is not supported: infer has no logprobs for prompt tokens")
 		}
 	}
+	if e := req.checkN(); e != nil {
+		return nil, e
+	}
 	if req.TopK != nil && *req.TopK < 0 {
 		return nil, errInvalid("top_k", "top_k must not be negative")
 	}
@@ -342,6 +348,12 @@ func (r *completionRequest) job(kind wire.Kind) wire.Job {
 		j.Tools, j.ToolChoice = r.wireTools(), r.choice
 	} else {
 		j.Prompt = string(*r.Prompt)
+		if r.Suffix != nil {
+			j.Suffix = *r.Suffix
+		}
+	}
+	if r.N != nil && *r.N > 1 {
+		j.N = *r.N
 	}
 	s := &j.Sampling
 	s.Temperature = f32(r.Temperature)
@@ -409,12 +421,6 @@ func (r *completionRequest) decodeLogprobs(kind wire.Kind, async bool) *apiError
 			r.topLogprobs = *r.TopLogprobs
 		}
 	}
-	if r.logprobs && async {
-		// An async job's result travels as one NATS message (1 MiB by
-		// default), which 20 alternatives per token outgrow in a few
-		// thousand tokens.
-		return unsupported("logprobs", "logprobs are not supported on the async endpoints: use /v1/chat/completions or /v1/completions")
-	}
 	return nil
 }
 
@@ -443,4 +449,36 @@ func (r *completionRequest) decodeLogitBias() *apiError {
 		r.logitBias[int32(id)] = float32(v)
 	}
 	return nil
+}
+
+// maxN bounds n: each completion takes one of a runner's sequences, and
+// accept also keeps n within the deployment's parallel sequences, so
+// that all of them decode together, sharing the prompt's KV cells.
+const maxN = 16
+
+// checkN validates n and best_of. best_of asks for the best n of more
+// completions, judged by their log probability, which infer does not
+// rank: it is taken only as n (or unset).
+func (r *completionRequest) checkN() *apiError {
+	n := 1
+	if r.N != nil {
+		n = *r.N
+		if n < 1 || n > maxN {
+			return errInvalid("n", "n must be between 1 and %d", maxN)
+		}
+	}
+	if r.BestOf != nil && *r.BestOf != n {
+		e := unsupported("best_of", "best_of=%d is not supported by infer: best_of must equal n (%d); ranking more completions than are returned is not supported", *r.BestOf, n)
+		e.Code = strp("unsupported_value")
+		return e
+	}
+	return nil
+}
+
+// choices is the number of completions a request asks for.
+func (r *completionRequest) choices() int {
+	if r.N == nil || *r.N < 1 {
+		return 1
+	}
+	return *r.N
 }

@@ -38,7 +38,7 @@ var compatExamples = map[string]struct{ chatOK, compOK, refused string }{
 	"logit_bias":             {`{"logit_bias":{"300":1}}`, `{"logit_bias":{"300":-100}}`, ""},
 	"logprobs":               {`{"logprobs":true}`, `{"logprobs":1}`, ""},
 	"top_logprobs":           {`{"logprobs":true,"top_logprobs":2}`, "", ""},
-	"n":                      {`{"n":1}`, `{"n":1}`, `{"n":2}`},
+	"n":                      {`{"n":2}`, `{"n":2}`, ""},
 	"best_of":                {"", `{"best_of":1}`, `{"best_of":2}`},
 	"echo":                   {"", `{"echo":true}`, ""},
 	"suffix":                 {"", `{"suffix":""}`, `{"suffix":"The end."}`},

@@ -267,7 +267,7 @@ func TestSDKSamplingControls(t *testing.T) {
 			_, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "stories", Messages: hi, Modalities: []string{"text", "audio"}})
 			return err
 		}},
-		{"suffix", "suffix", "unsupported_parameter", func() error {
+		{"suffix", "suffix", "unsupported_value", func() error { // stories260K has no FIM tokens
 			_, err := complete(openai.CompletionNewParams{Suffix: openai.String("The end.")})
 			return err
 		}},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/infer-run/infer/internal/chat"
@@ -202,42 +203,83 @@ func toolCallsJSON(calls []wire.ToolCall) []toolCallJSON {
 }
 
 // argumentPiece is how many bytes of a call's arguments one streamed chunk
-// carries. The runner holds a call back until it parses whole (so that a
-// reply that only looked like a call streams as text); the chunks then
-// come as OpenAI sends them: the call's index, id, type and name with
-// empty arguments first, then the arguments in pieces.
+// carries when they are sent whole (a call the runner did not stream as
+// it was written); the chunks then come as OpenAI sends them: the call's
+// index, id, type and name with empty arguments first, then the arguments
+// in pieces.
 const argumentPiece = 32
 
-// toolCallChunks streams calls as OpenAI does.
-func (e *chunkEncoder) toolCallChunks(calls []wire.ToolCall) []byte {
+// toolCallFn and toolCallDelta are a streamed tool call chunk's parts.
+type toolCallFn struct {
+	Name      string `json:"name,omitempty"`
+	Arguments string `json:"arguments"`
+}
+
+type toolCallDelta struct {
+	Index    int        `json:"index"`
+	ID       string     `json:"id,omitempty"`
+	Type     string     `json:"type,omitempty"`
+	Function toolCallFn `json:"function"`
+}
+
+// toolCallChunk appends a chunk of choice ci carrying one call's piece.
+func (e *chunkEncoder) toolCallChunk(out []byte, ci int, c toolCallDelta) []byte {
+	d, _ := json.Marshal(struct {
+		ToolCalls []toolCallDelta `json:"tool_calls"`
+	}{[]toolCallDelta{c}})
+	out = e.open(out, ci)
+	out = append(out, `"delta":`...)
+	out = append(out, d...)
+	return append(out, `,"logprobs":null,"finish_reason":null}]}`+"\n\n"...)
+}
+
+// callDeltaChunks streams the pieces of calls being written, as OpenAI
+// does: a call's index, id, type and name first, then its arguments.
+func (e *chunkEncoder) callDeltaChunks(ci int, deltas []wire.ToolCallDelta) []byte {
 	var out []byte
-	type fn struct {
-		Name      string `json:"name,omitempty"`
-		Arguments string `json:"arguments"`
+	for _, d := range deltas {
+		c := toolCallDelta{Index: d.Index, Function: toolCallFn{Name: d.Name, Arguments: d.Arguments}}
+		if d.Name != "" {
+			c.ID, c.Type = d.ID, "function"
+		}
+		out = e.toolCallChunk(out, ci, c)
 	}
-	type call struct {
-		Index    int    `json:"index"`
-		ID       string `json:"id,omitempty"`
-		Type     string `json:"type,omitempty"`
-		Function fn     `json:"function"`
+	return out
+}
+
+// addCallDeltas folds streamed pieces into the calls streamed so far.
+func addCallDeltas(calls []wire.ToolCall, deltas []wire.ToolCallDelta) []wire.ToolCall {
+	for _, d := range deltas {
+		for len(calls) <= d.Index {
+			calls = append(calls, wire.ToolCall{})
+		}
+		c := &calls[d.Index]
+		if d.Name != "" {
+			c.ID, c.Name = d.ID, d.Name
+		}
+		c.Arguments += d.Arguments
 	}
-	chunk := func(c call) {
-		d, _ := json.Marshal(struct {
-			ToolCalls []call `json:"tool_calls"`
-		}{[]call{c}})
-		out = append(out, e.prefix...)
-		out = append(out, `"delta":`...)
-		out = append(out, d...)
-		out = append(out, `,"logprobs":null,"finish_reason":null}]}`+"\n\n"...)
-	}
+	return calls
+}
+
+// toolCallRest streams choice ci's finished calls as far as their pieces
+// streamed before (streamed) did not: a call not begun whole, with its
+// arguments in pieces; one begun, the rest of its arguments.
+func (e *chunkEncoder) toolCallRest(ci int, calls, streamed []wire.ToolCall) []byte {
+	var out []byte
 	for i, c := range calls {
-		chunk(call{Index: i, ID: c.ID, Type: "function", Function: fn{Name: c.Name}})
-		for args := c.Arguments; args != ""; {
+		args := c.Arguments
+		if i < len(streamed) && streamed[i].ID == c.ID && strings.HasPrefix(args, streamed[i].Arguments) {
+			args = args[len(streamed[i].Arguments):]
+		} else {
+			out = e.toolCallChunk(out, ci, toolCallDelta{Index: i, ID: c.ID, Type: "function", Function: toolCallFn{Name: c.Name}})
+		}
+		for args != "" {
 			n := min(argumentPiece, len(args))
 			for n < len(args) && !utf8.RuneStart(args[n]) {
 				n++ // whole characters only
 			}
-			chunk(call{Index: i, Function: fn{Arguments: args[:n]}})
+			out = e.toolCallChunk(out, ci, toolCallDelta{Index: i, Function: toolCallFn{Arguments: args[:n]}})
 			args = args[n:]
 		}
 	}

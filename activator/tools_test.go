@@ -150,10 +150,17 @@ func TestSDKToolCallStreamed(t *testing.T) {
 	})
 	acc := openai.ChatCompletionAccumulator{}
 	var finished []openai.FinishedChatCompletionToolCall
-	chunks := 0
+	chunks, argChunks := 0, 0
 	for stream.Next() {
 		acc.AddChunk(stream.Current())
 		chunks++
+		for _, ch := range stream.Current().Choices {
+			for _, tc := range ch.Delta.ToolCalls {
+				if tc.Function.Arguments != "" {
+					argChunks++
+				}
+			}
+		}
 		if tc, ok := acc.JustFinishedToolCall(); ok {
 			finished = append(finished, tc)
 		}
@@ -173,6 +180,11 @@ func TestSDKToolCallStreamed(t *testing.T) {
 	}
 	if chunks < 4 {
 		t.Errorf("%d chunks: the arguments did not come in pieces", chunks)
+	}
+	// Streamed as the model wrote them, a piece a decode step, not cut
+	// into pieces of argumentPiece (32) bytes once the call was whole.
+	if args := finished[0].Arguments; argChunks <= (len(args)+31)/32 {
+		t.Errorf("arguments %q came in %d chunks: not as they were written", args, argChunks)
 	}
 }
 

@@ -254,3 +254,46 @@ func rawDecode(b *testing.B, path string, seqs, threads int) {
 	}
 	b.ReportMetric(float64(b.N*seqs*benchTokens)/time.Since(start).Seconds(), "tokens/s")
 }
+
+// BenchmarkN: four completions of a long prompt on one context, as one
+// request of n=4 (the prompt decoded once, its KV cells shared) and as
+// four requests at once (each decodes the prompt). Time to the last
+// completion's end, 8 tokens each.
+func BenchmarkN(b *testing.B) {
+	e, err := LoadEngine(slog.Default(), EngineConfig{ModelPath: testenv.ModelPath(b), Parallel: 4, Contexts: 1, Context: 1024}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done; e.Close() }()
+	zero := float32(0)
+	prompt := ""
+	for len(prompt) < 3000 {
+		prompt += "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. "
+	}
+	for _, shared := range []bool{true, false} {
+		b.Run(fmt.Sprintf("shared=%v", shared), func(b *testing.B) {
+			for i := range b.N {
+				// A prompt no slot holds yet: the prefix cache must not help.
+				req := Request{Prompt: fmt.Sprintf("%d %v. %s", i, shared, prompt), MaxTokens: 8, Sampling: wire.Sampling{Temperature: &zero}}
+				var wg sync.WaitGroup
+				wg.Add(4)
+				sinks := []Sink{countSink{&wg}, countSink{&wg}, countSink{&wg}, countSink{&wg}}
+				if shared {
+					if _, err := e.SubmitN(context.Background(), req, sinks); err != nil {
+						b.Fatal(err)
+					}
+				} else {
+					for _, s := range sinks {
+						if _, err := e.Submit(context.Background(), req, s); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				wg.Wait()
+			}
+		})
+	}
+}

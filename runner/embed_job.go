@@ -76,7 +76,7 @@ func (r *Runner) embedJob(ctx, jobCtx context.Context, cancel context.CancelFunc
 	started := false
 	err := r.engine.Embed(jobCtx, inputs, job.Dimensions, func(i int, vec []byte) {
 		if !started {
-			sink.Start(tokens)
+			sink.sinks()[0].Start(tokens)
 			sink.first = time.Now()
 			started = true
 		}

@@ -102,6 +102,13 @@ type Request struct {
 	// LogprobSink.
 	Logprobs    bool
 	TopLogprobs int
+	// N is how many completions of the prompt to generate (OpenAI's n;
+	// 0 is 1). They share the prompt's KV cells (see SubmitN).
+	N int
+	// Suffix, for a raw prompt, asks for fill-in-the-middle: the model
+	// writes what goes between Prompt and Suffix, in its vocabulary's
+	// FIM tokens (ErrNoFIM if it has none).
+	Suffix string
 }
 
 // LogprobSink is a Sink that takes logprobs: the engine calls Logprob for
@@ -187,6 +194,9 @@ type decoder struct {
 	firsts          *atomic.Int32 // the engine's
 	queue           chan *sequence
 	load            atomic.Int32 // sequences submitted and not finished
+	// promptDecoded counts the prompt tokens this context decoded (what
+	// the prefix cache and n's sharing save shows in it).
+	promptDecoded atomic.Int64
 
 	// pieces maps token → text, filled lazily by the decode loop (its only
 	// user) so per-token work does not allocate.
@@ -215,6 +225,15 @@ type sequence struct {
 	batchIdx  int // where this sequence's logits are in the current batch, or -1
 	generated int
 	before    [2]int // nPast and prefilled before the current step (undoStep)
+
+	// leader, for one of n completions of a prompt (SubmitN), is the
+	// sequence that decodes the prompt: this one waits, then copies the
+	// leader's KV cells of the prompt but its last token (which it
+	// decodes itself, for its own logits) and goes on alone. nil once
+	// copied, and for a leader.
+	leader   *sequence
+	admitted bool // in a slot
+	done     bool // finished
 }
 
 // slot is one KV cache sequence. It remembers what it holds after its
@@ -430,6 +449,16 @@ func (e *Engine) KVCells() int {
 	return n
 }
 
+// PromptTokensDecoded is how many prompt tokens the engine's contexts
+// have decoded (a step undone for want of KV cells counts twice).
+func (e *Engine) PromptTokensDecoded() int64 {
+	var n int64
+	for _, d := range e.decodersNow() {
+		n += d.promptDecoded.Load()
+	}
+	return n
+}
+
 // Info describes the loaded model.
 func (e *Engine) Info() gguf.ModelInfo { return e.info }
 
@@ -476,8 +505,11 @@ func (e *Engine) TokenizeParts(parts []chat.Part) ([]int, error) {
 // tokenizePrompt tokenizes a request's prompt: a rendered chat's parts,
 // or a raw prompt.
 func (e *Engine) tokenizePrompt(req Request) ([]int, error) {
-	if req.Parts != nil {
+	switch {
+	case req.Parts != nil:
 		return e.TokenizeParts(req.Parts)
+	case req.Suffix != "":
+		return e.TokenizeFIM(req.Prompt, req.Suffix)
 	}
 	return e.Tokenize(req.Prompt)
 }
@@ -487,8 +519,27 @@ func (e *Engine) tokenizePrompt(req Request) ([]int, error) {
 // caller must not submit more requests than Parallel at a time; Submit
 // blocks while the queue is full.
 func (e *Engine) Submit(ctx context.Context, req Request, sink Sink) (promptTokens int, err error) {
+	return e.SubmitN(ctx, req, []Sink{sink})
+}
+
+// SubmitN is Submit for n completions of one prompt (OpenAI's n), one
+// sink each. The prompt is decoded once: the completions placed in one
+// context copy its KV cells (llama_kv_cache_seq_cp shares them, no copy
+// of the data) and each decodes only the prompt's last token for its own
+// logits. Completions that do not fit one context's free sequences go to
+// another, where one of them decodes the prompt again; beyond the
+// engine's free sequences they wait for one, as requests do. Each has its
+// own sampler: with a seed, completion i>0 samples with a seed derived
+// from it (seedFor), so they differ unless the sampling is greedy.
+func (e *Engine) SubmitN(ctx context.Context, req Request, sinks []Sink) (promptTokens int, err error) {
+	if len(sinks) == 0 {
+		return 0, errors.New("no sink")
+	}
 	tokens, err := e.tokenizePrompt(req)
 	if err != nil {
+		if errors.Is(err, ErrNoFIM) {
+			return 0, err
+		}
 		return 0, fmt.Errorf("tokenizing prompt: %w", err)
 	}
 	if len(tokens) == 0 {
@@ -508,13 +559,12 @@ func (e *Engine) Submit(ctx context.Context, req Request, sink Sink) (promptToke
 	if err != nil {
 		return len(tokens), err
 	}
-	var lp *logprober
-	lpSink, _ := sink.(LogprobSink)
-	if req.Logprobs {
-		if lpSink == nil {
+	lpSinks := make([]LogprobSink, len(sinks))
+	for i, sink := range sinks {
+		lpSinks[i], _ = sink.(LogprobSink)
+		if req.Logprobs && lpSinks[i] == nil {
 			return len(tokens), errors.New("logprobs asked with a sink that takes none")
 		}
-		lp = &logprober{top: min(max(req.TopLogprobs, 0), MaxTopLogprobs)}
 	}
 	params := samplingParams(req.Sampling)
 	if len(req.Sampling.JSONSchema) > 0 {
@@ -529,38 +579,105 @@ func (e *Engine) Submit(ctx context.Context, req Request, sink Sink) (promptToke
 		}
 		params.Grammar = grammar
 	}
-	d := e.pick()
-	sampler, err := llama.NewSamplingContext(d.model, params)
-	if err != nil {
-		d.load.Add(-1)
-		if params.Grammar != "" {
-			return len(tokens), fmt.Errorf("%w: llama.cpp refused the grammar made from it", ErrBadSchema)
+	// Every sequence is built before any is queued: a sampler llama.cpp
+	// refuses fails the request whole.
+	seqs := make([]*sequence, len(sinks))
+	ds := e.place(len(sinks))
+	release := func(from int) {
+		for _, d := range ds[from:] {
+			d.load.Add(-1)
 		}
-		return len(tokens), fmt.Errorf("creating sampler: %w", err)
 	}
-	s := &sequence{
-		ctx:       ctx,
-		sink:      sink,
-		prompt:    tokens,
-		sampler:   sampler,
-		maxTokens: req.MaxTokens,
-		text:      newStopBuffer(req.Stop),
-		batchIdx:  -1,
-		bias:      bias,
-		raw:       make([]float32, len(bias)),
-		lp:        lp,
-		lpSink:    lpSink,
+	for i, sink := range sinks {
+		p := params
+		if i > 0 && req.Sampling.Seed != nil {
+			p.Seed = seedFor(*req.Sampling.Seed, i)
+		} else if i > 0 {
+			p.Seed = rand.Uint32()
+		}
+		sampler, err := llama.NewSamplingContext(ds[i].model, p)
+		if err != nil {
+			release(0)
+			if params.Grammar != "" {
+				return len(tokens), fmt.Errorf("%w: llama.cpp refused the grammar made from it", ErrBadSchema)
+			}
+			return len(tokens), fmt.Errorf("creating sampler: %w", err)
+		}
+		var lp *logprober
+		if req.Logprobs {
+			lp = &logprober{top: min(max(req.TopLogprobs, 0), MaxTopLogprobs)}
+		}
+		seqs[i] = &sequence{
+			ctx:       ctx,
+			sink:      sink,
+			prompt:    tokens,
+			sampler:   sampler,
+			maxTokens: req.MaxTokens,
+			text:      newStopBuffer(req.Stop),
+			batchIdx:  -1,
+			bias:      bias,
+			raw:       make([]float32, len(bias)),
+			lp:        lp,
+			lpSink:    lpSinks[i],
+		}
+		// The first sequence placed in a context decodes the prompt for
+		// the others placed there.
+		for j := range i {
+			if ds[j] == ds[i] {
+				seqs[i].leader = seqs[j]
+				break
+			}
+		}
 	}
-	sink.Start(len(tokens))
-	e.firsts.Add(1)
+	for _, s := range seqs {
+		s.sink.Start(len(tokens))
+	}
+	e.firsts.Add(int32(len(seqs)))
+	// The first waits for room in its context's queue, as Submit always
+	// did; completions beyond the free sequences are queued behind it
+	// in the background, in order, so the caller does not wait for
+	// other requests to finish.
 	select {
-	case d.queue <- s:
-		return len(tokens), nil
+	case ds[0].queue <- seqs[0]:
 	case <-ctx.Done():
-		e.firsts.Add(-1)
-		d.load.Add(-1)
+		e.firsts.Add(int32(-len(seqs)))
+		release(0)
 		return len(tokens), ctx.Err()
 	}
+	for i := 1; i < len(seqs); i++ {
+		select {
+		case ds[i].queue <- seqs[i]:
+			continue
+		default:
+		}
+		go e.enqueue(ctx, ds[i:], seqs[i:])
+		break
+	}
+	return len(tokens), nil
+}
+
+// enqueue queues sequences in order, waiting for room; ones left when ctx
+// ends finish cancelled.
+func (e *Engine) enqueue(ctx context.Context, ds []*decoder, seqs []*sequence) {
+	for i, s := range seqs {
+		select {
+		case ds[i].queue <- s:
+		case <-ctx.Done():
+			for j := i; j < len(seqs); j++ {
+				e.firsts.Add(-1)
+				ds[j].load.Add(-1)
+				seqs[j].done = true
+				seqs[j].sink.Finish("cancelled", wire.Usage{PromptTokens: len(seqs[j].prompt)}, nil)
+			}
+			return
+		}
+	}
+}
+
+// seedFor is the sampler seed of completion i > 0 of a request with a
+// seed: distinct per completion, and the same on every run.
+func seedFor(seed int64, i int) uint32 {
+	return samplerSeed(seed + int64(i)*-0x61c8864680b583eb) // 2^64/φ, odd
 }
 
 // decodersNow is the contexts loaded so far.
@@ -568,6 +685,39 @@ func (e *Engine) decodersNow() []*decoder {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return slices.Clone(e.decoders)
+}
+
+// place chooses the contexts of n sequences of one prompt and counts them
+// against each: as many as fit together in the context with the most free
+// sequences (they then share the prompt's KV cells), the rest likewise.
+// Once none is free, the rest go where pick puts them.
+func (e *Engine) place(n int) []*decoder {
+	if n == 1 {
+		return []*decoder{e.pick()}
+	}
+	e.mu.Lock()
+	out := make([]*decoder, 0, n)
+	for len(out) < n {
+		var best *decoder
+		room := int32(0)
+		for _, d := range e.decoders {
+			if free := int32(d.parallel) - d.load.Load(); free > room {
+				best, room = d, free
+			}
+		}
+		if best == nil {
+			break
+		}
+		for k := 0; k < int(room) && len(out) < n; k++ {
+			best.load.Add(1)
+			out = append(out, best)
+		}
+	}
+	e.mu.Unlock()
+	for len(out) < n {
+		out = append(out, e.pick())
+	}
+	return out
 }
 
 // pick chooses the least loaded ready context and counts the new sequence
@@ -825,6 +975,11 @@ func hasNew(slots []slot) bool {
 // admit places s in the free slot whose cached tokens share the longest
 // prefix with its prompt, and drops the rest of that slot's cache.
 func (d *decoder) admit(slots []slot, s *sequence) {
+	s.admitted = true
+	if s.leader != nil {
+		d.admitFollower(slots, s)
+		return
+	}
 	best, bestLen := -1, -1
 	for i := range slots {
 		if slots[i].seq != nil {
@@ -849,6 +1004,45 @@ func (d *decoder) admit(slots []slot, s *sequence) {
 	s.prefilled = reuse
 	s.nPast = reuse
 	sl.seq = s
+}
+
+// admitFollower places a sequence that copies its leader's prompt: in
+// the free slot whose cached prefix is worth least (the shortest), which
+// it empties.
+func (d *decoder) admitFollower(slots []slot, s *sequence) {
+	best := -1
+	for i := range slots {
+		if slots[i].seq == nil && (best < 0 || len(slots[i].cached) < len(slots[best].cached)) {
+			best = i
+		}
+	}
+	sl := &slots[best]
+	d.lctx.KvCacheSeqRm(best, 0, -1)
+	sl.cached = sl.cached[:0]
+	s.slot, s.prefilled, s.nPast = best, 0, 0
+	sl.seq = s
+}
+
+// follow lets a follower whose leader has the prompt in its KV cells (all
+// but its last token) copy them, and frees one whose leader is gone to
+// decode the prompt itself. It reports whether it still waits.
+func (d *decoder) follow(sl *slot) bool {
+	s := sl.seq
+	l := s.leader
+	switch {
+	case l.done || l.ctx.Err() != nil:
+		s.leader = nil // its cells cannot be vouched for: decode alone
+		return false
+	case !l.admitted || !l.decoding && l.prefilled < len(l.prompt)-1:
+		return true
+	}
+	n := len(s.prompt) - 1
+	if n > 0 {
+		d.lctx.KvCacheSeqCp(l.slot, s.slot, 0, n)
+	}
+	sl.cached = append(sl.cached[:0], s.prompt[:n]...)
+	s.prefilled, s.nPast, s.leader = n, n, nil
+	return false
 }
 
 func commonPrefix(a, b []int) int {
@@ -878,6 +1072,11 @@ func (d *decoder) fillBatch(slots []slot) bool {
 	}
 	for i := range slots {
 		if s := slots[i].seq; s != nil {
+			if s.leader != nil {
+				// Before any prompt chunk of this step is counted as
+				// prefilled: only decoded cells are copied.
+				d.follow(&slots[i])
+			}
 			s.before = [2]int{s.nPast, s.prefilled}
 		}
 	}
@@ -900,6 +1099,9 @@ func (d *decoder) fillBatch(slots []slot) bool {
 		if s == nil || s.decoding || budget == 0 {
 			continue
 		}
+		if s.leader != nil {
+			continue // its leader is still decoding the prompt
+		}
 		n := min(budget, len(s.prompt)-s.prefilled)
 		for j := 0; j < n; j++ {
 			pos := s.prefilled + j
@@ -912,6 +1114,7 @@ func (d *decoder) fillBatch(slots []slot) bool {
 		s.prefilled += n
 		s.nPast = s.prefilled
 		budget -= n
+		d.promptDecoded.Add(int64(n))
 	}
 	return d.batch.NumTokens() > 0
 }
@@ -979,6 +1182,7 @@ func (d *decoder) emit(s *sequence, text []byte) {
 func (d *decoder) finish(sl *slot, reason string, err error) {
 	s := sl.seq
 	sl.seq = nil
+	s.done = true
 	if len(sl.cached) > s.nPast {
 		sl.cached = sl.cached[:s.nPast]
 	}

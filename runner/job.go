@@ -75,7 +75,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 			return
 		}
 	}
-	sink := newReplySink(r.nc, replyTo)
+	sink := newReplySink(r.nc, replyTo, job.N)
 	sink.runner = r.cfg.ID
 	sink.async = job.Async
 	if !job.Async {
@@ -122,9 +122,12 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		handedBack = r.embedJob(ctx, jobCtx, cancel, job, msg, sink, enqueued, log)
 		return
 	}
-	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling, Logprobs: job.Logprobs, TopLogprobs: job.TopLogprobs}
+	req := Request{MaxTokens: job.MaxTokens, Stop: job.Stop, Sampling: job.Sampling, Logprobs: job.Logprobs, TopLogprobs: job.TopLogprobs, N: job.N}
 	var renderErr error
-	var run Sink = sink
+	run := make([]Sink, len(sink.sinks()))
+	for i, c := range sink.sinks() {
+		run[i] = c
+	}
 	if job.Kind == wire.KindChat {
 		tools := job.Tools
 		if job.ToolChoice != nil && job.ToolChoice.Mode == "none" {
@@ -133,10 +136,10 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 		req.Parts, renderErr = r.prompt.render(job.Messages, tools)
 		req.Stop = append(req.Stop, r.prompt.stops...)
 		if renderErr == nil {
-			run, renderErr = r.prompt.toolRequest(job, &req, sink)
+			run, renderErr = r.prompt.toolRequest(job, &req, sink.sinks())
 		}
 	} else {
-		req.Prompt = job.Prompt
+		req.Prompt, req.Suffix = job.Prompt, job.Suffix
 	}
 	var superseded atomic.Bool
 	if !job.Async {
@@ -146,7 +149,7 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 	var promptTokens int
 	err := renderErr
 	if err == nil {
-		promptTokens, err = r.engine.Submit(jobCtx, req, run)
+		promptTokens, err = r.engine.SubmitN(jobCtx, req, run)
 	}
 	if err != nil {
 		werr := &wire.Error{Status: 500, Code: "internal_error", Message: err.Error()}
@@ -169,10 +172,12 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg) {
 			werr = &wire.Error{Status: 400, Code: "context_length_exceeded", Param: "max_tokens", Message: err.Error()}
 		case errors.Is(err, ErrBadSchema):
 			param := "response_format"
-			if ts, ok := run.(*toolSink); ok && ts.forced {
+			if ts, ok := run[0].(*toolSink); ok && ts.forced {
 				param = "tools" // a required call's schema is the function's
 			}
 			werr = &wire.Error{Status: 400, Code: "invalid_schema", Param: param, Message: err.Error()}
+		case errors.Is(err, ErrNoFIM):
+			werr = &wire.Error{Status: 400, Code: "unsupported_value", Param: "suffix", Message: err.Error()}
 		case errors.Is(err, ErrBadLogitBias):
 			werr = &wire.Error{Status: 400, Param: "logit_bias", Message: err.Error()}
 		}
@@ -292,6 +297,16 @@ func (r *Runner) publishAsync(ctx context.Context, job wire.Job, ev *wire.Event)
 	if err != nil {
 		r.log.Error("encoding async result", "request", job.ID, "err", err)
 		return
+	}
+	if limit := r.nc.MaxPayload(); limit > 0 && int64(len(data)) > limit {
+		// A result NATS cannot carry (logprobs of thousands of tokens)
+		// would leave the job running until swept: say why it failed.
+		msg := fmt.Sprintf("the job's result is %d bytes, more than an async job can carry (%d bytes, the NATS max payload); lower max_tokens", len(data), limit)
+		werr := &wire.Error{Status: 400, Code: "result_too_large", Message: msg}
+		if job.Logprobs {
+			werr.Param, werr.Message = "logprobs", msg+" or top_logprobs, or leave logprobs out"
+		}
+		data, _ = wire.AppendEvent(nil, &wire.Event{Type: wire.EventError, Error: werr})
 	}
 	if _, err := queue.PublishRetry(context.WithoutCancel(ctx), r.js, job.ReplyTo, job.ID+".end", data, durableRetry); err != nil {
 		r.log.Error("publishing async result", "request", job.ID, "err", err)

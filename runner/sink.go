@@ -74,15 +74,14 @@ func (r *Runner) onResend(m *nats.Msg) {
 }
 
 // replySink streams one job's output to the activator that holds its
-// client. The engine calls Deliver and Finish from its decode loop;
-// nats.Conn.Publish only appends to the connection's buffer, so the loop
-// never waits on the network.
+// client, its completions through their choiceSinks. The engine calls
+// their Deliver and Finish from its decode loops; nats.Conn.Publish only
+// appends to the connection's buffer, so a loop never waits on the
+// network.
 type replySink struct {
 	runner  string
 	nc      *nats.Conn
 	subject string
-	buf     []byte // a delta event being built: header, then text not yet sent
-	sentAt  time.Time
 	seq     uint32 // the next event's sequence number
 
 	first  time.Time
@@ -93,18 +92,38 @@ type replySink struct {
 
 	// log holds every event sent, in order (event i starts at offs[i]), so
 	// that events lost on the way can be sent again (resend, on a NATS
-	// goroutine). mu guards it and seq. Events are sent at most every
-	// coalesce interval, so logging costs no per-token work.
+	// goroutine). mu guards it and seq, and orders the publishing of
+	// events: the completions of an n > 1 job may decode in different
+	// contexts, on different goroutines. Events are sent at most every
+	// coalesce interval per completion, so logging costs no per-token
+	// work.
 	mu   sync.Mutex
 	log  []byte
 	offs []int
 
 	// async jobs collect their text and send it once, after Finish.
 	async bool
-	text  []byte
 
-	// toolCalls are the reply's tool calls (toolSink), sent with the last
-	// event.
+	choices []*choiceSink
+	// fmu guards left, the completions not finished yet.
+	fmu  sync.Mutex
+	left int
+}
+
+// choiceSink is one completion of a job: the engine's Sink for it.
+type choiceSink struct {
+	r      *replySink
+	index  int
+	buf    []byte // a delta event being built: header, then text not yet sent
+	sentAt time.Time
+	first  time.Time
+
+	reason string
+	usage  wire.Usage
+	err    error
+	text   []byte // an async job's
+	// toolCalls are the completion's tool calls (toolSink), sent with
+	// the last event.
 	toolCalls []wire.ToolCall
 	// lps are the logprobs of tokens sampled and not sent yet, for a job
 	// that asked (an async job's: all of them). A token's logprob is sent
@@ -120,7 +139,7 @@ type replySink struct {
 
 // Logprob takes a sampled token's logprob; it travels with the delta
 // event that carries its text.
-func (s *replySink) Logprob(lp wire.TokenLogprob) {
+func (s *choiceSink) Logprob(lp wire.TokenLogprob) {
 	s.lps = append(s.lps, lp)
 }
 
@@ -134,17 +153,46 @@ func covered(lps []wire.TokenLogprob, at, released int) (n, after int) {
 	return n, at
 }
 
-// setToolCalls gives the reply tool calls; Finish("tool_calls") follows.
-func (s *replySink) setToolCalls(calls []wire.ToolCall) { s.toolCalls = calls }
+// setToolCalls gives the completion tool calls; Finish("tool_calls")
+// follows.
+func (s *choiceSink) setToolCalls(calls []wire.ToolCall) { s.toolCalls = calls }
 
-func newReplySink(nc *nats.Conn, subject string) *replySink {
-	return &replySink{nc: nc, subject: subject, buf: make([]byte, 0, 256), done: make(chan struct{})}
+// callDeltas sends pieces of the tool calls being written at once, after
+// the text delivered before them (an async job's calls come whole, with
+// its result).
+func (s *choiceSink) callDeltas(d []wire.ToolCallDelta) {
+	if s.r.async {
+		return
+	}
+	now := time.Now()
+	s.flush(now)
+	if data, err := wire.AppendEvent(nil, &wire.Event{Type: wire.EventDelta, Index: s.index, Calls: d}); err == nil {
+		s.r.publish(data)
+		s.sentAt = now
+	}
+	if s.first.IsZero() {
+		s.first = now
+	}
 }
 
+// newReplySink makes the sink of a job of n completions (at least 1).
+func newReplySink(nc *nats.Conn, subject string, n int) *replySink {
+	r := &replySink{nc: nc, subject: subject, done: make(chan struct{}), left: max(1, n)}
+	for i := range r.left {
+		r.choices = append(r.choices, &choiceSink{r: r, index: i, buf: make([]byte, 0, 256)})
+	}
+	return r
+}
+
+// sinks are the job's completions' sinks, as the engine takes them.
+func (r *replySink) sinks() []*choiceSink { return r.choices }
+
 // Start tells the activator the job was admitted; it always precedes the
-// first delta.
-func (s *replySink) Start(promptTokens int) {
-	s.send(&wire.Event{Type: wire.EventStart, Runner: s.runner, Usage: &wire.Usage{PromptTokens: promptTokens}})
+// first delta. The job's other completions start with the first.
+func (s *choiceSink) Start(promptTokens int) {
+	if s.index == 0 {
+		s.r.send(&wire.Event{Type: wire.EventStart, Runner: s.r.runner, Usage: &wire.Usage{PromptTokens: promptTokens}})
+	}
 }
 
 // coalesce is the longest a token waits to be sent with the ones after it.
@@ -157,10 +205,10 @@ const coalesce = 2 * time.Millisecond
 // clients wait on) and later ones at most every coalesce interval. Text
 // held back is sent by the next Deliver or by Finish, so it waits at most
 // one decode step.
-func (s *replySink) Deliver(text []byte) {
+func (s *choiceSink) Deliver(text []byte) {
 	now := time.Now()
 	s.released += len(text)
-	if s.async {
+	if s.r.async {
 		if s.first.IsZero() {
 			s.first = now
 		}
@@ -176,22 +224,26 @@ func (s *replySink) Deliver(text []byte) {
 	s.flush(now)
 }
 
-func (s *replySink) appendText(text []byte) {
+func (s *choiceSink) appendText(text []byte) {
 	if len(s.buf) == 0 {
 		s.buf = wire.AppendDelta(s.buf, 0, nil) // numbered when sent
 	}
 	s.buf = append(s.buf, text...)
 }
 
-func (s *replySink) flush(now time.Time) {
-	if n, after := covered(s.lps, s.lpAt, s.released); n > 0 && !s.async {
-		// A delta with logprobs is JSON (wire.AppendEvent); its text is
-		// what buf holds past the header. This costs an encode per event
-		// for the jobs that asked, at most one per coalesce interval.
+func (s *choiceSink) flush(now time.Time) {
+	if s.r.async {
+		return
+	}
+	if n, after := covered(s.lps, s.lpAt, s.released); n > 0 || s.index > 0 && len(s.buf) > wire.EventHeaderLen {
+		// A delta with logprobs, or of a completion but the first, is
+		// JSON (wire.AppendEvent); its text is what buf holds past the
+		// header. This costs an encode per event for the jobs that
+		// asked, at most one per coalesce interval.
 		s.appendText(nil)
-		ev := &wire.Event{Type: wire.EventDelta, Text: string(s.buf[wire.EventHeaderLen:]), Logprobs: s.lps[:n]}
-		if data, err := s.encode(ev); err == nil {
-			s.nc.Publish(s.subject, data)
+		ev := &wire.Event{Type: wire.EventDelta, Text: string(s.buf[wire.EventHeaderLen:]), Logprobs: s.lps[:n], Index: s.index}
+		if data, err := wire.AppendEvent(nil, ev); err == nil {
+			s.r.publish(data)
 			s.sentAt = now
 		}
 		s.lps = append(s.lps[:0], s.lps[n:]...)
@@ -200,17 +252,29 @@ func (s *replySink) flush(now time.Time) {
 		return
 	}
 	if len(s.buf) > wire.EventHeaderLen {
-		s.record(s.buf)
-		s.nc.Publish(s.subject, s.buf)
+		s.r.publish(s.buf)
 		s.sentAt = now
 	}
 	s.buf = s.buf[:0]
+}
+
+// publish numbers an encoded event as the sink's next, logs it and sends
+// it.
+func (s *replySink) publish(event []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.recordLocked(event)
+	s.nc.Publish(s.subject, event)
 }
 
 // record numbers an encoded event as the sink's next and logs it.
 func (s *replySink) record(event []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.recordLocked(event)
+}
+
+func (s *replySink) recordLocked(event []byte) {
 	wire.SetSeq(event, s.seq)
 	s.seq++
 	s.offs = append(s.offs, len(s.log))
@@ -240,18 +304,54 @@ func (s *replySink) resend(from uint32) bool {
 	return true
 }
 
-func (s *replySink) Finish(reason string, u wire.Usage, err error) {
+// Finish ends the completion; the last of the job's to finish ends the
+// job.
+func (s *choiceSink) Finish(reason string, u wire.Usage, err error) {
 	s.flush(time.Now())
 	s.reason, s.usage, s.err = reason, u, err
+	r := s.r
+	r.fmu.Lock()
+	r.left--
+	last := r.left == 0
+	r.fmu.Unlock()
+	if last {
+		r.finish()
+	}
+}
+
+// finish ends the job once every completion has: the job's outcome is
+// the first completion's, an error or a cancellation if any had one, and
+// its usage counts the prompt once.
+func (s *replySink) finish() {
+	c0 := s.choices[0]
+	s.reason, s.usage, s.err = c0.reason, wire.Usage{PromptTokens: c0.usage.PromptTokens}, nil
+	for _, c := range s.choices {
+		s.usage.CompletionTokens += c.usage.CompletionTokens
+		if c.err != nil && s.err == nil {
+			s.err = c.err
+		}
+		if c.reason == "cancelled" {
+			s.reason = "cancelled"
+		}
+		if !c.first.IsZero() && (s.first.IsZero() || c.first.Before(s.first)) {
+			s.first = c.first
+		}
+	}
 	var last *wire.Event
 	switch {
 	case s.async:
 		// The runner publishes final() through JetStream, off the decode
 		// loop.
-	case err != nil:
-		last = &wire.Event{Type: wire.EventError, Error: &wire.Error{Status: 500, Code: "internal_error", Message: err.Error()}}
-	case reason != "cancelled":
-		last = &wire.Event{Type: wire.EventDone, FinishReason: reason, Usage: &u, ToolCalls: s.toolCalls}
+	case s.err != nil:
+		last = &wire.Event{Type: wire.EventError, Error: &wire.Error{Status: 500, Code: "internal_error", Message: s.err.Error()}}
+	case s.reason != "cancelled":
+		u := s.usage
+		last = &wire.Event{Type: wire.EventDone, Usage: &u}
+		if len(s.choices) == 1 {
+			last.FinishReason, last.ToolCalls = c0.reason, c0.toolCalls
+		} else {
+			last.Choices = s.choiceEnds(false)
+		}
 	}
 	if last == nil {
 		close(s.done)
@@ -264,19 +364,37 @@ func (s *replySink) Finish(reason string, u wire.Usage, err error) {
 	}()
 }
 
+// choiceEnds are the ends of a job's completions, with their text and
+// logprobs for an async job.
+func (s *replySink) choiceEnds(whole bool) []wire.Choice {
+	out := make([]wire.Choice, len(s.choices))
+	for i, c := range s.choices {
+		out[i] = wire.Choice{Index: i, FinishReason: c.reason, ToolCalls: c.toolCalls, CompletionTokens: c.usage.CompletionTokens}
+		if whole {
+			n, _ := covered(c.lps, 0, len(c.text))
+			out[i].Text, out[i].Logprobs = string(c.text), c.lps[:n]
+		}
+	}
+	return out
+}
+
 // final is an async job's last event: the whole text, or the error.
 func (s *replySink) final() *wire.Event {
 	if s.err != nil {
 		return &wire.Event{Type: wire.EventError, Error: &wire.Error{Status: 500, Code: "internal_error", Message: s.err.Error()}}
 	}
 	u := s.usage
-	n, _ := covered(s.lps, 0, len(s.text))
-	return &wire.Event{Type: wire.EventDone, FinishReason: s.reason, Usage: &u, Text: string(s.text), ToolCalls: s.toolCalls, Logprobs: s.lps[:n]}
+	if len(s.choices) > 1 {
+		return &wire.Event{Type: wire.EventDone, Usage: &u, Choices: s.choiceEnds(true)}
+	}
+	c := s.choices[0]
+	n, _ := covered(c.lps, 0, len(c.text))
+	return &wire.Event{Type: wire.EventDone, FinishReason: s.reason, Usage: &u, Text: string(c.text), ToolCalls: c.toolCalls, Logprobs: c.lps[:n]}
 }
 
 func (s *replySink) send(ev *wire.Event) {
-	if data, err := s.encode(ev); err == nil {
-		s.nc.Publish(s.subject, data)
+	if data, err := wire.AppendEvent(nil, ev); err == nil {
+		s.publish(data)
 	}
 }
 

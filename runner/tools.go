@@ -14,33 +14,38 @@ import (
 // checks it first; the runner trusts no queue).
 var errToolChoice = errors.New("invalid tool_choice")
 
-// toolCaller is the part of replySink a toolSink finishes with calls.
+// toolCaller is the part of a choiceSink a toolSink finishes with calls.
 type toolCaller interface {
 	Sink
 	setToolCalls([]wire.ToolCall)
+	// callDeltas passes on pieces of calls being written (after the text
+	// delivered before them).
+	callDeltas([]wire.ToolCallDelta)
 }
 
 // toolSink sits between the engine and the reply sink of a chat with
-// tools. A reply that starts as the model's format starts a tool call is
-// held back, and parsed when it ends: well-formed calls finish the reply
-// with "tool_calls", anything else is sent as the text it is. Other
-// replies stream as usual; only the opener's few bytes wait.
+// tools. It reads the reply as it comes (chat.ToolStream): text before a
+// tool call streams as content, a call streams as its ID and name once
+// its name is written, then its arguments in pieces, and the reply ends
+// with "tool_calls" when the calls parse whole. A reply that only looked
+// like a call is sent as the text it is, at the end (the pieces of a call
+// already streamed then stay the client's: they came from a reply that
+// broke off its call, which a client sees in finish_reason "stop").
 type toolSink struct {
 	next   toolCaller
 	format chat.ToolFormat
 	// forced: the grammar makes the whole reply a call.
-	forced  bool
-	single  bool
-	held    []byte
-	holding bool // the reply is a tool call so far
-	decided bool
+	forced bool
+	single bool
+	stream *chat.ToolStream
+	ids    []string // the calls' IDs, as announced
 }
 
 func (s *toolSink) Start(promptTokens int) { s.next.Start(promptTokens) }
 
 // Logprob passes a token's logprob on (a job may ask for logprobs and
 // offer tools): the reply sink sends those of text it delivers, so a
-// reply that became a tool call carries none.
+// reply's tool call carries none.
 func (s *toolSink) Logprob(lp wire.TokenLogprob) {
 	if l, ok := s.next.(LogprobSink); ok {
 		l.Logprob(lp)
@@ -48,66 +53,84 @@ func (s *toolSink) Logprob(lp wire.TokenLogprob) {
 }
 
 func (s *toolSink) Deliver(text []byte) {
-	if s.decided && !s.holding {
-		s.next.Deliver(text)
-		return
+	if s.stream == nil {
+		s.stream = s.format.Stream(s.forced)
 	}
-	s.held = append(s.held, text...)
-	if s.decided || s.forced {
-		return
+	content, deltas := s.stream.Feed(string(text))
+	if content != "" {
+		s.next.Deliver([]byte(content))
 	}
-	calls, known := s.format.Starts(string(s.held))
-	if !known {
-		return
+	var out []wire.ToolCallDelta
+	for _, d := range deltas {
+		if s.single && d.Index > 0 {
+			continue // parallel_tool_calls: false
+		}
+		w := wire.ToolCallDelta{Index: d.Index, Name: d.Name, Arguments: d.Arguments}
+		if d.Name != "" {
+			w.ID = newCallID()
+			s.ids = append(s.ids, w.ID)
+		}
+		out = append(out, w)
 	}
-	s.decided, s.holding = true, calls
-	if !calls {
-		s.next.Deliver(s.held)
-		s.held = nil
+	if len(out) > 0 {
+		s.next.callDeltas(out)
 	}
 }
 
+func newCallID() string { return "call_" + rand.Text()[:24] }
+
 func (s *toolSink) Finish(reason string, u wire.Usage, err error) {
-	if err == nil && reason != "cancelled" && len(s.held) > 0 {
-		format := s.format
-		if s.forced {
-			format = chat.ForcedFormat()
-		}
-		if calls, perr := format.Parse(string(s.held)); perr == nil {
+	if err == nil && reason != "cancelled" && s.stream != nil {
+		content, calls, ok := s.stream.Close()
+		if ok {
 			if s.single {
 				calls = calls[:1] // parallel_tool_calls: false
 			}
 			for i := range calls {
-				calls[i].ID = "call_" + rand.Text()[:24]
+				if i < len(s.ids) {
+					calls[i].ID = s.ids[i]
+				} else {
+					calls[i].ID = newCallID()
+				}
 			}
 			s.next.setToolCalls(calls)
 			s.next.Finish("tool_calls", u, nil)
 			return
 		}
-		s.next.Deliver(s.held)
+		if content != "" {
+			s.next.Deliver([]byte(content))
+		}
 	}
 	s.next.Finish(reason, u, err)
 }
 
 // toolRequest prepares a chat with tools: the tools the template shows,
 // and for a required call the schema the reply is constrained to. It
-// returns the sink to run the request with.
-func (p *prompter) toolRequest(job wire.Job, req *Request, sink toolCaller) (Sink, error) {
+// returns the sinks to run the request's completions with.
+func (p *prompter) toolRequest(job wire.Job, req *Request, sinks []*choiceSink) ([]Sink, error) {
+	out := make([]Sink, len(sinks))
+	for i, s := range sinks {
+		out[i] = s
+	}
 	choice := wire.ToolChoice{Mode: "auto"}
 	if job.ToolChoice != nil {
 		choice = *job.ToolChoice
 	}
 	if len(job.Tools) == 0 || choice.Mode == "none" {
-		return sink, nil
+		return out, nil
 	}
-	ts := &toolSink{next: sink, format: chat.ToolFormatFor(p.name, p.source), single: choice.Single}
+	forced := false
 	if choice.Mode == "required" || choice.Mode == "function" {
 		schema, err := chat.ForcedFormat().Schema(job.Tools, choice)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", errToolChoice, err)
 		}
 		req.Sampling.JSONSchema = json.RawMessage(schema)
-		ts.forced = true
+		forced = true
 	}
-	return ts, nil
+	format := chat.ToolFormatFor(p.name, p.source)
+	for i, s := range sinks {
+		out[i] = &toolSink{next: s, format: format, single: choice.Single, forced: forced}
+	}
+	return out, nil
 }

@@ -12,6 +12,7 @@ import (
 type callSink struct {
 	text   strings.Builder
 	calls  []wire.ToolCall
+	deltas []wire.ToolCallDelta
 	reason string
 }
 
@@ -19,6 +20,7 @@ func (s *callSink) Start(int)                              {}
 func (s *callSink) Deliver(text []byte)                    { s.text.Write(text) }
 func (s *callSink) Finish(r string, _ wire.Usage, _ error) { s.reason = r }
 func (s *callSink) setToolCalls(c []wire.ToolCall)         { s.calls = c }
+func (s *callSink) callDeltas(d []wire.ToolCallDelta)      { s.deltas = append(s.deltas, d...) }
 
 // TestToolSinkAuto: with tool_choice auto a reply that opens as the
 // family's tool call is held and parsed; any other reply streams as text,
@@ -39,6 +41,9 @@ func TestToolSinkAuto(t *testing.T) {
 		{chat.Llama3, false, []string{"{\"answer\": 42}"}, 0, "{\"answer\": 42}", "stop"},
 		{chat.Llama3, false, []string{"Hello", " world"}, 0, "Hello world", "stop"},
 		{chat.Llama2, false, []string{"[TOOL_CALLS][{\"name\": \"f\", \"arguments\": {\"x\": \"y\"}}]"}, 1, "", "tool_calls"},
+		// A call after text: the text streams, the call does not.
+		{chat.ChatML, false, []string{"Let me check.", " <tool_", "call>{\"name\": \"f\", \"arguments\": {\"a\": 1}}</tool_call>"}, 1, "Let me check. ", "tool_calls"},
+		{chat.Llama3, false, []string{"Sure. {\"name\": \"f\", \"parameters\": {\"a\": 1}}"}, 1, "Sure. ", "tool_calls"},
 	}
 	for _, c := range cases {
 		next := &callSink{}
@@ -50,9 +55,19 @@ func TestToolSinkAuto(t *testing.T) {
 		if len(next.calls) != c.calls || next.text.String() != c.text || next.reason != c.reason {
 			t.Errorf("%s %q: calls %v, text %q, reason %q; want %d calls, text %q, %q", c.template, c.pieces, next.calls, next.text.String(), next.reason, c.calls, c.text, c.reason)
 		}
-		for _, call := range next.calls {
+		for i, call := range next.calls {
 			if !strings.HasPrefix(call.ID, "call_") || len(call.ID) != 29 {
 				t.Errorf("call id %q", call.ID)
+			}
+			// Streamed first: its ID and name, then its arguments.
+			var id, name, args string
+			for _, d := range next.deltas {
+				if d.Index == i {
+					id, name, args = id+d.ID, name+d.Name, args+d.Arguments
+				}
+			}
+			if id != call.ID || name != call.Name || args != call.Arguments {
+				t.Errorf("%s %q: call %d streamed as %s %s(%s); finished as %+v", c.template, c.pieces, i, id, name, args, call)
 			}
 		}
 	}

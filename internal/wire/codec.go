@@ -38,10 +38,10 @@ func SetSeq(event []byte, seq uint32) {
 }
 
 // AppendEvent appends any event to buf, numbered ev.Seq.
-// A delta with logprobs travels as JSON: an activator that predates them
-// still reads its text.
+// A delta with logprobs, or of a completion but the first (Index), travels
+// as JSON: an activator that predates them still reads its text.
 func AppendEvent(buf []byte, ev *Event) ([]byte, error) {
-	if ev.Type == EventDelta && len(ev.Logprobs) == 0 {
+	if ev.Type == EventDelta && len(ev.Logprobs) == 0 && ev.Index == 0 && len(ev.Calls) == 0 {
 		return AppendDelta(buf, ev.Seq, []byte(ev.Text)), nil
 	}
 	data, err := json.Marshal(ev)

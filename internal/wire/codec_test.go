@@ -20,6 +20,14 @@ func TestEventRoundTrip(t *testing.T) {
 			{Token: []byte{0xc3}, Logprob: -0.5, Top: []TokenLogprob{{Token: []byte{0xc3}, Logprob: -0.5}, {Token: []byte("a"), Logprob: -1.25}}},
 			{Token: []byte{0xa9}, Logprob: -0.01},
 		}},
+		// A tool call being written.
+		{Type: EventDelta, Text: "Let me check. ", Seq: 5, Calls: []ToolCallDelta{{Index: 0, ID: "call_1", Name: "f"}, {Index: 0, Arguments: `{"a":`}}},
+		// One of n completions.
+		{Type: EventDelta, Text: "b", Index: 2, Seq: 4},
+		{Type: EventDone, Usage: &Usage{PromptTokens: 5, CompletionTokens: 9}, Choices: []Choice{
+			{Index: 0, FinishReason: "stop", CompletionTokens: 4},
+			{Index: 1, FinishReason: "tool_calls", ToolCalls: []ToolCall{{ID: "call_1", Name: "f", Arguments: "{}"}}, CompletionTokens: 5},
+		}},
 	}
 	for _, ev := range events {
 		data, err := AppendEvent(nil, &ev)

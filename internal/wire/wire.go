@@ -219,6 +219,16 @@ type ToolCall struct {
 	Arguments string `json:"arguments"`
 }
 
+// ToolCallDelta is a piece of a tool call being written: Index is the
+// call's place in the reply; its first piece has ID and Name, later ones
+// pieces of Arguments.
+type ToolCallDelta struct {
+	Index     int    `json:"n"`
+	ID        string `json:"id,omitempty"`
+	Name      string `json:"name,omitempty"`
+	Arguments string `json:"args,omitempty"`
+}
+
 // ToolChoice is OpenAI's tool_choice.
 type ToolChoice struct {
 	// Mode is "auto", "none", "required", or "function" (call Name).
@@ -297,6 +307,11 @@ type Job struct {
 	Inputs      []string `json:"inputs,omitempty"`
 	InputTokens [][]int  `json:"input_tokens,omitempty"`
 	Dimensions  int      `json:"dimensions,omitempty"`
+	// N is how many completions to generate (OpenAI's n; 0 is 1).
+	N int `json:"n,omitempty"`
+	// Suffix asks a completion for fill-in-the-middle: the text between
+	// Prompt and Suffix.
+	Suffix string `json:"suffix,omitempty"`
 	// Prices are the deployment's token prices when the job was accepted;
 	// the runner copies them into the usage record, so the cost is fixed
 	// at the prices in force, however late the record is ingested.
@@ -354,9 +369,31 @@ type Event struct {
 	Logprobs []TokenLogprob `json:"logprobs,omitempty"`
 	// Embedding is an embedding event's vector.
 	Embedding *Embedding `json:"embedding,omitempty"`
+	// Calls are pieces of the tool calls a reply is writing (delta
+	// events): each call's ID and name first, then its arguments as they
+	// are written. The done event's ToolCalls are the whole calls.
+	Calls []ToolCallDelta `json:"calls,omitempty"`
+	// Index is the completion a delta belongs to, for a job of N > 1.
+	Index int `json:"i,omitempty"`
+	// Choices end a job of N > 1 (done events): each completion's end, in
+	// index order; the event's Usage counts the prompt once and every
+	// completion's tokens.
+	Choices []Choice `json:"choices,omitempty"`
 	// Seq numbers the events one runner sends for one job, from 0; it
 	// travels in the event's header (see AppendEvent).
 	Seq uint32 `json:"-"`
+}
+
+// Choice is how one of a job's N > 1 completions ended; for async jobs
+// with its whole text and logprobs.
+type Choice struct {
+	Index        int            `json:"i"`
+	FinishReason string         `json:"finish_reason"`
+	ToolCalls    []ToolCall     `json:"tool_calls,omitempty"`
+	Text         string         `json:"text,omitempty"`
+	Logprobs     []TokenLogprob `json:"logprobs,omitempty"`
+	// CompletionTokens are this completion's tokens.
+	CompletionTokens int `json:"completion_tokens"`
 }
 
 // TokenLogprob is one token and its log probability under the model (its

@@ -1,0 +1,117 @@
+package runner
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/infer-run/infer/internal/testenv"
+	"github.com/infer-run/infer/internal/wire"
+)
+
+// generateN runs n completions of req and returns their texts.
+func generateN(t *testing.T, e *Engine, req Request, n int) ([]string, []*collect) {
+	t.Helper()
+	cs := make([]*collect, n)
+	sinks := make([]Sink, n)
+	for i := range cs {
+		cs[i] = newCollect()
+		sinks[i] = cs[i]
+	}
+	if _, err := e.SubmitN(context.Background(), req, sinks); err != nil {
+		t.Fatal(err)
+	}
+	texts := make([]string, n)
+	for i, c := range cs {
+		texts[i] = c.wait(t)
+		if c.err != nil {
+			t.Fatalf("completion %d: %v", i, c.err)
+		}
+	}
+	return texts, cs
+}
+
+// TestEngineNSharesPrompt: n greedy completions in one context decode the
+// prompt once (the others copy its KV cells and decode its last token
+// each) and write exactly what one completion alone writes: a wrong copy
+// (cells missing, at the wrong positions) would change the text.
+func TestEngineNSharesPrompt(t *testing.T) {
+	const prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside"
+	for _, contexts := range []int{1, 2} {
+		// With two contexts and parallel 2 the first context has two
+		// sequences, the second one (LoadEngine): three completions
+		// must split.
+		e := startEngine(t, EngineConfig{ModelPath: testenv.ModelPath(t), Parallel: 4 / contexts, Contexts: contexts, Context: 512})
+		for deadline := time.Now().Add(time.Minute); len(e.decodersNow()) < contexts; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d contexts never loaded", contexts)
+			}
+		}
+		tokens, err := e.Tokenize(prompt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := Request{Prompt: prompt, MaxTokens: 30, Sampling: greedy()}
+		texts, cs := generateN(t, e, req, 3)
+		// One context: the prompt once and its last token twice more.
+		// Two contexts of two sequences: two completions share the
+		// prompt in one, the third decodes it again in the other.
+		got, want := e.PromptTokensDecoded(), int64(len(tokens)+2)
+		if contexts == 2 {
+			want = int64(2*len(tokens) + 1)
+		}
+		if got != want {
+			t.Errorf("contexts %d: 3 completions decoded %d prompt tokens; the prompt has %d, want %d", contexts, got, len(tokens), want)
+		}
+		alone := generate(t, e, req).wait(t)
+		for i, text := range texts {
+			if text != alone {
+				t.Errorf("contexts %d: completion %d wrote %q; alone the prompt gives %q", contexts, i, text, alone)
+			}
+			if u := cs[i].usage; u.PromptTokens != len(tokens) || u.CompletionTokens != 30 {
+				t.Errorf("contexts %d: completion %d usage %+v", contexts, i, u)
+			}
+		}
+		if len(alone) < 20 {
+			t.Errorf("contexts %d: greedy text %q is too short to compare", contexts, alone)
+		}
+	}
+}
+
+// TestEngineNBeyondParallel: completions beyond the engine's sequences
+// wait for one (SubmitN does not), then decode the prompt themselves.
+func TestEngineNBeyondParallel(t *testing.T) {
+	e := startEngine(t, EngineConfig{ModelPath: testenv.ModelPath(t), Parallel: 1, Context: 256})
+	req := Request{Prompt: "Once upon a time", MaxTokens: 12, Sampling: greedy()}
+	texts, _ := generateN(t, e, req, 3)
+	alone := generate(t, e, req).wait(t)
+	for i, text := range texts {
+		if text != alone {
+			t.Errorf("completion %d wrote %q; alone %q", i, text, alone)
+		}
+	}
+}
+
+// TestEngineNSeeds: with a seed and temperature 1 the completions differ
+// from each other, the first is what n=1 with that seed writes, and the
+// same request writes the same completions again.
+func TestEngineNSeeds(t *testing.T) {
+	e := startEngine(t, EngineConfig{ModelPath: testenv.ModelPath(t), Parallel: 4, Contexts: 1, Context: 512})
+	seed, one := int64(42), float32(1)
+	req := Request{Prompt: "Once upon a time", MaxTokens: 25, Sampling: wire.Sampling{Seed: &seed, Temperature: &one}}
+	first, _ := generateN(t, e, req, 3)
+	again, _ := generateN(t, e, req, 3)
+	for i := range first {
+		if first[i] != again[i] {
+			t.Errorf("completion %d: %q, then %q with the same seed", i, first[i], again[i])
+		}
+		for j := range i {
+			if first[i] == first[j] {
+				t.Errorf("completions %d and %d are the same with a seed: %q", j, i, first[i])
+			}
+		}
+	}
+	if alone := generate(t, e, req).wait(t); alone != first[0] {
+		t.Errorf("n=1 with the seed wrote %q; completion 0 of n=3 %q", alone, first[0])
+	}
+}
