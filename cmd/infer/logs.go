@@ -43,20 +43,21 @@ keeps printing new lines as runners write them, until interrupted.`,
 			if tail < 0 {
 				return usageError{fmt.Errorf("--tail %d: want 0 or more lines", tail)}
 			}
+			var from time.Time
 			if since != "" {
-				if _, err := time.Parse(time.RFC3339, since); err != nil {
-					if d, err := time.ParseDuration(since); err != nil || d <= 0 {
-						return usageError{fmt.Errorf("--since %q: want a duration such as 10m or 2h, or an RFC 3339 time", since)}
-					}
+				t, err := parseWhen(since, time.Now())
+				if err != nil {
+					return usageError{fmt.Errorf("--since: %w", err)}
 				}
+				from = t
 			}
 			c, err := newClient()
 			if err != nil {
 				return err
 			}
 			q := url.Values{"tail": {strconv.Itoa(tail)}}
-			if since != "" {
-				q.Set("since", since)
+			if !from.IsZero() {
+				q.Set("since", from.UTC().Format(time.RFC3339Nano))
 			}
 			if runner != "" {
 				q.Set("runner", runner)
@@ -70,7 +71,7 @@ keeps printing new lines as runners write them, until interrupted.`,
 	f := cmd.Flags()
 	f.BoolVarP(&follow, "follow", "f", false, "keep printing new lines as they are written")
 	f.IntVar(&tail, "tail", 100, "print the last N lines (0: none, with -f only new ones)")
-	f.StringVar(&since, "since", "", "only lines from this long ago (10m, 2h) or this RFC 3339 time")
+	f.StringVar(&since, "since", "", "only lines from this long ago (10m, 2h, 1d) or this RFC 3339 time")
 	f.StringVar(&runner, "runner", "", "only this runner's lines (its ID, as infer show or the first column print)")
 	f.BoolVar(&asJSON, "json", false, "print the API's JSON lines as they come")
 	return cmd
