@@ -1,11 +1,15 @@
 package runner
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -15,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/infer-run/infer/internal/blob"
 	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/testenv"
 	"github.com/infer-run/infer/internal/wire"
@@ -242,5 +247,106 @@ func TestRunnerPublishesItsLog(t *testing.T) {
 				t.Errorf("line %q repeats %s, which the subject says", l.Msg, a.Key)
 			}
 		}
+	}
+}
+
+// TestLlamaLogSink: llama.cpp's warnings and errors are published one line
+// per message, pieces and continuations joined; its info chatter goes to
+// stderr only.
+func TestLlamaLogSink(t *testing.T) {
+	q := newLogRing(16)
+	var stderr strings.Builder
+	s := &llamaLogSink{stderr: &stderr, enabled: func(slog.Level) bool { return true }, q: q}
+	s.write(ggmlInfo, "print_info: arch = llama\n")
+	s.write(ggmlError, "llama_model_load: error loading model: ")
+	s.write(ggmlCont, "tensor data is not within the file bounds\n")
+	s.write(ggmlWarn, "first\nsecond\n")
+	s.write(ggmlInfo, ".")
+	s.write(ggmlCont, ".")
+	s.write(ggmlWarn, "no newline")
+	s.write(ggmlInfo, "next\n")
+	lines, _ := q.take(nil)
+	var got []string
+	for _, b := range lines {
+		var l wire.LogLine
+		if err := json.Unmarshal(b, &l); err != nil {
+			t.Fatal(err)
+		}
+		if len(l.Attrs) != 1 || l.Attrs[0] != (wire.LogAttr{Key: "source", Value: "llama.cpp"}) {
+			t.Errorf("line %q attrs %v", l.Msg, l.Attrs)
+		}
+		got = append(got, l.Level+" "+l.Msg)
+	}
+	want := []string{"ERROR llama_model_load: error loading model: tensor data is not within the file bounds", "WARN first", "WARN second", "WARN no newline"}
+	if !slices.Equal(got, want) {
+		t.Errorf("published %q, want %q", got, want)
+	}
+	if !strings.HasPrefix(stderr.String(), "print_info: arch = llama\nllama_model_load") || !strings.HasSuffix(stderr.String(), "..no newlinenext\n") {
+		t.Errorf("stderr %q: want everything as it came", stderr.String())
+	}
+}
+
+// TestRunnerPublishesLlamaErrors: weights llama.cpp refuses make the
+// runner fail, and its log, as published, says why in llama.cpp's words.
+func TestRunnerPublishesLlamaErrors(t *testing.T) {
+	model, err := os.ReadFile(testenv.ModelPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := model[:len(model)*3/4] // the header whole, tensor data missing
+	sum := sha256.Sum256(cut)
+	dir, err := blob.NewDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dir.Put(context.Background(), "uploads/cut.gguf", bytes.NewReader(cut), int64(len(cut))); err != nil {
+		t.Fatal(err)
+	}
+	art := Artifact{SHA256: hex.EncodeToString(sum[:]), ObjectKey: "uploads/cut.gguf", Size: int64(len(cut))}
+	nc, err := nats.Connect(testenv.NATS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	deployment, id := "cut-"+wire.NewID(4), wire.NewID(4)
+	r, err := New(Config{ID: id, DeploymentID: deployment, Deployment: deployment, Artifact: art,
+		Cache: &Cache{Dir: t.TempDir(), Blobs: dir}, Engine: EngineConfig{Parallel: 1, Context: 256}},
+		nc, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Run(context.Background(), nil); err == nil {
+		t.Fatal("a runner of truncated weights started")
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(context.Background(), wire.LogStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.OrderedConsumer(context.Background(), jetstream.OrderedConsumerConfig{FilterSubjects: []string{wire.LogFilter(deployment, "")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.FetchNoWait(1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var llama, failed []string
+	for m := range b.Messages() {
+		var l wire.LogLine
+		json.Unmarshal(m.Data(), &l)
+		if len(l.Attrs) > 0 && l.Attrs[len(l.Attrs)-1].Value == "llama.cpp" {
+			llama = append(llama, l.Level+" "+l.Msg)
+		}
+		if l.Msg == "runner failed" || l.Msg == "llama.cpp could not load the model" {
+			failed = append(failed, l.Msg)
+		}
+	}
+	t.Logf("llama.cpp lines published: %q", llama)
+	if len(failed) != 2 || !slices.ContainsFunc(llama, func(l string) bool { return strings.HasPrefix(l, "ERROR ") }) {
+		t.Errorf("published: runner lines %q, llama.cpp lines %q; want the failure and llama.cpp's error", failed, llama)
 	}
 }

@@ -152,6 +152,8 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) error {
 			stopLogs()
 			<-logsDone
 		}()
+		restore := captureLlamaLog(&llamaLogSink{stderr: os.Stderr, enabled: enabledByDefault, q: r.logs.q})
+		defer restore()
 	}
 	hbCtx, stopHB := context.WithCancel(context.Background())
 	defer stopHB()
