@@ -23,7 +23,10 @@ import (
 // loop's goroutines (a failed decode, a grown KV cache) and from job
 // handlers that hold a slot. So the handler only renders the line and
 // pushes it on a bounded queue that drops its oldest line when full; a
-// goroutine of its own publishes what is queued.
+// goroutine of its own publishes what is queued. Rendering and queueing
+// cost ~1.6 µs a line on top of the ~0.8 µs of writing it to stderr
+// (BenchmarkLogLine, a shared 2-vCPU host), and a runner logs a few lines
+// per request at most (none for a request that succeeds).
 
 // logQueueLines is how many lines wait for NATS at most. A runner logs ~10
 // lines when it starts and a few per failed request; 1024 lines ride out a

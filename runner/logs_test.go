@@ -350,3 +350,26 @@ func TestRunnerPublishesLlamaErrors(t *testing.T) {
 		t.Errorf("published: runner lines %q, llama.cpp lines %q; want the failure and llama.cpp's error", failed, llama)
 	}
 }
+
+// BenchmarkLogLine is the cost of one log line (three attributes) with
+// and without publishing to NATS (rendering it and queueing it; the
+// queue's reader is not running, so it drops the oldest line each time).
+func BenchmarkLogLine(b *testing.B) {
+	for _, tee := range []bool{false, true} {
+		name := "stderr"
+		if tee {
+			name = "stderr+nats"
+		}
+		b.Run(name, func(b *testing.B) {
+			var h slog.Handler = slog.NewTextHandler(io.Discard, nil)
+			if tee {
+				h = &teeHandler{inner: h, q: newLogRing(logQueueLines)}
+			}
+			log := slog.New(h).With("runner", "r1", "request", "req-1")
+			b.ReportAllocs()
+			for b.Loop() {
+				log.Info("KV cache grown", "from", 512, "to", 1024, "took", 3*time.Millisecond)
+			}
+		})
+	}
+}
