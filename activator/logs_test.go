@@ -66,6 +66,59 @@ func (h *harness) logs(key, query string) (int, []wire.LogLine) {
 	return resp.StatusCode, readLogLines(h.t.(*testing.T), resp.Body)
 }
 
+// followLogs opens a followed logs request and returns its lines as they
+// arrive, until the test ends.
+func (h *harness) followLogs(query string) <-chan wire.LogLine {
+	h.t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, h.url+"/v1/deployments/logged/logs"+query, nil)
+	req.Header.Set("Authorization", "Bearer "+adminKey)
+	ctx, cancel := context.WithCancel(context.Background())
+	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
+	if err != nil {
+		cancel()
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { cancel(); resp.Body.Close() })
+	if resp.StatusCode != http.StatusOK {
+		h.t.Fatalf("follow%s: %d", query, resp.StatusCode)
+	}
+	lines := make(chan wire.LogLine, 100)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			var l wire.LogLine
+			if json.Unmarshal(sc.Bytes(), &l) == nil {
+				lines <- l
+			}
+		}
+	}()
+	return lines
+}
+
+// waitLine waits for runnerID's line msg on a followed stream, failing
+// on bad, a line that must not come first.
+func waitLine(t *testing.T, lines <-chan wire.LogLine, runnerID, msg string, bad func(wire.LogLine) bool) {
+	t.Helper()
+	timeout := time.After(60 * time.Second)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("the followed stream ended")
+			}
+			if bad != nil && bad(l) {
+				t.Errorf("followed line %+v", l)
+			}
+			if l.Runner == runnerID && l.Msg == msg {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("runner %s's %q did not arrive on the followed stream within 60 s", runnerID, msg)
+		}
+	}
+}
+
 func hasMsg(ls []wire.LogLine, runnerID, msg string) bool {
 	for _, l := range ls {
 		if l.Runner == runnerID && l.Msg == msg {
@@ -82,7 +135,15 @@ func hasMsg(ls []wire.LogLine, runnerID, msg string) bool {
 func TestDeploymentLogs(t *testing.T) {
 	h := newHarness(t)
 	h.deploy("logged", map[string]any{})
+	// No runner has logged yet (the log stream does not exist): no lines.
+	if code, none := h.logs(adminKey, ""); code != http.StatusOK || len(none) != 0 {
+		t.Fatalf("logs before any runner: %d, %d lines", code, len(none))
+	}
+	// Following then waits (creating the stream) and gets the first
+	// runner's lines as it writes them.
+	early := h.followLogs("?follow=true")
 	first := h.startLoggingRunner("logged")
+	waitLine(t, early, first, "model ready", nil)
 
 	var all []wire.LogLine
 	deadline := time.Now().Add(60 * time.Second)
@@ -130,45 +191,9 @@ func TestDeploymentLogs(t *testing.T) {
 	}
 
 	// Follow: only new lines (tail=0), as a second runner starts.
-	req, _ := http.NewRequest(http.MethodGet, h.url+"/v1/deployments/logged/logs?follow=true&tail=0", nil)
-	req.Header.Set("Authorization", "Bearer "+adminKey)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("follow: %d", resp.StatusCode)
-	}
-	lines := make(chan wire.LogLine, 100)
-	go func() {
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			var l wire.LogLine
-			if json.Unmarshal(sc.Bytes(), &l) == nil {
-				lines <- l
-			}
-		}
-		close(lines)
-	}()
+	lines := h.followLogs("?follow=true&tail=0")
 	second := h.startLoggingRunner("logged")
-	timeout := time.After(60 * time.Second)
-	for seen := false; !seen; {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatal("the followed stream ended")
-			}
-			if l.Runner == first && l.Msg == "runner starting" {
-				t.Errorf("tail=0 followed an old line: %+v", l)
-			}
-			seen = l.Runner == second && l.Msg == "model ready"
-		case <-timeout:
-			t.Fatalf("runner %s's \"model ready\" did not arrive on the followed stream within 60 s", second)
-		}
-	}
+	waitLine(t, lines, second, "model ready", func(l wire.LogLine) bool { return l.Runner == first })
 	if _, only := h.logs(adminKey, "?runner="+second); len(only) == 0 || !hasMsg(only, second, "runner starting") {
 		t.Errorf("runner=%s: %+v", second, only)
 	} else {
