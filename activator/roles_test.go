@@ -182,6 +182,9 @@ func TestRoleTable(t *testing.T) {
 		// tenant, so the name is free in its own and the PUT would create
 		// a deployment of its own, which needs an artifact (400).
 		{op: "PUT /v1/deployments/{name}", path: "/v1/deployments/open", body: `{"max_runners":2}`, want: statuses(ok, forbidden, forbidden, badRequest, unauthorized, unauthorized)},
+		// Runner logs show every key's requests: admin keys only.
+		{op: "GET /v1/deployments/{name}/logs", path: "/v1/deployments/open/logs", want: statuses(ok, forbidden, forbidden, notFound, unauthorized, unauthorized)},
+		{op: "GET /v1/deployments/{name}/logs", path: "/v1/deployments/closed/logs?tail=5", want: statuses(ok, forbidden, forbidden, notFound, unauthorized, unauthorized)},
 		{op: "DELETE /v1/deployments/{name}", pathFor: func(c string) string { return "/v1/deployments/" + victim(c) },
 			want: statuses(ok, forbidden, forbidden, notFound, unauthorized, unauthorized)},
 

@@ -357,6 +357,7 @@ func (s *Server) routes() *echo.Echo {
 	v1.GET("/deployments/:name", s.getDeployment)
 	v1.PUT("/deployments/:name", s.putDeployment)
 	v1.DELETE("/deployments/:name", s.deleteDeployment)
+	v1.GET("/deployments/:name/logs", s.deploymentLogs)
 	v1.GET("/usage", s.usage)
 	v1.POST("/keys", s.createKey)
 	v1.GET("/keys", s.listKeys)

@@ -15,9 +15,12 @@ import (
 	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infer-run/infer/internal/ggufgen"
+	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/testenv"
+	"github.com/infer-run/infer/internal/wire"
 	"github.com/infer-run/infer/registry"
 	"github.com/infer-run/infer/runner"
 )
@@ -117,6 +120,19 @@ func TestTenantIsolation(t *testing.T) {
 			t.Fatal(err)
 		}
 		s.depID = dep.ID
+		// A log line of its deployment, naming its request: the other
+		// tenant must not read it, not even through its own "same".
+		js, err := jetstream.New(h.nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := queue.EnsureLogs(ctx, js, 1); err != nil {
+			t.Fatal(err)
+		}
+		line, _ := json.Marshal(wire.LogLine{Time: time.Now(), Level: "INFO", Msg: "handled req-" + name})
+		if err := h.nc.Publish(wire.LogSubject(dep.ID, "r1"), line); err != nil {
+			t.Fatal(err)
+		}
 		code, _, job := call(t, h.url, s.user, http.MethodPost, "/v1/async/completions", `{"model":"`+s.only+`","prompt":"a","max_tokens":1}`)
 		if code != http.StatusAccepted {
 			t.Fatalf("%s submits a job: %d %v", name, code, job)
@@ -151,6 +167,8 @@ func TestTenantIsolation(t *testing.T) {
 			{"PUT /v1/deployments/{name}", "/v1/deployments/" + o.only + "?dry_run=true", `{"artifact":"` + o.sha + `"}`, 400, 403},
 			{"PUT /v1/deployments/{name}", "/v1/deployments/" + o.only, `{"max_runners":2}`, 400, 403},
 			{"DELETE /v1/deployments/{name}", "/v1/deployments/" + o.only, "", 404, 403},
+			{"GET /v1/deployments/{name}/logs", "/v1/deployments/" + o.only + "/logs", "", 404, 403},
+			{"GET /v1/deployments/{name}/logs", "/v1/deployments/same/logs", "", 200, 403}, // its own "same"
 			{"GET /v1/usage", "/v1/usage", "", 200, 200},
 			{"GET /v1/usage", "/v1/usage?group_by=deployment", "", 200, 200},
 			{"GET /v1/usage", "/v1/usage?key=" + o.userID, "", 200, 403},

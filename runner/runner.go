@@ -78,6 +78,10 @@ type Runner struct {
 	sinks      map[string]sinkEntry
 	sinksSwept time.Time
 
+	// logs publishes the runner's log to NATS (logs.go); nil when the
+	// runner's ID cannot be a subject token.
+	logs *logPublisher
+
 	// holds records which runner holds each redelivered job, and gate
 	// runs a suspect one alone (redelivery.go).
 	holds jetstream.KeyValue
@@ -100,7 +104,24 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Runner, error) {
 		cfg.ClientCheck = 2 * time.Second
 	}
 	host, _ := os.Hostname()
+	var logs *logPublisher
+	if wire.ValidKey(cfg.ID) {
+		// Everything the runner logs also goes to NATS, for the API.
+		q := newLogRing(logQueueLines)
+		logs = &logPublisher{q: q, subject: wire.LogSubject(cfg.DeploymentID, cfg.ID), publish: nc.Publish,
+			ensure: func(ctx context.Context) error {
+				ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				_, err := queue.EnsureLogs(ctx, js, cfg.QueueReplicas)
+				return err
+			},
+			flush: func(d time.Duration) error { return nc.FlushTimeout(d) }}
+		log = slog.New(&teeHandler{inner: log.Handler(), q: q})
+	} else {
+		log.Warn("runner ID is not a valid subject token; its log is not published to NATS", "id", cfg.ID)
+	}
 	return &Runner{
+		logs:      logs,
 		cfg:       cfg,
 		log:       log.With("runner", cfg.ID, "deployment", cfg.Deployment, "deployment_id", cfg.DeploymentID),
 		nc:        nc,
@@ -118,11 +139,30 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Runner, error) {
 // taking work, finish what runs, return) or ctx is cancelled (abandon
 // everything; JetStream redelivers unacknowledged jobs to another runner).
 func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) error {
+	if r.logs != nil {
+		// Stopped last, so the runner's last words (why it stopped) are
+		// published too.
+		logCtx, stopLogs := context.WithCancel(context.Background())
+		logsDone := make(chan struct{})
+		go func() {
+			defer close(logsDone)
+			r.logs.run(logCtx)
+		}()
+		defer func() {
+			stopLogs()
+			<-logsDone
+		}()
+		restore := captureLlamaLog(&llamaLogSink{stderr: os.Stderr, enabled: enabledByDefault, q: r.logs.q})
+		defer restore()
+	}
 	hbCtx, stopHB := context.WithCancel(context.Background())
 	defer stopHB()
 	go r.heartbeats(hbCtx)
+	r.log.Info("runner starting", "artifact", r.cfg.Artifact.SHA256, "host", r.host, "pid", os.Getpid(),
+		"parallel", r.cfg.Engine.Parallel)
 	err := r.run(ctx, drain)
 	if err != nil && ctx.Err() == nil {
+		r.log.Error("runner failed", "err", err)
 		// Say why, so the control plane backs off and waiting clients
 		// learn what is wrong — and whether it may pass, so that they
 		// know to keep waiting.
@@ -131,6 +171,7 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) error {
 		r.mu.Unlock()
 		r.setPhase(wire.PhaseFailed, err.Error())
 	} else {
+		r.log.Info("runner stopped")
 		r.setPhase(wire.PhaseStopped, "")
 	}
 	return err

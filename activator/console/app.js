@@ -376,7 +376,10 @@
       h('section', { class: 'panel', 'aria-labelledby': 'dep-hour' },
         h('div', { class: 'row' }, h('h2', { id: 'dep-hour', text: 'The last hour' }),
           h('button', { type: 'button', class: 'secondary', text: 'Refresh', onclick: () => loadHour() })),
-        recent));
+        recent),
+      h('section', { class: 'panel', 'aria-labelledby': 'dep-logs-title' },
+        h('h2', { id: 'dep-logs-title', text: 'Runner logs' }),
+        isAdmin() ? logTail(name, ctx) : h('p', { class: 'muted', text: 'Runner logs are shown to admin keys: they name every key\'s requests.' })));
     let badgeEl = null, shownSettings = '';
     async function tick() {
       if (!ctx.alive()) return;
@@ -432,6 +435,77 @@
     tick();
     loadHour();
     return name;
+  }
+
+  // logTail follows the deployment's runner logs (GET .../logs, JSON
+  // lines, follow=true): the last lines, then each new one as a runner
+  // writes it. fetch, not EventSource, which cannot send the key. It stops
+  // when the page is left and reconnects (from the last line's time) when
+  // the stream ends, as it does when an activator restarts.
+  const LOG_LINES = 300;
+  function logTail(name, ctx) {
+    const list = h('ol', { class: 'logs', id: 'dep-logs', tabindex: '0', 'aria-label': `Runner logs of ${name}` });
+    const status = h('p', { class: 'muted', id: 'dep-logs-status', role: 'status', text: 'Connecting…' });
+    let last = '', ctl = null;
+    function line(l) {
+      const attrs = (l.attrs || []).map((a) => ` ${a.k}=${/[\s"=]/.test(a.v) || a.v === '' ? JSON.stringify(a.v) : a.v}`).join('');
+      return h('li', { class: `lvl-${(l.level || '').toLowerCase()}`, 'data-runner': l.runner },
+        h('time', { datetime: l.time, text: fmtTime(l.time) }), ' ',
+        h('span', { class: 'runner', text: l.runner }), ' ',
+        h('span', { class: 'level', text: l.level }), ' ',
+        h('span', { class: 'text', text: l.msg + attrs }));
+    }
+    function add(l) {
+      const atEnd = list.scrollHeight - list.scrollTop - list.clientHeight < 24;
+      list.append(line(l));
+      while (list.children.length > LOG_LINES) list.firstChild.remove();
+      if (atEnd) list.scrollTop = list.scrollHeight;
+      last = l.time;
+    }
+    async function follow() {
+      if (!ctx.alive()) return;
+      ctl = new AbortController();
+      const q = last ? `since=${encodeURIComponent(last)}&tail=${LOG_LINES}` : 'tail=100';
+      try {
+        const r = await fetch(`/v1/deployments/${encodeURIComponent(name)}/logs?follow=true&${q}`,
+          { headers: { Authorization: `Bearer ${state.key}` }, signal: ctl.signal });
+        if (!r.ok) {
+          const j = await r.json().catch(() => null);
+          if (r.status === 401) { signOut('Your API key is no longer valid (revoked?). Sign in again.'); return; }
+          throw new APIError(r.status, j);
+        }
+        status.textContent = 'Live: new lines appear as runners write them.';
+        if (!list.children.length) status.textContent += ' No lines in the last 24 hours yet.';
+        const reader = r.body.getReader();
+        const dec = new TextDecoder();
+        let buf = '';
+        const since = last;
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += dec.decode(value, { stream: true });
+          let nl;
+          while ((nl = buf.indexOf('\n')) >= 0) {
+            const text = buf.slice(0, nl).trim();
+            buf = buf.slice(nl + 1);
+            if (!text) continue; // a keep-alive
+            const l = JSON.parse(text);
+            if (since && l.time <= since) continue; // shown before the reconnect
+            add(l);
+            status.textContent = 'Live: new lines appear as runners write them.';
+          }
+        }
+        status.textContent = 'The log stream ended; reconnecting…';
+      } catch (e) {
+        if (!ctx.alive() || e.name === 'AbortError') return;
+        status.textContent = `Could not read the logs: ${e.message}. Retrying…`;
+      }
+      if (ctx.alive()) setTimeout(follow, 2000);
+    }
+    // Leaving the page ends the request.
+    const watch = setInterval(() => { if (!ctx.alive()) { clearInterval(watch); if (ctl) ctl.abort(); } }, 500);
+    follow();
+    return h('div', {}, status, list);
   }
 
   function runnersView(d) {

@@ -325,6 +325,7 @@ func TestBilling(t *testing.T) {
 			{"GET", "/v1/deployments/priced", "", []int{404}},
 			{"PUT", "/v1/deployments/priced", `{"min_runners":0}`, []int{400, 403, 404, 409}},
 			{"DELETE", "/v1/deployments/priced", "", []int{404}},
+			{"GET", "/v1/deployments/priced/logs?follow=true", "", []int{404}},
 			{"GET", "/v1/usage", "", []int{200}},
 			{"GET", "/v1/usage?deployment=priced", "", []int{200}},
 			{"GET", "/v1/usage?group_by=deployment", "", []int{200}},

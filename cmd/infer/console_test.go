@@ -337,6 +337,23 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.route("#/deployment/stories")
 	b.waitJS("the deployment page", `document.querySelector('#dep-hour') !== null && document.querySelectorAll('main svg.chart').length >= 3 && document.querySelector('main dl.facts') !== null`, 15*time.Second)
 	b.screenshot("deployment")
+	// Its runner logs: the playground's cold start is there, and once the
+	// runner has idled out, a request's cold start shows a new runner's
+	// start on the page as it is written, without a reload.
+	logLines := func(text string) string {
+		return `[...document.querySelectorAll('#dep-logs li')].filter(li => li.textContent.includes(` + jsString(text) + `)).length`
+	}
+	b.waitJS("the runner's start in the log tail", logLines("model ready")+` > 0`, 15*time.Second)
+	waitFor(t, 30*time.Second, "the idle runner to exit", func() bool { return len(p.runnerPIDs("stories")) == 0 })
+	starts := consoleEval[float64](b, logLines("runner starting"))
+	if code, _, body := p.do(http.MethodPost, "/v1/chat/completions", p.key, `{"model":"stories","messages":[{"role":"user","content":"Once"}],"max_tokens":2}`); code != 200 {
+		t.Fatalf("a request to cold-start another runner: %d %s", code, body)
+	}
+	b.waitJS("a new runner's start in the log tail, live", fmt.Sprintf(`%s > %v`, logLines("runner starting"), starts), 20*time.Second)
+	if text := consoleEval[string](b, `document.getElementById('dep-logs').textContent`); strings.Contains(text, "/cache/") || strings.Contains(text, "Once") {
+		t.Errorf("the log tail shows a server path or prompt text:\n%s", text)
+	}
+	b.screenshot("deployment-logs")
 
 	// Keys: create a user key (the secret is shown once), and revoke
 	// another.

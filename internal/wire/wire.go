@@ -560,3 +560,52 @@ type RunnerUsageRecord struct {
 	// runner ended.
 	PricePerSecond float64 `json:"price_runner_second"`
 }
+
+// Runner logs. Each runner publishes its own log lines (its structured
+// log, as it writes it to stderr) to LogSubject, with core NATS: LogStream,
+// one stream for every deployment, keeps them for a while, so that any
+// activator can serve a deployment's logs whatever driver started its
+// runners and wherever they ran. The stream only has limits (age, lines
+// per runner, bytes); nothing consumes it away.
+const (
+	LogStream   = "INFER_LOGS"
+	logSubjects = "infer.logs.>"
+)
+
+// LogSubject is where one runner of a deployment publishes its log lines.
+func LogSubject(deploymentID, runnerID string) string {
+	return "infer.logs." + deploymentID + "." + runnerID
+}
+
+// LogFilter is the subject filter of a deployment's log lines: every
+// runner's, or one runner's when runnerID is set.
+func LogFilter(deploymentID, runnerID string) string {
+	if runnerID == "" {
+		runnerID = "*"
+	}
+	return LogSubject(deploymentID, runnerID)
+}
+
+// LogRunner is the runner ID a LogSubject names (its last token).
+func LogRunner(subject string) string {
+	return subject[strings.LastIndexByte(subject, '.')+1:]
+}
+
+// LogSubjects lists the subjects of LogStream.
+func LogSubjects() []string { return []string{logSubjects} }
+
+// LogLine is one line of a runner's log. Attrs keep the order the runner
+// logged them in; values are rendered as text.
+type LogLine struct {
+	Time   time.Time `json:"time"`
+	Level  string    `json:"level"`
+	Msg    string    `json:"msg"`
+	Attrs  []LogAttr `json:"attrs,omitempty"`
+	Runner string    `json:"runner,omitempty"`
+}
+
+// LogAttr is one key=value of a LogLine.
+type LogAttr struct {
+	Key   string `json:"k"`
+	Value string `json:"v"`
+}
