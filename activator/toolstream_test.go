@@ -25,7 +25,11 @@ func TestToolCallAfterTextRelayed(t *testing.T) {
 	}
 	heartbeat(t, h.nc, h.depID("fake"), "r1")
 	const id, args = "call_abcdefghijklmnopqrstuvwx", `{"city":"Oslo","days":2}`
+	// played is closed when the runner's last event is acknowledged: the
+	// test waits for it, or its end closes NATS under the runner.
+	var played chan struct{}
 	play := func() {
+		defer close(played)
 		job := takeJob(t, js, h.depID("fake"))
 		r := &fakeRunner{t: t, nc: h.nc, id: "r1", subject: wire.RunnerReplySubject(job.ReplyTo, "r1")}
 		r.start()
@@ -39,6 +43,7 @@ func TestToolCallAfterTextRelayed(t *testing.T) {
 	params := openai.ChatCompletionNewParams{Model: "fake", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Weather in Oslo?")},
 		Tools: []openai.ChatCompletionToolUnionParam{weatherTool}}
 
+	played = make(chan struct{})
 	go play()
 	stream := c.Chat.Completions.NewStreaming(t.Context(), params)
 	var acc openai.ChatCompletionAccumulator
@@ -67,6 +72,8 @@ func TestToolCallAfterTextRelayed(t *testing.T) {
 		t.Errorf("accumulated %+v, finish %q", calls, acc.Choices[0].FinishReason)
 	}
 
+	<-played
+	played = make(chan struct{})
 	go play()
 	done := make(chan struct{})
 	var body *openai.ChatCompletion
@@ -82,4 +89,5 @@ func TestToolCallAfterTextRelayed(t *testing.T) {
 	if m := body.Choices[0].Message; m.Content != "Let me check. " || len(m.ToolCalls) != 1 || m.ToolCalls[0].ID != id || m.ToolCalls[0].Function.Arguments != args {
 		t.Errorf("body message %+v", m)
 	}
+	<-played
 }
