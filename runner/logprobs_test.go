@@ -64,6 +64,36 @@ func TestLogSumExp(t *testing.T) {
 			t.Errorf("logSumExp(%v) = %g, want %g", tt.logits, got, tt.want)
 		}
 	}
+	// Vocabularies long enough for the vector path (8 lanes, blocks of
+	// 1,024) and its scalar tail, with banned tokens and NaNs among them,
+	// against float64 arithmetic.
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, n := range []int{7, 8, 9, 1023, 1025, 32000, 128256} {
+		logits := make([]float32, n)
+		for i := range logits {
+			logits[i] = float32(rng.NormFloat64() * 4)
+		}
+		logits[n/2] = float32(math.Inf(-1))
+		if n > 8 {
+			logits[n/3] = float32(math.NaN())
+		}
+		m := math.Inf(-1)
+		for _, x := range logits {
+			if float64(x) > m {
+				m = float64(x)
+			}
+		}
+		sum := 0.0
+		for _, x := range logits {
+			if !math.IsNaN(float64(x)) {
+				sum += math.Exp(float64(x) - m)
+			}
+		}
+		want := m + math.Log(sum)
+		if got := logSumExp(logits); math.Abs(float64(got)-want) > 1e-5*math.Max(1, math.Abs(want)) {
+			t.Errorf("logSumExp of %d random logits = %.7g, want %.7g", n, got, want)
+		}
+	}
 }
 
 func TestExpNeg(t *testing.T) {
