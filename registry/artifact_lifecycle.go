@@ -30,7 +30,7 @@ func (s *Store) ListTenantArtifacts(ctx context.Context, tenantID string) ([]Ten
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (TenantArtifact, error) {
 		var t TenantArtifact
 		a := &t.Artifact
-		err := r.Scan(&a.SHA256, &a.Size, &a.ObjectKey, &a.Architecture, &a.ParameterCount, &a.Quantization, &a.ContextLength, &a.ChatTemplate, &a.CreatedAt, &t.Deployments)
+		err := r.Scan(&a.SHA256, &a.Size, &a.ObjectKey, &a.Architecture, &a.ParameterCount, &a.Quantization, &a.ContextLength, &a.ChatTemplate, &a.Pooling, &a.CreatedAt, &t.Deployments)
 		return t, err
 	})
 	if err != nil {

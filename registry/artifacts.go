@@ -23,15 +23,19 @@ type Artifact struct {
 	// ChatTemplate is the template the weights bring (chat.Resolve):
 	// "jinja", a family, or "plain"; empty if uploaded before it was
 	// recorded.
-	ChatTemplate string    `json:"chat_template"`
-	CreatedAt    time.Time `json:"created_at"`
+	ChatTemplate string `json:"chat_template"`
+	// Pooling is how the model pools an embedding (gguf.ModelInfo's);
+	// empty when the file does not say or it was uploaded before it was
+	// recorded.
+	Pooling   string    `json:"pooling,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
-const artifactColumns = `sha256, size, object_key, architecture, parameter_count, quantization, context_length, chat_template, created_at`
+const artifactColumns = `sha256, size, object_key, architecture, parameter_count, quantization, context_length, chat_template, pooling, created_at`
 
 func scanArtifact(row pgx.Row) (Artifact, error) {
 	var a Artifact
-	err := row.Scan(&a.SHA256, &a.Size, &a.ObjectKey, &a.Architecture, &a.ParameterCount, &a.Quantization, &a.ContextLength, &a.ChatTemplate, &a.CreatedAt)
+	err := row.Scan(&a.SHA256, &a.Size, &a.ObjectKey, &a.Architecture, &a.ParameterCount, &a.Quantization, &a.ContextLength, &a.ChatTemplate, &a.Pooling, &a.CreatedAt)
 	return a, err
 }
 
@@ -60,11 +64,11 @@ func (s *Store) PutArtifact(ctx context.Context, a Artifact) (Artifact, bool, er
 		return Artifact{}, false, fmt.Errorf("artifact %s: size and object key are required", a.SHA256)
 	}
 	stored, err := scanArtifact(s.pool.QueryRow(ctx, `
-		INSERT INTO artifacts (sha256, size, object_key, architecture, parameter_count, quantization, context_length, chat_template)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		INSERT INTO artifacts (sha256, size, object_key, architecture, parameter_count, quantization, context_length, chat_template, pooling)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 		ON CONFLICT (sha256) DO NOTHING
 		RETURNING `+artifactColumns,
-		a.SHA256, a.Size, a.ObjectKey, a.Architecture, a.ParameterCount, a.Quantization, a.ContextLength, a.ChatTemplate))
+		a.SHA256, a.Size, a.ObjectKey, a.Architecture, a.ParameterCount, a.Quantization, a.ContextLength, a.ChatTemplate, a.Pooling))
 	if err == nil {
 		return stored, true, nil
 	}

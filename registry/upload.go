@@ -107,6 +107,7 @@ func (u *Uploader) Upload(ctx context.Context, r io.Reader, size int64) (Artifac
 		Quantization:   info.Quantization,
 		ContextLength:  info.ContextLength,
 		ChatTemplate:   chat.Resolve("", info.ChatTemplate),
+		Pooling:        info.Pooling,
 	})
 	if err == nil && !created {
 		// The same bytes were uploaded before. Keep the old object unless

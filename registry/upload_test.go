@@ -12,6 +12,8 @@ import (
 	"testing/iotest"
 
 	"github.com/infer-run/infer/internal/blob"
+	ggufinfo "github.com/infer-run/infer/internal/gguf"
+	"github.com/infer-run/infer/internal/ggufgen"
 )
 
 // newUploader returns an Uploader on a fresh database and blob directory,
@@ -253,5 +255,37 @@ func TestUploadRepairsMissingObject(t *testing.T) {
 	}
 	if got, err := u.Store.GetArtifact(ctx, a.SHA256); err != nil || got.ObjectKey != b.ObjectKey {
 		t.Errorf("registry still points at %+v (%v)", got, err)
+	}
+}
+
+// TestUploadRecordsPooling: an embedding model's pooling type is recorded
+// at upload, so the activator knows the model makes no text without
+// starting a runner; a generative model records none.
+func TestUploadRecordsPooling(t *testing.T) {
+	u, _ := newUploader(t)
+	c := ggufgen.Small
+	c.Name = "ggufgen-small-embed"
+	c.KV = map[string]any{"llama.pooling_type": uint32(1)}
+	var buf bytes.Buffer
+	if err := ggufgen.Write(&buf, c); err != nil {
+		t.Fatal(err)
+	}
+	a, err := u.Upload(t.Context(), bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Pooling != "mean" || !ggufinfo.EmbeddingOnly(a.Architecture, a.Pooling) {
+		t.Errorf("pooled model recorded as %+v", a)
+	}
+	if got, err := u.Store.GetArtifact(t.Context(), a.SHA256); err != nil || got.Pooling != "mean" {
+		t.Errorf("GetArtifact = %+v, %v", got, err)
+	}
+	model := readModel(t)
+	b, err := u.Upload(t.Context(), bytes.NewReader(model), int64(len(model)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Pooling != "" || ggufinfo.EmbeddingOnly(b.Architecture, b.Pooling) {
+		t.Errorf("generative model recorded as %+v", b)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"sync"
 
 	"github.com/ollama/ollama/llama"
@@ -50,18 +49,6 @@ var ErrNotEmbedding = errors.New("the model does not make embeddings")
 // ErrBadToken is returned by Embed for a token ID outside the vocabulary.
 var ErrBadToken = errors.New("token ID outside the vocabulary")
 
-// encoderArchitectures are llama.cpp architectures with no causal LM head:
-// they make embeddings only.
-var encoderArchitectures = []string{"bert", "jina-bert-v2", "nomic-bert", "nomic-bert-moe", "t5encoder"}
-
-// EmbeddingOnly reports whether a model makes embeddings and no text.
-func EmbeddingOnly(info gguf.ModelInfo) bool {
-	return info.Pooling != "" && info.Pooling != "none" || slices.Contains(encoderArchitectures, info.Architecture)
-}
-
-// poolingTypes are llama.cpp's llama_pooling_type values, by number.
-var poolingTypes = []string{"none", "mean", "cls", "last", "rank"}
-
 // embedSeqs is how many inputs one embeddings decode carries at most. A
 // request's inputs are packed into as few decodes as this and the
 // context's tokens allow.
@@ -89,7 +76,7 @@ type embedState struct {
 
 // EmbeddingOnly reports whether the loaded model makes embeddings and no
 // text.
-func (e *Engine) EmbeddingOnly() bool { return EmbeddingOnly(e.info) }
+func (e *Engine) EmbeddingOnly() bool { return e.info.EmbeddingOnly() }
 
 // embedderNow returns the engine's embedder, creating it at first use.
 // A failed creation is tried again by the next request.
@@ -102,7 +89,7 @@ func (e *Engine) embedderNow() (*embedder, error) {
 	if e.info.Pooling == "rank" || e.info.Pooling == "unknown" {
 		return nil, fmt.Errorf("%w: its pooling type is %q (a reranker, or one this llama.cpp does not know)", ErrNotEmbedding, e.info.Pooling)
 	}
-	em := &embedder{nCtx: e.nCtx, pooled: EmbeddingOnly(e.info)}
+	em := &embedder{nCtx: e.nCtx, pooled: e.info.EmbeddingOnly()}
 	if em.pooled {
 		// The engine's model: its decode loops never decode on an
 		// embedding model (the runner refuses text jobs), so sharing it
@@ -119,7 +106,7 @@ func (e *Engine) embedderNow() (*embedder, error) {
 	want := -1 // the model's own
 	if em.pooled {
 		setUbatch(&params, em.nCtx)
-		if n := slices.Index(poolingTypes, e.info.Pooling); n > 0 {
+		if n := gguf.PoolingType(e.info.Pooling); n > 0 {
 			setPooling(&params, n)
 			want = n
 		}

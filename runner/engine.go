@@ -260,7 +260,7 @@ func LoadEngine(log *slog.Logger, cfg EngineConfig, progress func(float32)) (*En
 	if cfg.Contexts <= 0 {
 		cfg.Contexts = DefaultContexts(uint64(info.ParameterCount), cfg.Parallel)
 	}
-	if EmbeddingOnly(info) {
+	if info.EmbeddingOnly() {
 		// Its generation contexts never decode (embed.go): one, for the
 		// model it lends the embedder, and no thread measurement.
 		cfg.Contexts = 1

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 
 	"github.com/ollama/ollama/fs/ggml"
 )
@@ -31,7 +32,27 @@ type ModelInfo struct {
 }
 
 // poolingNames are llama.cpp's llama_pooling_type values, by number.
-var poolingNames = []string{"none", "mean", "cls", "last", "rank"}
+var poolingNames = [...]string{"none", "mean", "cls", "last", "rank"}
+
+// encoderArchitectures are llama.cpp architectures with no causal LM head:
+// they make embeddings only, whatever their file says of pooling.
+var encoderArchitectures = [...]string{"bert", "jina-bert-v2", "nomic-bert", "nomic-bert-moe", "t5encoder"}
+
+// PoolingType is llama.cpp's llama_pooling_type number of a Pooling
+// name, -1 for "" or one it does not know.
+func PoolingType(name string) int {
+	return slices.Index(poolingNames[:], name)
+}
+
+// EmbeddingOnly reports whether a model of this architecture and pooling
+// (ModelInfo's) makes embeddings and no text: one that declares a pooling
+// type, as Ollama and llama.cpp take it, or an encoder.
+func EmbeddingOnly(architecture, pooling string) bool {
+	return pooling != "" && pooling != "none" || slices.Contains(encoderArchitectures[:], architecture)
+}
+
+// EmbeddingOnly reports whether the model makes embeddings and no text.
+func (m ModelInfo) EmbeddingOnly() bool { return EmbeddingOnly(m.Architecture, m.Pooling) }
 
 // pooling reads <arch>.pooling_type, which writers store as a uint32 or
 // an int32.
