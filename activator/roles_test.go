@@ -179,6 +179,7 @@ func TestRoleTable(t *testing.T) {
 		// tenant, so the name is free in its own and the PUT would create
 		// a deployment of its own, which needs an artifact (400).
 		{op: "PUT /v1/deployments/{name}", path: "/v1/deployments/open", body: `{"max_runners":2}`, want: statuses(ok, forbidden, forbidden, badRequest, unauthorized, unauthorized)},
+		{op: "PUT /v1/deployments", path: "/v1/deployments", body: `{"deployments":[{"name":"open","max_runners":2}]}`, want: statuses(ok, forbidden, forbidden, badRequest, unauthorized, unauthorized)},
 		{op: "DELETE /v1/deployments/{name}", pathFor: func(c string) string { return "/v1/deployments/" + victim(c) },
 			want: statuses(ok, forbidden, forbidden, notFound, unauthorized, unauthorized)},
 

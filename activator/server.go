@@ -33,6 +33,10 @@ type Registry interface {
 	GetDeployment(ctx context.Context, tenantID, name string) (registry.Deployment, error)
 	ListDeployments(ctx context.Context, tenantID string) ([]registry.Deployment, error)
 	PutDeployment(ctx context.Context, d registry.Deployment) (registry.Deployment, error)
+	// GetDeployments and PutDeployments are PUT /v1/deployments': many
+	// in one query, and in one transaction.
+	GetDeployments(ctx context.Context, tenantID string, names []string) (map[string]registry.Deployment, error)
+	PutDeployments(ctx context.Context, ds []registry.Deployment) ([]registry.Deployment, error)
 	DeleteDeployment(ctx context.Context, tenantID, name string) error
 	// GetTenantArtifact finds an artifact the tenant uploaded; others'
 	// are ErrNotFound. AddArtifactOwner records an upload by a tenant.
@@ -353,6 +357,7 @@ func (s *Server) routes() *echo.Echo {
 
 	v1.POST("/artifacts", s.uploadArtifact)
 	v1.GET("/deployments", s.listDeployments)
+	v1.PUT("/deployments", s.putDeployments)
 	v1.GET("/deployments/:name", s.getDeployment)
 	v1.PUT("/deployments/:name", s.putDeployment)
 	v1.DELETE("/deployments/:name", s.deleteDeployment)
