@@ -434,8 +434,11 @@ func (s *Server) deploymentView(c echo.Context, d registry.Deployment) deploymen
 	if st.Runners == nil {
 		st.Runners = []wire.Heartbeat{}
 	}
-	if depth, err := queue.GetDepth(c.Request().Context(), s.js, d.ID); err == nil {
-		st.Queued, st.InFlight = depth.Queued, depth.InFlight
+	// A deployment without a stream has nothing queued: no need to ask.
+	if ctx := c.Request().Context(); s.queues.mayHave(ctx, d.ID) {
+		if depth, err := queue.GetDepth(ctx, s.js, d.ID); err == nil {
+			st.Queued, st.InFlight = depth.Queued, depth.InFlight
+		}
 	}
 	return st
 }

@@ -149,6 +149,7 @@ type Server struct {
 	id           string
 	replies      *replies
 	runners      *runnerView
+	queues       *queueIndex
 	async        *asyncJobs
 	metrics      *metrics
 	limits       *limiter
@@ -210,6 +211,11 @@ func New(cfg Config) (*Server, error) {
 		s.replies.close()
 		return nil, err
 	}
+	if s.queues, err = newQueueIndex(cfg.NATS, js); err != nil {
+		s.replies.close()
+		s.runners.close()
+		return nil, err
+	}
 	reg := cfg.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()
@@ -219,18 +225,21 @@ func New(cfg Config) (*Server, error) {
 	if s.async, err = newAsyncJobs(s, cfg); err != nil {
 		s.replies.close()
 		s.runners.close()
+		s.queues.close()
 		return nil, err
 	}
 	if s.openapi, err = openAPIJSON(); err != nil {
 		s.async.close()
 		s.replies.close()
 		s.runners.close()
+		s.queues.close()
 		return nil, err
 	}
 	if s.console, err = consoleAssets(); err != nil {
 		s.async.close()
 		s.replies.close()
 		s.runners.close()
+		s.queues.close()
 		return nil, err
 	}
 	s.echo = s.routes()
@@ -325,6 +334,7 @@ func (s *Server) Close() {
 	s.async.close()
 	s.replies.close()
 	s.runners.close()
+	s.queues.close()
 }
 
 func (s *Server) routes() *echo.Echo {
