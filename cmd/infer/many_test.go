@@ -251,6 +251,9 @@ func BenchmarkIdleProcess(b *testing.B) {
 	const n = 10000
 	for b.Loop() {
 		p := startPlatformWith(b, platformOptions{localBlobs: true, env: []string{"INFER_NATS_URL="}})
+		if log, _ := os.ReadFile(p.log); !bytes.Contains(log, []byte("embedded NATS with JetStream started")) {
+			b.Fatal("infer dev did not embed NATS: its CPU and memory would not be counted")
+		}
 		sha := p.deployBase("base", "--idle-timeout", "2s")
 		cold := func(names ...string) float64 {
 			var ms []float64
