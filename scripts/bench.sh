@@ -309,6 +309,6 @@ go test -run '^$' -bench 'BenchmarkQueueLayout' -benchtime 1x -timeout 15m ./int
 if [[ "${SKIP_SCALE:-}" != 1 ]]; then
 	section "10,000 idle deployments, one infer dev (go test -bench IdleProcess ./cmd/infer/)"
 	$GO test -run '^$' -bench IdleProcess -benchtime 1x -timeout 15m ./cmd/infer/ 2>&1 |
-		awk '/^BenchmarkIdleProcess/ { for (i=3;i<NF;i+=2) printf "| %s | %s |\n", $(i+1), $(i) } /cold starts/'
+		awk '/^BenchmarkIdleProcess/ { print "| measure | value |"; print "| --- | --- |"; for (i=5;i<NF;i+=2) printf "| %s | %s |\n", $(i+1), $(i) } /cold starts/'
 	echo "targets: idle CPU < 5% of a core, < 100 MiB added, cold start within 10% of the few-deployments one"
 fi
