@@ -1,6 +1,7 @@
 package activator
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -16,12 +17,32 @@ import (
 // deploymentBatch is the body of PUT /v1/deployments: many deployments,
 // each as PUT /v1/deployments/{name} takes one, with its name.
 type deploymentBatch struct {
-	Deployments []namedDeploymentSpec `json:"deployments"`
+	// Deployments are decoded one by one, so that an item that is not a
+	// deployment is refused with its index like any other.
+	Deployments []json.RawMessage `json:"deployments"`
 }
 
-type namedDeploymentSpec struct {
-	Name string `json:"name"`
-	deploymentSpec
+// batchItem is one deployment of a batch.
+type batchItem struct {
+	name string
+	spec deploymentSpec
+	err  error // why it could not be decoded
+}
+
+func decodeBatchItem(raw json.RawMessage) batchItem {
+	var it batchItem
+	var named struct {
+		Name string `json:"name"`
+	}
+	if err := json.Unmarshal(raw, &named); err != nil {
+		it.err = decodeError(err, "deployment")
+		return it
+	}
+	it.name = named.Name
+	if err := json.Unmarshal(raw, &it.spec); err != nil {
+		it.err = decodeError(err, "deployment")
+	}
+	return it
 }
 
 // batchItemError is why one deployment of a batch was refused.
@@ -76,21 +97,28 @@ func (s *Server) putDeployments(c echo.Context) error {
 		refused = append(refused, batchItemError{Index: i, Name: name, Error: ae})
 		return nil
 	}
+	items := make([]batchItem, n)
 	names := make([]string, 0, n)
 	seen := make(map[string]int, n)
-	for i, it := range batch.Deployments {
-		if err := registry.ValidName(it.Name); err != nil {
-			if err := refuse(i, it.Name, errInvalid("name", "%v", err)); err != nil {
+	for i, raw := range batch.Deployments {
+		it := decodeBatchItem(raw)
+		items[i] = it
+		if it.err != nil {
+			if err := refuse(i, it.name, it.err); err != nil {
 				return err
 			}
 			continue
 		}
-		if j, dup := seen[it.Name]; dup {
-			refuse(i, it.Name, errInvalid("name", "deployment %q is also deployments[%d]: name each once", it.Name, j))
+		if err := registry.ValidName(it.name); err != nil {
+			refuse(i, it.name, errInvalid("name", "%v", err))
 			continue
 		}
-		seen[it.Name] = i
-		names = append(names, it.Name)
+		if j, dup := seen[it.name]; dup {
+			refuse(i, it.name, errInvalid("name", "deployment %q is also deployments[%d]: name each once", it.name, j))
+			continue
+		}
+		seen[it.name] = i
+		names = append(names, it.name)
 	}
 	cur, err := s.reg.GetDeployments(ctx, key.TenantID, names)
 	if err != nil {
@@ -100,27 +128,27 @@ func (s *Server) putDeployments(c echo.Context) error {
 	out := make([]registry.Deployment, 0, n)
 	existed := make(map[string]registry.Deployment, len(cur))
 	added := 0
-	for i, it := range batch.Deployments {
-		if seen[it.Name] != i || registry.ValidName(it.Name) != nil {
+	for i, it := range items {
+		if j, ok := seen[it.name]; !ok || j != i {
 			continue // refused above
 		}
-		old, ok := cur[it.Name]
+		old, ok := cur[it.name]
 		if !ok {
 			added++
-			if it.Artifact == "" && !dryRun {
-				refuse(i, it.Name, errInvalid("artifact", "a new deployment needs an artifact (the sha256 of uploaded weights)"))
+			if it.spec.Artifact == "" && !dryRun {
+				refuse(i, it.name, errInvalid("artifact", "a new deployment needs an artifact (the sha256 of uploaded weights)"))
 				continue
 			}
 		}
-		d, err := s.prepareDeployment(ctx, key.TenantID, it.Name, it.deploymentSpec, old, ok, dryRun, artifact)
+		d, err := s.prepareDeployment(ctx, key.TenantID, it.name, it.spec, old, ok, dryRun, artifact)
 		if err != nil {
-			if err := refuse(i, it.Name, err); err != nil {
+			if err := refuse(i, it.name, err); err != nil {
 				return err
 			}
 			continue
 		}
 		if ok {
-			existed[it.Name] = old
+			existed[it.name] = old
 		}
 		out = append(out, d)
 	}

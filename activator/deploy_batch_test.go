@@ -54,7 +54,8 @@ func batchOf(sha string, extra string, names ...string) string {
 
 // TestPutDeploymentsBatch creates and updates deployments many at a time:
 // all are saved, in order, in one request; one refused item (a bad name, a
-// name twice, a bad setting, an unknown artifact) refuses the batch, every
+// name twice, a bad setting, a field of the wrong type, an unknown
+// artifact) refuses the batch, every
 // refused item is named with its index and field, and nothing is saved;
 // the tenant's deployment quota counts the batch's new deployments
 // together; only admin keys may send one.
@@ -97,14 +98,15 @@ func TestPutDeploymentsBatch(t *testing.T) {
 		{"name":"fresh-2","artifact":"`+sha+`","parallel":-1},
 		{"name":"fresh-3","artifact":"`+strings.Repeat("ab", 32)+`"},
 		{"name":"fresh-4"},
-		{"name":"batch-002","parallel":0}]}`)
+		{"name":"batch-002","parallel":0},
+		{"name":"fresh-5","artifact":"`+sha+`","min_runners":"2"}]}`)
 	if code != http.StatusBadRequest || out.Error.Param != "deployments" {
 		t.Fatalf("refused batch: %d %+v", code, out.Error)
 	}
 	want := []struct {
 		index int
 		param string
-	}{{1, "deployments[1].name"}, {2, "deployments[2].name"}, {3, "deployments[3].parallel"}, {4, "deployments[4].artifact"}, {5, "deployments[5].artifact"}, {6, "deployments[6].parallel"}}
+	}{{1, "deployments[1].name"}, {2, "deployments[2].name"}, {3, "deployments[3].parallel"}, {4, "deployments[4].artifact"}, {5, "deployments[5].artifact"}, {6, "deployments[6].parallel"}, {7, "deployments[7].min_runners"}}
 	if len(out.Errors) != len(want) {
 		t.Fatalf("refused items: %+v, want %v", out.Errors, want)
 	}

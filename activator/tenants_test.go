@@ -149,6 +149,8 @@ func TestTenantIsolation(t *testing.T) {
 			{"GET /v1/deployments/{name}", "/v1/deployments/same", "", 200, 200}, // its own "same"
 			{"PUT /v1/deployments/{name}", "/v1/deployments/" + o.only + "?dry_run=true", `{"artifact":"` + o.sha + `"}`, 400, 403},
 			{"PUT /v1/deployments/{name}", "/v1/deployments/" + o.only, `{"max_runners":2}`, 400, 403},
+			{"PUT /v1/deployments", "/v1/deployments", `{"deployments":[{"name":"` + o.only + `","max_runners":2}]}`, 400, 403},
+			{"PUT /v1/deployments", "/v1/deployments", `{"deployments":[{"name":"mine","artifact":"` + o.sha + `"}]}`, 400, 403},
 			{"DELETE /v1/deployments/{name}", "/v1/deployments/" + o.only, "", 404, 403},
 			{"GET /v1/usage", "/v1/usage", "", 200, 200},
 			{"GET /v1/usage", "/v1/usage?group_by=deployment", "", 200, 200},
