@@ -92,7 +92,7 @@ func TestHelpEveryCommand(t *testing.T) {
 // printsData are the commands whose output scripts parse; each must offer
 // --json.
 var printsData = map[string]bool{
-	"infer deploy": true, "infer ls": true, "infer show": true, "infer rm": true, "infer usage": true, "infer bench": true,
+	"infer deploy": true, "infer apply": true, "infer ls": true, "infer show": true, "infer rm": true, "infer usage": true, "infer bench": true,
 	"infer keys create": true, "infer keys ls": true, "infer keys revoke": true,
 }
 

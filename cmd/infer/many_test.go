@@ -100,7 +100,8 @@ func requestStreams(t testing.TB, natsURL string) []string {
 	return ids
 }
 
-// TestManyDeployments creates 1,000 deployments through the batch API on
+// TestManyDeployments creates 1,200 deployments with `infer apply` (the
+// batch API, 1,000 a request; a file with one bad item saves nothing) on
 // one `infer dev` and checks what an operator with many sees: paging
 // through /v1/deployments and /v1/models returns each exactly once, in
 // order; `infer ls` prints one page and says how to go on; a request to
@@ -114,13 +115,40 @@ func TestManyDeployments(t *testing.T) {
 	natsURL := testenv.NATS(t)
 	p := startPlatformWith(t, platformOptions{localBlobs: true, nats: natsURL})
 	sha := p.deployBase("base")
-	const n = 1000
-	p.createMany("many", n, sha, `,"idle_timeout":"2s"`)
+	// Through `infer apply`: 1,200 is two requests of the batch API,
+	// checked whole first.
+	const n = 1200
+	var items []map[string]any
 	want := []string{"base"}
 	for i := range n {
+		items = append(items, map[string]any{"name": fmt.Sprintf("many-%05d", i), "artifact": sha, "idle_timeout": "2s"})
 		want = append(want, fmt.Sprintf("many-%05d", i))
 	}
 	slices.Sort(want)
+	apply := func(items []map[string]any) (string, string, error) {
+		f := filepath.Join(t.TempDir(), "deployments.json")
+		b, _ := json.Marshal(items)
+		os.WriteFile(f, b, 0o600)
+		cmd := exec.Command(p.bin, "apply", f)
+		cmd.Env = p.env
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		return stdout.String(), stderr.String(), err
+	}
+	// One bad item in the second thousand: refused by the dry run,
+	// named by its index in the file, and nothing saved.
+	bad := slices.Clone(items)
+	bad[1100] = map[string]any{"name": "many-01100", "artifact": sha, "parallel": -1}
+	if _, stderr, err := apply(bad); err == nil || !strings.Contains(stderr, "deployment 1100 (many-01100)") {
+		t.Fatalf("infer apply of a file with a bad item: %v, stderr %q", err, stderr)
+	}
+	if code, _, _ := p.do(http.MethodGet, "/v1/deployments/many-00000", p.key, ""); code != http.StatusNotFound {
+		t.Fatalf("after a refused apply, many-00000: %d, want 404", code)
+	}
+	if stdout, stderr, err := apply(items); err != nil || !strings.Contains(stdout, "1200 deployments saved") {
+		t.Fatalf("infer apply: %v %s %s", err, stdout, stderr)
+	}
 
 	walk := func(path, idField string) []string {
 		var got []string
