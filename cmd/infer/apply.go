@@ -60,12 +60,12 @@ at a time; every refused deployment is listed with its index in the file.`,
 						for _, e := range ae.Body.Errors {
 							fmt.Fprintf(os.Stderr, "deployment %d (%s): %s\n", start+e.Index, e.Name, e.Error.Message)
 						}
-						if start > 0 {
-							return nil, fmt.Errorf("%d deployments refused; the first %d were saved, none after", len(ae.Body.Errors), start)
+						if start > 0 && !dry {
+							return nil, fmt.Errorf("%d of %d deployments refused; the first %d were saved, none after", len(ae.Body.Errors), len(items), start)
 						}
-						return nil, fmt.Errorf("%d deployments refused; nothing was saved", len(ae.Body.Errors))
+						return nil, fmt.Errorf("%d of %d deployments refused; nothing was saved", len(ae.Body.Errors), len(items))
 					} else if err != nil {
-						if start > 0 {
+						if start > 0 && !dry {
 							return nil, fmt.Errorf("%w (the first %d were saved, none after)", err, start)
 						}
 						return nil, err

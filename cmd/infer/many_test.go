@@ -140,7 +140,7 @@ func TestManyDeployments(t *testing.T) {
 	// named by its index in the file, and nothing saved.
 	bad := slices.Clone(items)
 	bad[1100] = map[string]any{"name": "many-01100", "artifact": sha, "parallel": -1}
-	if _, stderr, err := apply(bad); err == nil || !strings.Contains(stderr, "deployment 1100 (many-01100)") {
+	if _, stderr, err := apply(bad); err == nil || !strings.Contains(stderr, "deployment 1100 (many-01100)") || !strings.Contains(stderr, "nothing was saved") {
 		t.Fatalf("infer apply of a file with a bad item: %v, stderr %q", err, stderr)
 	}
 	if code, _, _ := p.do(http.MethodGet, "/v1/deployments/many-00000", p.key, ""); code != http.StatusNotFound {
