@@ -60,10 +60,11 @@ at a time; every refused deployment is listed with its index in the file.`,
 						for _, e := range ae.Body.Errors {
 							fmt.Fprintf(os.Stderr, "deployment %d (%s): %s\n", start+e.Index, e.Name, e.Error.Message)
 						}
+						msg := fmt.Sprintf("%d of %d deployments refused; nothing was saved", len(ae.Body.Errors), len(items))
 						if start > 0 && !dry {
-							return nil, fmt.Errorf("%d of %d deployments refused; the first %d were saved, none after", len(ae.Body.Errors), len(items), start)
+							msg = fmt.Sprintf("%d of %d deployments refused; the first %d were saved, none after", len(ae.Body.Errors), len(items), start)
 						}
-						return nil, fmt.Errorf("%d of %d deployments refused; nothing was saved", len(ae.Body.Errors), len(items))
+						return nil, refusedItems{msg, ae}
 					} else if err != nil {
 						if start > 0 && !dry {
 							return nil, fmt.Errorf("%w (the first %d were saved, none after)", err, start)
@@ -129,3 +130,13 @@ func readApplyFile(name string) ([]json.RawMessage, error) {
 	}
 	return items, nil
 }
+
+// refusedItems is apply's error when the API refused some deployments: its
+// own summary, exiting as the API's refusal does (3).
+type refusedItems struct {
+	msg string
+	ae  *apiErr
+}
+
+func (e refusedItems) Error() string { return e.msg }
+func (e refusedItems) Unwrap() error { return e.ae }

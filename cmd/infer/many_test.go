@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -100,6 +101,17 @@ func requestStreams(t testing.TB, natsURL string) []string {
 	return ids
 }
 
+// exitStatus is a finished command's exit status (-1: it did not run).
+func exitStatus(err error) int {
+	var ee *exec.ExitError
+	if err == nil {
+		return 0
+	} else if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	return -1
+}
+
 // TestManyDeployments creates 1,200 deployments with `infer apply` (the
 // batch API, 1,000 a request; a file with one bad item saves nothing) on
 // one `infer dev` and checks what an operator with many sees: paging
@@ -140,7 +152,7 @@ func TestManyDeployments(t *testing.T) {
 	// named by its index in the file, and nothing saved.
 	bad := slices.Clone(items)
 	bad[1100] = map[string]any{"name": "many-01100", "artifact": sha, "parallel": -1}
-	if _, stderr, err := apply(bad); err == nil || !strings.Contains(stderr, "deployment 1100 (many-01100)") || !strings.Contains(stderr, "nothing was saved") {
+	if _, stderr, err := apply(bad); exitStatus(err) != exitRefused || !strings.Contains(stderr, "deployment 1100 (many-01100)") || !strings.Contains(stderr, "nothing was saved") {
 		t.Fatalf("infer apply of a file with a bad item: %v, stderr %q", err, stderr)
 	}
 	if code, _, _ := p.do(http.MethodGet, "/v1/deployments/many-00000", p.key, ""); code != http.StatusNotFound {
