@@ -1,6 +1,7 @@
 package activator
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -246,24 +247,66 @@ func (s *Server) putDeployment(c echo.Context) error {
 		return err
 	}
 	ctx := c.Request().Context()
-	d, err := s.reg.GetDeployment(ctx, key.TenantID, name)
-	// before is the queue's limits as deployed; a new deployment has no
-	// queue yet.
-	before, existed := queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout, s.replicas), err == nil
+	cur, err := s.reg.GetDeployment(ctx, key.TenantID, name)
+	existed := err == nil
 	switch {
 	case errors.Is(err, registry.ErrNotFound):
-		d = registry.DefaultDeployment()
-		d.ID = registry.NewDeploymentID()
-		d.Name = name
-		d.TenantID = key.TenantID
 		if spec.Artifact == "" && !dryRun {
 			return errInvalid("artifact", "a new deployment needs an artifact (the sha256 of uploaded weights)")
 		}
-		if err := s.deploymentQuota(ctx, key.TenantID); err != nil {
+		if err := s.deploymentQuota(ctx, key.TenantID, 1); err != nil {
 			return err
 		}
 	case err != nil:
 		return s.registryError("looking up deployment", err)
+	}
+	d, err := s.prepareDeployment(ctx, key.TenantID, name, spec, cur, existed, dryRun, s.artifactLookup(ctx, key.TenantID))
+	if err != nil {
+		return err
+	}
+	if dryRun {
+		return c.JSON(http.StatusOK, map[string]any{"object": "deployment", "dry_run": true, "deployment": d})
+	}
+	if err := s.updateQueue(ctx, cur, d, existed); err != nil {
+		return err
+	}
+	d, err = s.reg.PutDeployment(ctx, d)
+	if err != nil {
+		return s.registryError("saving deployment", err)
+	}
+	s.log.Info("deployment saved", "deployment", name, "artifact", d.ArtifactSHA256)
+	return c.JSON(http.StatusOK, s.deploymentView(c, d))
+}
+
+// artifactLookup finds the tenant's artifacts by digest, each at most once
+// (a batch of deployments mostly names one artifact).
+func (s *Server) artifactLookup(ctx context.Context, tenantID string) func(sha string) (registry.Artifact, error) {
+	type found struct {
+		a   registry.Artifact
+		err error
+	}
+	seen := map[string]found{}
+	return func(sha string) (registry.Artifact, error) {
+		f, ok := seen[sha]
+		if !ok {
+			f.a, f.err = s.reg.GetTenantArtifact(ctx, tenantID, sha)
+			seen[sha] = f
+		}
+		return f.a, f.err
+	}
+}
+
+// prepareDeployment is the deployment name becomes under spec: cur with
+// the fields spec names changed (a new one with defaults when !existed),
+// checked against its artifact and this platform. Its errors are API
+// errors: 400s naming the field, or the registry's.
+func (s *Server) prepareDeployment(ctx context.Context, tenantID, name string, spec deploymentSpec, cur registry.Deployment, existed, dryRun bool, artifact func(sha string) (registry.Artifact, error)) (registry.Deployment, error) {
+	d := cur
+	if !existed {
+		d = registry.DefaultDeployment()
+		d.ID = registry.NewDeploymentID()
+		d.Name = name
+		d.TenantID = tenantID
 	}
 	// Only weights the tenant uploaded itself may be deployed: another
 	// tenant's digest is reported as missing, so digests reveal nothing.
@@ -272,13 +315,13 @@ func (s *Server) putDeployment(c echo.Context) error {
 	var art *registry.Artifact
 	if spec.Artifact != "" && spec.Artifact != d.ArtifactSHA256 {
 		if err := artifactParam(spec.Artifact); err != nil {
-			return err
+			return d, err
 		}
-		a, err := s.reg.GetTenantArtifact(ctx, key.TenantID, spec.Artifact)
+		a, err := artifact(spec.Artifact)
 		if errors.Is(err, registry.ErrNotFound) {
-			return errInvalid("artifact", "no artifact %q: upload the weights first", spec.Artifact)
+			return d, errInvalid("artifact", "no artifact %q: upload the weights first", spec.Artifact)
 		} else if err != nil {
-			return s.registryError("looking up artifact", err)
+			return d, s.registryError("looking up artifact", err)
 		}
 		d.ArtifactSHA256, art = spec.Artifact, &a
 	}
@@ -308,20 +351,20 @@ func (s *Server) putDeployment(c echo.Context) error {
 		check.ArtifactSHA256 = strings.Repeat("0", 64)
 	}
 	if err := check.Validate(); err != nil {
-		return fieldInvalid(err)
+		return d, fieldInvalid(err)
 	}
 	// What the weights and this platform can honour, which Validate
 	// cannot know.
 	if d.ContextLength > 0 && art == nil && d.ArtifactSHA256 != "" {
-		a, err := s.reg.GetTenantArtifact(ctx, key.TenantID, d.ArtifactSHA256)
+		a, err := artifact(d.ArtifactSHA256)
 		if err != nil {
-			return s.registryError("looking up artifact", err)
+			return d, s.registryError("looking up artifact", err)
 		}
 		art = &a
 	}
 	if art != nil {
 		if err := d.FitsArtifact(*art); err != nil {
-			return fieldInvalid(err)
+			return d, fieldInvalid(err)
 		}
 	}
 	if s.localRunners && d.Resources.GPUs > 0 {
@@ -334,32 +377,30 @@ func (s *Server) putDeployment(c echo.Context) error {
 			have = n
 		}
 		if d.Resources.GPUs > have {
-			return errInvalid("resources.gpus", "resources.gpus is %d, but runners here are local processes and this host has %d GPUs (nvidia-smi): ask for at most %d, or use the Kubernetes driver", d.Resources.GPUs, have, have)
+			return d, errInvalid("resources.gpus", "resources.gpus is %d, but runners here are local processes and this host has %d GPUs (nvidia-smi): ask for at most %d, or use the Kubernetes driver", d.Resources.GPUs, have, have)
 		}
 	}
-	if dryRun {
-		return c.JSON(http.StatusOK, map[string]any{"object": "deployment", "dry_run": true, "deployment": d})
-	}
-	// A new deployment's queue is created when it first has work (the
-	// first request's publish finds no stream and creates it, and so does
-	// the control plane before it starts a runner), not here: JetStream
-	// creates streams one at a time, ~11 ms for a stream and its consumer
-	// on one server (internal/queue BenchmarkEnsure), which held PUT to
-	// 42–128 deployments/s from one client (410/s without, in the same
-	// conditions: BenchmarkPutDeployment), and a deployment without one
-	// costs NATS nothing. An existing queue gets changed limits now.
+	return d, nil
+}
+
+// updateQueue gives an existing deployment's queue the limits d asks for,
+// if they changed. A new deployment's queue is created when it first has
+// work (the first request's publish finds no stream and creates it, and
+// so does the control plane before it starts a runner), not here:
+// JetStream creates streams one at a time, ~11 ms for a stream and its
+// consumer on one server (internal/queue BenchmarkEnsure), which held PUT
+// to 42–128 deployments/s from one client (410/s without, in the same
+// conditions: BenchmarkPutDeployment), and a deployment without one costs
+// NATS nothing.
+func (s *Server) updateQueue(ctx context.Context, cur, d registry.Deployment, existed bool) error {
+	before := queue.DeploymentLimits(cur.QueueLimit, cur.QueueTimeout, s.replicas)
 	if after := queue.DeploymentLimits(d.QueueLimit, d.QueueTimeout, s.replicas); existed && after != before {
 		if err := queue.Update(ctx, s.js, d.ID, after); err != nil {
-			s.log.Error("updating queue", "deployment", name, "err", err)
+			s.log.Error("updating queue", "deployment", d.Name, "err", err)
 			return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "updating the deployment's queue failed: %v", err)
 		}
 	}
-	d, err = s.reg.PutDeployment(ctx, d)
-	if err != nil {
-		return s.registryError("saving deployment", err)
-	}
-	s.log.Info("deployment saved", "deployment", name, "artifact", d.ArtifactSHA256)
-	return c.JSON(http.StatusOK, s.deploymentView(c, d))
+	return nil
 }
 
 // fieldInvalid is a 400 for a deployment the registry refused, naming the
@@ -393,8 +434,11 @@ func (s *Server) deploymentView(c echo.Context, d registry.Deployment) deploymen
 	if st.Runners == nil {
 		st.Runners = []wire.Heartbeat{}
 	}
-	if depth, err := queue.GetDepth(c.Request().Context(), s.js, d.ID); err == nil {
-		st.Queued, st.InFlight = depth.Queued, depth.InFlight
+	// A deployment without a stream has nothing queued: no need to ask.
+	if ctx := c.Request().Context(); s.queues.mayHave(ctx, d.ID) {
+		if depth, err := queue.GetDepth(ctx, s.js, d.ID); err == nil {
+			st.Queued, st.InFlight = depth.Queued, depth.InFlight
+		}
 	}
 	return st
 }

@@ -56,3 +56,24 @@ func BenchmarkPutDeploymentRow(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rows/s")
 }
+
+// BenchmarkPutDeploymentsBatch creates deployments through PUT
+// /v1/deployments, 500 a request (one transaction each), one request at a
+// time from one client: the rate a provisioning script gets by batching
+// (target: 500 deployments/s from one client; docs/performance.md).
+func BenchmarkPutDeploymentsBatch(b *testing.B) {
+	quiet(b)
+	h := newHarness(b)
+	const per = 500
+	b.ResetTimer()
+	for i := range b.N {
+		names := make([]string, per)
+		for j := range names {
+			names[j] = fmt.Sprintf("batch-%d-%d", i, j)
+		}
+		if code, out := h.putBatch(adminKey, batchOf(h.art.SHA256, "", names...)); code != 200 || len(out.Data) != per {
+			b.Fatalf("batch: %d %+v", code, out.Error)
+		}
+	}
+	b.ReportMetric(float64(b.N*per)/b.Elapsed().Seconds(), "deployments/s")
+}

@@ -69,6 +69,12 @@ func TestHostileInputsEveryRoute(t *testing.T) {
 		{"PUT /v1/deployments/{name}", "/v1/deployments/target", `{"resources":{"node_selector":{"a":"b\u0000"}}}`, 400, "resources.node_selector"},
 		{"PUT /v1/deployments/{name}", "/v1/deployments/target", `{"chat_template":"a\u0000"}`, 400, "chat_template"},
 		{"PUT /v1/deployments/{name}", "/v1/deployments/target", `[1,2]`, 400, ""},
+		{"PUT /v1/deployments", "/v1/deployments", `{"deployments":[{"name":"a\u0000b","artifact":"` + sha + `"}]}`, 400, "deployments"},
+		{"PUT /v1/deployments", "/v1/deployments", `{"deployments":[{"name":"target","min_runners":1e40}]}`, 400, "deployments"},
+		{"PUT /v1/deployments", "/v1/deployments", `{"deployments":[{"name":7}]}`, 400, "deployments"},
+		{"PUT /v1/deployments", "/v1/deployments", `{"deployments":[{"name":"target","chat_template":"a\u0000"}]}`, 400, "deployments"},
+		{"PUT /v1/deployments", "/v1/deployments", `{"deployments":"target"}`, 400, "deployments"},
+		{"PUT /v1/deployments", "/v1/deployments", `[1,2]`, 400, ""},
 		{"PUT /v1/deployments/{name}", "/v1/deployments/target", `{"min_runners":`, 400, ""},
 
 		{"POST /v1/keys", "/v1/keys", `{"requests_per_minute":1099511627776}`, 400, "requests_per_minute"},

@@ -185,6 +185,7 @@ func TestRoleTable(t *testing.T) {
 		// Runner logs show every key's requests: admin keys only.
 		{op: "GET /v1/deployments/{name}/logs", path: "/v1/deployments/open/logs", want: statuses(ok, forbidden, forbidden, notFound, unauthorized, unauthorized)},
 		{op: "GET /v1/deployments/{name}/logs", path: "/v1/deployments/closed/logs?tail=5", want: statuses(ok, forbidden, forbidden, notFound, unauthorized, unauthorized)},
+		{op: "PUT /v1/deployments", path: "/v1/deployments", body: `{"deployments":[{"name":"open","max_runners":2}]}`, want: statuses(ok, forbidden, forbidden, badRequest, unauthorized, unauthorized)},
 		{op: "DELETE /v1/deployments/{name}", pathFor: func(c string) string { return "/v1/deployments/" + victim(c) },
 			want: statuses(ok, forbidden, forbidden, notFound, unauthorized, unauthorized)},
 

@@ -33,6 +33,10 @@ type Registry interface {
 	GetDeployment(ctx context.Context, tenantID, name string) (registry.Deployment, error)
 	ListDeployments(ctx context.Context, tenantID string) ([]registry.Deployment, error)
 	PutDeployment(ctx context.Context, d registry.Deployment) (registry.Deployment, error)
+	// GetDeployments and PutDeployments are PUT /v1/deployments': many
+	// in one query, and in one transaction.
+	GetDeployments(ctx context.Context, tenantID string, names []string) (map[string]registry.Deployment, error)
+	PutDeployments(ctx context.Context, ds []registry.Deployment) ([]registry.Deployment, error)
 	DeleteDeployment(ctx context.Context, tenantID, name string) error
 	// GetTenantArtifact finds an artifact the tenant uploaded; others'
 	// are ErrNotFound. AddArtifactOwner records an upload by a tenant.
@@ -145,6 +149,7 @@ type Server struct {
 	id           string
 	replies      *replies
 	runners      *runnerView
+	queues       *queueIndex
 	async        *asyncJobs
 	metrics      *metrics
 	limits       *limiter
@@ -206,6 +211,11 @@ func New(cfg Config) (*Server, error) {
 		s.replies.close()
 		return nil, err
 	}
+	if s.queues, err = newQueueIndex(cfg.NATS, js); err != nil {
+		s.replies.close()
+		s.runners.close()
+		return nil, err
+	}
 	reg := cfg.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()
@@ -215,18 +225,21 @@ func New(cfg Config) (*Server, error) {
 	if s.async, err = newAsyncJobs(s, cfg); err != nil {
 		s.replies.close()
 		s.runners.close()
+		s.queues.close()
 		return nil, err
 	}
 	if s.openapi, err = openAPIJSON(); err != nil {
 		s.async.close()
 		s.replies.close()
 		s.runners.close()
+		s.queues.close()
 		return nil, err
 	}
 	if s.console, err = consoleAssets(); err != nil {
 		s.async.close()
 		s.replies.close()
 		s.runners.close()
+		s.queues.close()
 		return nil, err
 	}
 	s.echo = s.routes()
@@ -321,6 +334,7 @@ func (s *Server) Close() {
 	s.async.close()
 	s.replies.close()
 	s.runners.close()
+	s.queues.close()
 }
 
 func (s *Server) routes() *echo.Echo {
@@ -354,6 +368,7 @@ func (s *Server) routes() *echo.Echo {
 
 	v1.POST("/artifacts", s.uploadArtifact)
 	v1.GET("/deployments", s.listDeployments)
+	v1.PUT("/deployments", s.putDeployments)
 	v1.GET("/deployments/:name", s.getDeployment)
 	v1.PUT("/deployments/:name", s.putDeployment)
 	v1.DELETE("/deployments/:name", s.deleteDeployment)

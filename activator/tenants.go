@@ -418,10 +418,10 @@ func (s *Server) deleteArtifact(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]any{"id": sha, "object": "artifact", "deleted": true, "object_deleted": orphan != ""})
 }
 
-// deploymentQuota refuses a new deployment past the tenant's quota. (Two
-// concurrent creations may both pass; the quota is a commercial bound,
-// not a safety one, and is off by at most the concurrency.)
-func (s *Server) deploymentQuota(ctx context.Context, tenantID string) error {
+// deploymentQuota refuses adding new deployments past the tenant's quota.
+// (Two concurrent creations may both pass; the quota is a commercial
+// bound, not a safety one, and is off by at most the concurrency.)
+func (s *Server) deploymentQuota(ctx context.Context, tenantID string, adding int) error {
 	if s.tenants == nil {
 		return nil
 	}
@@ -433,8 +433,11 @@ func (s *Server) deploymentQuota(ctx context.Context, tenantID string) error {
 	if err != nil {
 		return s.quotaLookupErr(err)
 	}
-	if n >= q.MaxDeployments {
-		return errQuota("max_deployments", "the tenant has %d deployments, its quota is %d; delete one or ask the platform operator for more", n, q.MaxDeployments)
+	if n+adding > q.MaxDeployments {
+		if adding == 1 {
+			return errQuota("max_deployments", "the tenant has %d deployments, its quota is %d; delete one or ask the platform operator for more", n, q.MaxDeployments)
+		}
+		return errQuota("max_deployments", "the tenant has %d deployments and this would add %d, its quota is %d; nothing was saved: delete some, send fewer, or ask the platform operator for more", n, adding, q.MaxDeployments)
 	}
 	return nil
 }

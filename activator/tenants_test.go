@@ -166,6 +166,8 @@ func TestTenantIsolation(t *testing.T) {
 			{"GET /v1/deployments/{name}", "/v1/deployments/same", "", 200, 200}, // its own "same"
 			{"PUT /v1/deployments/{name}", "/v1/deployments/" + o.only + "?dry_run=true", `{"artifact":"` + o.sha + `"}`, 400, 403},
 			{"PUT /v1/deployments/{name}", "/v1/deployments/" + o.only, `{"max_runners":2}`, 400, 403},
+			{"PUT /v1/deployments", "/v1/deployments", `{"deployments":[{"name":"` + o.only + `","max_runners":2}]}`, 400, 403},
+			{"PUT /v1/deployments", "/v1/deployments", `{"deployments":[{"name":"mine","artifact":"` + o.sha + `"}]}`, 400, 403},
 			{"DELETE /v1/deployments/{name}", "/v1/deployments/" + o.only, "", 404, 403},
 			{"GET /v1/deployments/{name}/logs", "/v1/deployments/" + o.only + "/logs", "", 404, 403},
 			{"GET /v1/deployments/{name}/logs", "/v1/deployments/same/logs", "", 200, 403}, // its own "same"

@@ -294,44 +294,7 @@ func (s *Store) PutDeployment(ctx context.Context, d Deployment) (Deployment, er
 	if d.TenantID == "" {
 		return Deployment{}, errors.New("invalid deployment: no tenant")
 	}
-	nodeSelector := d.Resources.NodeSelector
-	if nodeSelector == nil {
-		nodeSelector = map[string]string{} // the column is NOT NULL
-	}
-	id := d.ID
-	if id == "" {
-		id = NewDeploymentID()
-	}
-	stored, err := scanDeployment(s.pool.QueryRow(ctx, `
-		INSERT INTO deployments (id, tenant_id, name, artifact_sha256, min_runners, max_runners, parallel,
-			context_length, idle_timeout_ms, queue_limit, queue_timeout_ms, chat_template,
-			price_prompt_per_mtok, price_completion_per_mtok, price_runner_second,
-			cpu, memory, gpus, node_selector, keep_warm_ms)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
-		ON CONFLICT (tenant_id, name) DO UPDATE SET
-			artifact_sha256 = excluded.artifact_sha256,
-			min_runners = excluded.min_runners,
-			max_runners = excluded.max_runners,
-			parallel = excluded.parallel,
-			context_length = excluded.context_length,
-			idle_timeout_ms = excluded.idle_timeout_ms,
-			queue_limit = excluded.queue_limit,
-			queue_timeout_ms = excluded.queue_timeout_ms,
-			chat_template = excluded.chat_template,
-			price_prompt_per_mtok = excluded.price_prompt_per_mtok,
-			price_completion_per_mtok = excluded.price_completion_per_mtok,
-			price_runner_second = excluded.price_runner_second,
-			cpu = excluded.cpu,
-			memory = excluded.memory,
-			gpus = excluded.gpus,
-			node_selector = excluded.node_selector,
-			keep_warm_ms = excluded.keep_warm_ms,
-			updated_at = now()
-		RETURNING `+deploymentColumns,
-		id, d.TenantID, d.Name, d.ArtifactSHA256, d.MinRunners, d.MaxRunners, d.Parallel,
-		d.ContextLength, d.IdleTimeout.Milliseconds(), d.QueueLimit, d.QueueTimeout.Milliseconds(), d.ChatTemplate,
-		d.Prices.PromptPerMTok, d.Prices.CompletionPerMTok, d.Prices.RunnerSecond,
-		d.Resources.CPU, d.Resources.Memory, d.Resources.GPUs, nodeSelector, d.KeepWarm.Milliseconds()))
+	stored, err := scanDeployment(s.pool.QueryRow(ctx, putDeploymentSQL, putDeploymentArgs(d)...))
 	switch {
 	case pgCode(err) == codeForeignKey:
 		// Either the artifact or the tenant is missing; the artifact is
@@ -341,6 +304,52 @@ func (s *Store) PutDeployment(ctx context.Context, d Deployment) (Deployment, er
 		return Deployment{}, fmt.Errorf("saving deployment %q: %w", d.Name, err)
 	}
 	return stored, nil
+}
+
+// putDeploymentSQL inserts a deployment or replaces the one of its
+// tenant and name; its arguments are putDeploymentArgs.
+const putDeploymentSQL = `
+	INSERT INTO deployments (id, tenant_id, name, artifact_sha256, min_runners, max_runners, parallel,
+		context_length, idle_timeout_ms, queue_limit, queue_timeout_ms, chat_template,
+		price_prompt_per_mtok, price_completion_per_mtok, price_runner_second,
+		cpu, memory, gpus, node_selector, keep_warm_ms)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+	ON CONFLICT (tenant_id, name) DO UPDATE SET
+		artifact_sha256 = excluded.artifact_sha256,
+		min_runners = excluded.min_runners,
+		max_runners = excluded.max_runners,
+		parallel = excluded.parallel,
+		context_length = excluded.context_length,
+		idle_timeout_ms = excluded.idle_timeout_ms,
+		queue_limit = excluded.queue_limit,
+		queue_timeout_ms = excluded.queue_timeout_ms,
+		chat_template = excluded.chat_template,
+		price_prompt_per_mtok = excluded.price_prompt_per_mtok,
+		price_completion_per_mtok = excluded.price_completion_per_mtok,
+		price_runner_second = excluded.price_runner_second,
+		cpu = excluded.cpu,
+		memory = excluded.memory,
+		gpus = excluded.gpus,
+		node_selector = excluded.node_selector,
+		keep_warm_ms = excluded.keep_warm_ms,
+		updated_at = now()
+	RETURNING ` + deploymentColumns
+
+// putDeploymentArgs are putDeploymentSQL's arguments for d (a new ID when
+// d has none).
+func putDeploymentArgs(d Deployment) []any {
+	nodeSelector := d.Resources.NodeSelector
+	if nodeSelector == nil {
+		nodeSelector = map[string]string{} // the column is NOT NULL
+	}
+	id := d.ID
+	if id == "" {
+		id = NewDeploymentID()
+	}
+	return []any{id, d.TenantID, d.Name, d.ArtifactSHA256, d.MinRunners, d.MaxRunners, d.Parallel,
+		d.ContextLength, d.IdleTimeout.Milliseconds(), d.QueueLimit, d.QueueTimeout.Milliseconds(), d.ChatTemplate,
+		d.Prices.PromptPerMTok, d.Prices.CompletionPerMTok, d.Prices.RunnerSecond,
+		d.Resources.CPU, d.Resources.Memory, d.Resources.GPUs, nodeSelector, d.KeepWarm.Milliseconds()}
 }
 
 // GetDeployment returns the tenant's deployment called name. Another

@@ -13,11 +13,14 @@
 #      `ollama` is on PATH (skipped otherwise)
 #   4. a standalone `infer-activator activator` (own NATS server) idle: VmRSS from /proc,
 #      and the runner processes left for idle deployments
+#   5. creating deployments (one PUT at a time, and batches) and 10,000 idle
+#      deployments on one `infer dev` (BenchmarkIdleProcess in cmd/infer/)
 #
 # Everything runs on this machine; numbers are only comparable within a run.
 # Environment: REPEAT (rounds of the stream benchmarks, median reported; 3),
 # REQUESTS (per level; 64), MAX_TOKENS (128), SKIP_ENGINE=1, SKIP_LISTS=1, SKIP_OLLAMA=1,
-# SKIP_WARM=1 (only the cold-start rows), LARGE=0,
+# SKIP_WARM=1 (only the cold-start rows), LARGE=0, SKIP_SCALE=1 (10,000 idle
+# deployments: BenchmarkIdleProcess),
 # DATABASE_URL (a scratch database is used by default), INFER (bin/infer).
 set -euo pipefail
 
@@ -294,6 +297,17 @@ echo "infer-activator (standalone) VmRSS idle: $(( $(rss_kib "$APID") / 1024 )) 
 # Creating deployments and what their queues cost NATS (issue 17;
 # docs/performance.md "Many deployments").
 section "deployments: PUT rate and queue layout (go test -bench ./activator/ ./internal/queue/)"
-go test -run '^$' -bench 'BenchmarkPutDeployment' -benchtime 1000x ./activator/
+go test -run '^$' -bench 'BenchmarkPutDeployment(Concurrent|Row)?$' -benchtime 1000x ./activator/
+go test -run '^$' -bench 'BenchmarkPutDeploymentsBatch' -benchtime 20x ./activator/
 go test -run '^$' -bench 'BenchmarkEnsure$' -benchtime 300x ./internal/queue/
 go test -run '^$' -bench 'BenchmarkQueueLayout' -benchtime 1x -timeout 15m ./internal/queue/
+
+# 10,000 idle deployments on one infer dev with its embedded NATS (issue
+# 17): idle CPU and memory against one deployment's, cold start against a
+# few deployments', creation through PUT /v1/deployments. ~2 minutes.
+if [[ "${SKIP_SCALE:-}" != 1 ]]; then
+	section "10,000 idle deployments, one infer dev (go test -bench IdleProcess ./cmd/infer/)"
+	$GO test -run '^$' -bench IdleProcess -benchtime 1x -timeout 15m ./cmd/infer/ 2>&1 |
+		awk '/^BenchmarkIdleProcess/ { print "| measure | value |"; print "| --- | --- |"; for (i=5;i<NF;i+=2) printf "| %s | %s |\n", $(i+1), $(i) } /cold starts/'
+	echo "targets: idle CPU < 5% of a core, < 100 MiB added, cold start within 10% of the few-deployments one"
+fi

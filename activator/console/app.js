@@ -7,6 +7,7 @@
 (() => {
   const KEY = 'infer.apiKey';
   const POLL_MS = 1000; // the deployments page shows a state change within a second
+  const DEP_PAGE = 100; // deployments a page of the deployments page shows (and polls)
   const main = document.getElementById('main');
   const state = { key: null, me: null, gen: 0, deployments: [] };
 
@@ -283,6 +284,17 @@
     const empty = h('p', { class: 'muted', hidden: true },
       'No deployments yet. ', isAdmin() ? h('a', { href: '#/deploy', text: 'Deploy a model.' }) : 'An admin key can deploy one.');
     const updated = h('span', { class: 'muted', id: 'dep-updated', 'aria-hidden': 'true' });
+    // One page of deployments is shown and polled (a tenant may have
+    // thousands: each listed deployment with a queue costs the server a
+    // JetStream lookup); cursors holds the after= of each page visited.
+    const cursors = [''];
+    let lastID = null, timer = null;
+    const prev = h('button', { type: 'button', class: 'secondary', id: 'dep-prev', text: 'Previous page', hidden: true,
+      onclick: () => { cursors.pop(); poll(0); } });
+    const next = h('button', { type: 'button', class: 'secondary', id: 'dep-next', text: 'Next page', hidden: true,
+      onclick: () => { if (lastID) { cursors.push(lastID); poll(0); } } });
+    const pager = h('p', { class: 'row' }, prev, next);
+    function poll(ms) { clearTimeout(timer); timer = setTimeout(tick, ms); }
     root.append(
       h('div', { class: 'row head' }, h('h1', { text: 'Deployments' }), isAdmin() && h('a', { href: '#/deploy', class: 'button', text: 'Deploy a model' })),
       h('p', { class: 'muted' }, 'Live: refreshed every second. ', updated),
@@ -291,7 +303,7 @@
         h('thead', {}, h('tr', {}, ['Name', 'State', 'Runners', 'Queued', 'In flight', 'Idle timeout', 'Scales to zero', ''].map((c, i) =>
           h('th', { scope: 'col', class: i >= 3 && i <= 4 ? 'num' : null, text: c })))),
         tbody)),
-      empty);
+      empty, pager);
     const rows = new Map();
     const cellNames = ['Name', 'State', 'Runners', 'Queued', 'In flight', 'Idle timeout', 'Scales to zero', ''];
     function rowFor(d) {
@@ -308,8 +320,14 @@
     async function tick() {
       if (!ctx.alive()) return;
       try {
-        const deps = await loadDeployments();
+        const after = cursors[cursors.length - 1];
+        const r = await api('GET', `/v1/deployments?limit=${DEP_PAGE}${after ? `&after=${encodeURIComponent(after)}` : ''}`);
         if (!ctx.alive()) return;
+        if (after !== cursors[cursors.length - 1]) return; // another page was asked for meanwhile
+        const deps = (r && r.data) || [];
+        lastID = r && r.has_more ? r.last_id : null;
+        prev.hidden = cursors.length === 1;
+        next.hidden = !lastID;
         const seen = new Set();
         deps.forEach((d, i) => {
           const r = rowFor(d);
@@ -325,14 +343,14 @@
           if (tbody.children[i] !== r.tr) tbody.insertBefore(r.tr, tbody.children[i] || null);
         });
         for (const [name, r] of rows) if (!seen.has(name)) { r.tr.remove(); rows.delete(name); }
-        empty.hidden = deps.length > 0;
+        empty.hidden = deps.length > 0 || cursors.length > 1;
         document.getElementById('deployments-wrap').hidden = deps.length === 0;
         err.textContent = '';
         updated.textContent = `Last update ${new Date().toLocaleTimeString()}.`;
       } catch (e) {
         err.textContent = `Could not load deployments: ${e.message}`;
       }
-      setTimeout(tick, POLL_MS);
+      poll(POLL_MS);
     }
     tick();
     return 'Deployments';

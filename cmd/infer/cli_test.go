@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -92,7 +93,7 @@ func TestHelpEveryCommand(t *testing.T) {
 // printsData are the commands whose output scripts parse; each must offer
 // --json.
 var printsData = map[string]bool{
-	"infer deploy": true, "infer ls": true, "infer show": true, "infer rm": true, "infer usage": true, "infer bench": true,
+	"infer deploy": true, "infer apply": true, "infer ls": true, "infer show": true, "infer rm": true, "infer usage": true, "infer bench": true,
 	"infer keys create": true, "infer keys ls": true, "infer keys revoke": true,
 }
 
@@ -190,6 +191,19 @@ func TestJSONOutput(t *testing.T) {
 		t.Fatalf("ls --json = %v, want one deployment named stories", ls)
 	}
 	whole("ls", ls[0])
+
+	file := filepath.Join(t.TempDir(), "deployments.json")
+	os.WriteFile(file, []byte(`{"deployments":[{"name":"applied-1","artifact":"`+fmt.Sprint(d["artifact_sha256"])+`"},{"name":"stories","parallel":2}]}`), 0o600)
+	var applied []map[string]any
+	p.cliJSON(t, &applied, "apply", file)
+	if len(applied) != 2 || applied[0]["name"] != "applied-1" || applied[1]["parallel"] != float64(2) {
+		t.Fatalf("apply --json = %v, want applied-1 and stories with parallel 2", applied)
+	}
+	whole("apply", applied[0])
+	p.cliJSON(t, &ls, "ls")
+	if len(ls) != 2 {
+		t.Fatalf("ls --json after apply: %d deployments, want 2", len(ls))
+	}
 
 	var created map[string]any
 	p.cliJSON(t, &created, "keys", "create", "script-key")

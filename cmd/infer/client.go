@@ -60,6 +60,14 @@ type apiErr struct {
 			Param   *string `json:"param"`
 			Code    *string `json:"code"`
 		} `json:"error"`
+		// Errors are the refused items of a batch (PUT /v1/deployments).
+		Errors []struct {
+			Index int    `json:"index"`
+			Name  string `json:"name"`
+			Error struct {
+				Message string `json:"message"`
+			} `json:"error"`
+		} `json:"errors"`
 	}
 }
 

@@ -40,7 +40,7 @@ admin key 'infer dev' wrote to $INFER_HOME/admin-key).
 		Version:       version(),
 	}
 	root.AddCommand(
-		activatorCmd(), deployCmd(), lsCmd(), showCmd(), chatCmd(), logsCmd(), rmCmd(), usageCmd(), keysCmd(), benchCmd(),
+		activatorCmd(), deployCmd(), applyCmd(), lsCmd(), showCmd(), chatCmd(), logsCmd(), rmCmd(), usageCmd(), keysCmd(), benchCmd(),
 		tenantsCmd(), artifactsCmd(),
 	)
 	root.AddCommand(platformCommands()...)

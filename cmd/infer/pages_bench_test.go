@@ -6,28 +6,36 @@ import (
 	"io"
 	"net/http"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/infer-run/infer/internal/queue"
 	"github.com/infer-run/infer/internal/testenv"
 )
 
 // BenchmarkListPages measures a page of each list with 10,000 deployments
 // and 100,000 usage records in one tenant, on a real `infer dev`: GET
 // /v1/models (from the activator's cache), GET /v1/deployments (Postgres
-// plus a queue-depth lookup per deployment), GET /v1/usage at the first
-// page and deep in the list (keyset: the same cost), and `infer ls` as a
-// user runs it (a process: its start included). The first 100 deployments
-// by name, the first page, are made through the API, so they have queues;
-// the other 9,900 are inserted in SQL in one statement, which makes setting
-// up 10,000 take seconds (creating them through the API is issue 17's
-// benchmark). Target: every page under 100 ms.
+// plus a queue-depth lookup per deployment that has a queue), GET
+// /v1/usage at the first page and deep in the list (keyset: the same
+// cost), and `infer ls` as a user runs it (a process: its start
+// included). The first 100 deployments by name, the first page, are made
+// through the API and given queues, as deployments that once had work
+// have (the worst case for a page); the other 9,900 are inserted in SQL in
+// one statement, which makes setting up 10,000 take seconds (creating
+// them through the API: BenchmarkPutDeploymentsBatch in activator/), and
+// have none, as deployments that never had work. Target: every page
+// under 100 ms.
 //
 //	go test -run '^$' -bench ListPages -benchtime 20x ./cmd/infer
 func BenchmarkListPages(b *testing.B) {
-	p := startPlatformWith(b, platformOptions{localBlobs: true})
+	natsURL := testenv.NATS(b)
+	p := startPlatformWith(b, platformOptions{localBlobs: true, nats: natsURL})
 	var d map[string]any
 	deploy := exec.Command(p.bin, "deploy", "a-000", "--weights", testenv.ModelPath(b), "--json")
 	deploy.Env = p.env
@@ -45,6 +53,28 @@ func BenchmarkListPages(b *testing.B) {
 		}
 	}
 	ctx := b.Context()
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range 100 {
+		d := p.page(b, fmt.Sprintf("/v1/deployments?limit=1&after=a-%03d", i-1))
+		if i == 0 {
+			d = p.page(b, "/v1/deployments?limit=1")
+		}
+		var dep struct {
+			ID string `json:"id"`
+		}
+		json.Unmarshal(d.Data[0], &dep)
+		if _, err := queue.Ensure(ctx, js, dep.ID, queue.DeploymentLimits(100, time.Minute, 1)); err != nil {
+			b.Fatal(err)
+		}
+	}
 	conn, err := pgx.Connect(ctx, p.dbURL)
 	if err != nil {
 		b.Fatal(err)
@@ -72,8 +102,8 @@ func BenchmarkListPages(b *testing.B) {
 		"/v1/models?limit=100",
 		"/v1/models",                         // the default page: 1,000
 		"/v1/models?after=z-05000&limit=100", // deep
-		"/v1/deployments",                    // 100, with their queues
-		"/v1/deployments?after=z-05000",      // deep (no queues: a lookup that fails fast)
+		"/v1/deployments",                    // 100, each with a queue: a depth lookup each
+		"/v1/deployments?after=z-05000",      // deep: 100 without queues, no lookup
 		"/v1/usage",                          // 100 newest of 100,000
 		"/v1/usage?after=req-90000",          // deep
 	} {
@@ -87,15 +117,17 @@ func BenchmarkListPages(b *testing.B) {
 			b.ReportMetric(float64(len(first.Data)), "items/page")
 		})
 	}
-	b.Run("infer ls", func(b *testing.B) {
-		for b.Loop() {
-			cmd := exec.Command(p.bin, "ls")
-			cmd.Env = p.env
-			if out, err := cmd.CombinedOutput(); err != nil {
-				b.Fatalf("infer ls: %v\n%s", err, out)
+	for _, args := range [][]string{{"ls"}, {"ls", "--after", "z-05000"}} {
+		b.Run("infer "+strings.Join(args, " "), func(b *testing.B) {
+			for b.Loop() {
+				cmd := exec.Command(p.bin, args...)
+				cmd.Env = p.env
+				if out, err := cmd.CombinedOutput(); err != nil {
+					b.Fatalf("infer ls: %v\n%s", err, out)
+				}
 			}
-		}
-	})
+		})
+	}
 }
 
 // listPage is a page of a list as the API answers it.
