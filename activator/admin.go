@@ -509,7 +509,7 @@ func (s *Server) getDeployment(c echo.Context) error {
 	// leaves them out: a query per deployment).
 	if a, err := s.reg.GetTenantArtifact(c.Request().Context(), key.TenantID, d.ArtifactSHA256); err == nil {
 		st.Model = &modelInfo{Architecture: a.Architecture, ParameterCount: a.ParameterCount, Quantization: a.Quantization,
-			TrainedContextLength: a.ContextLength, Size: a.Size}
+			TrainedContextLength: a.ContextLength, Size: a.Size, Pooling: a.Pooling}
 	} else if !errors.Is(err, registry.ErrNotFound) {
 		return s.registryError("looking up the deployment's artifact", err)
 	}
@@ -524,6 +524,9 @@ type modelInfo struct {
 	Quantization         string `json:"quantization"`
 	TrainedContextLength int    `json:"trained_context_length"`
 	Size                 int64  `json:"size"`
+	// Pooling is how an embedding model pools its vectors (empty for a
+	// model that does not say: a generative one).
+	Pooling string `json:"pooling,omitempty"`
 }
 
 func (s *Server) deleteDeployment(c echo.Context) error {

@@ -203,6 +203,17 @@ func (s *Server) accept(c echo.Context, kind wire.Kind, async bool) (accepted, e
 	if err != nil {
 		return accepted{}, err
 	}
+	if dep.EmbeddingOnly {
+		// Known from the upload: no runner is started to say so.
+		param := "messages"
+		if kind == wire.KindCompletion {
+			param = "prompt"
+		}
+		e := errInvalid("model", "deployment %s serves an embedding model, which writes no text; send its %s as input to /v1/embeddings instead", dep.Name, param)
+		e.Code = strp("model_not_supported")
+		s.metrics.requests.WithLabelValues(dep.Name, "model_not_supported").Inc()
+		return accepted{}, e
+	}
 	// A deployment that sets its context says, before any runner starts,
 	// that a max_tokens as large can never fit next to a prompt. (The
 	// runner, which knows the prompt's length and the context of one

@@ -318,6 +318,21 @@ func TestEmbeddingModel(t *testing.T) {
 		t.Fatal("no usage record")
 	}
 
+	// The upload recorded the model's pooling: the deployment says it
+	// serves embeddings only, and the activator refuses chat and
+	// completions itself, with no job queued for a runner.
+	resp = h.do(http.MethodGet, "/v1/deployments/embedder", "")
+	var view struct {
+		EmbeddingOnly bool `json:"embedding_only"`
+		Model         struct {
+			Pooling string `json:"pooling"`
+		} `json:"model"`
+	}
+	json.NewDecoder(resp.Body).Decode(&view)
+	resp.Body.Close()
+	if !view.EmbeddingOnly || view.Model.Pooling != "mean" {
+		t.Errorf("deployment view %+v; want embedding_only and mean pooling", view)
+	}
 	for _, tc := range []struct{ path, body, param string }{
 		{"/v1/chat/completions", `{"model":"embedder","messages":[{"role":"user","content":"hi"}]}`, "model"},
 		{"/v1/completions", `{"model":"embedder","prompt":"hi"}`, "model"},
@@ -326,17 +341,22 @@ func TestEmbeddingModel(t *testing.T) {
 		var e embedError
 		json.NewDecoder(resp.Body).Decode(&e)
 		resp.Body.Close()
-		if resp.StatusCode != 400 || e.Error.Param != tc.param || !strings.Contains(e.Error.Message, "(v1/embeddings)") {
+		if resp.StatusCode != 400 || e.Error.Param != tc.param || e.Error.Code != "model_not_supported" ||
+			!strings.Contains(e.Error.Message, "/v1/embeddings") {
 			t.Errorf("%s on an embedding model: %d %+v", tc.path, resp.StatusCode, e.Error)
 		}
 	}
-	// The refusal is recorded, for nothing.
+	// No runner saw them: the next usage record is the next embeddings
+	// request's, where a refusal by the runner would be recorded first.
+	if code, _, bad := h.embed(`{"model":"embedder","input":"gamma"}`); code != 200 {
+		t.Fatalf("embeddings after the refusals: %d %+v", code, bad)
+	}
 	select {
 	case rec := <-usage:
-		if rec.Status != "error" || rec.PromptTokens != 0 {
-			t.Fatalf("usage record of a refused chat: %+v", rec)
+		if rec.Status != "ok" || rec.PromptTokens == 0 {
+			t.Errorf("usage record after the refusals: %+v; want the embeddings request's", rec)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("no usage record for the refused chat")
+		t.Fatal("no usage record")
 	}
 }

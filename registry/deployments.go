@@ -9,11 +9,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/infer-run/infer/internal/chat"
+	ggufinfo "github.com/infer-run/infer/internal/gguf"
 )
 
 // Deployment is a named, callable model: an artifact plus how to serve it.
@@ -52,6 +52,10 @@ type Deployment struct {
 	// artifact's (Artifact.ChatTemplate), else "" when the artifact
 	// predates recording it.
 	Template string `json:"template"`
+	// EmbeddingOnly says the artifact's model makes embeddings and no
+	// text (gguf.EmbeddingOnly of its architecture and pooling), read-only:
+	// chat and completions on it are refused before a runner starts.
+	EmbeddingOnly bool `json:"embedding_only,omitempty"`
 	// Prices is what a request and a runner's lifetime cost.
 	Prices Prices `json:"prices"`
 	// Resources is what one runner is given where a driver places runners.
@@ -256,7 +260,7 @@ const deploymentColumns = `id, tenant_id, name, artifact_sha256, min_runners, ma
 	context_length, idle_timeout_ms, queue_limit, queue_timeout_ms, chat_template,
 	price_prompt_per_mtok, price_completion_per_mtok, price_runner_second,
 	cpu, memory, gpus, node_selector, keep_warm_ms, created_at, updated_at,
-	(SELECT a.chat_template FROM artifacts a WHERE a.sha256 = artifact_sha256)`
+	(SELECT ARRAY[a.chat_template, a.architecture, a.pooling] FROM artifacts a WHERE a.sha256 = artifact_sha256)`
 
 // NewDeploymentID returns a fresh deployment ID: "dep_" and 26 lower-case
 // base32 characters (128 random bits), never reused, and safe as a NATS
@@ -267,14 +271,18 @@ func scanDeployment(row pgx.Row) (Deployment, error) {
 	var (
 		d                       Deployment
 		idleMS, queueMS, warmMS int64
-		weightsTemplate         pgtype.Text
+		weights                 []string // the artifact's chat template, architecture, pooling
 	)
 	err := row.Scan(&d.ID, &d.TenantID, &d.Name, &d.ArtifactSHA256, &d.MinRunners, &d.MaxRunners, &d.Parallel,
 		&d.ContextLength, &idleMS, &d.QueueLimit, &queueMS, &d.ChatTemplate,
 		&d.Prices.PromptPerMTok, &d.Prices.CompletionPerMTok, &d.Prices.RunnerSecond,
 		&d.Resources.CPU, &d.Resources.Memory, &d.Resources.GPUs, &d.Resources.NodeSelector,
-		&warmMS, &d.CreatedAt, &d.UpdatedAt, &weightsTemplate)
-	d.Template = cmp.Or(d.ChatTemplate, weightsTemplate.String)
+		&warmMS, &d.CreatedAt, &d.UpdatedAt, &weights)
+	if len(weights) == 3 {
+		d.Template = weights[0]
+		d.EmbeddingOnly = ggufinfo.EmbeddingOnly(weights[1], weights[2])
+	}
+	d.Template = cmp.Or(d.ChatTemplate, d.Template)
 	d.IdleTimeout = time.Duration(idleMS) * time.Millisecond
 	d.KeepWarm = time.Duration(warmMS) * time.Millisecond
 	d.QueueTimeout = time.Duration(queueMS) * time.Millisecond

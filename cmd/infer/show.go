@@ -64,7 +64,9 @@ func showCmd() *cobra.Command {
 					Quantization   string `json:"quantization"`
 					Trained        int    `json:"trained_context_length"`
 					Size           int64  `json:"size"`
+					Pooling        string `json:"pooling"`
 				} `json:"model"`
+				EmbeddingOnly bool `json:"embedding_only"`
 			}
 			if err := json.Unmarshal(raw, &d); err != nil {
 				return fmt.Errorf("reading the deployment: %w", err)
@@ -82,11 +84,19 @@ func showCmd() *cobra.Command {
 				row("size", "%s", humanBytes(m.Size))
 			}
 			row("context", "%s", contextLine(d.ContextLength, trained))
-			template := d.ChatTemplate
-			if template == "" {
-				template = "detected from the weights"
+			if d.EmbeddingOnly {
+				pooling := "the architecture's"
+				if d.Model != nil && d.Model.Pooling != "" {
+					pooling = d.Model.Pooling
+				}
+				row("serves", "embeddings only (%s pooling): /v1/embeddings", pooling)
+			} else {
+				template := d.ChatTemplate
+				if template == "" {
+					template = "detected from the weights"
+				}
+				row("chat template", "%s", template)
 			}
-			row("chat template", "%s", template)
 			row("runners", "%d–%d, %d requests each at once", d.MinRunners, d.MaxRunners, d.Parallel)
 			row("idle timeout", "%s", seconds(d.IdleTimeout))
 			row("queue", "at most %d requests, waiting at most %s", d.QueueLimit, seconds(d.QueueTimeout))
