@@ -921,7 +921,7 @@ func (d *decoder) run(ctx context.Context) error {
 			active = countActive(slots)
 			continue
 		}
-		if err := d.lctx.Decode(d.batch); errors.Is(err, llama.ErrKvCacheFull) {
+		if err := decode(d.lctx, d.batch); errors.Is(err, llama.ErrKvCacheFull) {
 			// No contiguous run of cells for the step even after
 			// llama.cpp's defragmentation: nothing was decoded. Undo the
 			// step and take smaller ones until the pool has grown.

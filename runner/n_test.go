@@ -37,6 +37,7 @@ func generateN(t *testing.T, e *Engine, req Request, n int) ([]string, []*collec
 // (cells missing, at the wrong positions) would change the text.
 func TestEngineNSharesPrompt(t *testing.T) {
 	const prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside"
+	oneContext := "" // what the prompt writes alone with one context
 	for _, contexts := range []int{1, 2} {
 		// With two contexts and parallel 2 the first context has two
 		// sequences, the second one (LoadEngine): three completions
@@ -63,7 +64,15 @@ func TestEngineNSharesPrompt(t *testing.T) {
 		if got != want {
 			t.Errorf("contexts %d: 3 completions decoded %d prompt tokens; the prompt has %d, want %d", contexts, got, len(tokens), want)
 		}
+		// alone reuses the prompt's cells the completions left: it
+		// must also be what one context writes, or cells that are wrong
+		// in the same way for every completion would pass.
 		alone := generate(t, e, req).wait(t)
+		if contexts == 1 {
+			oneContext = alone
+		} else if alone != oneContext {
+			t.Errorf("contexts %d: alone the prompt gives %q; with one context %q", contexts, alone, oneContext)
+		}
 		for i, text := range texts {
 			if text != alone {
 				t.Errorf("contexts %d: completion %d wrote %q; alone the prompt gives %q", contexts, i, text, alone)
