@@ -264,7 +264,7 @@ func (em *embedder) decode(inputs [][]int) (int, error) {
 		em.lasts = append(em.lasts, tokens-1)
 		n++
 	}
-	if err := em.lctx.Decode(em.batch); err != nil {
+	if err := decode(em.lctx, em.batch); err != nil {
 		return 0, fmt.Errorf("decoding embeddings: %w", err)
 	}
 	return n, nil

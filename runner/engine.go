@@ -921,7 +921,7 @@ func (d *decoder) run(ctx context.Context) error {
 			active = countActive(slots)
 			continue
 		}
-		if err := d.lctx.Decode(d.batch); errors.Is(err, llama.ErrKvCacheFull) {
+		if err := decode(d.lctx, d.batch); errors.Is(err, llama.ErrKvCacheFull) {
 			// No contiguous run of cells for the step even after
 			// llama.cpp's defragmentation: nothing was decoded. Undo the
 			// step and take smaller ones until the pool has grown.
@@ -1032,6 +1032,8 @@ func (d *decoder) follow(sl *slot) bool {
 	switch {
 	case l.done || l.ctx.Err() != nil:
 		s.leader = nil // its cells cannot be vouched for: decode alone
+		// As admit records a prompt: what the slot's cells will hold.
+		sl.cached = append(sl.cached[:0], s.prompt...)
 		return false
 	case !l.admitted || !l.decoding && l.prefilled < len(l.prompt)-1:
 		return true
@@ -1040,7 +1042,12 @@ func (d *decoder) follow(sl *slot) bool {
 	if n > 0 {
 		d.lctx.KvCacheSeqCp(l.slot, s.slot, 0, n)
 	}
-	sl.cached = append(sl.cached[:0], s.prompt[:n]...)
+	// The whole prompt, as admit records one: the copied cells and the
+	// last token, which this step decodes (finish trims what never was).
+	// Recording only the copied ones put each generated token a position
+	// early, and a later prompt matching that reused cells that hold
+	// something else (TestEngineNFollowerCache).
+	sl.cached = append(sl.cached[:0], s.prompt...)
 	s.prefilled, s.nPast, s.leader = n, n, nil
 	return false
 }

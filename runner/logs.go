@@ -105,7 +105,13 @@ func (p *logPublisher) run(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
-			// NATS never answered: the stream may be there anyway.
+			// The runner stops before the stream was made: it failed at
+			// once, or NATS never answered. Try once more, briefly and
+			// past the cancellation, so its last words (why it stopped)
+			// are kept; the stream may be there anyway.
+			ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			p.ensure(ectx)
+			cancel()
 			p.send()
 			p.flush(time.Second)
 			return

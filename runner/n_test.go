@@ -2,6 +2,9 @@ package runner
 
 import (
 	"context"
+	"math"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,6 +40,7 @@ func generateN(t *testing.T, e *Engine, req Request, n int) ([]string, []*collec
 // (cells missing, at the wrong positions) would change the text.
 func TestEngineNSharesPrompt(t *testing.T) {
 	const prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside"
+	oneContext := "" // what the prompt writes alone with one context
 	for _, contexts := range []int{1, 2} {
 		// With two contexts and parallel 2 the first context has two
 		// sequences, the second one (LoadEngine): three completions
@@ -63,7 +67,15 @@ func TestEngineNSharesPrompt(t *testing.T) {
 		if got != want {
 			t.Errorf("contexts %d: 3 completions decoded %d prompt tokens; the prompt has %d, want %d", contexts, got, len(tokens), want)
 		}
+		// alone reuses the prompt's cells the completions left: it
+		// must also be what one context writes, or cells that are wrong
+		// in the same way for every completion would pass.
 		alone := generate(t, e, req).wait(t)
+		if contexts == 1 {
+			oneContext = alone
+		} else if alone != oneContext {
+			t.Errorf("contexts %d: alone the prompt gives %q; with one context %q", contexts, alone, oneContext)
+		}
 		for i, text := range texts {
 			if text != alone {
 				t.Errorf("contexts %d: completion %d wrote %q; alone the prompt gives %q", contexts, i, text, alone)
@@ -113,5 +125,60 @@ func TestEngineNSeeds(t *testing.T) {
 	}
 	if alone := generate(t, e, req).wait(t); alone != first[0] {
 		t.Errorf("n=1 with the seed wrote %q; completion 0 of n=3 %q", alone, first[0])
+	}
+}
+
+// TestEngineNFollowerCache: a completion that copied its leader's prompt
+// cells leaves its slot remembering exactly what those cells hold, so a
+// later prompt reusing the slot gets what a fresh engine gives. The
+// later prompt is the first prompt but its last token, then the
+// follower's text: had the slot recorded the copied tokens only (not the
+// last one it decoded itself), every token after them would be recorded
+// a position early, this prompt would match it whole and reuse cells
+// holding other tokens (measured: first logprob -0.73, fresh -0.40).
+func TestEngineNFollowerCache(t *testing.T) {
+	const prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside"
+	model := testenv.ModelPath(t)
+	e := startEngine(t, EngineConfig{ModelPath: model, Parallel: 2, Contexts: 1, Context: 512})
+	texts, _ := generateN(t, e, Request{Prompt: prompt, MaxTokens: 30, Sampling: greedy()}, 2)
+	pt, err := e.Tokenize(prompt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, tok := range pt[1 : len(pt)-1] { // no BOS, no last token
+		b.WriteString(e.model.TokenToPiece(tok))
+	}
+	later := strings.TrimPrefix(b.String(), " ") + texts[1]
+	lt, err := e.Tokenize(later)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := len(pt) - 1
+	if len(lt) <= n+1 || !slices.Equal(lt[:n], pt[:n]) || lt[n] == pt[n] {
+		t.Fatalf("the later prompt %q does not tokenize as the prompt's first %d tokens and then others: %v, prompt %v", later, n, lt, pt)
+	}
+	run := func(e *Engine) (string, []wire.TokenLogprob) {
+		c := &lpCollect{collect: newCollect()}
+		if _, err := e.Submit(context.Background(), Request{Prompt: later, MaxTokens: 20, Sampling: greedy(), Logprobs: true}, c); err != nil {
+			t.Fatal(err)
+		}
+		text := c.wait(t)
+		if c.err != nil {
+			t.Fatal(c.err)
+		}
+		return text, c.lps
+	}
+	got, gotLps := run(e)
+	fresh := startEngine(t, EngineConfig{ModelPath: model, Parallel: 1, Contexts: 1, Context: 512})
+	want, wantLps := run(fresh)
+	if got != want {
+		t.Errorf("after n=2 the later prompt wrote %q; a fresh engine %q", got, want)
+	}
+	for i := range min(len(gotLps), len(wantLps)) {
+		// Cells computed in other batches differ in rounding only.
+		if d := math.Abs(float64(gotLps[i].Logprob - wantLps[i].Logprob)); d > 1e-3 {
+			t.Errorf("token %d: logprob %v after n=2, %v on a fresh engine", i, gotLps[i].Logprob, wantLps[i].Logprob)
+		}
 	}
 }

@@ -62,7 +62,7 @@ func measureThreads(model *llama.Model, candidates []int) (best int, took time.D
 			batch.Clear()
 			batch.Add(tok, nil, pos, true, 0)
 			t0 := time.Now()
-			if err := lctx.Decode(batch); err != nil {
+			if err := decode(lctx, batch); err != nil {
 				return 0, 0, nil, fmt.Errorf("decoding with %d threads: %w", n, err)
 			}
 			if pos > 0 { // the first decode warms caches and pages
