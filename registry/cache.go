@@ -219,6 +219,13 @@ func (c *Cache) reloadKeysNow(ctx context.Context) {
 	}
 }
 
+// ReloadKeys reads the keys again now, for a key created on the store
+// itself (infer dev's admin key): the change notification would bring it
+// a moment later, and a client handed the key at once would get a 401.
+func (c *Cache) ReloadKeys(ctx context.Context) error {
+	return c.reload(ctx, "api_keys")
+}
+
 // SuspendTenant writes through (see reloadKeysNow).
 func (c *Cache) SuspendTenant(ctx context.Context, id string, suspend bool) (Tenant, error) {
 	t, err := c.Store.SuspendTenant(ctx, id, suspend)

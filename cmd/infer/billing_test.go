@@ -334,6 +334,10 @@ func TestBilling(t *testing.T) {
 			{"GET", "/v1/keys", "", []int{200}},
 			{"GET", "/v1/me", "", []int{200}},
 			{"DELETE", "/v1/keys/" + ownKeyID, "", []int{404}},
+			{"PATCH", "/v1/keys/" + ownKeyID, `{"share":5}`, []int{404}},
+			// Many at once: the names are the intruder's own, so "priced"
+			// would be a new deployment of its own, which needs weights.
+			{"PUT", "/v1/deployments", `{"deployments":[{"name":"priced","min_runners":0}]}`, []int{400}},
 			// A key for our deployment, minted by the other tenant.
 			{"POST", "/v1/keys", `{"name":"steal","deployments":["priced"]}`, []int{400}},
 			// A deployment of its own running our weights, by digest.

@@ -620,7 +620,7 @@ func TestBadInput(t *testing.T) {
 		{"malformed JSON", "/v1/chat/completions", p.key, `{"model":`, 400, "invalid_request_error", "", ""},
 		{"no messages", "/v1/chat/completions", p.key, `{"model":"x","messages":[]}`, 400, "invalid_request_error", "", "messages"},
 		{"bad temperature", "/v1/chat/completions", p.key, `{"model":"x","messages":[{"role":"user","content":"hi"}],"temperature":9}`, 400, "invalid_request_error", "", "temperature"},
-		{"n > 1", "/v1/completions", p.key, `{"model":"x","prompt":"hi","n":3}`, 400, "invalid_request_error", "", "n"},
+		{"n > 16", "/v1/completions", p.key, `{"model":"x","prompt":"hi","n":17}`, 400, "invalid_request_error", "", "n"},
 		{"unknown route", "/v1/nothing", p.key, `{}`, 404, "invalid_request_error", "", ""},
 	}
 	for _, tt := range tests {

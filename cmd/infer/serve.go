@@ -231,6 +231,12 @@ func serve(ctx context.Context, f serveFlags, withActivator, withControlPlane bo
 		if err := ensureAdminKey(ctx, store, home, withControlPlane, log); err != nil {
 			return err
 		}
+		// The key file may be read the moment the API answers: the
+		// cache must know the key by then (TestDevPrivatePostgres got a
+		// 401 on a loaded machine while the notification was on its way).
+		if err := cache.ReloadKeys(ctx); err != nil {
+			log.Warn("reading keys after the admin key; the change notification will", "err", err)
+		}
 		asyncTTL, err := time.ParseDuration(f.asyncTTL)
 		if err != nil || asyncTTL <= 0 {
 			return usageError{fmt.Errorf("--async-ttl %q is not a positive duration such as 24h", f.asyncTTL)}
