@@ -15,7 +15,7 @@ import (
 // first out, so a burst of 200 requests from one key, sent while the
 // deployment is cold or saturated, would be served before anything another
 // key sends afterwards. The activator therefore admits a deployment's
-// synchronous requests to the queue through a gate:
+// requests, sync and async, to the queue through a gate:
 //
 //   - At most window requests per deployment are in the queue or running
 //     from this activator at once, where window is twice the most the
@@ -37,9 +37,9 @@ import (
 // deployment can have N windows in its queue, and fairness holds within
 // each activator's share (a burst spread over all of them is shared fairly
 // on each); docs/architecture.md, "Fair sharing between keys", says
-// precisely what holds across activators. Async jobs bypass the gate: they
-// are durable in JetStream and wait there in order (the same section says
-// why, and what making them fair would take). A request waiting here
+// precisely what holds across activators. Async jobs take places in the
+// same gate, durably (async_fair.go): recorded before they wait, published
+// by another activator should the one holding them die. A request waiting here
 // counts against its queue timeout (504 queue_timeout) and, with those
 // queued, its queue limit (429 queue_full); a streamed one gets its SSE
 // headers only once admitted.
