@@ -2,6 +2,7 @@ package activator
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -87,6 +88,21 @@ type asyncRecord struct {
 	// activator folding the result adds its cost to the tenant's spend.
 	TenantBudget *float64    `json:"tenant_budget_usd,omitempty"`
 	Prices       wire.Prices `json:"prices,omitzero"`
+
+	// Unpublished says the job is recorded but not yet in its
+	// deployment's queue: it waits for a place in the fair gate of the
+	// activator Holder, which renews HeldUntil while it holds it; once
+	// HeldUntil passes, any activator's sweep takes it over (see
+	// async_fair.go). Job is the queued job's encoding until then, so
+	// whoever holds it can publish it; DeploymentID and KeyShare are what
+	// its gate needs. (Unpublished rather than "published": a record
+	// written before jobs waited in the gate reads as published.)
+	Unpublished  bool            `json:"unpublished,omitempty"`
+	Holder       string          `json:"holder,omitempty"`
+	HeldUntil    time.Time       `json:"held_until,omitzero"`
+	Job          json.RawMessage `json:"job,omitempty"`
+	DeploymentID string          `json:"deployment_id,omitempty"`
+	KeyShare     int             `json:"key_share,omitempty"`
 }
 
 func (r *asyncRecord) terminal() bool { return r.Status == asyncSucceeded || r.Status == asyncFailed }
@@ -99,6 +115,14 @@ func (r *asyncRecord) terminal() bool { return r.Status == asyncSucceeded || r.S
 //   - running, after its queue dropped it, on a runner that is gone: no
 //     other runner can take it again.
 func (a *asyncJobs) settle(r *asyncRecord, now time.Time) (outcome string) {
+	if r.Status == asyncQueued && r.Unpublished && !r.Deadline.IsZero() && now.After(r.Deadline) {
+		// Still waiting in a fair gate at its deadline: no runner may
+		// start it now.
+		r.Status, r.FinishedAt, r.Swept, r.WebhookClaimed, r.Job = asyncFailed, r.Deadline.Unix(), true, now, nil
+		r.Error = errStatus(http.StatusGatewayTimeout, "server_error", "queue_timeout",
+			"the job waited for a place in the queue of %s past its deadline without starting; other jobs were ahead of it", r.Model)
+		return "timeout"
+	}
 	if r.DroppedAt.IsZero() || !now.After(r.DroppedAt) {
 		return ""
 	}
@@ -136,6 +160,7 @@ func (r asyncRecord) view() asyncRecord {
 	r.TenantID, r.Kind, r.Deadline, r.DroppedAt, r.WebhookSent, r.Swept, r.Runner = "", "", time.Time{}, time.Time{}, false, false, ""
 	r.WebhookClaimed = time.Time{}
 	r.KeyID, r.KeyTPM, r.KeyBudget, r.TenantBudget, r.Prices, r.Logprobs = "", 0, nil, nil, wire.Prices{}, false
+	r.Unpublished, r.Holder, r.HeldUntil, r.Job, r.DeploymentID, r.KeyShare = false, "", time.Time{}, nil, "", 0
 	return r
 }
 
@@ -155,6 +180,12 @@ type asyncJobs struct {
 	// webhookBackoff is the wait before the first webhook retry; it
 	// doubles up to webhookAttempts tries.
 	webhookBackoff time.Duration
+	// lease is Config.AsyncLease; held maps each job this activator
+	// holds in its fair gate (waiting, or published and not yet ended)
+	// to what ends its holding (async_fair.go).
+	lease  time.Duration
+	heldMu sync.Mutex
+	held   map[string]context.CancelFunc
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -185,6 +216,7 @@ func newAsyncJobs(s *Server, cfg Config) (*asyncJobs, error) {
 	}
 	a := &asyncJobs{
 		s: s, kv: kv, ttl: ttl, webhookBackoff: time.Second, started: time.Now(), webhookClaim: claim,
+		lease: cmp.Or(cfg.AsyncLease, defaultAsyncLease), held: map[string]context.CancelFunc{},
 		http:         webhookClient(cfg.WebhookClient, cfg.AllowPrivateWebhooks),
 		allowPrivate: cfg.AllowPrivateWebhooks,
 	}
@@ -241,6 +273,15 @@ func (s *Server) submitAsync(c echo.Context, kind wire.Kind) error {
 		KeyID: a.key.ID, KeyTPM: a.key.TokensPerMinute, KeyBudget: a.key.BudgetUSD, TenantBudget: a.key.Tenant.MonthlyBudgetUSD, Prices: job.Prices,
 		Logprobs: job.Logprobs,
 	}
+	if e := s.checkJobSize(len(data)); e != nil {
+		s.metrics.requests.WithLabelValues(dep.Name, "request_too_large").Inc()
+		return e
+	}
+	// Recorded with the job, as waiting for a place in this activator's
+	// fair gate: should this activator die before the job is in the
+	// queue, another publishes it (async_fair.go).
+	rec.Unpublished, rec.Holder, rec.HeldUntil, rec.Job = true, s.id, now.Add(s.async.lease), data
+	rec.DeploymentID, rec.KeyShare = dep.ID, a.key.Share
 	recData, err := json.Marshal(rec)
 	if err != nil {
 		return errStatus(http.StatusInternalServerError, "server_error", "", "encoding job record: %v", err)
@@ -249,17 +290,49 @@ func (s *Server) submitAsync(c echo.Context, kind wire.Kind) error {
 	// always find it.
 	ctx := c.Request().Context()
 	if _, err := s.async.kv.Create(ctx, job.ID, recData); err != nil {
+		if publishTooLarge(err) {
+			s.metrics.requests.WithLabelValues(dep.Name, "request_too_large").Inc()
+			return errJobTooLarge(len(recData), s.nc.MaxPayload())
+		}
 		s.log.Error("storing async job", "request", job.ID, "err", err)
 		return errStatus(http.StatusServiceUnavailable, "server_error", "queue_unavailable", "could not store the job: %v", err)
 	}
-	if _, err := s.enqueue(ctx, dep, job.ID, data, job.Deadline); err != nil {
+	unrecord := func() {
 		if derr := s.async.kv.Purge(context.WithoutCancel(ctx), job.ID); derr != nil {
 			s.log.Warn("removing record of unqueued async job", "request", job.ID, "err", derr)
 		}
+	}
+	// Held (so that its end gives its place back) before it can end.
+	hctx, lose, done := s.async.register(job.ID)
+	release, ticket, err := s.fair.enter(dep, a.key.ID, a.key.Share)
+	if err != nil {
+		done()
+		unrecord()
+		var ae *apiError
+		if errors.As(err, &ae) {
+			s.metrics.requests.WithLabelValues(dep.Name, deref(ae.Code)).Inc()
+		}
 		return err
 	}
+	held := heldJob{id: job.ID, dep: dep, key: a.key.ID, share: a.key.Share, deadline: job.Deadline, data: data}
+	published := false
+	if release != nil {
+		// A place at once: queued now, so that what refuses it (a full
+		// queue) is this answer.
+		if _, err := s.enqueue(ctx, dep, job.ID, data, job.Deadline); err != nil {
+			release()
+			done()
+			unrecord()
+			return err
+		}
+		s.metrics.queued.WithLabelValues(dep.Name).Inc()
+		// Should recording it fail, run publishes it again (stored
+		// once: the job ID is its message ID) and records that.
+		published = s.async.markPublished(job.ID, dep, time.Now()) == nil
+	}
 	queued = true
-	s.metrics.queued.WithLabelValues(dep.Name).Inc()
+	s.async.wg.Add(1)
+	go s.async.run(hctx, lose, done, held, release, ticket, published)
 	c.Response().Header().Set("Location", "/v1/async/"+job.ID)
 	return c.JSON(http.StatusAccepted, rec.view())
 }

@@ -56,8 +56,9 @@ func (a *asyncJobs) sweepWatching(every time.Duration) error {
 		return fmt.Errorf("watching async job records: %w", err)
 	}
 	defer w.Stop()
-	pending := map[string]time.Time{} // job ID → when its queue drops it
+	pending := map[string]time.Time{} // job ID → when its queue drops it (or its deadline, for one not queued yet)
 	hooks := map[string]time.Time{}   // job ID → when its webhook was claimed
+	held := map[string]time.Time{}    // job ID, not queued yet → when its holder's lease lapses
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -75,9 +76,22 @@ func (a *asyncJobs) sweepWatching(every time.Duration) error {
 			ok = e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &rec) == nil
 			delete(pending, e.Key())
 			delete(hooks, e.Key())
+			delete(held, e.Key())
+			if ok {
+				a.observe(e.Key(), &rec)
+			} else {
+				a.observe(e.Key(), nil)
+			}
 			switch {
 			case ok && !rec.terminal() && !rec.DroppedAt.IsZero():
-				pending[e.Key()] = rec.DroppedAt
+				due := rec.DroppedAt
+				if rec.Unpublished && !rec.Deadline.IsZero() && rec.Deadline.Before(due) {
+					due = rec.Deadline
+				}
+				pending[e.Key()] = due
+				if rec.Unpublished && rec.Status == asyncQueued {
+					held[e.Key()] = rec.HeldUntil
+				}
 			case ok && rec.Swept && rec.Webhook != "" && !rec.WebhookSent:
 				hooks[e.Key()] = rec.WebhookClaimed
 			}
@@ -85,6 +99,11 @@ func (a *asyncJobs) sweepWatching(every time.Duration) error {
 			for id, dropped := range pending {
 				if now.After(dropped) && a.settleStored(id, now) {
 					delete(pending, id)
+				}
+			}
+			for id, until := range held {
+				if now.After(until) && a.takeOver(id, now) {
+					delete(held, id)
 				}
 			}
 			for id, claimed := range hooks {
@@ -120,11 +139,18 @@ func (a *asyncJobs) settleStored(id string, now time.Time) bool {
 	if outcome == "" {
 		return rec.terminal()
 	}
-	a.s.metrics.requests.WithLabelValues(rec.Model, outcome).Inc()
-	a.s.log.Info("async job failed", "request", id, "deployment", rec.Model, "reason", outcome, "runner", rec.Runner)
 	// A job no runner took gives its budget hold back; one whose runner
 	// was lost keeps it until that runner's usage record, if any, arrives.
-	a.s.endHold(rec.ID, rec.KeyBudget != nil, nil, rec.Prices, outcome != "timeout")
+	a.swept(rec, outcome, outcome != "timeout")
+	return true
+}
+
+// swept finishes what failing a job in its stored record leaves to the
+// activator whose write failed it: metrics, the budget hold, the webhook.
+func (a *asyncJobs) swept(rec asyncRecord, outcome string, ran bool) {
+	a.s.metrics.requests.WithLabelValues(rec.Model, outcome).Inc()
+	a.s.log.Info("async job failed", "request", rec.ID, "deployment", rec.Model, "reason", outcome, "runner", rec.Runner)
+	a.s.endHold(rec.ID, rec.KeyBudget != nil, nil, rec.Prices, ran)
 	if rec.Webhook != "" && !rec.WebhookSent {
 		a.wg.Add(1)
 		go func() {
@@ -132,7 +158,6 @@ func (a *asyncJobs) settleStored(id string, now time.Time) bool {
 			a.deliver(nil, rec)
 		}()
 	}
-	return true
 }
 
 // reclaimWebhook takes over the webhook of a job the sweeper failed when

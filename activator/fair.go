@@ -15,7 +15,7 @@ import (
 // first out, so a burst of 200 requests from one key, sent while the
 // deployment is cold or saturated, would be served before anything another
 // key sends afterwards. The activator therefore admits a deployment's
-// synchronous requests to the queue through a gate:
+// requests, sync and async, to the queue through a gate:
 //
 //   - At most window requests per deployment are in the queue or running
 //     from this activator at once, where window is twice the most the
@@ -37,9 +37,9 @@ import (
 // deployment can have N windows in its queue, and fairness holds within
 // each activator's share (a burst spread over all of them is shared fairly
 // on each); docs/architecture.md, "Fair sharing between keys", says
-// precisely what holds across activators. Async jobs bypass the gate: they
-// are durable in JetStream and wait there in order (the same section says
-// why, and what making them fair would take). A request waiting here
+// precisely what holds across activators. Async jobs take places in the
+// same gate, durably (async_fair.go): recorded before they wait, published
+// by another activator should the one holding them die. A request waiting here
 // counts against its queue timeout (504 queue_timeout) and, with those
 // queued, its queue limit (429 queue_full); a streamed one gets its SSE
 // headers only once admitted.
@@ -120,45 +120,76 @@ func nextKey(keys []keyLoad) int {
 // saying why it waits) and gives up when draining is closed (shutdown).
 func (g *fairGates) admit(ctx context.Context, d registry.Deployment, keyID string, share int, deadline time.Time,
 	draining <-chan struct{}, wait func(waiting int)) (func(), error) {
+	release, t, err := g.enter(d, keyID, share)
+	if err != nil || release != nil {
+		return release, err
+	}
+	if wait != nil {
+		wait(g.waitingFor(d.ID))
+	}
+	return g.await(ctx, t, deadline, draining, wait)
+}
+
+// fairTicket is a request's place in its key's line.
+type fairTicket struct {
+	d    registry.Deployment
+	key  string
+	gate *fairGate
+	ch   chan struct{}
+}
+
+// enter takes a place at once if one is free and nobody waits (release is
+// then non-nil), or else joins the key's line (await waits for the place):
+// the part of admit that cannot block, so an async submission learns
+// whether the gate refuses it (429 queue_full) before it answers 202.
+func (g *fairGates) enter(d registry.Deployment, keyID string, share int) (release func(), t *fairTicket, err error) {
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	gate := g.gates[d.ID]
 	if gate == nil {
 		gate = &fairGate{admitted: map[string]int{}, lines: map[string][]chan struct{}{}, served: map[string]uint64{}, shares: map[string]int{}}
 		g.gates[d.ID] = gate
 	}
 	gate.window = fairWindow(d) // follows the deployment's settings
-	release := func() { g.release(d, keyID) }
 	if gate.waiting == 0 && gate.total < gate.window {
 		gate.take(keyID)
-		g.mu.Unlock()
-		return release, nil
+		return g.releaser(d, keyID), nil, nil
 	}
 	if gate.total+gate.waiting >= max(d.QueueLimit, gate.window) {
-		g.mu.Unlock()
 		e := errStatus(http.StatusTooManyRequests, "rate_limit_error", "queue_full", "deployment %s has %d requests queued, its limit; retry later", d.Name, d.QueueLimit)
 		e.RetryAfter = 1
-		return nil, e
+		return nil, nil, e
 	}
 	ch := make(chan struct{})
 	gate.lines[keyID] = append(gate.lines[keyID], ch)
 	gate.shares[keyID] = share
 	gate.waiting++
 	g.waiting.WithLabelValues(d.Name).Inc()
-	g.mu.Unlock()
+	return nil, &fairTicket{d: d, key: keyID, gate: gate, ch: ch}, nil
+}
 
+// releaser is the function that gives an admitted request's place back;
+// it does so once however often it is called.
+func (g *fairGates) releaser(d registry.Deployment, keyID string) func() {
+	var once sync.Once
+	return func() { once.Do(func() { g.release(d, keyID) }) }
+}
+
+// await waits in line for the place enter did not give at once (see
+// admit).
+func (g *fairGates) await(ctx context.Context, t *fairTicket, deadline time.Time,
+	draining <-chan struct{}, wait func(waiting int)) (func(), error) {
+	d, keyID, gate, ch := t.d, t.key, t.gate, t.ch
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	tick := time.NewTicker(keepaliveEvery)
 	defer tick.Stop()
-	if wait != nil {
-		wait(g.waitingFor(d.ID))
-	}
 	var err error
 wait:
 	for {
 		select {
 		case <-ch:
-			return release, nil
+			return g.releaser(d, keyID), nil
 		case <-ctx.Done():
 			err = ctx.Err()
 			break wait

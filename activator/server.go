@@ -97,6 +97,11 @@ type Config struct {
 	// delivery over (it may have died meanwhile); zero means 2 minutes,
 	// longer than a delivery's retries take.
 	AsyncWebhookClaim time.Duration
+	// AsyncLease is how long an activator's hold on an async job that
+	// waits in its fair gate, not yet in the deployment's queue, lasts
+	// unless renewed (every third of it); once it lapses (the activator
+	// died) another activator's sweep publishes the job. Zero means 30 s.
+	AsyncLease time.Duration
 	// ShutdownGrace is how long Serve, once its context is done, lets
 	// requests that are generating finish; zero means
 	// DefaultShutdownGrace. Requests still queued are ended at once (see

@@ -116,8 +116,8 @@ func readToEnd(r io.Reader) <-chan sseEnd {
 // queued stream ends at once with an activator_shutting_down error event,
 // the generating one completes or gets that event when --shutdown-grace is
 // over (never a bare cut), the process exits 0 soon after, and the async
-// job, which lives on JetStream, completes and is read from the other
-// activator.
+// job, which waited in B's fair gate and is recorded in JetStream, is
+// queued by the other activator, completes and is read from it.
 func TestActivatorRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and starts MinIO")
@@ -155,13 +155,17 @@ func TestActivatorRestart(t *testing.T) {
 	if resp.StatusCode != 200 && resp.StatusCode != 202 || json.Unmarshal(body, &job) != nil || job.ID == "" {
 		t.Fatalf("async job through B: %d %s", resp.StatusCode, body)
 	}
-	waitFor(t, 30*time.Second, "two requests queued", func() bool {
+	// The stream is queued behind the generating one; the async job waits
+	// in B's fair-sharing gate (a window of 2 places, both taken),
+	// recorded but not yet queued: B hands it over as it stops, and the
+	// other activator queues it.
+	waitFor(t, 30*time.Second, "a request queued", func() bool {
 		_, _, b := p.do(http.MethodGet, "/v1/deployments/stories", p.key, "")
 		var d struct {
 			Queued int `json:"queued"`
 		}
 		json.Unmarshal(b, &d)
-		return d.Queued >= 2
+		return d.Queued >= 1
 	})
 
 	if err := syscall.Kill(b.pid, syscall.SIGTERM); err != nil {
