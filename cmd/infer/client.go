@@ -80,9 +80,30 @@ func (e *apiErr) Error() string {
 
 // do sends a request and decodes a JSON answer into out.
 func (c *client) do(ctx context.Context, method, path string, body io.Reader, size int64, contentType string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	rc, err := c.send(ctx, method, path, body, size, contentType)
 	if err != nil {
 		return err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		return fmt.Errorf("reading response: %w", err)
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("decoding response: %w", err)
+		}
+	}
+	return nil
+}
+
+// send sends a request with the key and returns the answer's body, to be
+// read as it comes (a log stream, a CSV export) and closed; an answer
+// other than 2xx is an *apiErr.
+func (c *client) send(ctx context.Context, method, path string, body io.Reader, size int64, contentType string) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
 	}
 	if size >= 0 && body != nil {
 		req.ContentLength = size
@@ -98,24 +119,16 @@ func (c *client) do(ctx context.Context, method, path string, body io.Reader, si
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("calling %s: %w", c.base, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return fmt.Errorf("reading response: %w", err)
+		return nil, fmt.Errorf("calling %s: %w", c.base, err)
 	}
 	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
 		e := &apiErr{Status: resp.StatusCode}
 		json.Unmarshal(data, &e.Body)
-		return e
+		return nil, e
 	}
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("decoding response: %w", err)
-		}
-	}
-	return nil
+	return resp.Body, nil
 }
 
 func (c *client) json(ctx context.Context, method, path string, in, out any) error {

@@ -79,24 +79,13 @@ keeps printing new lines as runners write them, until interrupted.`,
 
 // logs reads a logs response and prints each line as it arrives.
 func (c *client) logs(ctx context.Context, path string, out io.Writer, asJSON, follow bool) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	body, err := c.send(ctx, http.MethodGet, path, nil, -1, "")
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.key)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("calling %s: %w", c.base, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		data, _ := io.ReadAll(resp.Body)
-		e := &apiErr{Status: resp.StatusCode}
-		json.Unmarshal(data, &e.Body)
-		return e
-	}
+	defer body.Close()
 	w := bufio.NewWriter(out)
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 1<<16), 1<<20)
 	for sc.Scan() {
 		line := sc.Bytes()

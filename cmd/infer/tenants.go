@@ -252,22 +252,12 @@ func overBudget(spent string, budget float64) bool {
 
 // raw GETs path and copies the answer (such as CSV) to w.
 func (c *client) raw(ctx context.Context, path string, w io.Writer) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	rc, err := c.send(ctx, http.MethodGet, path, nil, -1, "")
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.key)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("calling %s: %w", c.base, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		e := &apiErr{Status: resp.StatusCode}
-		json.NewDecoder(resp.Body).Decode(&e.Body)
-		return e
-	}
-	_, err = io.Copy(w, resp.Body)
+	defer rc.Close()
+	_, err = io.Copy(w, rc)
 	return err
 }
 
